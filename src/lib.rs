@@ -1,0 +1,5 @@
+//! prodigy: reproducible AI-agent pipelines, run from the CLI, a GitHub App or a GitHub Action.
+
+pub mod store;
+pub mod types;
+pub mod workflow;
