@@ -1,0 +1,402 @@
+//! Commands of the `prodigy` binary. Every flag also has an environment variable, and `--help`
+//! is the reference.
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use prodigy::engine::{DlqMode, Engine, NewRun, ResumeRequest, RetryRequest, git};
+use prodigy::store::Store;
+use prodigy::types::{ErrorClass, ItemKey, JobStatus};
+
+/// The job ran and failed (items failed, a phase failed) or the command failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Bad input: an invalid workflow, an unknown job.
+pub const EXIT_USAGE: u8 = 2;
+/// Another process holds the job (EX_TEMPFAIL): try again later.
+pub const EXIT_HELD: u8 = 75;
+/// Interrupted by Ctrl-C or SIGTERM; the job can be resumed.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "prodigy",
+    version,
+    about = "Reproducible AI-agent pipelines: run upstream Prodigy workflows (setup, map over work items in parallel git worktrees, reduce) with durable state, resume and a dead-letter queue.",
+    after_help = "State lives in an embedded SQLite database at $PRODIGY_HOME/state.db, where PRODIGY_HOME defaults to <repository's git dir>/prodigy. Set --database-url (DATABASE_URL) to postgres://... to share state between machines."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Database: sqlite://PATH or postgres://USER@HOST/DB. Default: SQLite at $PRODIGY_HOME/state.db.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory for the SQLite database, worktrees and logs. Default: <git dir>/prodigy of the repository.
+    #[arg(long, env = "PRODIGY_HOME", global = true)]
+    pub home: Option<PathBuf>,
+    /// The repository to work in (default: the current directory).
+    #[arg(short = 'C', long, env = "PRODIGY_REPO", global = true, default_value = ".")]
+    pub repo: PathBuf,
+    /// The AI CLI that `claude:` steps run.
+    #[arg(long, env = "PRODIGY_CLAUDE_BIN", global = true, default_value = "claude")]
+    pub claude_bin: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a workflow file as a new job.
+    Run {
+        /// The workflow YAML (upstream Prodigy format).
+        workflow: PathBuf,
+        /// Agents at once, overriding the workflow's map.max_parallel.
+        #[arg(long, env = "PRODIGY_MAX_PARALLEL")]
+        max_parallel: Option<usize>,
+        /// Print the final outcome as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a job where it stopped: pending items, then failed ones below the retry limit, then the DLQ.
+    Resume {
+        /// Job id or a unique prefix of it.
+        job: String,
+        /// Leave DLQ items out.
+        #[arg(long, conflicts_with = "all_dlq")]
+        no_dlq: bool,
+        /// Include DLQ items that are not marked reprocessable too.
+        #[arg(long)]
+        all_dlq: bool,
+        #[arg(long, env = "PRODIGY_MAX_PARALLEL")]
+        max_parallel: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The dead-letter queue: items that failed, with their full history.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Recent jobs with status and item counts.
+    Jobs {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: phase, status, items by status, DLQ count.
+    Status {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's event log.
+    Events {
+        job: String,
+        /// Keep printing new events until the job finishes (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a workflow file: errors with file:line:col, warnings for unknown keys.
+    Validate { workflow: PathBuf },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Try to take a job's lock and hold it (for operators and tests).
+    #[command(hide = true)]
+    DebugLock {
+        #[arg(long)]
+        job: String,
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// DLQ rows: item, attempts, error class, signature, last message.
+    List {
+        /// A job id (prefix); all jobs when absent.
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One item's full failure history, log locations and kept commits.
+    Show {
+        job: String,
+        item: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reprocess DLQ items under the job lock; items that succeed leave the DLQ and are merged.
+    Retry {
+        job: String,
+        /// Only this item (repeatable).
+        #[arg(long = "item")]
+        items: Vec<String>,
+        /// Only items that failed with this error class.
+        #[arg(long, value_parser = parse_class)]
+        error_class: Option<ErrorClass>,
+        #[arg(long, env = "PRODIGY_MAX_PARALLEL")]
+        max_parallel: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete DLQ rows (the attempt history stays).
+    Purge {
+        job: String,
+        /// Only rows whose last failure is older than this, e.g. 7d, 12h, 30m.
+        #[arg(long, value_parser = parse_age)]
+        older_than: Option<chrono::Duration>,
+    },
+    /// Write a job's DLQ rows with their histories.
+    Export {
+        job: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum ExportFormat {
+    Json,
+    Jsonl,
+}
+
+fn parse_class(s: &str) -> Result<ErrorClass, String> {
+    s.parse()
+}
+
+fn parse_age(s: &str) -> Result<chrono::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not an age: use a number and a unit, e.g. 7d, 12h, 30m"))?;
+    match unit {
+        "d" => Ok(chrono::Duration::days(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "s" | "" => Ok(chrono::Duration::seconds(n)),
+        _ => Err(format!("unknown unit in '{s}': use d, h, m or s")),
+    }
+}
+
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Where state lives for a repository: `--home`, or `<git common dir>/prodigy`.
+async fn state_dir(global: &Global, repo: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(home) = &global.home {
+        return Ok(home.clone());
+    }
+    let dir = git::common_dir(repo).await.with_context(|| {
+        format!(
+            "{} is not inside a git repository; run prodigy in your repository, pass -C DIR, or set PRODIGY_HOME",
+            repo.display()
+        )
+    })?;
+    Ok(dir.join("prodigy"))
+}
+
+async fn open_store(global: &Global) -> anyhow::Result<Store> {
+    let url = match &global.database_url {
+        Some(url) if !url.trim().is_empty() => url.clone(),
+        _ => {
+            let dir = state_dir(global, &global.repo).await?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+            format!("sqlite://{}", dir.join("state.db").display())
+        }
+    };
+    Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact(&url)))
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<Engine> {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+        eprintln!("interrupted: stopping agents; the job can be resumed");
+        c.cancel();
+    });
+    Ok(Engine {
+        store,
+        state_dir: state_dir(global, repo).await?,
+        claude_bin: global.claude_bin.clone(),
+        instance: None,
+        reporter: Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
+        cancel,
+    })
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Validate { workflow } => output::validate(&workflow),
+        Command::Migrate => {
+            let store = open_store(g).await?;
+            let applied = store.migrate().await?;
+            println!("database is up to date ({} migrations applied now)", applied.len());
+            Ok(0)
+        }
+        Command::Run { workflow, max_parallel, json } => {
+            let store = open_store(g).await?;
+            let eng = engine(g, store, &g.repo).await?;
+            let outcome = eng
+                .run(&NewRun {
+                    repo: g.repo.clone(),
+                    workflow_path: workflow,
+                    max_parallel,
+                    repo_name: None,
+                    pr_number: None,
+                    head_sha: None,
+                })
+                .await?;
+            Ok(output::outcome(&outcome, json, eng.cancel.is_cancelled()))
+        }
+        Command::Resume { job, no_dlq, all_dlq, max_parallel, json } => {
+            let store = open_store(g).await?;
+            let job = store.find_job(&job).await?;
+            let eng = engine(g, store, Path::new(&job.repo_path)).await?;
+            let dlq = if no_dlq {
+                DlqMode::None
+            } else if all_dlq {
+                DlqMode::All
+            } else {
+                DlqMode::Reprocessable
+            };
+            let r = eng.resume(job.id, &ResumeRequest { dlq, max_parallel }).await?;
+            Ok(output::resumed(&eng, job.id, r, json, "resume").await)
+        }
+        Command::Dlq { command } => dlq(g, command).await,
+        Command::Jobs { limit, json } => {
+            let store = open_store(g).await?;
+            output::jobs(&store.list_jobs(limit).await?, json)
+        }
+        Command::Status { job, json } => {
+            let store = open_store(g).await?;
+            let job = store.find_job(&job).await?;
+            output::status(&store, &job, json).await
+        }
+        Command::Events { job, follow, json } => {
+            let store = open_store(g).await?;
+            let job = store.find_job(&job).await?;
+            output::events(&store, job.id, follow, json).await
+        }
+        Command::DebugLock { job, hold_secs } => {
+            let store = open_store(g).await?;
+            let job = store.find_job(&job).await?;
+            output::debug_lock(&store, job.id, hold_secs).await
+        }
+    }
+}
+
+async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
+    let store = open_store(g).await?;
+    match command {
+        DlqCommand::List { job, json } => {
+            let id = match job {
+                Some(j) => Some(store.find_job(&j).await?.id),
+                None => None,
+            };
+            output::dlq_list(&store.dlq(id).await?, json)
+        }
+        DlqCommand::Show { job, item, json } => {
+            let job = store.find_job(&job).await?;
+            output::dlq_show(&store, &job, &ItemKey(item), json).await
+        }
+        DlqCommand::Retry { job, items, error_class, max_parallel, json } => {
+            let job = store.find_job(&job).await?;
+            if store.dlq(Some(job.id)).await?.is_empty() {
+                println!("job {} has nothing in its DLQ", job.id);
+                return Ok(0);
+            }
+            let eng = engine(g, store, Path::new(&job.repo_path)).await?;
+            let req = RetryRequest {
+                items: items.into_iter().map(ItemKey).collect(),
+                error_class,
+                max_parallel,
+            };
+            let r = eng.retry(job.id, &req).await?;
+            Ok(output::resumed(&eng, job.id, r, json, "dlq retry").await)
+        }
+        DlqCommand::Purge { job, older_than } => {
+            let job = store.find_job(&job).await?;
+            let lock = match store.try_lock(job.id, &prodigy::store::Holder::this_process(None)).await? {
+                prodigy::store::LockOutcome::Acquired(l) => l,
+                prodigy::store::LockOutcome::Held { holder, since } => {
+                    eprintln!("job {} is held by {holder} since {since}; purge it when that run ends", job.id);
+                    return Ok(EXIT_HELD);
+                }
+            };
+            let cutoff = older_than.map(|age| chrono::Utc::now() - age);
+            let n = store.purge_dlq(lock.proof(), cutoff).await;
+            lock.release().await?;
+            println!("removed {} DLQ rows of job {}", n?, job.id);
+            Ok(0)
+        }
+        DlqCommand::Export { job, format } => {
+            let job = store.find_job(&job).await?;
+            output::dlq_export(&store, job.id, format).await
+        }
+    }
+}
+
+/// Exit code of a finished run.
+pub fn exit_for(status: JobStatus, interrupted: bool) -> u8 {
+    if interrupted {
+        EXIT_INTERRUPTED
+    } else if status == JobStatus::Succeeded {
+        0
+    } else {
+        EXIT_FAILED
+    }
+}

@@ -1,0 +1,386 @@
+//! What the CLI prints: progress, outcomes, tables and JSON.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use prodigy::engine::{Engine, Progress, Reporter, Resumed, RunOutcome};
+use prodigy::store::{DlqItem, Job, JobSummary, LockOutcome, Store};
+use prodigy::types::{ItemKey, JobId, Phase};
+
+use super::{EXIT_HELD, EXIT_USAGE, ExportFormat, exit_for};
+
+/// Progress on stderr: a bar on a terminal, one plain line per transition otherwise.
+pub struct CliReporter {
+    bar: Option<Mutex<Option<ProgressBar>>>,
+}
+
+impl CliReporter {
+    pub fn new(tty: bool) -> Self {
+        CliReporter {
+            bar: tty.then(|| Mutex::new(None)),
+        }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => match bar.lock().expect("progress bar lock").as_ref() {
+                Some(b) => b.println(text),
+                None => eprintln!("{text}"),
+            },
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn with_bar(&self, f: impl FnOnce(&ProgressBar)) {
+        if let Some(bar) = &self.bar {
+            if let Some(b) = bar.lock().expect("progress bar lock").as_ref() {
+                f(b);
+            }
+        }
+    }
+}
+
+impl Reporter for CliReporter {
+    fn report(&self, event: &Progress) {
+        match event {
+            Progress::JobStarted { job, workflow, resumed } => {
+                let verb = if *resumed { "resuming" } else { "running" };
+                self.line(format!("{verb} {workflow} as job {job}"));
+            }
+            Progress::PhaseStarted { phase } => self.line(format!("phase: {phase}")),
+            Progress::ItemsPlanned { to_run, total } => {
+                self.line(format!("map: {to_run} items to run ({total} in the job)"));
+                if let Some(bar) = &self.bar {
+                    let b = ProgressBar::new(*to_run as u64);
+                    b.set_style(
+                        ProgressStyle::with_template("{bar:40} {pos}/{len} items  {msg}  [{elapsed_precise}]")
+                            .expect("a valid template"),
+                    );
+                    b.enable_steady_tick(Duration::from_millis(200));
+                    *bar.lock().expect("progress bar lock") = Some(b);
+                }
+            }
+            Progress::ItemStarted { key, attempt } => {
+                if self.bar.is_none() {
+                    eprintln!("item {key}: started (attempt {attempt})");
+                }
+            }
+            Progress::ItemSucceeded { .. } => {}
+            Progress::ItemMerged { key } => {
+                self.with_bar(|b| b.inc(1));
+                if self.bar.is_none() {
+                    eprintln!("item {key}: merged");
+                }
+            }
+            Progress::ItemFailed { key, class, message } => {
+                self.with_bar(|b| b.inc(1));
+                let first = message.lines().next().unwrap_or("");
+                self.line(format!("item {key}: FAILED ({class}) {first}"));
+            }
+            Progress::Note(text) => self.line(text.clone()),
+            Progress::JobFinished { .. } => {
+                if let Some(bar) = &self.bar {
+                    if let Some(b) = bar.lock().expect("progress bar lock").take() {
+                        b.finish_and_clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn validate(path: &Path) -> anyhow::Result<u8> {
+    match prodigy::workflow::load(path) {
+        Ok(parsed) => {
+            for w in &parsed.warnings {
+                eprintln!("{}:{}:{}: warning: {}", path.display(), w.line, w.column, w.message);
+            }
+            let problems = prodigy::workflow::interpolate::check_workflow(&parsed.workflow);
+            for (line, m) in &problems {
+                eprintln!("{}:{line}: error: {m}", path.display());
+            }
+            if !problems.is_empty() {
+                return Ok(EXIT_USAGE);
+            }
+            let kind = match &parsed.workflow.kind {
+                prodigy::workflow::WorkflowKind::Standard { commands } => {
+                    format!("standard workflow, {} steps", commands.len())
+                }
+                prodigy::workflow::WorkflowKind::MapReduce(mr) => format!(
+                    "mapreduce workflow: {} setup steps, {} agent steps, max_parallel {}, {} reduce steps",
+                    mr.setup.as_ref().map_or(0, |p| p.commands.len()),
+                    mr.map.agent_template.len(),
+                    mr.map.max_parallel,
+                    mr.reduce.as_ref().map_or(0, |p| p.commands.len()),
+                ),
+            };
+            println!("{}: ok ({kind}, {} warnings)", path.display(), parsed.warnings.len());
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(EXIT_USAGE)
+        }
+    }
+}
+
+pub fn outcome(o: &RunOutcome, as_json: bool, interrupted: bool) -> u8 {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(o).expect("outcome serializes"));
+    } else {
+        let c = &o.counts;
+        println!("job {}: {} (phase {})", o.job, o.status, o.phase);
+        if c.total > 0 {
+            println!(
+                "items: {} total, {} merged, {} failed, {} pending, {} in DLQ",
+                c.total, c.merged, c.failed, c.pending, c.dlq
+            );
+        }
+        if let Some(e) = &o.error {
+            println!("error: {e}");
+        }
+        if o.duplicates_removed > 0 {
+            println!("{} duplicate items were run once", o.duplicates_removed);
+        }
+        println!("branch: {} (merge it with `git merge {}`)", o.branch, o.branch);
+        if o.phase != Phase::Done || c.dlq > 0 {
+            println!("next: `prodigy status {}`, `prodigy dlq list {}`, `prodigy resume {}`", o.job, o.job, o.job);
+        }
+    }
+    exit_for(o.status, interrupted)
+}
+
+pub async fn resumed(engine: &Engine, job: JobId, r: Resumed, as_json: bool, what: &str) -> u8 {
+    match r {
+        Resumed::Ran(o) => outcome(&o, as_json, engine.cancel.is_cancelled()),
+        Resumed::Held { holder, since } => {
+            let text = format!(
+                "job {job} is already being resumed by {holder} since {since}; that run already covers every pending item, so this {what} does nothing. Check it with `prodigy status {job}`."
+            );
+            let _ = engine
+                .store
+                .append_event_unlocked(job, "resume_refused", &json!({"holder": holder, "since": since, "what": what}))
+                .await;
+            if as_json {
+                println!("{}", json!({"outcome": "held", "job": job, "holder": holder, "since": since, "message": text}));
+            } else {
+                eprintln!("{text}");
+            }
+            EXIT_HELD
+        }
+        Resumed::AlreadyFinished { status, dlq } => {
+            let text = if dlq > 0 {
+                format!("job {job} has already finished ({status}); {dlq} items are in its DLQ: `prodigy dlq retry {job}` reprocesses them")
+            } else {
+                format!("job {job} has already finished ({status}); nothing to resume")
+            };
+            if as_json {
+                println!("{}", json!({"outcome": "finished", "job": job, "status": status, "dlq": dlq, "message": text}));
+            } else {
+                println!("{text}");
+            }
+            0
+        }
+    }
+}
+
+pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+        return Ok(0);
+    }
+    if list.is_empty() {
+        println!("no jobs yet: start one with `prodigy run WORKFLOW.yml`");
+        return Ok(0);
+    }
+    println!("{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  workflow", "job", "status", "phase", "items", "merged", "failed", "dlq", "created");
+    for s in list {
+        let j = &s.job;
+        let c = &s.counts;
+        println!(
+            "{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  {}",
+            j.id, j.status, j.phase, c.total, c.merged, c.failed, c.dlq,
+            j.created_at.format("%Y-%m-%d %H:%M:%S"), j.workflow_name
+        );
+    }
+    Ok(0)
+}
+
+pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u8> {
+    let counts = store.item_counts(job.id).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json!({"job": job, "counts": counts}))?);
+        return Ok(0);
+    }
+    println!("job       {}", job.id);
+    println!("workflow  {} ({})", job.workflow_name, job.workflow_path);
+    println!("repo      {}", job.repo_path);
+    println!("status    {}", job.status);
+    println!("phase     {}", job.phase);
+    if let Some(b) = &job.refs.branch {
+        println!("branch    {b}");
+    }
+    println!("created   {}", job.created_at);
+    println!("updated   {}", job.updated_at);
+    if let Some(e) = &job.error {
+        println!("error     {e}");
+    }
+    println!(
+        "items     {} total: {} pending, {} running, {} succeeded, {} failed; {} merged; {} in DLQ",
+        counts.total, counts.pending, counts.running, counts.succeeded, counts.failed, counts.merged, counts.dlq
+    );
+    Ok(0)
+}
+
+pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> anyhow::Result<u8> {
+    let mut after = 0i64;
+    loop {
+        let batch = store.events(job, after, 1000).await?;
+        for e in &batch {
+            after = e.seq;
+            if as_json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                println!("{:>6}  {}  {:<20}  {}", e.seq, e.at.format("%H:%M:%S%.3f"), e.kind, e.data);
+            }
+        }
+        if batch.len() == 1000 {
+            continue;
+        }
+        if !follow {
+            return Ok(0);
+        }
+        let j = store.get_job(job).await?;
+        if j.status != prodigy::types::JobStatus::Running {
+            // One more read: events written between the last read and the status change.
+            let rest = store.events(job, after, 1000).await?;
+            for e in &rest {
+                if as_json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    println!("{:>6}  {}  {:<20}  {}", e.seq, e.at.format("%H:%M:%S%.3f"), e.kind, e.data);
+                }
+            }
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub fn dlq_list(rows: &[DlqItem], as_json: bool) -> anyhow::Result<u8> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("the DLQ is empty");
+        return Ok(0);
+    }
+    println!("{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  last message", "job", "item", "failures", "error class", "signature");
+    for r in rows {
+        let msg = r.last_message.lines().last().unwrap_or("");
+        println!(
+            "{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  {}",
+            r.job_id.short(), r.key, r.failure_count, r.error_class, &r.signature[..r.signature.len().min(12)], msg
+        );
+    }
+    Ok(0)
+}
+
+pub async fn dlq_show(store: &Store, job: &Job, key: &ItemKey, as_json: bool) -> anyhow::Result<u8> {
+    let row = store.dlq(Some(job.id)).await?.into_iter().find(|r| &r.key == key);
+    let history = store.attempts(job.id, key).await?;
+    if history.is_empty() && row.is_none() {
+        eprintln!("job {} has no item '{key}' (see `prodigy dlq list {}`)", job.id, job.id);
+        return Ok(EXIT_USAGE);
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json!({"dlq": row, "attempts": history}))?);
+        return Ok(0);
+    }
+    match &row {
+        Some(r) => {
+            println!("item        {}", r.key);
+            println!("in DLQ      yes ({} failures, reprocessable: {})", r.failure_count, r.reprocessable);
+            println!("error class {}", r.error_class);
+            println!("signature   {}", r.signature);
+            println!("first/last  {} / {}", r.first_failure, r.last_failure);
+            println!("data        {}", r.data);
+        }
+        None => println!("item        {key} (not in the DLQ)"),
+    }
+    println!("history:");
+    for a in &history {
+        let outcome = match a.success {
+            Some(true) => "succeeded".to_string(),
+            Some(false) => format!("failed ({})", a.error_class.map_or("unknown".to_string(), |c| c.to_string())),
+            None => "running or interrupted".to_string(),
+        };
+        println!("  attempt {} at {}: {}", a.attempt, a.started_at, outcome);
+        if let Some(code) = a.exit_code {
+            println!("    exit code {code}");
+        }
+        if let Some(m) = &a.message {
+            for l in m.lines().take(12) {
+                println!("    | {l}");
+            }
+        }
+        if let Some(l) = &a.log_path {
+            println!("    log: {l}");
+        }
+        if let Some(w) = &a.worktree {
+            println!("    worktree: {w} (branch {})", a.branch.as_deref().unwrap_or("-"));
+        }
+    }
+    let refs = prodigy::engine::git::git(
+        Path::new(&job.repo_path),
+        &["for-each-ref", "--format=%(refname) %(objectname:short)", &format!("refs/prodigy/{}/{}", job.id, prodigy::engine::worktree::sanitize_ref(&key.0))],
+    )
+    .await
+    .unwrap_or_default();
+    if !refs.is_empty() {
+        println!("kept commits of failed attempts (inspect with `git log REF`):");
+        for r in refs.lines() {
+            println!("  {r}");
+        }
+    }
+    Ok(0)
+}
+
+pub async fn dlq_export(store: &Store, job: JobId, format: ExportFormat) -> anyhow::Result<u8> {
+    let rows = store.dlq(Some(job)).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let history = store.attempts(job, &r.key).await?;
+        out.push(json!({"item": r, "attempts": history}));
+    }
+    match format {
+        ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        ExportFormat::Jsonl => {
+            for v in out {
+                println!("{}", serde_json::to_string(&v)?);
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn debug_lock(store: &Store, job: JobId, hold_secs: u64) -> anyhow::Result<u8> {
+    match store.try_lock(job, &prodigy::store::Holder::this_process(None)).await? {
+        LockOutcome::Acquired(lock) => {
+            println!("{}", json!({"outcome": "acquired", "job": job, "pid": std::process::id(), "epoch": lock.proof().epoch()}));
+            tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+            lock.release().await?;
+            Ok(0)
+        }
+        LockOutcome::Held { holder, since } => {
+            println!("{}", json!({"outcome": "held", "job": job, "holder": holder, "since": since}));
+            Ok(EXIT_HELD)
+        }
+    }
+}
+

@@ -1,0 +1,196 @@
+//! The git CLI, run as a child process. The engine needs exactly the operations git itself is
+//! best at (worktrees, checkouts, merges with git's own conflict handling), and agents run the
+//! same `git`, so both see one repository format and one configuration.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+#[error("`git {args}` in {dir} failed: {message}")]
+pub struct GitError {
+    pub args: String,
+    pub dir: PathBuf,
+    pub message: String,
+}
+
+pub type Result<T> = std::result::Result<T, GitError>;
+
+/// Environment for every git process prodigy starts, and for agents: automatic gc would repack
+/// under agents running in parallel worktrees, and a pager or editor would hang a headless run.
+pub fn quiet_env() -> [(&'static str, &'static str); 6] {
+    [
+        ("GIT_CONFIG_COUNT", "1"),
+        ("GIT_CONFIG_KEY_0", "gc.auto"),
+        ("GIT_CONFIG_VALUE_0", "0"),
+        ("GIT_TERMINAL_PROMPT", "0"),
+        ("GIT_EDITOR", "true"),
+        ("GIT_PAGER", "cat"),
+    ]
+}
+
+/// Runs `git args` in `dir`; returns stdout with the trailing newline trimmed.
+pub async fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = git_output(dir, args).await?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    } else {
+        Err(error(dir, args, &out))
+    }
+}
+
+/// Runs git and reports whether it exited 0 (for questions like `merge-base --is-ancestor`).
+pub async fn git_ok(dir: &Path, args: &[&str]) -> Result<bool> {
+    let out = git_output(dir, args).await?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(error(dir, args, &out)),
+    }
+}
+
+/// Runs git and returns its whole output, whatever the exit status.
+pub async fn git_output(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = Command::new("git");
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .envs(quiet_env())
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE");
+    cmd.output().await.map_err(|e| GitError {
+        args: args.join(" "),
+        dir: dir.to_path_buf(),
+        message: format!("could not start git ({e}); is git installed and on PATH?"),
+    })
+}
+
+fn error(dir: &Path, args: &[&str], out: &std::process::Output) -> GitError {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let text = if stderr.trim().is_empty() { stdout } else { stderr };
+    GitError {
+        args: args.join(" "),
+        dir: dir.to_path_buf(),
+        message: text.trim().to_string(),
+    }
+}
+
+/// The top of the work tree that contains `dir`.
+pub async fn toplevel(dir: &Path) -> Result<PathBuf> {
+    git(dir, &["rev-parse", "--show-toplevel"])
+        .await
+        .map(PathBuf::from)
+}
+
+/// The repository's common git directory (shared by all its worktrees), absolute.
+pub async fn common_dir(dir: &Path) -> Result<PathBuf> {
+    let p = git(dir, &["rev-parse", "--path-format=absolute", "--git-common-dir"]).await?;
+    Ok(PathBuf::from(p))
+}
+
+pub async fn head(dir: &Path) -> Result<String> {
+    git(dir, &["rev-parse", "HEAD"]).await
+}
+
+/// Whether `commit` names a commit object in the repository.
+pub async fn commit_exists(dir: &Path, commit: &str) -> Result<bool> {
+    let spec = format!("{commit}^{{commit}}");
+    let out = git_output(dir, &["cat-file", "-e", &spec]).await?;
+    Ok(out.status.success())
+}
+
+pub async fn is_ancestor(dir: &Path, ancestor: &str, of: &str) -> Result<bool> {
+    git_ok(dir, &["merge-base", "--is-ancestor", ancestor, of]).await
+}
+
+pub async fn branch_exists(dir: &Path, branch: &str) -> Result<bool> {
+    let r = format!("refs/heads/{branch}");
+    let out = git_output(dir, &["show-ref", "--verify", "--quiet", &r]).await?;
+    Ok(out.status.success())
+}
+
+/// Whether the work tree has no changes to tracked files and no untracked, unignored files.
+pub async fn is_clean(dir: &Path) -> Result<bool> {
+    Ok(git(dir, &["status", "--porcelain"]).await?.is_empty())
+}
+
+/// The outcome of a merge: expected contention is an outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    Merged { commit: String },
+    Conflict { files: Vec<String>, message: String },
+}
+
+/// Merges `commit` into the branch checked out in `dir` with a merge commit (`--no-ff`). On a
+/// conflict the merge is aborted, so the branch and work tree are as they were.
+pub async fn merge_no_ff(dir: &Path, commit: &str, message: &str) -> Result<Merge> {
+    let out = git_output(
+        dir,
+        &["merge", "--no-ff", "--no-edit", "-m", message, commit],
+    )
+    .await?;
+    if out.status.success() {
+        return Ok(Merge::Merged {
+            commit: head(dir).await?,
+        });
+    }
+    let files = git(dir, &["diff", "--name-only", "--diff-filter=U"])
+        .await
+        .unwrap_or_default();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Abort whatever the merge left (conflict markers, MERGE_HEAD); fall back to a hard reset
+    // when git refuses to abort because no merge was started (e.g. an unknown commit).
+    if git(dir, &["merge", "--abort"]).await.is_err() {
+        git(dir, &["reset", "--hard", "-q", "HEAD"]).await?;
+    }
+    let files: Vec<String> = files.lines().map(str::to_string).collect();
+    if files.is_empty() && !text.contains("CONFLICT") {
+        return Err(GitError {
+            args: format!("merge --no-ff {commit}"),
+            dir: dir.to_path_buf(),
+            message: text.trim().to_string(),
+        });
+    }
+    Ok(Merge::Conflict {
+        files,
+        message: text.trim().to_string(),
+    })
+}
+
+/// Brings a work tree back to its HEAD: aborts an interrupted merge, drops changes to tracked
+/// files. Untracked files stay (setup may have left inputs there that reduce still reads).
+pub async fn reset_to_head(dir: &Path) -> Result<()> {
+    remove_stale_index_lock(dir).await?;
+    let merge_head = git(dir, &["rev-parse", "--git-path", "MERGE_HEAD"]).await?;
+    if dir.join(&merge_head).exists() || Path::new(&merge_head).exists() {
+        let _ = git(dir, &["merge", "--abort"]).await;
+    }
+    git(dir, &["reset", "--hard", "-q", "HEAD"]).await?;
+    Ok(())
+}
+
+/// A git process killed mid-write (a crash of prodigy kills its children too) leaves
+/// `index.lock` behind, and every later git command in that work tree then refuses to run.
+/// Only call this while holding the job lock: no other process works in the job's worktrees.
+pub async fn remove_stale_index_lock(dir: &Path) -> Result<()> {
+    let lock = git(dir, &["rev-parse", "--path-format=absolute", "--git-path", "index.lock"]).await?;
+    match std::fs::remove_file(&lock) {
+        Ok(()) => {
+            tracing::warn!(path = %lock, "removed a stale git index lock left by an interrupted run");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(GitError {
+            args: "rm index.lock".into(),
+            dir: dir.to_path_buf(),
+            message: format!("cannot remove stale {lock}: {e}"),
+        }),
+    }
+}

@@ -1,0 +1,883 @@
+//! One run of one job, under its lock: setup, map (agents + merge queue), reduce, merge phase.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context as _, anyhow};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::classify::{self, FailureFacts, FailureStage};
+use super::git;
+use super::plan::{self, Candidate, DlqMode};
+use super::progress::Progress;
+use super::step::{self, StepEnv, StepFailure};
+use super::worktree::{Slot, Workspace, sanitize_ref};
+use super::{Engine, RetryRequest};
+use crate::store::{
+    AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobRefs, LockProof, NewItem, Store,
+};
+use crate::types::{ItemKey, ItemStatus, JobId, JobStatus, Phase};
+use crate::workflow::interpolate::Context;
+use crate::workflow::{self, MapReduce, OnItemFailure, Phase as PhaseSteps, Workflow, WorkflowKind};
+
+pub(super) enum Mode {
+    Fresh,
+    Resume(DlqMode),
+    Retry(RetryRequest),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub job: JobId,
+    pub status: JobStatus,
+    pub phase: Phase,
+    pub counts: ItemCounts,
+    pub error: Option<String>,
+    /// The branch holding the job's merged work.
+    pub branch: String,
+    /// Items found in more than one resume source and run once.
+    pub duplicates_removed: usize,
+}
+
+pub(super) struct JobRun<'a> {
+    engine: &'a Engine,
+    store: &'a Store,
+    proof: &'a LockProof,
+    job: Job,
+    workflow: Workflow,
+    ws: Workspace,
+    logs: PathBuf,
+    env: Vec<(String, String)>,
+    max_parallel: Option<usize>,
+    cancel: CancellationToken,
+    duplicates_removed: usize,
+}
+
+/// Failure of a phase that fails the job (setup, reduce, merge, or the map input).
+struct PhaseFailure(String);
+
+impl<'a> JobRun<'a> {
+    pub(super) fn new(
+        engine: &'a Engine,
+        job: Job,
+        proof: &'a LockProof,
+        max_parallel: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let parsed = workflow::parse(Path::new(&job.workflow_path), &job.workflow_text)
+            .context("the job's workflow snapshot no longer parses")?;
+        let ws = engine.workspace(Path::new(&job.repo_path), job.id);
+        let logs = engine.state_dir.join("logs").join(job.id.to_string());
+        let env = resolve_env(&parsed.workflow)?;
+        Ok(JobRun {
+            engine,
+            store: &engine.store,
+            proof,
+            ws,
+            logs,
+            env,
+            workflow: parsed.workflow,
+            job,
+            max_parallel,
+            cancel: engine.cancel.child_token(),
+            duplicates_removed: 0,
+        })
+    }
+
+    fn report(&self, p: Progress) {
+        self.engine.reporter.report(&p);
+    }
+
+    async fn event(&self, kind: &str, data: Value) -> anyhow::Result<()> {
+        self.store.append_event(self.proof, kind, &data).await?;
+        Ok(())
+    }
+
+    async fn set_state(&mut self, status: JobStatus, phase: Phase, error: Option<&str>) -> anyhow::Result<()> {
+        self.store.set_job_state(self.proof, status, phase, error).await?;
+        if phase != self.job.phase {
+            self.event("phase", json!({"phase": phase, "status": status})).await?;
+            self.report(Progress::PhaseStarted { phase });
+        }
+        self.job.status = status;
+        self.job.phase = phase;
+        Ok(())
+    }
+
+    async fn set_refs(&mut self, refs: JobRefs) -> anyhow::Result<()> {
+        self.store.set_job_refs(self.proof, &refs).await?;
+        self.job.refs = refs;
+        Ok(())
+    }
+
+    pub(super) async fn run(mut self, mode: Mode) -> anyhow::Result<RunOutcome> {
+        let resumed = !matches!(mode, Mode::Fresh);
+        self.report(Progress::JobStarted {
+            job: self.job.id,
+            workflow: self.workflow.name.clone(),
+            resumed,
+        });
+        let kind = match &mode {
+            Mode::Fresh => "job_started",
+            Mode::Resume(_) => "job_resumed",
+            Mode::Retry(_) => "dlq_retry_started",
+        };
+        self.event(kind, json!({"holder": crate::store::hostname(), "pid": std::process::id()}))
+            .await?;
+        let phase = self.job.phase;
+        self.set_state(JobStatus::Running, phase, None).await?;
+
+        let result = self.drive(mode).await;
+        let (status, error) = match result {
+            Ok(Ok(status)) => (status, None),
+            Ok(Err(PhaseFailure(message))) => (JobStatus::Failed, Some(message)),
+            Err(e) => {
+                // Infrastructure trouble (database, git): record it when we still can.
+                let message = format!("{e:#}");
+                let phase = self.job.phase;
+                let _ = self.set_state(JobStatus::Failed, phase, Some(&message)).await;
+                let _ = self.event("job_error", json!({"message": message})).await;
+                return Err(e);
+            }
+        };
+        let phase = self.job.phase;
+        self.set_state(status, phase, error.as_deref()).await?;
+        let counts = self.store.item_counts(self.job.id).await?;
+        self.event(
+            "job_finished",
+            json!({"status": status, "phase": phase, "error": error, "counts": counts}),
+        )
+        .await?;
+        if phase == Phase::Done && status == JobStatus::Succeeded {
+            self.ws.remove_all().await?;
+        } else {
+            // Keep the job worktree for resume (setup may have left inputs there); agent
+            // worktrees are never needed again.
+            self.ws.remove_pool().await?;
+        }
+        self.report(Progress::JobFinished {
+            counts,
+            error: error.clone(),
+        });
+        Ok(RunOutcome {
+            job: self.job.id,
+            status,
+            phase,
+            counts,
+            error,
+            branch: self.ws.branch.clone(),
+            duplicates_removed: self.duplicates_removed,
+        })
+    }
+
+    /// Runs the phases that are not done yet. The outer error is infrastructure; the inner is a
+    /// job failure with its message.
+    async fn drive(&mut self, mode: Mode) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        let base = self
+            .job
+            .refs
+            .base_commit
+            .clone()
+            .ok_or_else(|| anyhow!("job {} has no base commit recorded", self.job.id))?;
+        self.ws
+            .ensure_job_worktree(&base)
+            .await
+            .context("cannot prepare the job worktree")?;
+        let kind = self.workflow.kind.clone();
+        match kind {
+            WorkflowKind::Standard { commands } => self.run_standard(&commands, &base).await,
+            WorkflowKind::MapReduce(mr) => self.run_mapreduce(&mr, mode, &base).await,
+        }
+    }
+
+    async fn run_standard(
+        &mut self,
+        commands: &[workflow::Step],
+        base: &str,
+    ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        // A standard workflow is one phase: after an interruption it runs again from the base.
+        self.ws.reset_job_to(base).await?;
+        let phase = PhaseSteps {
+            commands: commands.to_vec(),
+            timeout: None,
+        };
+        let mut ctx = self.base_context(&Value::Null);
+        if let Err(f) = self.run_phase("commands", &phase, &mut ctx).await? {
+            return Ok(Err(f));
+        }
+        self.set_state(JobStatus::Running, Phase::Done, None).await?;
+        Ok(Ok(JobStatus::Succeeded))
+    }
+
+    async fn run_mapreduce(
+        &mut self,
+        mr: &MapReduce,
+        mode: Mode,
+        base: &str,
+    ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        if self.job.phase == Phase::Setup {
+            if let Err(f) = self.setup(mr, base).await? {
+                return Ok(Err(f));
+            }
+        }
+        if let Mode::Retry(req) = &mode {
+            return self.retry(mr, req).await;
+        }
+        if self.job.phase == Phase::Map {
+            let dlq = match mode {
+                Mode::Resume(d) => Some(d),
+                _ => None,
+            };
+            if let Some(stop) = self.map(mr, dlq).await? {
+                return Ok(Err(stop));
+            }
+            let map_commit = git::head(&self.ws.job_dir).await?;
+            let refs = JobRefs {
+                map_commit: Some(map_commit),
+                ..self.job.refs.clone()
+            };
+            self.set_refs(refs).await?;
+            self.set_state(JobStatus::Running, Phase::Reduce, None).await?;
+        }
+        if self.job.phase == Phase::Reduce {
+            if let Err(f) = self.reduce(mr).await? {
+                return Ok(Err(f));
+            }
+            self.set_state(JobStatus::Running, Phase::Done, None).await?;
+        }
+        let counts = self.store.item_counts(self.job.id).await?;
+        if counts.failed > 0 && !mr.error_policy.failures_acceptable {
+            return Ok(Err(PhaseFailure(format!(
+                "{} of {} items failed (see `prodigy dlq list {}`)",
+                counts.failed, counts.total, self.job.id
+            ))));
+        }
+        Ok(Ok(JobStatus::Succeeded))
+    }
+
+    // ---- setup -----------------------------------------------------------------------------
+
+    async fn setup(&mut self, mr: &MapReduce, base: &str) -> anyhow::Result<Result<(), PhaseFailure>> {
+        // Setup not recorded done: whatever an interrupted setup committed is discarded.
+        self.ws.reset_job_to(base).await?;
+        let mut ctx = self.base_context(&Value::Null);
+        if let Some(setup) = &mr.setup {
+            if let Err(f) = self.run_phase("setup", setup, &mut ctx).await? {
+                return Ok(Err(f));
+            }
+        }
+        let items = match workflow::input::load_items(&mr.map, &self.ws.job_dir).await {
+            Ok(items) => items,
+            Err(e) => {
+                return Ok(Err(PhaseFailure(format!("map input: {e}"))));
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut new_items = Vec::with_capacity(items.len());
+        let mut duplicates = 0usize;
+        for data in items {
+            let key = workflow::input::item_key(&data, mr.map.item_id.as_deref());
+            if !seen.insert(key.clone()) {
+                duplicates += 1;
+                continue;
+            }
+            new_items.push(NewItem {
+                key,
+                position: new_items.len() as i64,
+                data,
+            });
+        }
+        self.store.insert_items(self.proof, &new_items).await?;
+        self.event(
+            "items_loaded",
+            json!({"count": new_items.len(), "duplicates_removed": duplicates}),
+        )
+        .await?;
+        if duplicates > 0 {
+            tracing::warn!(duplicates, "map input had items with the same key; the first of each was kept");
+        }
+        let setup_commit = git::head(&self.ws.job_dir).await?;
+        self.store.set_job_vars(self.proof, &ctx_captures(&ctx)).await?;
+        self.job.vars = ctx_captures(&ctx);
+        let refs = JobRefs {
+            setup_commit: Some(setup_commit),
+            ..self.job.refs.clone()
+        };
+        self.set_refs(refs).await?;
+        self.set_state(JobStatus::Running, Phase::Map, None).await?;
+        Ok(Ok(()))
+    }
+
+    /// Runs a setup/reduce/merge phase's steps in the job worktree.
+    async fn run_phase(
+        &self,
+        name: &str,
+        phase: &PhaseSteps,
+        ctx: &mut Context,
+    ) -> anyhow::Result<Result<(), PhaseFailure>> {
+        let log = self.logs.join(format!("{name}.log"));
+        let env = StepEnv {
+            cwd: &self.ws.job_dir,
+            log: &log,
+            env: &self.env,
+            claude_bin: &self.engine.claude_bin,
+            cancel: &self.cancel,
+            deadline: phase.timeout.map(|t| Instant::now() + t),
+        };
+        self.event("phase_steps_started", json!({"phase": name, "steps": phase.commands.len(), "log": log}))
+            .await?;
+        match step::run_steps(&phase.commands, ctx, &env).await {
+            Ok(()) => {
+                self.event("phase_steps_finished", json!({"phase": name})).await?;
+                Ok(Ok(()))
+            }
+            Err(f) => {
+                let message = if f.cancelled() {
+                    format!("{name} was interrupted; resume with `prodigy resume {}`", self.job.id)
+                } else {
+                    format!("{name} failed: {} (log: {})", f.message(), log.display())
+                };
+                self.event(
+                    "phase_steps_failed",
+                    json!({"phase": name, "line": f.line, "class": f.class(), "message": message}),
+                )
+                .await?;
+                Ok(Err(PhaseFailure(message)))
+            }
+        }
+    }
+
+    // ---- map -------------------------------------------------------------------------------
+
+    /// Runs the map phase's remaining items. Returns why it stopped early, if it did.
+    async fn map(&mut self, mr: &MapReduce, dlq: Option<DlqMode>) -> anyhow::Result<Option<PhaseFailure>> {
+        self.reconcile().await?;
+        let items = self.store.items(self.job.id, &ItemFilter::default()).await?;
+        let dlq_rows = self.store.dlq(Some(self.job.id)).await?;
+        let candidates = match dlq {
+            None => items
+                .iter()
+                .filter(|i| i.status == ItemStatus::Pending)
+                .map(candidate)
+                .collect(),
+            Some(mode) => {
+                let (pending, failed, dlq_list) = plan::build_from_items(&items, &dlq_rows);
+                let opts = plan::ResumeOptions {
+                    dlq: mode,
+                    max_retries: mr.error_policy.max_retries,
+                };
+                let p = plan::plan(pending, failed, dlq_list, &opts);
+                if p.duplicates_removed > 0 {
+                    tracing::info!(count = p.duplicates_removed, "resume found items in several sources; each runs once");
+                }
+                self.duplicates_removed = p.duplicates_removed;
+                self.event(
+                    "resume_planned",
+                    json!({
+                        "to_run": p.run.len(),
+                        "duplicates_removed": p.duplicates_removed,
+                        "skipped": p.skipped.iter().map(|(k, r)| json!({"key": k, "reason": format!("{r:?}")})).collect::<Vec<_>>(),
+                    }),
+                )
+                .await?;
+                p.run
+            }
+        };
+        self.run_items(mr, candidates).await
+    }
+
+    async fn retry(&mut self, mr: &MapReduce, req: &RetryRequest) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        if self.job.refs.setup_commit.is_none() {
+            return Ok(Err(PhaseFailure(
+                "the job never finished setup, so it has no DLQ items to retry; use `prodigy resume`".into(),
+            )));
+        }
+        self.reconcile().await?;
+        let rows = self.store.dlq(Some(self.job.id)).await?;
+        let items = self.store.items(self.job.id, &ItemFilter::default()).await?;
+        let candidates: Vec<Candidate> = rows
+            .iter()
+            .filter(|r| req.items.is_empty() || req.items.contains(&r.key))
+            .filter(|r| req.error_class.is_none_or(|c| c == r.error_class))
+            .map(|r| Candidate {
+                key: r.key.clone(),
+                data: r.data.clone(),
+                source: plan::Source::Dlq,
+                attempts: r.failure_count,
+                position: items.iter().find(|i| i.key == r.key).map_or(0, |i| i.position),
+            })
+            .collect();
+        self.event("dlq_retry_planned", json!({"to_run": candidates.len()})).await?;
+        let stopped = self.run_items(mr, candidates).await?;
+        let counts = self.store.item_counts(self.job.id).await?;
+        // A job that had finished its phases is done when its DLQ is empty again.
+        let status = if let Some(stop) = stopped {
+            return Ok(Err(stop));
+        } else if self.job.phase == Phase::Done && counts.failed == 0 {
+            JobStatus::Succeeded
+        } else if counts.failed > 0 {
+            return Ok(Err(PhaseFailure(format!(
+                "{} items still failing (see `prodigy dlq list {}`)",
+                counts.failed, self.job.id
+            ))));
+        } else {
+            JobStatus::Failed
+        };
+        if status == JobStatus::Failed {
+            return Ok(Err(PhaseFailure(format!(
+                "the job is not finished (phase {}); run `prodigy resume {}`",
+                self.job.phase, self.job.id
+            ))));
+        }
+        Ok(Ok(status))
+    }
+
+    /// Brings the store in line with the repository after an interruption: attempts left open
+    /// are closed, and succeeded items whose commit already reached the job branch are marked
+    /// merged, so nothing is merged twice; the rest of the succeeded-unmerged are merged now.
+    async fn reconcile(&mut self) -> anyhow::Result<()> {
+        let interrupted = self.store.recover_interrupted(self.proof).await?;
+        if interrupted > 0 {
+            self.event("items_interrupted", json!({"count": interrupted})).await?;
+        }
+        let unmerged = self
+            .store
+            .items(
+                self.job.id,
+                &ItemFilter {
+                    status: Some(ItemStatus::Succeeded),
+                    merged: Some(false),
+                    keys: None,
+                },
+            )
+            .await?;
+        for item in unmerged {
+            let Some(commit) = item.commit.clone() else {
+                self.store.mark_merged(self.proof, &item.key).await?;
+                continue;
+            };
+            if git::is_ancestor(&self.ws.job_dir, &commit, "HEAD").await.unwrap_or(false) {
+                self.store.mark_merged(self.proof, &item.key).await?;
+                self.event("item_merged", json!({"key": item.key, "commit": commit, "found_on_resume": true}))
+                    .await?;
+            } else {
+                self.merge(&item.key, item.attempts, &commit).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_items(&mut self, mr: &MapReduce, candidates: Vec<Candidate>) -> anyhow::Result<Option<PhaseFailure>> {
+        let total = self.store.item_counts(self.job.id).await?.total;
+        self.report(Progress::ItemsPlanned {
+            to_run: candidates.len(),
+            total,
+        });
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let start = self
+            .job
+            .refs
+            .setup_commit
+            .clone()
+            .ok_or_else(|| anyhow!("job {} has no setup commit recorded", self.job.id))?;
+        let parallel = self
+            .max_parallel
+            .unwrap_or(mr.map.max_parallel)
+            .clamp(1, candidates.len());
+        let slots = self
+            .ws
+            .create_pool(parallel, &start)
+            .await
+            .context("cannot create the agent worktrees")?;
+        let sched = Scheduler {
+            queue: Mutex::new(candidates.into()),
+            total: total as usize,
+            failed: AtomicUsize::new(0),
+            processed: AtomicUsize::new(0),
+            stop: Mutex::new(None),
+            merge_lock: tokio::sync::Mutex::new(()),
+            start,
+        };
+        let this = &*self;
+        let workers = slots.iter().map(|slot| this.worker(mr, slot, &sched));
+        let results = futures_util::future::join_all(workers).await;
+        for r in results {
+            r?;
+        }
+        if self.cancel.is_cancelled() {
+            self.store.recover_interrupted(self.proof).await?;
+            return Ok(Some(PhaseFailure(format!(
+                "interrupted; resume with `prodigy resume {}`",
+                self.job.id
+            ))));
+        }
+        Ok(sched.stop.into_inner().expect("no worker panicked holding the lock").map(PhaseFailure))
+    }
+
+    async fn worker(&self, mr: &MapReduce, slot: &Slot, sched: &Scheduler) -> anyhow::Result<()> {
+        loop {
+            if self.cancel.is_cancelled() || sched.stopped() {
+                return Ok(());
+            }
+            let Some(c) = sched.next() else {
+                return Ok(());
+            };
+            let failed = self.run_item(mr, slot, sched, &c).await?;
+            let processed = sched.processed.fetch_add(1, Ordering::SeqCst) + 1;
+            if failed {
+                let failures = sched.failed.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some(why) = should_stop(mr, failures, processed) {
+                    sched.stop_with(why);
+                }
+            }
+        }
+    }
+
+    /// Runs one item in a slot; returns whether it failed.
+    async fn run_item(&self, mr: &MapReduce, slot: &Slot, sched: &Scheduler, c: &Candidate) -> anyhow::Result<bool> {
+        let key = &c.key;
+        let attempt = self
+            .store
+            .start_attempt(self.proof, key, &slot.dir.display().to_string(), &slot.branch)
+            .await?;
+        self.report(Progress::ItemStarted {
+            key: key.clone(),
+            attempt,
+        });
+        let log = self
+            .logs
+            .join("items")
+            .join(sanitize_ref(&key.0))
+            .join(format!("attempt-{attempt}.log"));
+        self.event("item_started", json!({"key": key, "attempt": attempt, "worktree": slot.dir, "log": log}))
+            .await?;
+
+        let result = match slot.prepare(&sched.start).await {
+            Err(e) => Err(StepFailure {
+                line: mr.map.agent_template_line,
+                what: "prepare the agent worktree".into(),
+                facts: FailureFacts {
+                    exit_code: None,
+                    signal: None,
+                    timed_out: false,
+                    message: e.to_string(),
+                    stage: FailureStage::Worktree,
+                },
+            }),
+            Ok(()) => {
+                let mut ctx = self.base_context(&Value::Null);
+                ctx.set("item", c.data.clone());
+                ctx.set("item_json", Value::String(c.data.to_string()));
+                ctx.set("item_id", Value::String(key.0.clone()));
+                ctx.set("item_key", Value::String(key.0.clone()));
+                ctx.set("item_index", json!(c.position));
+                ctx.set("item_total", json!(sched.total));
+                let env = StepEnv {
+                    cwd: &slot.dir,
+                    log: &log,
+                    env: &self.env,
+                    claude_bin: &self.engine.claude_bin,
+                    cancel: &self.cancel,
+                    deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
+                };
+                step::run_steps(&mr.map.agent_template, &mut ctx, &env)
+                    .await
+                    .map(|()| ctx)
+            }
+        };
+
+        match result {
+            Err(f) if f.cancelled() => Ok(false), // left running; reconciled on resume
+            Err(f) => {
+                self.fail_item(mr, slot, key, attempt, &f, &log).await?;
+                Ok(true)
+            }
+            Ok(ctx) => {
+                let head = git::head(&slot.dir).await?;
+                let commit = (head != sched.start).then_some(head);
+                let dirty = !git::is_clean(&slot.dir).await.unwrap_or(true);
+                if dirty {
+                    step::append_log(
+                        &log,
+                        "== note: uncommitted changes in the agent worktree were discarded; only commits are merged\n",
+                    );
+                }
+                let result = json!({
+                    "item_id": key,
+                    "status": "success",
+                    "output": ctx.get("shell.output").or_else(|| ctx.get("claude.output")),
+                    "commit": commit,
+                });
+                let outcome = AttemptOutcome {
+                    success: true,
+                    exit_code: Some(0),
+                    error_class: None,
+                    signature: None,
+                    message: None,
+                    log_path: Some(log.display().to_string()),
+                    commit: commit.clone(),
+                    result: Some(result),
+                    dlq: None,
+                };
+                self.store.finish_attempt(self.proof, key, attempt, &outcome).await?;
+                self.event("item_succeeded", json!({"key": key, "attempt": attempt, "commit": commit}))
+                    .await?;
+                self.report(Progress::ItemSucceeded { key: key.clone() });
+                let _serial = sched.merge_lock.lock().await;
+                match commit {
+                    None => {
+                        self.store.mark_merged(self.proof, key).await?;
+                        self.report(Progress::ItemMerged { key: key.clone() });
+                        Ok(false)
+                    }
+                    Some(commit) => Ok(!self.merge(key, attempt, &commit).await?),
+                }
+            }
+        }
+    }
+
+    /// Merges an item's commit into the job branch; a conflict fails the item (MergeConflict)
+    /// and leaves the branch as it was. Returns whether it merged. Callers serialize merges.
+    async fn merge(&self, key: &ItemKey, attempt: u32, commit: &str) -> anyhow::Result<bool> {
+        let message = format!("prodigy: merge item {key}");
+        match git::merge_no_ff(&self.ws.job_dir, commit, &message).await? {
+            git::Merge::Merged { commit: merge_commit } => {
+                self.store.mark_merged(self.proof, key).await?;
+                self.event("item_merged", json!({"key": key, "commit": commit, "merge_commit": merge_commit}))
+                    .await?;
+                self.report(Progress::ItemMerged { key: key.clone() });
+                Ok(true)
+            }
+            git::Merge::Conflict { files, message } => {
+                let text = format!(
+                    "merge conflict in {}: {}",
+                    if files.is_empty() { "the work tree".to_string() } else { files.join(", ") },
+                    last_line(&message)
+                );
+                let facts = FailureFacts {
+                    exit_code: None,
+                    signal: None,
+                    timed_out: false,
+                    message: text.clone(),
+                    stage: FailureStage::Merge,
+                };
+                let class = classify::classify(&facts);
+                let outcome = AttemptOutcome {
+                    success: false,
+                    exit_code: None,
+                    error_class: Some(class),
+                    signature: Some(classify::signature(class, &text)),
+                    message: Some(text.clone()),
+                    log_path: None,
+                    commit: Some(commit.to_string()),
+                    result: None,
+                    dlq: Some(DlqDisposition {
+                        reprocessable: classify::is_reprocessable(class),
+                    }),
+                };
+                self.store.finish_attempt(self.proof, key, attempt, &outcome).await?;
+                self.event("item_failed", json!({"key": key, "attempt": attempt, "class": class, "message": text}))
+                    .await?;
+                self.report(Progress::ItemFailed {
+                    key: key.clone(),
+                    class,
+                    message: text,
+                });
+                Ok(false)
+            }
+        }
+    }
+
+    async fn fail_item(
+        &self,
+        mr: &MapReduce,
+        slot: &Slot,
+        key: &ItemKey,
+        attempt: u32,
+        f: &StepFailure,
+        log: &Path,
+    ) -> anyhow::Result<()> {
+        let class = f.class();
+        let message = f.message();
+        step::append_log(log, &format!("== item failed ({class}): {message}\n"));
+        // Keep what the agent committed, for `dlq show`, without leaving a branch behind.
+        let artifact = match git::head(&slot.dir).await {
+            Ok(_) => self.ws.keep_artifact(slot, &key.0, attempt).await.ok(),
+            Err(_) => None,
+        };
+        let dlq = match mr.error_policy.on_item_failure {
+            OnItemFailure::Skip => None,
+            OnItemFailure::Dlq | OnItemFailure::Stop => Some(DlqDisposition {
+                reprocessable: classify::is_reprocessable(class),
+            }),
+        };
+        let outcome = AttemptOutcome {
+            success: false,
+            exit_code: f.facts.exit_code,
+            error_class: Some(class),
+            signature: Some(classify::signature(class, &f.facts.message)),
+            message: Some(message.clone()),
+            log_path: Some(log.display().to_string()),
+            commit: None,
+            result: Some(json!({"item_id": key, "status": "failed", "error": message, "artifact": artifact})),
+            dlq,
+        };
+        self.store.finish_attempt(self.proof, key, attempt, &outcome).await?;
+        self.event(
+            "item_failed",
+            json!({"key": key, "attempt": attempt, "class": class, "exit_code": f.facts.exit_code,
+                   "message": message, "log": log, "artifact": artifact}),
+        )
+        .await?;
+        self.report(Progress::ItemFailed {
+            key: key.clone(),
+            class,
+            message,
+        });
+        Ok(())
+    }
+
+    // ---- reduce ----------------------------------------------------------------------------
+
+    async fn reduce(&mut self, mr: &MapReduce) -> anyhow::Result<Result<(), PhaseFailure>> {
+        // Reduce not recorded done: whatever an interrupted reduce committed is discarded.
+        let map_commit = self
+            .job
+            .refs
+            .map_commit
+            .clone()
+            .ok_or_else(|| anyhow!("job {} has no map commit recorded", self.job.id))?;
+        self.ws.reset_job_to(&map_commit).await?;
+        let items = self.store.items(self.job.id, &ItemFilter::default()).await?;
+        let successful = items.iter().filter(|i| i.status == ItemStatus::Succeeded).count();
+        let failed = items.iter().filter(|i| i.status == ItemStatus::Failed).count();
+        let results: Vec<Value> = items.iter().filter_map(|i| i.result.clone()).collect();
+        let mut ctx = self.base_context(&Value::Null);
+        ctx.set("map.successful", json!(successful));
+        ctx.set("map.failed", json!(failed));
+        ctx.set("map.total", json!(items.len()));
+        ctx.set("map.results", Value::Array(results));
+        if let Some(reduce) = &mr.reduce {
+            if let Err(f) = self.run_phase("reduce", reduce, &mut ctx).await? {
+                return Ok(Err(f));
+            }
+        }
+        if let Some(merge) = &mr.merge {
+            ctx.set("merge.worktree", json!(self.ws.job_dir));
+            ctx.set("merge.source_branch", json!(self.ws.branch));
+            ctx.set("merge.target_branch", json!(git::git(&self.ws.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).await.unwrap_or_default()));
+            ctx.set("merge.session_id", json!(self.job.id));
+            if let Err(f) = self.run_phase("merge", merge, &mut ctx).await? {
+                return Ok(Err(f));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Workflow env, the process environment and what setup captured.
+    fn base_context(&self, _extra: &Value) -> Context {
+        let mut ctx = Context::new();
+        for (k, v) in std::env::vars() {
+            ctx.set_env(&k, &v);
+        }
+        for (k, v) in &self.env {
+            ctx.set_env(k, v);
+        }
+        if let Value::Object(vars) = &self.job.vars {
+            for (k, v) in vars {
+                ctx.set(k, v.clone());
+            }
+        }
+        ctx
+    }
+}
+
+fn candidate(i: &crate::store::WorkItem) -> Candidate {
+    Candidate {
+        key: i.key.clone(),
+        data: i.data.clone(),
+        source: plan::Source::Pending,
+        attempts: i.attempts,
+        position: i.position,
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+}
+
+/// The variables setup captured, stored with the job so a resumed map/reduce sees them.
+fn ctx_captures(ctx: &Context) -> Value {
+    Value::Object(ctx.captured().into_iter().collect())
+}
+
+/// Resolves workflow env values against the process environment.
+fn resolve_env(wf: &Workflow) -> anyhow::Result<Vec<(String, String)>> {
+    let mut ctx = Context::new();
+    for (k, v) in std::env::vars() {
+        ctx.set_env(&k, &v);
+    }
+    let mut out = Vec::new();
+    for var in &wf.env {
+        let value = crate::workflow::interpolate::render_text(&var.value, &ctx)
+            .with_context(|| format!("workflow env {}", var.name))?;
+        ctx.set_env(&var.name, &value);
+        out.push((var.name.clone(), value));
+    }
+    Ok(out)
+}
+
+/// The error policy's verdict after a failure: stop the map phase, and why.
+fn should_stop(mr: &MapReduce, failures: usize, processed: usize) -> Option<String> {
+    let p = &mr.error_policy;
+    if p.on_item_failure == OnItemFailure::Stop || !p.continue_on_failure {
+        return Some("an item failed and the error policy stops the map phase on failure".into());
+    }
+    if let Some(max) = p.max_failures {
+        if failures >= max {
+            return Some(format!("{failures} items failed, reaching error_policy.max_failures ({max})"));
+        }
+    }
+    if let Some(t) = p.failure_threshold {
+        let ratio = failures as f64 / processed.max(1) as f64;
+        if processed >= 5 && ratio > t {
+            return Some(format!(
+                "{failures} of {processed} items failed ({:.0}%), above error_policy.failure_threshold ({:.0}%)",
+                ratio * 100.0,
+                t * 100.0
+            ));
+        }
+    }
+    None
+}
+
+struct Scheduler {
+    queue: Mutex<VecDeque<Candidate>>,
+    total: usize,
+    failed: AtomicUsize,
+    processed: AtomicUsize,
+    stop: Mutex<Option<String>>,
+    /// Merges into the job worktree happen one at a time: the merge queue.
+    merge_lock: tokio::sync::Mutex<()>,
+    /// The commit every agent starts from.
+    start: String,
+}
+
+impl Scheduler {
+    fn next(&self) -> Option<Candidate> {
+        self.queue.lock().expect("queue lock").pop_front()
+    }
+    fn stopped(&self) -> bool {
+        self.stop.lock().expect("stop lock").is_some()
+    }
+    fn stop_with(&self, why: String) {
+        self.stop.lock().expect("stop lock").get_or_insert(why);
+    }
+}

@@ -1,0 +1,186 @@
+//! Runs jobs: phases, agents in pooled worktrees, the serial merge queue, timeouts, error
+//! classification, DLQ records and resume planning. Every state change goes to the store, under
+//! the job lock, as it happens.
+
+pub mod classify;
+pub mod git;
+mod job;
+pub mod plan;
+pub mod process;
+pub mod progress;
+pub mod step;
+pub mod worktree;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+pub use job::RunOutcome;
+pub use progress::{Progress, Reporter, Silent};
+
+use crate::store::{Holder, Job, JobLock, LockOutcome, NewJob, Store};
+use crate::types::{ErrorClass, ItemKey, JobId, JobStatus, Phase};
+use crate::workflow;
+
+/// Which DLQ items a resume picks up.
+pub use plan::DlqMode;
+
+/// The engine: one per process, shared by every job it runs.
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Store,
+    /// Worktrees and logs live under here (`<state>/worktrees/<job>`, `<state>/logs/<job>`).
+    pub state_dir: PathBuf,
+    /// The AI CLI run by `claude:` steps.
+    pub claude_bin: String,
+    /// A server instance name for lock holder messages (None for the CLI).
+    pub instance: Option<String>,
+    pub reporter: Arc<dyn Reporter>,
+    /// Cancelling stops scheduling, kills running agents and leaves the job resumable.
+    pub cancel: CancellationToken,
+}
+
+/// What to run: a workflow file in a repository.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub repo: PathBuf,
+    pub workflow_path: PathBuf,
+    /// Overrides the workflow's `max_parallel`.
+    pub max_parallel: Option<usize>,
+    pub repo_name: Option<crate::types::RepoName>,
+    pub pr_number: Option<i64>,
+    pub head_sha: Option<String>,
+}
+
+/// How to resume: what a plain resume includes from the DLQ.
+#[derive(Debug, Clone)]
+pub struct ResumeRequest {
+    pub dlq: DlqMode,
+    pub max_parallel: Option<usize>,
+}
+
+/// Which DLQ items `dlq retry` reprocesses.
+#[derive(Debug, Clone, Default)]
+pub struct RetryRequest {
+    pub items: Vec<ItemKey>,
+    pub error_class: Option<ErrorClass>,
+    pub max_parallel: Option<usize>,
+}
+
+/// The answer to resume or retry: contention and "nothing to do" are outcomes, not errors.
+#[derive(Debug)]
+pub enum Resumed {
+    Ran(RunOutcome),
+    /// Another process holds the job; it already covers every pending item.
+    Held { holder: Holder, since: DateTime<Utc> },
+    /// The job has finished; nothing to resume.
+    AlreadyFinished { status: JobStatus, dlq: u64 },
+}
+
+impl Engine {
+    /// Validates the workflow, records a new job and runs it to the end.
+    pub async fn run(&self, req: &NewRun) -> anyhow::Result<RunOutcome> {
+        let repo = git::toplevel(&req.repo)
+            .await
+            .with_context(|| format!("{} is not inside a git repository", req.repo.display()))?;
+        let text = std::fs::read_to_string(&req.workflow_path)
+            .with_context(|| format!("cannot read workflow {}", req.workflow_path.display()))?;
+        let parsed = workflow::parse(&req.workflow_path, &text)?;
+        for w in &parsed.warnings {
+            tracing::warn!("{}:{}:{}: {}", req.workflow_path.display(), w.line, w.column, w.message);
+        }
+        let problems = workflow::interpolate::check_workflow(&parsed.workflow);
+        if !problems.is_empty() {
+            let list: Vec<String> = problems
+                .iter()
+                .map(|(line, m)| format!("{}:{line}: {m}", req.workflow_path.display()))
+                .collect();
+            bail!("the workflow has placeholders that can never resolve:\n{}", list.join("\n"));
+        }
+        let base = git::head(&repo).await.context("the repository has no commit to start from")?;
+        let job = self
+            .store
+            .create_job(&NewJob {
+                workflow_path: req.workflow_path.display().to_string(),
+                workflow_text: text,
+                workflow_name: parsed.workflow.name.clone(),
+                repo_path: repo.display().to_string(),
+                repo: req.repo_name.clone(),
+                pr_number: req.pr_number,
+                head_sha: req.head_sha.clone(),
+            })
+            .await?;
+        let lock = match self.store.try_lock(job.id, &self.holder()).await? {
+            LockOutcome::Acquired(lock) => lock,
+            LockOutcome::Held { holder, .. } => bail!("job {} was taken by {holder} as it was created", job.id),
+        };
+        let refs = crate::store::JobRefs {
+            branch: Some(worktree::job_branch(job.id)),
+            base_commit: Some(base),
+            ..Default::default()
+        };
+        self.store.set_job_refs(lock.proof(), &refs).await?;
+        let job = self.store.get_job(job.id).await?;
+        let mode = job::Mode::Fresh;
+        self.execute(job, lock, mode, req.max_parallel).await
+    }
+
+    /// Continues a job where it stopped, under its lock.
+    pub async fn resume(&self, id: JobId, req: &ResumeRequest) -> anyhow::Result<Resumed> {
+        let job = self.store.get_job(id).await?;
+        let lock = match self.store.try_lock(id, &self.holder()).await? {
+            LockOutcome::Acquired(lock) => lock,
+            LockOutcome::Held { holder, since } => return Ok(Resumed::Held { holder, since }),
+        };
+        // Read again under the lock: the previous holder may have finished it meanwhile.
+        let job = self.store.get_job(job.id).await?;
+        if job.phase == Phase::Done {
+            let dlq = self.store.item_counts(id).await?.dlq;
+            lock.release().await?;
+            return Ok(Resumed::AlreadyFinished { status: job.status, dlq });
+        }
+        let mode = job::Mode::Resume(req.dlq);
+        self.execute(job, lock, mode, req.max_parallel).await.map(Resumed::Ran)
+    }
+
+    /// Reprocesses DLQ items of a job under its lock; items that succeed leave the DLQ.
+    pub async fn retry(&self, id: JobId, req: &RetryRequest) -> anyhow::Result<Resumed> {
+        let job = self.store.get_job(id).await?;
+        let lock = match self.store.try_lock(id, &self.holder()).await? {
+            LockOutcome::Acquired(lock) => lock,
+            LockOutcome::Held { holder, since } => return Ok(Resumed::Held { holder, since }),
+        };
+        let job = self.store.get_job(job.id).await?;
+        let mode = job::Mode::Retry(req.clone());
+        self.execute(job, lock, mode, req.max_parallel).await.map(Resumed::Ran)
+    }
+
+    fn holder(&self) -> Holder {
+        Holder::this_process(self.instance.clone())
+    }
+
+    async fn execute(
+        &self,
+        job: Job,
+        lock: JobLock,
+        mode: job::Mode,
+        max_parallel: Option<usize>,
+    ) -> anyhow::Result<RunOutcome> {
+        let result = job::JobRun::new(self, job, lock.proof(), max_parallel)?
+            .run(mode)
+            .await;
+        // Release even when the run failed: a failed run must not block the next resume.
+        let released = lock.release().await;
+        let outcome = result?;
+        released?;
+        Ok(outcome)
+    }
+
+    /// Where the worktrees of `job` live.
+    pub fn workspace(&self, repo: &Path, job: JobId) -> worktree::Workspace {
+        worktree::Workspace::new(repo, &self.state_dir, job)
+    }
+}

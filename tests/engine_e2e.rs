@@ -1,0 +1,235 @@
+//! The engine end to end: real git repositories, real processes, the real binary.
+
+mod harness;
+
+use harness::{Repo, job_id, text};
+use serde_json::Value;
+
+/// An agent script with one behaviour per item kind.
+const AGENT: &str = r#"#!/bin/sh
+# usage: agent.sh KIND ID
+kind="$1"; id="$2"
+case "$kind" in
+  ok) echo "item $id fine" ;;
+  commit)
+    mkdir -p out && echo "$id" > "out/$id.txt"
+    git add "out/$id.txt" && git commit -q -m "item $id" ;;
+  fail) echo "error: widget exploded in /tmp/work/$id/src/lib.rs:42" >&2; exit 3 ;;
+  slow) sleep 30 & sleep 30 ; echo never ;;
+  conflict)
+    echo "shared line written by $id" > shared.txt
+    git add shared.txt && git commit -q -m "item $id edits shared.txt" ;;
+esac
+"#;
+
+fn items_json() -> String {
+    let mut items = Vec::new();
+    for i in 0..20 {
+        let kind = match i {
+            0..=7 => "commit",
+            8..=11 => "ok",
+            12..=14 => "fail",
+            15..=16 => "slow",
+            _ => "conflict",
+        };
+        // 17, 18, 19 are "conflict": all three edit shared.txt, so two of them conflict.
+        items.push(serde_json::json!({"id": format!("i{i:02}"), "kind": kind}));
+    }
+    serde_json::to_string_pretty(&items).unwrap()
+}
+
+const WORKFLOW: &str = r#"
+name: e2e-mixed
+mode: mapreduce
+setup:
+  - shell: "cp fixtures/items.json items.json && echo setup-done"
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 4
+  agent_timeout_secs: 2
+  agent_template:
+    - claude: "/process ${item.id}"
+    - shell: "./agent.sh ${item.kind} ${item.id}"
+reduce:
+  - shell: "echo reduce saw ${map.successful} ok and ${map.failed} failed of ${map.total} > reduce.txt && git add reduce.txt && git commit -q -m reduce"
+"#;
+
+#[test]
+fn mapreduce_job_with_failures_timeouts_commits_and_a_conflict() {
+    let repo = Repo::new(None);
+    repo.write_exec("agent.sh", AGENT);
+    repo.write("shared.txt", "original\n");
+    repo.write("fixtures/items.json", &items_json());
+    repo.write("wf.yml", WORKFLOW);
+    repo.commit_all("add workflow");
+
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert_eq!(out.status.code(), Some(1), "items failed, so the job fails:\n{}", text(&out));
+    let job = job_id(&out);
+
+    // Items: 8 commits + 4 ok + 1 conflict winner merged; 3 fail, 2 time out, 2 conflict.
+    let status = repo.json(&["status", &job]);
+    let counts = &status["counts"];
+    assert_eq!(counts["total"], 20, "{status}");
+    assert_eq!(counts["merged"], 13, "{status}");
+    assert_eq!(counts["failed"], 7, "{status}");
+    assert_eq!(counts["dlq"], 7, "{status}");
+    assert_eq!(status["job"]["phase"], "done", "reduce ran after the map phase: {status}");
+
+    let dlq = repo.json(&["dlq", "list", &job]);
+    let rows = dlq.as_array().unwrap();
+    let class_of = |id: &str| {
+        rows.iter()
+            .find(|r| r["key"] == id)
+            .map(|r| r["error_class"].as_str().unwrap().to_string())
+    };
+    for id in ["i12", "i13", "i14"] {
+        assert_eq!(class_of(id).as_deref(), Some("command_failed"), "{dlq}");
+    }
+    for id in ["i15", "i16"] {
+        assert_eq!(class_of(id).as_deref(), Some("timeout"), "{dlq}");
+    }
+    let conflicts = ["i17", "i18", "i19"]
+        .iter()
+        .filter(|id| class_of(id).as_deref() == Some("merge_conflict"))
+        .count();
+    assert_eq!(conflicts, 2, "exactly one of three shared.txt edits merges: {dlq}");
+    // The same failure on three items groups under one signature.
+    let sigs: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r["error_class"] == "command_failed")
+        .map(|r| r["signature"].as_str().unwrap())
+        .collect();
+    assert_eq!(sigs.len(), 1, "{dlq}");
+
+    // The failed item's history has its log, with the agent's stderr in it.
+    let show = repo.json(&["dlq", "show", &job, "i12"]);
+    let attempt = &show["attempts"][0];
+    assert_eq!(attempt["attempt"], 1);
+    assert_eq!(attempt["exit_code"], 3);
+    let log = std::fs::read_to_string(attempt["log_path"].as_str().unwrap()).unwrap();
+    assert!(log.contains("widget exploded"), "{log}");
+
+    // The job branch holds each committing item exactly once, plus reduce's commit.
+    let branch = format!("prodigy/{job}");
+    for i in 0..8 {
+        assert_eq!(repo.show(&format!("{branch}:out/i{i:02}.txt")), format!("i{i:02}"));
+    }
+    let reduce = repo.show(&format!("{branch}:reduce.txt"));
+    assert_eq!(reduce, "reduce saw 13 ok and 7 failed of 20");
+    let merges = repo.git(&["rev-list", "--merges", "--count", &format!("main..{branch}")]);
+    assert_eq!(merges, "9", "8 committing items + 1 conflict winner merged with --no-ff");
+
+    // Nothing left behind but the job branch.
+    assert_eq!(repo.prodigy_branches(), vec![branch.clone()]);
+    assert!(repo.extra_worktrees().is_empty(), "{:?}", repo.extra_worktrees());
+
+    // No sleeping agent survived its timeout.
+    let ps = std::process::Command::new("sh")
+        .args(["-c", "ps -eo args | grep -c '[s]leep 30' || true"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0", "timed-out agents were killed with their children");
+
+    // The AI CLI ran once per item with the interpolated command.
+    let calls = std::fs::read_to_string(&repo.claude_log).unwrap();
+    assert_eq!(calls.lines().count(), 20, "{calls}");
+    assert!(calls.lines().any(|l| l.ends_with("/process i07")), "{calls}");
+
+    // Every transition is in the event log.
+    let out = repo.prodigy(&["events", &job, "--json"]);
+    let kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    for k in ["job_started", "items_loaded", "item_started", "item_failed", "item_merged", "job_finished"] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
+    }
+    assert_eq!(kinds.iter().filter(|k| *k == "item_started").count(), 20);
+}
+
+#[test]
+fn interpolated_values_reach_the_shell_as_data() {
+    let repo = Repo::new(None);
+    let trap = tempfile::tempdir().unwrap();
+    let t = trap.path().display().to_string();
+    let names = [
+        format!("'; touch {t}/pwned1; echo '"),
+        format!("$(touch {t}/pwned2)"),
+        format!("`touch {t}/pwned3`"),
+        format!("\"; touch {t}/pwned4; echo \""),
+    ];
+    let items: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| serde_json::json!({"id": format!("x{i}"), "name": n}))
+        .collect();
+    repo.write("items.json", &Value::Array(items).to_string());
+    repo.write(
+        "wf.yml",
+        r#"
+mode: mapreduce
+map:
+  input: items.json
+  json_path: "$[*]"
+  agent_template:
+    - shell: |
+        echo '${item.name}' > single-${item.id}.txt
+        echo "${item.name}" > double-${item.id}.txt
+        echo ${item.name} > bare-${item.id}.txt
+        git add . && git commit -q -m "${item.id}"
+"#,
+    );
+    repo.commit_all("wf");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    let branch = format!("prodigy/{job}");
+    for (i, name) in names.iter().enumerate() {
+        for form in ["single", "double", "bare"] {
+            let got = repo.show(&format!("{branch}:{form}-x{i}.txt"));
+            assert_eq!(&got, name, "{form} quoting changed the value");
+        }
+    }
+    let entries: Vec<_> = std::fs::read_dir(trap.path()).unwrap().collect();
+    assert!(entries.is_empty(), "an interpolated value was executed: {entries:?}");
+}
+
+#[test]
+fn validate_reports_file_line_and_column() {
+    let repo = Repo::new(None);
+    repo.write("bad.yml", "name: x\nmode: mapreduce\nmap:\n  input: a.json\n  agent_template:\n    - shell: \"echo: ok\n");
+    let out = repo.prodigy(&["validate", "bad.yml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yml:"), "{err}");
+
+    repo.write("good.yml", "- shell: echo hi\n  bogus_key: 1\n");
+    let out = repo.prodigy(&["validate", "good.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("good.yml:2:") && err.contains("bogus_key"), "{err}");
+}
+
+#[test]
+fn standard_workflow_runs_steps_in_order_and_reports_a_failing_step() {
+    let repo = Repo::new(None);
+    repo.write(
+        "ok.yml",
+        "name: std\ncommands:\n  - shell: \"echo one\"\n    capture: first\n  - shell: \"echo ${first} > two.txt && git add . && git commit -q -m two\"\n    commit_required: true\n",
+    );
+    repo.write("fail.yml", "- shell: \"echo about to fail\"\n- shell: \"echo bad thing >&2; exit 4\"\n- shell: \"touch never.txt\"\n");
+    repo.commit_all("wfs");
+
+    let out = repo.prodigy(&["run", "ok.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    assert_eq!(repo.show(&format!("prodigy/{job}:two.txt")), "one");
+    assert!(repo.extra_worktrees().is_empty());
+
+    let out = repo.prodigy(&["run", "fail.yml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("line 2") && stdout.contains("exit code 4") && stdout.contains("bad thing"), "{stdout}");
+}
