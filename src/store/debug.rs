@@ -27,7 +27,9 @@ pub async fn debug_lock(url: &str, job: &str, hold: Duration) -> i32 {
 
 async fn run(url: &str, job: &str, hold: Duration) -> anyhow::Result<i32> {
     use anyhow::Context;
-    let store = Store::open(url).await.with_context(|| format!("opening {url}"))?;
+    let store = Store::open(url)
+        .await
+        .with_context(|| format!("opening {url}"))?;
     let job: JobId = store.find_job(job).await?.id;
     let holder = Holder::this_process(None);
     match store.try_lock(job, &holder).await? {
@@ -41,7 +43,10 @@ async fn run(url: &str, job: &str, hold: Duration) -> anyhow::Result<i32> {
             Ok(0)
         }
         LockOutcome::Held { holder, since } => {
-            println!("{}", json!({"outcome": "held", "job": job, "holder": holder, "since": since}));
+            println!(
+                "{}",
+                json!({"outcome": "held", "job": job, "holder": holder, "since": since})
+            );
             Ok(EXIT_HELD)
         }
     }

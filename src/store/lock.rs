@@ -11,12 +11,17 @@ use sqlx::types::Json;
 use sqlx::{Connection, Executor, FromRow};
 use tokio::task::JoinHandle;
 
-use super::{Holder, LockOutcome, LockProof, Pool, PoolExt, Result, Store, StoreError, hostname, now};
+use super::{
+    Holder, LockOutcome, LockProof, Pool, PoolExt, Result, Store, StoreError, hostname, now,
+};
 use crate::types::JobId;
 
 /// How often a PostgreSQL loser looks again when the winner has not yet recorded itself.
 const HOLDER_RETRY: Duration = Duration::from_millis(10);
 const HOLDER_RETRIES: u32 = 200;
+
+/// `jobs.lock_holder`, `jobs.locked_since`.
+type HolderRecord = (Option<Json<Holder>>, Option<DateTime<Utc>>);
 
 /// A held job lock. Release it with [`JobLock::release`]; if the process dies instead, the lock
 /// frees itself (PostgreSQL: with the connection; SQLite: when the heartbeat lease runs out, or
@@ -31,7 +36,10 @@ pub struct JobLock {
 enum Held {
     /// The connection that owns the advisory lock; closing it frees the lock.
     Postgres { conn: PgConnection, key: i64 },
-    Sqlite { pool: SqlitePool, heartbeat: JoinHandle<()> },
+    Sqlite {
+        pool: SqlitePool,
+        heartbeat: JoinHandle<()>,
+    },
 }
 
 impl JobLock {
@@ -181,15 +189,16 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
         // Close right away: 50 contenders must not hold 50 idle sessions.
         conn.close().await?;
         // FOR SHARE waits for a winner whose record is being written right now.
-        let row: Option<(Option<Json<Holder>>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT lock_holder, locked_since FROM jobs WHERE id = $1 FOR SHARE",
-        )
-        .bind(job)
-        .fetch_optional(pool)
-        .await?;
+        let row: Option<HolderRecord> =
+            sqlx::query_as("SELECT lock_holder, locked_since FROM jobs WHERE id = $1 FOR SHARE")
+                .bind(job)
+                .fetch_optional(pool)
+                .await?;
         match row {
             None => return Err(StoreError::JobNotFound(job.to_string())),
-            Some((Some(Json(holder)), Some(since))) => return Ok(LockOutcome::Held { holder, since }),
+            Some((Some(Json(holder)), Some(since))) => {
+                return Ok(LockOutcome::Held { holder, since });
+            }
             // The winner has not recorded itself yet, or released in between: look again.
             Some(_) => tokio::time::sleep(HOLDER_RETRY).await,
         }
@@ -226,7 +235,10 @@ async fn try_lock_sqlite(
         let holder_gone = row.host == hostname() && !pid_alive(row.pid);
         if !expired && !holder_gone {
             tx.rollback().await?;
-            return Ok(LockOutcome::Held { holder: row.holder(), since: row.acquired_at });
+            return Ok(LockOutcome::Held {
+                holder: row.holder(),
+                since: row.acquired_at,
+            });
         }
         tracing::info!(
             %job,
@@ -264,7 +276,10 @@ async fn try_lock_sqlite(
     Ok(LockOutcome::Acquired(JobLock {
         proof: LockProof { job, epoch },
         holder: holder.clone(),
-        held: Some(Held::Sqlite { pool: pool.clone(), heartbeat }),
+        held: Some(Held::Sqlite {
+            pool: pool.clone(),
+            heartbeat,
+        }),
     }))
 }
 

@@ -261,7 +261,10 @@ pub fn hostname() -> String {
 /// The answer of [`Store::try_lock`]: contention is an outcome, not an error.
 pub enum LockOutcome {
     Acquired(JobLock),
-    Held { holder: Holder, since: DateTime<Utc> },
+    Held {
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
 }
 
 /// Proof that the bearer holds a job's lock at `epoch`. Only the store creates it.
@@ -279,7 +282,6 @@ impl LockProof {
         self.epoch
     }
 }
-
 
 /// Filter for [`Store::items`].
 #[derive(Debug, Clone, Default)]
@@ -334,9 +336,7 @@ trait PoolExt {
 
     /// A transaction that will write: SQLite takes the write lock up front (`BEGIN IMMEDIATE`),
     /// so it waits its turn under the busy timeout instead of failing on a lock upgrade.
-    fn begin_write(
-        &self,
-    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
 
     /// A write transaction that first checks the proof's epoch against the job row and keeps it
     /// from changing until commit: SQLite holds the database write lock; PostgreSQL share-locks
@@ -425,7 +425,10 @@ fn check_epoch(proof: &LockProof, current: Option<i64>) -> Result<()> {
     match current {
         None => Err(StoreError::JobNotFound(proof.job.to_string())),
         Some(epoch) if epoch == proof.epoch => Ok(()),
-        Some(_) => Err(StoreError::Fenced { job: proof.job, epoch: proof.epoch }),
+        Some(_) => Err(StoreError::Fenced {
+            job: proof.job,
+            epoch: proof.epoch,
+        }),
     }
 }
 
@@ -462,14 +465,18 @@ impl Store {
             if in_memory {
                 // Each connection to `:memory:` is its own database: keep exactly one.
                 options = options.shared_cache(true);
-            } else if let Some(dir) = options.get_filename().parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Db(sqlx::Error::Configuration(
-                            format!("cannot create the directory {} for the SQLite database: {e}", dir.display()).into(),
-                        ))
-                    })?;
-                }
+            } else if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Db(sqlx::Error::Configuration(
+                        format!(
+                            "cannot create the directory {} for the SQLite database: {e}",
+                            dir.display()
+                        )
+                        .into(),
+                    ))
+                })?;
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(if in_memory { 1 } else { 8 })
@@ -487,7 +494,10 @@ impl Store {
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
         };
-        Ok(Store { pool, lease: lease_from_env() })
+        Ok(Store {
+            pool,
+            lease: lease_from_env(),
+        })
     }
 
     /// The same store with another SQLite lock lease (tests use short ones).
@@ -712,7 +722,11 @@ impl Store {
             });
             items.append(&mut rows);
         }
-        if filter.keys.as_ref().is_some_and(|k| k.len() > KEYS_PER_QUERY) {
+        if filter
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.len() > KEYS_PER_QUERY)
+        {
             items.sort_by(|a, b| (a.position, &a.key).cmp(&(b.position, &b.key)));
         }
         Ok(items)
@@ -803,8 +817,14 @@ mod tests {
     #[test]
     fn prefixes_match_the_hyphenated_form() {
         assert_eq!(hyphenated_prefix("0192f5a0").as_deref(), Some("0192f5a0"));
-        assert_eq!(hyphenated_prefix("0192f5a0ab").as_deref(), Some("0192f5a0-ab"));
-        assert_eq!(hyphenated_prefix("0192f5a0-ab").as_deref(), Some("0192f5a0-ab"));
+        assert_eq!(
+            hyphenated_prefix("0192f5a0ab").as_deref(),
+            Some("0192f5a0-ab")
+        );
+        assert_eq!(
+            hyphenated_prefix("0192f5a0-ab").as_deref(),
+            Some("0192f5a0-ab")
+        );
         assert_eq!(hyphenated_prefix("0192-f5a0"), None);
         assert_eq!(hyphenated_prefix("01%"), None);
         assert_eq!(hyphenated_prefix(""), None);

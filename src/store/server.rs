@@ -89,7 +89,10 @@ impl TryFrom<RequestRow> for Request {
             id: r.id,
             kind: r.kind,
             payload: r.payload,
-            status: r.status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            status: r
+                .status
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             claimed_by: r.claimed_by,
             message: r.message,
             attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
@@ -128,7 +131,11 @@ impl Store {
             .await?
             .rows_affected()
         });
-        Ok(if inserted == 1 { DeliveryOutcome::Recorded } else { DeliveryOutcome::Duplicate })
+        Ok(if inserted == 1 {
+            DeliveryOutcome::Recorded
+        } else {
+            DeliveryOutcome::Duplicate
+        })
     }
 
     /// What became of a delivery (e.g. "ignored: edited comment", "queued request 12").
@@ -208,7 +215,11 @@ impl Store {
 
     /// Marks a claimed request done (`ok`) or failed, with a message for the operator.
     pub async fn complete_request(&self, id: i64, ok: bool, message: Option<&str>) -> Result<()> {
-        let status = if ok { RequestStatus::Done } else { RequestStatus::Failed };
+        let status = if ok {
+            RequestStatus::Done
+        } else {
+            RequestStatus::Failed
+        };
         on_pool!(self, pool => {
             sqlx::query("UPDATE requests SET status = $2, message = $3, finished_at = $4 WHERE id = $1")
                 .bind(id)

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::types::Json;
 use sqlx::QueryBuilder;
+use sqlx::types::Json;
 
 use super::{
     AttemptOutcome, JobRefs, LockProof, NewItem, Pool, PoolExt, Result, Store, StoreError,
@@ -33,7 +33,10 @@ impl Store {
             Ok(current) => match check_epoch(proof, current) {
                 Err(e) => e,
                 // The epoch matches now, so it did not when the UPDATE ran: fenced by then.
-                Ok(()) => StoreError::Fenced { job: proof.job, epoch: proof.epoch },
+                Ok(()) => StoreError::Fenced {
+                    job: proof.job,
+                    epoch: proof.epoch,
+                },
             },
         }
     }
@@ -136,7 +139,9 @@ impl Store {
                 let mut tx = pool.begin_fenced(proof).await?;
                 let mut inserted = 0;
                 for chunk in items.chunks(SQLITE_ROWS_PER_INSERT) {
-                    let mut q = QueryBuilder::new("INSERT INTO work_items (job_id, key, position, data, status) ");
+                    let mut q = QueryBuilder::new(
+                        "INSERT INTO work_items (job_id, key, position, data, status) ",
+                    );
                     q.push_values(chunk, |mut row, item| {
                         row.push_bind(proof.job)
                             .push_bind(&item.key)
@@ -226,7 +231,11 @@ impl Store {
         outcome: &AttemptOutcome,
     ) -> Result<()> {
         let at = now();
-        let status = if outcome.success { ItemStatus::Succeeded } else { ItemStatus::Failed };
+        let status = if outcome.success {
+            ItemStatus::Succeeded
+        } else {
+            ItemStatus::Failed
+        };
         fenced!(self, proof, tx => {
             let closed = sqlx::query(
                 "UPDATE attempts SET finished_at = $4, success = $5, exit_code = $6, error_class = $7, \
@@ -373,7 +382,10 @@ impl Store {
     }
 
     pub async fn append_event(&self, proof: &LockProof, kind: &str, data: &Value) -> Result<i64> {
-        match self.insert_event(proof.job, Some(proof.epoch), kind, data).await? {
+        match self
+            .insert_event(proof.job, Some(proof.epoch), kind, data)
+            .await?
+        {
             Some(seq) => Ok(seq),
             None => Err(self.job_write_refused(proof).await),
         }
