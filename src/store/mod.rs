@@ -4,9 +4,20 @@
 //! fenced by the lease epoch inside it: a holder that lost its lock without knowing cannot
 //! overwrite the new holder's work (the write fails with [`StoreError::Fenced`]).
 
-use chrono::{DateTime, Utc};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Sqlite, Transaction};
 
 use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, RepoName};
 
@@ -52,7 +63,7 @@ pub struct NewJob {
     pub head_sha: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Job {
     pub id: JobId,
     pub workflow_path: String,
@@ -65,6 +76,7 @@ pub struct Job {
     pub status: JobStatus,
     pub phase: Phase,
     /// Git refs and commits of the job (branch, base commit, map-done commit).
+    #[sqlx(json)]
     pub refs: JobRefs,
     /// Variables captured by setup, available to map and reduce after a resume.
     pub vars: Value,
@@ -95,14 +107,21 @@ pub struct JobSummary {
     pub counts: ItemCounts,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ItemCounts {
+    #[sqlx(try_from = "i64")]
     pub total: u64,
+    #[sqlx(try_from = "i64")]
     pub pending: u64,
+    #[sqlx(try_from = "i64")]
     pub running: u64,
+    #[sqlx(try_from = "i64")]
     pub succeeded: u64,
+    #[sqlx(try_from = "i64")]
     pub failed: u64,
+    #[sqlx(try_from = "i64")]
     pub merged: u64,
+    #[sqlx(try_from = "i64")]
     pub dlq: u64,
 }
 
@@ -114,16 +133,18 @@ pub struct NewItem {
     pub data: Value,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct WorkItem {
     pub key: ItemKey,
     pub position: i64,
     pub data: Value,
     pub status: ItemStatus,
     /// Attempts started so far, across runs, resumes and retries.
+    #[sqlx(try_from = "i64")]
     pub attempts: u32,
     pub merged: bool,
     /// The commit the last successful attempt produced (None: nothing to merge).
+    #[sqlx(rename = "commit_sha")]
     pub commit: Option<String>,
     /// What the agent reported (captured output etc.), for `${map.results}`.
     pub result: Option<Value>,
@@ -131,9 +152,10 @@ pub struct WorkItem {
     pub reprocessable: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Attempt {
     pub key: ItemKey,
+    #[sqlx(try_from = "i64")]
     pub attempt: u32,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -145,6 +167,7 @@ pub struct Attempt {
     pub log_path: Option<String>,
     pub worktree: Option<String>,
     pub branch: Option<String>,
+    #[sqlx(rename = "commit_sha")]
     pub commit: Option<String>,
 }
 
@@ -168,13 +191,14 @@ pub struct DlqDisposition {
     pub reprocessable: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DlqItem {
     pub job_id: JobId,
     pub key: ItemKey,
     pub data: Value,
     pub first_failure: DateTime<Utc>,
     pub last_failure: DateTime<Utc>,
+    #[sqlx(try_from = "i64")]
     pub failure_count: u32,
     pub error_class: ErrorClass,
     pub signature: String,
@@ -183,7 +207,7 @@ pub struct DlqItem {
     pub manual_review: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Event {
     pub seq: i64,
     pub at: DateTime<Utc>,
@@ -237,7 +261,10 @@ pub fn hostname() -> String {
 /// The answer of [`Store::try_lock`]: contention is an outcome, not an error.
 pub enum LockOutcome {
     Acquired(JobLock),
-    Held { holder: Holder, since: DateTime<Utc> },
+    Held {
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
 }
 
 /// Proof that the bearer holds a job's lock at `epoch`. Only the store creates it.
@@ -256,26 +283,6 @@ impl LockProof {
     }
 }
 
-/// A held job lock. Release it with [`JobLock::release`]; if the process dies instead, the lock
-/// frees itself (PostgreSQL: with the connection; SQLite: when the heartbeat lease runs out, or
-/// at once when the holder pid is gone on the same host).
-pub struct JobLock {
-    proof: LockProof,
-    // backend-specific: the dedicated PgConnection, or the SQLite heartbeat task
-}
-
-impl JobLock {
-    pub fn proof(&self) -> &LockProof {
-        &self.proof
-    }
-
-    /// Frees the lock now (PostgreSQL: `pg_advisory_unlock` on the dedicated connection, then
-    /// closes it; SQLite: deletes the lock row and stops the heartbeat).
-    pub async fn release(self) -> Result<()> {
-        todo!()
-    }
-}
-
 /// Filter for [`Store::items`].
 #[derive(Debug, Clone, Default)]
 pub struct ItemFilter {
@@ -287,161 +294,539 @@ pub struct ItemFilter {
 /// The one handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    // SqlitePool or PgPool
+    pool: Pool,
+    /// SQLite lock lease: a lock row whose heartbeat is older than this is taken over.
+    lease: Duration,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` once per backend with `$pool` bound to that backend's pool. Most queries are the
+/// same text on both (`$N` placeholders work on SQLite too); the body is compiled once per backend.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` in a transaction opened by [`PoolExt::begin_fenced`]: the proof's epoch is
+/// checked first and cannot change until the commit.
+macro_rules! fenced {
+    ($store:expr, $proof:expr, $tx:ident => $body:expr) => {
+        on_pool!($store, pool => {
+            #[allow(unused_mut)]
+            let mut $tx = $crate::store::PoolExt::begin_fenced(pool, $proof).await?;
+            let out = $body;
+            $tx.commit().await?;
+            out
+        })
+    };
+}
+
+/// What differs between the backends when a write transaction starts.
+trait PoolExt {
+    type Db: sqlx::Database;
+
+    /// A transaction that will write: SQLite takes the write lock up front (`BEGIN IMMEDIATE`),
+    /// so it waits its turn under the busy timeout instead of failing on a lock upgrade.
+    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
+
+    /// A write transaction that first checks the proof's epoch against the job row and keeps it
+    /// from changing until commit: SQLite holds the database write lock; PostgreSQL share-locks
+    /// the job row, which a takeover's epoch bump has to wait for.
+    fn begin_fenced(
+        &self,
+        proof: &LockProof,
+    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
+}
+
+impl PoolExt for SqlitePool {
+    type Db = Sqlite;
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn begin_fenced(&self, proof: &LockProof) -> Result<Transaction<'static, Sqlite>> {
+        let mut tx = self.begin_write().await?;
+        let epoch: Option<i64> = sqlx::query_scalar("SELECT lease_epoch FROM jobs WHERE id = $1")
+            .bind(proof.job)
+            .fetch_optional(&mut *tx)
+            .await?;
+        check_epoch(proof, epoch)?;
+        Ok(tx)
+    }
+}
+
+impl PoolExt for PgPool {
+    type Db = Postgres;
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.begin().await?)
+    }
+
+    async fn begin_fenced(&self, proof: &LockProof) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.begin().await?;
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT lease_epoch FROM jobs WHERE id = $1 FOR SHARE")
+                .bind(proof.job)
+                .fetch_optional(&mut *tx)
+                .await?;
+        check_epoch(proof, epoch)?;
+        Ok(tx)
+    }
+}
+
+mod debug;
+mod lock;
+mod server;
+mod sql_types;
+mod writes;
+
+pub use debug::debug_lock;
+pub use lock::JobLock;
+pub use server::{DeliveryOutcome, Request, RequestStatus};
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Default SQLite lock lease; `PRODIGY_LOCK_LEASE_SECS` overrides it.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
+
+/// How long a SQLite connection waits for another writer before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `SELECT <job columns> FROM jobs` followed by the given literal tail.
+macro_rules! select_jobs {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, workflow_path, workflow_text, workflow_name, repo_path, repo, pr_number, ",
+            "head_sha, status, phase, refs, vars, check_run_id, error, lease_epoch, created_at, ",
+            "updated_at, finished_at FROM jobs ",
+            $tail
+        )
+    };
+}
+
+/// The current time at the precision both backends keep (microseconds), so a value written and
+/// read back compares equal.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn check_epoch(proof: &LockProof, current: Option<i64>) -> Result<()> {
+    match current {
+        None => Err(StoreError::JobNotFound(proof.job.to_string())),
+        Some(epoch) if epoch == proof.epoch => Ok(()),
+        Some(_) => Err(StoreError::Fenced {
+            job: proof.job,
+            epoch: proof.epoch,
+        }),
+    }
+}
+
+/// The lease from `PRODIGY_LOCK_LEASE_SECS` (seconds, fractions allowed), else the default.
+fn lease_from_env() -> Duration {
+    std::env::var("PRODIGY_LOCK_LEASE_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_LOCK_LEASE)
 }
 
 impl Store {
     /// Opens `sqlite://PATH` (created if missing; WAL, busy timeout) or `postgres://...`, and
     /// applies pending migrations.
     pub async fn open(url: &str) -> Result<Store> {
-        todo!("{url}")
+        let store = Store::open_without_migrating(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens the database without touching its schema (for `prodigy migrate` and the
+    /// migration tests).
+    pub async fn open_without_migrating(url: &str) -> Result<Store> {
+        let pool = if url.starts_with("sqlite:") {
+            let mut options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true);
+            let in_memory = options.get_filename() == Path::new(":memory:");
+            if in_memory {
+                // Each connection to `:memory:` is its own database: keep exactly one.
+                options = options.shared_cache(true);
+            } else if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Db(sqlx::Error::Configuration(
+                        format!(
+                            "cannot create the directory {} for the SQLite database: {e}",
+                            dir.display()
+                        )
+                        .into(),
+                    ))
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(if in_memory { 1 } else { 8 })
+                .connect_with(options)
+                .await?;
+            Pool::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await?;
+            Pool::Postgres(pool)
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        Ok(Store {
+            pool,
+            lease: lease_from_env(),
+        })
+    }
+
+    /// The same store with another SQLite lock lease (tests use short ones).
+    pub fn with_lock_lease(mut self, lease: Duration) -> Store {
+        self.lease = lease;
+        self
+    }
+
+    pub fn lock_lease(&self) -> Duration {
+        self.lease
     }
 
     pub fn backend(&self) -> BackendKind {
-        todo!()
+        match self.pool {
+            Pool::Sqlite(_) => BackendKind::Sqlite,
+            Pool::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Closes the pool's connections (waits for checked-out ones to come back).
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.pool {
+            Pool::Sqlite(_) => &SQLITE_MIGRATOR,
+            Pool::Postgres(_) => &POSTGRES_MIGRATOR,
+        }
+    }
+
+    /// Versions of the migrations this build knows, in order.
+    pub fn known_migrations(&self) -> Vec<i64> {
+        self.migrator().iter().map(|m| m.version).collect()
+    }
+
+    /// Versions already applied to the database, in order.
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>> {
+        let table = &self.migrator().table_name;
+        let mut versions = on_pool!(self, pool => {
+            let mut conn = pool.acquire().await?;
+            conn.ensure_migrations_table(table).await?;
+            conn.list_applied_migrations(table).await?
+        })
+        .into_iter()
+        .map(|m| m.version)
+        .collect::<Vec<_>>();
+        versions.sort_unstable();
+        Ok(versions)
     }
 
     /// Applies pending migrations; returns the versions applied now.
     pub async fn migrate(&self) -> Result<Vec<i64>> {
-        todo!()
+        self.migrate_up_to(i64::MAX).await
+    }
+
+    /// Applies pending migrations up to and including `version`; returns the versions applied now.
+    pub async fn migrate_up_to(&self, version: i64) -> Result<Vec<i64>> {
+        let before = self.applied_migrations().await?;
+        let migrator = self.migrator();
+        on_pool!(self, pool => migrator.run_to(version, pool).await?);
+        let after = self.applied_migrations().await?;
+        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
 
     // ---- jobs -----------------------------------------------------------------------------
 
     pub async fn create_job(&self, new: &NewJob) -> Result<Job> {
-        todo!("{new:?}")
+        let id = JobId::new();
+        let at = now();
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO jobs (id, workflow_path, workflow_text, workflow_name, repo_path, repo, \
+                 pr_number, head_sha, status, phase, refs, vars, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+            )
+            .bind(id)
+            .bind(&new.workflow_path)
+            .bind(&new.workflow_text)
+            .bind(&new.workflow_name)
+            .bind(&new.repo_path)
+            .bind(&new.repo)
+            .bind(new.pr_number)
+            .bind(&new.head_sha)
+            .bind(JobStatus::Pending)
+            .bind(Phase::Setup)
+            .bind(Json(JobRefs::default()))
+            .bind(Value::Object(Default::default()))
+            .bind(at)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        self.get_job(id).await
     }
 
     pub async fn get_job(&self, id: JobId) -> Result<Job> {
-        todo!("{id}")
+        let job: Option<Job> = on_pool!(self, pool => {
+            sqlx::query_as(select_jobs!("WHERE id = $1")).bind(id).fetch_optional(pool).await?
+        });
+        job.ok_or_else(|| StoreError::JobNotFound(id.to_string()))
     }
 
-    /// A job by full id or by a unique prefix of its id's text.
+    /// A job by full id or by a unique prefix of its id's text (hyphens optional).
     pub async fn find_job(&self, id_or_prefix: &str) -> Result<Job> {
-        todo!("{id_or_prefix}")
+        let wanted = id_or_prefix.trim().to_ascii_lowercase();
+        if let Ok(id) = wanted.parse::<JobId>() {
+            return self.get_job(id).await;
+        }
+        let Some(prefix) = hyphenated_prefix(&wanted) else {
+            return Err(StoreError::JobNotFound(id_or_prefix.to_string()));
+        };
+        let pattern = format!("{prefix}%");
+        let jobs: Vec<Job> = on_pool!(self, pool => {
+            sqlx::query_as(select_jobs!("WHERE CAST(id AS TEXT) LIKE $1 ORDER BY id LIMIT 2"))
+                .bind(&pattern)
+                .fetch_all(pool)
+                .await?
+        });
+        match jobs.len() {
+            0 => Err(StoreError::JobNotFound(id_or_prefix.to_string())),
+            1 => Ok(jobs.into_iter().next().expect("one job")),
+            _ => {
+                let count: i64 = on_pool!(self, pool => {
+                    sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE CAST(id AS TEXT) LIKE $1")
+                        .bind(&pattern)
+                        .fetch_one(pool)
+                        .await?
+                });
+                Err(StoreError::AmbiguousJob {
+                    prefix: id_or_prefix.to_string(),
+                    count: usize::try_from(count).unwrap_or(usize::MAX),
+                })
+            }
+        }
     }
 
     /// Most recent first.
     pub async fn list_jobs(&self, limit: u32) -> Result<Vec<JobSummary>> {
-        todo!("{limit}")
+        let jobs: Vec<Job> = on_pool!(self, pool => {
+            sqlx::query_as(select_jobs!("ORDER BY created_at DESC, id DESC LIMIT $1"))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let counts = self.item_counts(job.id).await?;
+            out.push(JobSummary { job, counts });
+        }
+        Ok(out)
+    }
+
+    /// Jobs of one pull request, most recent first (the server's `/prodigy resume` on a PR).
+    pub async fn find_jobs_by_pr(&self, repo: &RepoName, pr: i64) -> Result<Vec<Job>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(select_jobs!(
+                "WHERE repo = $1 AND pr_number = $2 ORDER BY created_at DESC, id DESC"
+            ))
+            .bind(repo)
+            .bind(pr)
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     pub async fn item_counts(&self, job: JobId) -> Result<ItemCounts> {
-        todo!("{job}")
-    }
-
-    // ---- the lock -------------------------------------------------------------------------
-
-    pub async fn try_lock(&self, job: JobId, holder: &Holder) -> Result<LockOutcome> {
-        todo!("{job} {holder}")
-    }
-
-    // ---- writes under the lock (fenced by the proof's epoch) ---------------------------------
-
-    pub async fn set_job_state(
-        &self,
-        proof: &LockProof,
-        status: JobStatus,
-        phase: Phase,
-        error: Option<&str>,
-    ) -> Result<()> {
-        todo!("{proof:?} {status} {phase} {error:?}")
-    }
-
-    pub async fn set_job_refs(&self, proof: &LockProof, refs: &JobRefs) -> Result<()> {
-        todo!("{proof:?} {refs:?}")
-    }
-
-    pub async fn set_job_vars(&self, proof: &LockProof, vars: &Value) -> Result<()> {
-        todo!("{proof:?} {vars}")
-    }
-
-    pub async fn set_check_run_id(&self, proof: &LockProof, id: i64) -> Result<()> {
-        todo!("{proof:?} {id}")
-    }
-
-    /// Inserts items; a key already present for the job is left as it is. Returns rows inserted.
-    pub async fn insert_items(&self, proof: &LockProof, items: &[NewItem]) -> Result<u64> {
-        todo!("{proof:?} {}", items.len())
-    }
-
-    /// Marks the item running and appends an attempt row; returns its attempt number
-    /// (previous attempts + 1, across runs).
-    pub async fn start_attempt(
-        &self,
-        proof: &LockProof,
-        key: &ItemKey,
-        worktree: &str,
-        branch: &str,
-    ) -> Result<u32> {
-        todo!("{proof:?} {key} {worktree} {branch}")
-    }
-
-    /// Completes the attempt row and sets the item's status; on failure with a DLQ disposition
-    /// it upserts the DLQ row (count + 1, last failure, class, signature, message) in the same
-    /// transaction. On success the item leaves the DLQ.
-    pub async fn finish_attempt(
-        &self,
-        proof: &LockProof,
-        key: &ItemKey,
-        attempt: u32,
-        outcome: &AttemptOutcome,
-    ) -> Result<()> {
-        todo!("{proof:?} {key} {attempt} {outcome:?}")
-    }
-
-    /// The item's commit reached the job branch (or it had nothing to merge).
-    pub async fn mark_merged(&self, proof: &LockProof, key: &ItemKey) -> Result<()> {
-        todo!("{proof:?} {key}")
-    }
-
-    /// Items left `running` by a crashed holder go back to `pending`; their open attempts are
-    /// closed as failed with class Unknown and message "interrupted". Returns how many.
-    pub async fn recover_interrupted(&self, proof: &LockProof) -> Result<u64> {
-        todo!("{proof:?}")
-    }
-
-    pub async fn remove_from_dlq(&self, proof: &LockProof, key: &ItemKey) -> Result<()> {
-        todo!("{proof:?} {key}")
-    }
-
-    /// Deletes DLQ rows (older than the time, when given); the attempts history stays.
-    pub async fn purge_dlq(
-        &self,
-        proof: &LockProof,
-        older_than: Option<DateTime<Utc>>,
-    ) -> Result<u64> {
-        todo!("{proof:?} {older_than:?}")
-    }
-
-    pub async fn append_event(&self, proof: &LockProof, kind: &str, data: &Value) -> Result<i64> {
-        todo!("{proof:?} {kind} {data}")
-    }
-
-    /// For events recorded by a process that does not hold the lock (e.g. a refused resume).
-    pub async fn append_event_unlocked(&self, job: JobId, kind: &str, data: &Value) -> Result<i64> {
-        todo!("{job} {kind} {data}")
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT COUNT(*) AS total, \
+                 COUNT(*) FILTER (WHERE status = 'pending') AS pending, \
+                 COUNT(*) FILTER (WHERE status = 'running') AS running, \
+                 COUNT(*) FILTER (WHERE status = 'succeeded') AS succeeded, \
+                 COUNT(*) FILTER (WHERE status = 'failed') AS failed, \
+                 COUNT(*) FILTER (WHERE merged) AS merged, \
+                 (SELECT COUNT(*) FROM dlq_items WHERE job_id = $1) AS dlq \
+                 FROM work_items WHERE job_id = $1",
+            )
+            .bind(job)
+            .fetch_one(pool)
+            .await?
+        }))
     }
 
     // ---- reads ----------------------------------------------------------------------------
 
     /// Items by position.
     pub async fn items(&self, job: JobId, filter: &ItemFilter) -> Result<Vec<WorkItem>> {
-        todo!("{job} {filter:?}")
+        // SQLite allows 32766 bound values per statement; ask for keys in slices well below it.
+        const KEYS_PER_QUERY: usize = 10_000;
+        let key_chunks: Vec<Option<&[ItemKey]>> = match &filter.keys {
+            None => vec![None],
+            Some(keys) if keys.is_empty() => return Ok(Vec::new()),
+            Some(keys) => keys.chunks(KEYS_PER_QUERY).map(Some).collect(),
+        };
+        let mut items = Vec::new();
+        for keys in key_chunks {
+            let mut rows: Vec<WorkItem> = on_pool!(self, pool => {
+                let mut q = QueryBuilder::new(
+                    "SELECT w.key, w.position, w.data, w.status, w.attempts, w.merged, w.commit_sha, \
+                     w.result, d.key IS NOT NULL AS in_dlq, COALESCE(d.reprocessable, FALSE) AS reprocessable \
+                     FROM work_items w LEFT JOIN dlq_items d ON d.job_id = w.job_id AND d.key = w.key \
+                     WHERE w.job_id = ",
+                );
+                q.push_bind(job);
+                if let Some(status) = filter.status {
+                    q.push(" AND w.status = ").push_bind(status);
+                }
+                if let Some(merged) = filter.merged {
+                    q.push(" AND w.merged = ").push_bind(merged);
+                }
+                if let Some(keys) = keys {
+                    q.push(" AND w.key IN (");
+                    let mut list = q.separated(", ");
+                    for key in keys {
+                        list.push_bind(key);
+                    }
+                    q.push(")");
+                }
+                q.push(" ORDER BY w.position, w.key");
+                q.build_query_as().fetch_all(pool).await?
+            });
+            items.append(&mut rows);
+        }
+        if filter
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.len() > KEYS_PER_QUERY)
+        {
+            items.sort_by(|a, b| (a.position, &a.key).cmp(&(b.position, &b.key)));
+        }
+        Ok(items)
     }
 
     /// One item's attempts, oldest first: its full failure history.
     pub async fn attempts(&self, job: JobId, key: &ItemKey) -> Result<Vec<Attempt>> {
-        todo!("{job} {key}")
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT key, attempt, started_at, finished_at, success, exit_code, error_class, \
+                 signature, message, log_path, worktree, branch, commit_sha \
+                 FROM attempts WHERE job_id = $1 AND key = $2 ORDER BY attempt",
+            )
+            .bind(job)
+            .bind(key)
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     /// DLQ rows of one job, or of all jobs; oldest first failure first.
     pub async fn dlq(&self, job: Option<JobId>) -> Result<Vec<DlqItem>> {
-        todo!("{job:?}")
+        Ok(on_pool!(self, pool => {
+            match job {
+                Some(job) => sqlx::query_as(
+                    "SELECT job_id, key, data, first_failure, last_failure, failure_count, error_class, \
+                     signature, last_message, reprocessable, manual_review FROM dlq_items \
+                     WHERE job_id = $1 ORDER BY first_failure, key",
+                )
+                .bind(job)
+                .fetch_all(pool)
+                .await?,
+                None => sqlx::query_as(
+                    "SELECT job_id, key, data, first_failure, last_failure, failure_count, error_class, \
+                     signature, last_message, reprocessable, manual_review FROM dlq_items \
+                     ORDER BY first_failure, job_id, key",
+                )
+                .fetch_all(pool)
+                .await?,
+            }
+        }))
     }
 
     /// Events with `seq > after`, in order, at most `limit`.
     pub async fn events(&self, job: JobId, after: i64, limit: u32) -> Result<Vec<Event>> {
-        todo!("{job} {after} {limit}")
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT seq, at, kind, data FROM events WHERE job_id = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3",
+            )
+            .bind(job)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+}
+
+/// `0192f5a0`, `0192f5a0-00`, `0192f5a000` -> the hyphenated form's prefix; None unless the text
+/// can start a UUID (so LIKE never sees a wildcard).
+fn hyphenated_prefix(text: &str) -> Option<String> {
+    if text.is_empty() || !text.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return None;
+    }
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    if hex.len() > 32 {
+        return None;
+    }
+    let mut out = String::with_capacity(36);
+    for (i, c) in hex.chars().enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        out.push(c);
+    }
+    // A prefix typed with its hyphens must keep them where a UUID has them.
+    if text.contains('-') && !out.starts_with(text) {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_the_hyphenated_form() {
+        assert_eq!(hyphenated_prefix("0192f5a0").as_deref(), Some("0192f5a0"));
+        assert_eq!(
+            hyphenated_prefix("0192f5a0ab").as_deref(),
+            Some("0192f5a0-ab")
+        );
+        assert_eq!(
+            hyphenated_prefix("0192f5a0-ab").as_deref(),
+            Some("0192f5a0-ab")
+        );
+        assert_eq!(hyphenated_prefix("0192-f5a0"), None);
+        assert_eq!(hyphenated_prefix("01%"), None);
+        assert_eq!(hyphenated_prefix(""), None);
     }
 }

@@ -1,0 +1,313 @@
+//! The job lock: a PostgreSQL session advisory lock on a dedicated connection, or a SQLite lock
+//! row kept alive by a heartbeat. Each acquisition bumps the job's lease epoch, which fences every
+//! later write of the previous holder (see the module docs of `store`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::sqlite::SqlitePool;
+use sqlx::types::Json;
+use sqlx::{Connection, Executor, FromRow};
+use tokio::task::JoinHandle;
+
+use super::{
+    Holder, LockOutcome, LockProof, Pool, PoolExt, Result, Store, StoreError, hostname, now,
+};
+use crate::types::JobId;
+
+/// How often a PostgreSQL loser looks again when the winner has not yet recorded itself.
+const HOLDER_RETRY: Duration = Duration::from_millis(10);
+const HOLDER_RETRIES: u32 = 200;
+
+/// `jobs.lock_holder`, `jobs.locked_since`.
+type HolderRecord = (Option<Json<Holder>>, Option<DateTime<Utc>>);
+
+/// A held job lock. Release it with [`JobLock::release`]; if the process dies instead, the lock
+/// frees itself (PostgreSQL: with the connection; SQLite: when the heartbeat lease runs out, or
+/// at once when the holder pid is gone on the same host).
+pub struct JobLock {
+    proof: LockProof,
+    holder: Holder,
+    /// None once released.
+    held: Option<Held>,
+}
+
+enum Held {
+    /// The connection that owns the advisory lock; closing it frees the lock.
+    Postgres { conn: PgConnection, key: i64 },
+    Sqlite {
+        pool: SqlitePool,
+        heartbeat: JoinHandle<()>,
+    },
+}
+
+impl JobLock {
+    pub fn proof(&self) -> &LockProof {
+        &self.proof
+    }
+
+    /// Who holds it: this process.
+    pub fn holder(&self) -> &Holder {
+        &self.holder
+    }
+
+    /// Frees the lock now (PostgreSQL: `pg_advisory_unlock` on the dedicated connection, then
+    /// closes it; SQLite: deletes the lock row and stops the heartbeat). A lock that was taken
+    /// over meanwhile is left to its new holder.
+    pub async fn release(mut self) -> Result<()> {
+        let job = self.proof.job;
+        let epoch = self.proof.epoch;
+        match self.held.take() {
+            None => Ok(()),
+            Some(Held::Postgres { mut conn, key }) => {
+                // Clear the holder before unlocking, so the next holder's record is never erased.
+                sqlx::query(
+                    "UPDATE jobs SET lock_holder = NULL, locked_since = NULL \
+                     WHERE id = $1 AND lease_epoch = $2",
+                )
+                .bind(job)
+                .bind(epoch)
+                .execute(&mut conn)
+                .await?;
+                let _was_held: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+                    .bind(key)
+                    .fetch_one(&mut conn)
+                    .await?;
+                conn.close().await?;
+                Ok(())
+            }
+            Some(Held::Sqlite { pool, heartbeat }) => {
+                heartbeat.abort();
+                let mut tx = pool.begin_write().await?;
+                sqlx::query("DELETE FROM job_locks WHERE job_id = $1 AND holder_id = $2")
+                    .bind(job)
+                    .bind(&self.holder.id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE jobs SET lock_holder = NULL, locked_since = NULL \
+                     WHERE id = $1 AND lease_epoch = $2",
+                )
+                .bind(job)
+                .bind(epoch)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        // PostgreSQL: dropping the connection closes it, and the server frees the lock.
+        // SQLite: without heartbeats the row goes stale and is taken over after one lease.
+        if let Some(Held::Sqlite { heartbeat, .. }) = &self.held {
+            heartbeat.abort();
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct LockRow {
+    holder_id: String,
+    host: String,
+    pid: i64,
+    instance: Option<String>,
+    acquired_at: DateTime<Utc>,
+    heartbeat_at: DateTime<Utc>,
+}
+
+impl LockRow {
+    fn holder(&self) -> Holder {
+        Holder {
+            id: self.holder_id.clone(),
+            host: self.host.clone(),
+            pid: u32::try_from(self.pid).unwrap_or(0),
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+/// Whether a process with this pid exists on this host (`kill(pid, 0)`: only ESRCH means gone).
+fn pid_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: signal 0 performs the existence and permission checks only; nothing is delivered.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+impl Store {
+    /// Takes the job's lock for `holder`, or says who holds it since when. Never waits for the
+    /// holder to finish.
+    pub async fn try_lock(&self, job: JobId, holder: &Holder) -> Result<LockOutcome> {
+        match &self.pool {
+            Pool::Postgres(pool) => try_lock_postgres(pool, job, holder).await,
+            Pool::Sqlite(pool) => try_lock_sqlite(pool, self.lease, job, holder).await,
+        }
+    }
+}
+
+async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result<LockOutcome> {
+    let key = job.lock_key();
+    for _ in 0..HOLDER_RETRIES {
+        // A connection of its own: a pooled one would go back to the pool still holding the
+        // session lock, and could be handed to someone else.
+        let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+        if acquired {
+            let epoch: Option<i64> = sqlx::query_scalar(
+                "UPDATE jobs SET lease_epoch = lease_epoch + 1, lock_holder = $2, locked_since = $3 \
+                 WHERE id = $1 RETURNING lease_epoch",
+            )
+            .bind(job)
+            .bind(Json(holder))
+            .bind(now())
+            .fetch_optional(&mut conn)
+            .await?;
+            let Some(epoch) = epoch else {
+                // Closing the connection frees the lock on a job that does not exist.
+                conn.close().await?;
+                return Err(StoreError::JobNotFound(job.to_string()));
+            };
+            return Ok(LockOutcome::Acquired(JobLock {
+                proof: LockProof { job, epoch },
+                holder: holder.clone(),
+                held: Some(Held::Postgres { conn, key }),
+            }));
+        }
+        // Close right away: 50 contenders must not hold 50 idle sessions.
+        conn.close().await?;
+        // FOR SHARE waits for a winner whose record is being written right now.
+        let row: Option<HolderRecord> =
+            sqlx::query_as("SELECT lock_holder, locked_since FROM jobs WHERE id = $1 FOR SHARE")
+                .bind(job)
+                .fetch_optional(pool)
+                .await?;
+        match row {
+            None => return Err(StoreError::JobNotFound(job.to_string())),
+            Some((Some(Json(holder)), Some(since))) => {
+                return Ok(LockOutcome::Held { holder, since });
+            }
+            // The winner has not recorded itself yet, or released in between: look again.
+            Some(_) => tokio::time::sleep(HOLDER_RETRY).await,
+        }
+    }
+    Err(StoreError::Db(sqlx::Error::Protocol(format!(
+        "the lock of job {job} is held, but its holder never recorded itself; try again"
+    ))))
+}
+
+async fn try_lock_sqlite(
+    pool: &SqlitePool,
+    lease: Duration,
+    job: JobId,
+    holder: &Holder,
+) -> Result<LockOutcome> {
+    let mut tx = pool.begin_write().await?;
+    let exists: Option<i64> = sqlx::query_scalar("SELECT lease_epoch FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if exists.is_none() {
+        return Err(StoreError::JobNotFound(job.to_string()));
+    }
+    let current: Option<LockRow> = sqlx::query_as(
+        "SELECT holder_id, host, pid, instance, acquired_at, heartbeat_at FROM job_locks WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let at = now();
+    if let Some(row) = current {
+        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let expired = at - row.heartbeat_at > lease;
+        let holder_gone = row.host == hostname() && !pid_alive(row.pid);
+        if !expired && !holder_gone {
+            tx.rollback().await?;
+            return Ok(LockOutcome::Held {
+                holder: row.holder(),
+                since: row.acquired_at,
+            });
+        }
+        tracing::info!(
+            %job,
+            previous = %row.holder(),
+            reason = if holder_gone { "holder process is gone" } else { "heartbeat older than the lease" },
+            "taking over a stale job lock"
+        );
+    }
+    sqlx::query(
+        "INSERT INTO job_locks (job_id, holder_id, host, pid, instance, acquired_at, heartbeat_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) \
+         ON CONFLICT (job_id) DO UPDATE SET holder_id = excluded.holder_id, host = excluded.host, \
+         pid = excluded.pid, instance = excluded.instance, acquired_at = excluded.acquired_at, \
+         heartbeat_at = excluded.heartbeat_at",
+    )
+    .bind(job)
+    .bind(&holder.id)
+    .bind(&holder.host)
+    .bind(i64::from(holder.pid))
+    .bind(&holder.instance)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    let epoch: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET lease_epoch = lease_epoch + 1, lock_holder = $2, locked_since = $3 \
+         WHERE id = $1 RETURNING lease_epoch",
+    )
+    .bind(job)
+    .bind(Json(holder))
+    .bind(at)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let heartbeat = tokio::spawn(heartbeat(pool.clone(), lease, job, holder.id.clone()));
+    Ok(LockOutcome::Acquired(JobLock {
+        proof: LockProof { job, epoch },
+        holder: holder.clone(),
+        held: Some(Held::Sqlite {
+            pool: pool.clone(),
+            heartbeat,
+        }),
+    }))
+}
+
+/// Renews the lock row every third of the lease until the lock is released, dropped, or found
+/// taken over (then the holder's writes are already fenced; renewing would be wrong).
+async fn heartbeat(pool: SqlitePool, lease: Duration, job: JobId, holder_id: String) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let renewed = pool
+            .execute(
+                sqlx::query(
+                    "UPDATE job_locks SET heartbeat_at = $3 WHERE job_id = $1 AND holder_id = $2",
+                )
+                .bind(job)
+                .bind(&holder_id)
+                .bind(now()),
+            )
+            .await;
+        match renewed {
+            Ok(r) if r.rows_affected() == 0 => {
+                tracing::warn!(%job, "job lock was taken over by another holder; heartbeat stops");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%job, error = %e, "could not renew the job lock; retrying"),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! State of `prodigy serve`: webhook deliveries (recorded once, so a redelivery is a no-op) and
+//! the request queue between the webhook handler and the runners.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::FromRow;
+
+use super::{Pool, PoolExt, Result, Store, now};
+
+/// The answer of [`Store::record_delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// First time this delivery id is seen: handle it.
+    Recorded,
+    /// Seen before (GitHub redelivered it): do nothing.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    Queued,
+    Claimed,
+    Done,
+    Failed,
+}
+
+impl RequestStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RequestStatus::Queued => "queued",
+            RequestStatus::Claimed => "claimed",
+            RequestStatus::Done => "done",
+            RequestStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for RequestStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "queued" => Ok(RequestStatus::Queued),
+            "claimed" => Ok(RequestStatus::Claimed),
+            "done" => Ok(RequestStatus::Done),
+            "failed" => Ok(RequestStatus::Failed),
+            other => Err(format!(
+                "unknown request status '{other}': expected queued, claimed, done or failed"
+            )),
+        }
+    }
+}
+
+/// One unit of work for a runner, e.g. "resume job X" or "run workflow Y on PR Z".
+#[derive(Debug, Clone, Serialize)]
+pub struct Request {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub status: RequestStatus,
+    pub claimed_by: Option<String>,
+    pub message: Option<String>,
+    /// Times it was claimed, this claim included.
+    pub attempts: u32,
+    pub enqueued_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(FromRow)]
+struct RequestRow {
+    id: i64,
+    kind: String,
+    payload: Value,
+    status: String,
+    claimed_by: Option<String>,
+    message: Option<String>,
+    attempts: i64,
+    enqueued_at: DateTime<Utc>,
+    claimed_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<RequestRow> for Request {
+    type Error = sqlx::Error;
+    fn try_from(r: RequestRow) -> Result<Self, sqlx::Error> {
+        Ok(Request {
+            id: r.id,
+            kind: r.kind,
+            payload: r.payload,
+            status: r
+                .status
+                .parse()
+                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            claimed_by: r.claimed_by,
+            message: r.message,
+            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+            enqueued_at: r.enqueued_at,
+            claimed_at: r.claimed_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
+macro_rules! request_columns {
+    () => {
+        "id, kind, payload, status, claimed_by, message, attempts, enqueued_at, claimed_at, finished_at"
+    };
+}
+
+impl Store {
+    /// Records a webhook delivery by its `X-GitHub-Delivery` id; a second call with the same id
+    /// answers Duplicate and changes nothing.
+    pub async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        action: Option<&str>,
+    ) -> Result<DeliveryOutcome> {
+        let inserted = on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
+                 VALUES ($1, $2, $3, $4, 'received') ON CONFLICT (delivery_id) DO NOTHING",
+            )
+            .bind(delivery_id)
+            .bind(event)
+            .bind(action)
+            .bind(now())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(if inserted == 1 {
+            DeliveryOutcome::Recorded
+        } else {
+            DeliveryOutcome::Duplicate
+        })
+    }
+
+    /// What became of a delivery (e.g. "ignored: edited comment", "queued request 12").
+    pub async fn set_delivery_outcome(&self, delivery_id: &str, outcome: &str) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE webhook_deliveries SET outcome = $2 WHERE delivery_id = $1")
+                .bind(delivery_id)
+                .bind(outcome)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// The recorded outcome of a delivery, if it was seen.
+    pub async fn delivery_outcome(&self, delivery_id: &str) -> Result<Option<String>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT outcome FROM webhook_deliveries WHERE delivery_id = $1")
+                .bind(delivery_id)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
+    /// Queues a request for a runner; returns its id.
+    pub async fn enqueue_request(&self, kind: &str, payload: &Value) -> Result<i64> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "INSERT INTO requests (kind, payload, status, enqueued_at) VALUES ($1, $2, 'queued', $3) \
+                 RETURNING id",
+            )
+            .bind(kind)
+            .bind(payload)
+            .bind(now())
+            .fetch_one(pool)
+            .await?
+        }))
+    }
+
+    /// Claims the oldest queued request for `worker`; no two workers ever get the same one
+    /// (PostgreSQL skips rows another claimer has locked; SQLite claims in one statement under
+    /// the database write lock).
+    pub async fn claim_request(&self, worker: &str) -> Result<Option<Request>> {
+        let at = now();
+        let row: Option<RequestRow> = match &self.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query_as(concat!(
+                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
+                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
+                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
+                    request_columns!()
+                ))
+                .bind(worker)
+                .bind(at)
+                .fetch_optional(pool)
+                .await?
+            }
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin_write().await?;
+                let row = sqlx::query_as(concat!(
+                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
+                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
+                     ORDER BY id LIMIT 1) RETURNING ",
+                    request_columns!()
+                ))
+                .bind(worker)
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                row
+            }
+        };
+        Ok(row.map(Request::try_from).transpose()?)
+    }
+
+    /// Marks a claimed request done (`ok`) or failed, with a message for the operator.
+    pub async fn complete_request(&self, id: i64, ok: bool, message: Option<&str>) -> Result<()> {
+        let status = if ok {
+            RequestStatus::Done
+        } else {
+            RequestStatus::Failed
+        };
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE requests SET status = $2, message = $3, finished_at = $4 WHERE id = $1")
+                .bind(id)
+                .bind(status.as_str())
+                .bind(message)
+                .bind(now())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// Puts requests claimed by `worker` back in the queue (a runner restarting after a crash
+    /// calls this with its own name). Returns how many.
+    pub async fn requeue_claimed(&self, worker: &str) -> Result<u64> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE requests SET status = 'queued', claimed_by = NULL, claimed_at = NULL \
+                 WHERE status = 'claimed' AND claimed_by = $1",
+            )
+            .bind(worker)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    pub async fn get_request(&self, id: i64) -> Result<Option<Request>> {
+        let row: Option<RequestRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(Request::try_from).transpose()?)
+    }
+}

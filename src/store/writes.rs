@@ -1,0 +1,435 @@
+//! Writes of job state. Each one takes a [`LockProof`] and is fenced by its epoch: a single
+//! `UPDATE jobs ... WHERE lease_epoch = $epoch` for the job row itself, the `fenced!`
+//! transaction for everything else.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::QueryBuilder;
+use sqlx::types::Json;
+
+use super::{
+    AttemptOutcome, JobRefs, LockProof, NewItem, Pool, PoolExt, Result, Store, StoreError,
+    check_epoch, now,
+};
+use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
+
+/// Rows per multi-row INSERT on SQLite: 5 bound values a row stays far below its 32766 limit.
+const SQLITE_ROWS_PER_INSERT: usize = 2_000;
+/// Rows per UNNEST insert on PostgreSQL: big enough to amortise the round trip, small enough to
+/// keep one message's size modest.
+const POSTGRES_ROWS_PER_INSERT: usize = 10_000;
+
+impl Store {
+    /// After a fenced `UPDATE jobs` touched no row: tells a vanished job from a lost lease.
+    async fn job_write_refused(&self, proof: &LockProof) -> StoreError {
+        let current: std::result::Result<Option<i64>, sqlx::Error> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT lease_epoch FROM jobs WHERE id = $1")
+                .bind(proof.job)
+                .fetch_optional(pool)
+                .await
+        });
+        match current {
+            Err(e) => StoreError::Db(e),
+            Ok(current) => match check_epoch(proof, current) {
+                Err(e) => e,
+                // The epoch matches now, so it did not when the UPDATE ran: fenced by then.
+                Ok(()) => StoreError::Fenced {
+                    job: proof.job,
+                    epoch: proof.epoch,
+                },
+            },
+        }
+    }
+
+    pub async fn set_job_state(
+        &self,
+        proof: &LockProof,
+        status: JobStatus,
+        phase: Phase,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let at = now();
+        let finished_at: Option<DateTime<Utc>> = match status {
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled => Some(at),
+            JobStatus::Pending | JobStatus::Running => None,
+        };
+        let done = on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET status = $3, phase = $4, error = $5, updated_at = $6, finished_at = $7 \
+                 WHERE id = $1 AND lease_epoch = $2",
+            )
+            .bind(proof.job)
+            .bind(proof.epoch)
+            .bind(status)
+            .bind(phase)
+            .bind(error)
+            .bind(at)
+            .bind(finished_at)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err(self.job_write_refused(proof).await);
+        }
+        Ok(())
+    }
+
+    pub async fn set_job_refs(&self, proof: &LockProof, refs: &JobRefs) -> Result<()> {
+        let done = on_pool!(self, pool => {
+            sqlx::query("UPDATE jobs SET refs = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2")
+                .bind(proof.job)
+                .bind(proof.epoch)
+                .bind(Json(refs))
+                .bind(now())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if done == 0 {
+            return Err(self.job_write_refused(proof).await);
+        }
+        Ok(())
+    }
+
+    pub async fn set_job_vars(&self, proof: &LockProof, vars: &Value) -> Result<()> {
+        let done = on_pool!(self, pool => {
+            sqlx::query("UPDATE jobs SET vars = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2")
+                .bind(proof.job)
+                .bind(proof.epoch)
+                .bind(vars)
+                .bind(now())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if done == 0 {
+            return Err(self.job_write_refused(proof).await);
+        }
+        Ok(())
+    }
+
+    pub async fn set_check_run_id(&self, proof: &LockProof, id: i64) -> Result<()> {
+        let done = on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET check_run_id = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2",
+            )
+            .bind(proof.job)
+            .bind(proof.epoch)
+            .bind(id)
+            .bind(now())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err(self.job_write_refused(proof).await);
+        }
+        Ok(())
+    }
+
+    /// Inserts items; a key already present for the job is left as it is. Returns rows inserted.
+    pub async fn insert_items(&self, proof: &LockProof, items: &[NewItem]) -> Result<u64> {
+        if items.is_empty() {
+            // Still answer Fenced/JobNotFound, so an empty input does not hide a lost lock.
+            return fenced!(self, proof, _tx => Ok(0));
+        }
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin_fenced(proof).await?;
+                let mut inserted = 0;
+                for chunk in items.chunks(SQLITE_ROWS_PER_INSERT) {
+                    let mut q = QueryBuilder::new(
+                        "INSERT INTO work_items (job_id, key, position, data, status) ",
+                    );
+                    q.push_values(chunk, |mut row, item| {
+                        row.push_bind(proof.job)
+                            .push_bind(&item.key)
+                            .push_bind(item.position)
+                            .push_bind(&item.data)
+                            .push_bind(ItemStatus::Pending);
+                    });
+                    q.push(" ON CONFLICT (job_id, key) DO NOTHING");
+                    inserted += q.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin_fenced(proof).await?;
+                let mut inserted = 0;
+                for chunk in items.chunks(POSTGRES_ROWS_PER_INSERT) {
+                    let keys: Vec<&str> = chunk.iter().map(|i| i.key.0.as_str()).collect();
+                    let positions: Vec<i64> = chunk.iter().map(|i| i.position).collect();
+                    let data: Vec<&Value> = chunk.iter().map(|i| &i.data).collect();
+                    inserted += sqlx::query(
+                        "INSERT INTO work_items (job_id, key, position, data, status) \
+                         SELECT $1, k, p, d, 'pending' FROM UNNEST($2::text[], $3::bigint[], $4::jsonb[]) AS t(k, p, d) \
+                         ON CONFLICT (job_id, key) DO NOTHING",
+                    )
+                    .bind(proof.job)
+                    .bind(&keys)
+                    .bind(&positions)
+                    .bind(&data)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+        }
+    }
+
+    /// Marks the item running and appends an attempt row; returns its attempt number
+    /// (previous attempts + 1, across runs).
+    pub async fn start_attempt(
+        &self,
+        proof: &LockProof,
+        key: &ItemKey,
+        worktree: &str,
+        branch: &str,
+    ) -> Result<u32> {
+        let at = now();
+        let attempt: i64 = fenced!(self, proof, tx => {
+            let attempt: Option<i64> = sqlx::query_scalar(
+                "UPDATE work_items SET status = 'running', attempts = attempts + 1 \
+                 WHERE job_id = $1 AND key = $2 RETURNING attempts",
+            )
+            .bind(proof.job)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(attempt) = attempt else {
+                return Err(StoreError::ItemNotFound { job: proof.job, key: key.clone() });
+            };
+            sqlx::query(
+                "INSERT INTO attempts (job_id, key, attempt, started_at, worktree, branch) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(proof.job)
+            .bind(key)
+            .bind(attempt)
+            .bind(at)
+            .bind(worktree)
+            .bind(branch)
+            .execute(&mut *tx)
+            .await?;
+            attempt
+        });
+        Ok(u32::try_from(attempt).unwrap_or(u32::MAX))
+    }
+
+    /// Completes the attempt row and sets the item's status; on failure with a DLQ disposition
+    /// it upserts the DLQ row (count + 1, last failure, class, signature, message) in the same
+    /// transaction. On success the item leaves the DLQ.
+    pub async fn finish_attempt(
+        &self,
+        proof: &LockProof,
+        key: &ItemKey,
+        attempt: u32,
+        outcome: &AttemptOutcome,
+    ) -> Result<()> {
+        let at = now();
+        let status = if outcome.success {
+            ItemStatus::Succeeded
+        } else {
+            ItemStatus::Failed
+        };
+        fenced!(self, proof, tx => {
+            let closed = sqlx::query(
+                "UPDATE attempts SET finished_at = $4, success = $5, exit_code = $6, error_class = $7, \
+                 signature = $8, message = $9, log_path = $10, commit_sha = $11 \
+                 WHERE job_id = $1 AND key = $2 AND attempt = $3",
+            )
+            .bind(proof.job)
+            .bind(key)
+            .bind(i64::from(attempt))
+            .bind(at)
+            .bind(outcome.success)
+            .bind(outcome.exit_code)
+            .bind(outcome.error_class)
+            .bind(&outcome.signature)
+            .bind(&outcome.message)
+            .bind(&outcome.log_path)
+            .bind(&outcome.commit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if closed == 0 {
+                return Err(StoreError::ItemNotFound { job: proof.job, key: key.clone() });
+            }
+            // A failure keeps the commit of an earlier success (it may be merged already).
+            sqlx::query(
+                "UPDATE work_items SET status = $3, \
+                 commit_sha = CASE WHEN $4 THEN $5 ELSE commit_sha END, \
+                 result = COALESCE($6, result) \
+                 WHERE job_id = $1 AND key = $2",
+            )
+            .bind(proof.job)
+            .bind(key)
+            .bind(status)
+            .bind(outcome.success)
+            .bind(&outcome.commit)
+            .bind(&outcome.result)
+            .execute(&mut *tx)
+            .await?;
+            if outcome.success {
+                sqlx::query("DELETE FROM dlq_items WHERE job_id = $1 AND key = $2")
+                    .bind(proof.job)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            } else if let Some(dlq) = outcome.dlq {
+                // What cannot be reprocessed automatically needs a person to look at it.
+                sqlx::query(
+                    "INSERT INTO dlq_items (job_id, key, data, first_failure, last_failure, failure_count, \
+                     error_class, signature, last_message, reprocessable, manual_review) \
+                     SELECT job_id, key, data, $3, $3, 1, $4, $5, $6, $7, $8 FROM work_items \
+                     WHERE job_id = $1 AND key = $2 \
+                     ON CONFLICT (job_id, key) DO UPDATE SET last_failure = excluded.last_failure, \
+                     failure_count = dlq_items.failure_count + 1, error_class = excluded.error_class, \
+                     signature = excluded.signature, last_message = excluded.last_message, \
+                     reprocessable = excluded.reprocessable, manual_review = excluded.manual_review",
+                )
+                .bind(proof.job)
+                .bind(key)
+                .bind(at)
+                .bind(outcome.error_class.unwrap_or(ErrorClass::Unknown))
+                .bind(outcome.signature.as_deref().unwrap_or(""))
+                .bind(outcome.message.as_deref().unwrap_or(""))
+                .bind(dlq.reprocessable)
+                .bind(!dlq.reprocessable)
+                .execute(&mut *tx)
+                .await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// The item's commit reached the job branch (or it had nothing to merge).
+    pub async fn mark_merged(&self, proof: &LockProof, key: &ItemKey) -> Result<()> {
+        fenced!(self, proof, tx => {
+            let done = sqlx::query("UPDATE work_items SET merged = TRUE WHERE job_id = $1 AND key = $2")
+                .bind(proof.job)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if done == 0 {
+                return Err(StoreError::ItemNotFound { job: proof.job, key: key.clone() });
+            }
+        });
+        Ok(())
+    }
+
+    /// Items left `running` by a crashed holder go back to `pending`; their open attempts are
+    /// closed as failed with class Unknown and message "interrupted". Returns how many.
+    pub async fn recover_interrupted(&self, proof: &LockProof) -> Result<u64> {
+        let at = now();
+        Ok(fenced!(self, proof, tx => {
+            sqlx::query(
+                "UPDATE attempts SET finished_at = $2, success = FALSE, error_class = $3, message = 'interrupted' \
+                 WHERE job_id = $1 AND finished_at IS NULL",
+            )
+            .bind(proof.job)
+            .bind(at)
+            .bind(ErrorClass::Unknown)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE work_items SET status = 'pending' WHERE job_id = $1 AND status = 'running'",
+            )
+            .bind(proof.job)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    pub async fn remove_from_dlq(&self, proof: &LockProof, key: &ItemKey) -> Result<()> {
+        fenced!(self, proof, tx => {
+            sqlx::query("DELETE FROM dlq_items WHERE job_id = $1 AND key = $2")
+                .bind(proof.job)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Deletes DLQ rows (older than the time, when given); the attempts history stays.
+    pub async fn purge_dlq(
+        &self,
+        proof: &LockProof,
+        older_than: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
+        Ok(fenced!(self, proof, tx => {
+            match older_than {
+                Some(t) => sqlx::query("DELETE FROM dlq_items WHERE job_id = $1 AND last_failure < $2")
+                    .bind(proof.job)
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                None => sqlx::query("DELETE FROM dlq_items WHERE job_id = $1")
+                    .bind(proof.job)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+            }
+        }))
+    }
+
+    pub async fn append_event(&self, proof: &LockProof, kind: &str, data: &Value) -> Result<i64> {
+        match self
+            .insert_event(proof.job, Some(proof.epoch), kind, data)
+            .await?
+        {
+            Some(seq) => Ok(seq),
+            None => Err(self.job_write_refused(proof).await),
+        }
+    }
+
+    /// For events recorded by a process that does not hold the lock (e.g. a refused resume).
+    pub async fn append_event_unlocked(&self, job: JobId, kind: &str, data: &Value) -> Result<i64> {
+        self.insert_event(job, None, kind, data)
+            .await?
+            .ok_or_else(|| StoreError::JobNotFound(job.to_string()))
+    }
+
+    /// Takes the job's next sequence number (the row lock orders concurrent appends) and inserts
+    /// the event in the same transaction. None: no job row (at that epoch, when given).
+    async fn insert_event(
+        &self,
+        job: JobId,
+        epoch: Option<i64>,
+        kind: &str,
+        data: &Value,
+    ) -> Result<Option<i64>> {
+        let at = now();
+        Ok(on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let seq: Option<i64> = sqlx::query_scalar(
+                "UPDATE jobs SET event_seq = event_seq + 1 \
+                 WHERE id = $1 AND ($2 IS NULL OR lease_epoch = $2) RETURNING event_seq",
+            )
+            .bind(job)
+            .bind(epoch)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(seq) = seq {
+                sqlx::query("INSERT INTO events (job_id, seq, at, kind, data) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(job)
+                    .bind(seq)
+                    .bind(at)
+                    .bind(kind)
+                    .bind(data)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            seq
+        }))
+    }
+}

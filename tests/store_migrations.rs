@@ -1,0 +1,251 @@
+//! Migrations are applied one by one onto a database that already holds data written under the
+//! previous one, on both backends; and both backends end with the same tables and columns.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{TestDb, test_stores};
+use prodigy::store::{
+    AttemptOutcome, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, LockOutcome, NewItem,
+    NewJob, Store,
+};
+use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
+use serde_json::json;
+use sqlx::Connection;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_one_by_one_onto_existing_data() {
+    for (backend, db) in test_stores().await {
+        eprintln!("-- migrations on {backend}");
+        apply_one_by_one(&db).await;
+    }
+}
+
+async fn apply_one_by_one(db: &TestDb) {
+    let store = Store::open_without_migrating(db.url()).await.unwrap();
+    let versions = store.known_migrations();
+    assert!(
+        versions.len() >= 2,
+        "expected at least two migrations, found {versions:?}"
+    );
+    assert!(store.applied_migrations().await.unwrap().is_empty());
+
+    let mut seeded = Seeded::default();
+    for (i, &version) in versions.iter().enumerate() {
+        assert_eq!(store.migrate_up_to(version).await.unwrap(), vec![version]);
+        assert_eq!(
+            store.applied_migrations().await.unwrap(),
+            versions[..=i].to_vec()
+        );
+        // What earlier versions wrote is still there and still works ...
+        seeded.verify(&store).await;
+        // ... and this version's tables take data of their own.
+        seeded.seed(&store, version).await;
+        seeded.verify(&store).await;
+    }
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "nothing left to apply"
+    );
+    // Opening (which migrates) an up-to-date database changes nothing.
+    let reopened = db.store().await;
+    seeded.verify(&reopened).await;
+}
+
+#[derive(Default)]
+struct Seeded {
+    job: Option<JobId>,
+    delivery: Option<String>,
+    request: Option<i64>,
+}
+
+impl Seeded {
+    async fn seed(&mut self, store: &Store, version: i64) {
+        match version {
+            1 => {
+                let job = store
+                    .create_job(&NewJob {
+                        workflow_path: "wf.yml".into(),
+                        workflow_text: "name: m\n".into(),
+                        workflow_name: "m".into(),
+                        repo_path: "/repo".into(),
+                        repo: None,
+                        pr_number: None,
+                        head_sha: None,
+                    })
+                    .await
+                    .unwrap();
+                let LockOutcome::Acquired(lock) = store
+                    .try_lock(job.id, &Holder::this_process(None))
+                    .await
+                    .unwrap()
+                else {
+                    panic!("fresh job is held");
+                };
+                let p = lock.proof();
+                store
+                    .set_job_state(p, JobStatus::Running, Phase::Map, None)
+                    .await
+                    .unwrap();
+                let items: Vec<NewItem> = (0..3)
+                    .map(|i| NewItem {
+                        key: ItemKey(format!("k{i}")),
+                        position: i,
+                        data: json!({"i": i}),
+                    })
+                    .collect();
+                store.insert_items(p, &items).await.unwrap();
+                let key = ItemKey::from("k1");
+                let n = store.start_attempt(p, &key, "/wt", "b").await.unwrap();
+                let outcome = AttemptOutcome {
+                    success: false,
+                    exit_code: Some(2),
+                    error_class: Some(ErrorClass::CommandFailed),
+                    signature: Some("sig".into()),
+                    message: Some("exit 2".into()),
+                    log_path: None,
+                    commit: None,
+                    result: None,
+                    dlq: Some(DlqDisposition {
+                        reprocessable: true,
+                    }),
+                };
+                store.finish_attempt(p, &key, n, &outcome).await.unwrap();
+                store
+                    .append_event(p, "map_started", &json!({"items": 3}))
+                    .await
+                    .unwrap();
+                lock.release().await.unwrap();
+                self.job = Some(job.id);
+            }
+            2 => {
+                let id = "d-1".to_string();
+                assert_eq!(
+                    store.record_delivery(&id, "ping", None).await.unwrap(),
+                    DeliveryOutcome::Recorded
+                );
+                self.request = Some(
+                    store
+                        .enqueue_request("resume", &json!({"job": self.job}))
+                        .await
+                        .unwrap(),
+                );
+                self.delivery = Some(id);
+            }
+            other => panic!(
+                "migration {other} has no seed data in this test: add rows for its tables to Seeded::seed"
+            ),
+        }
+    }
+
+    async fn verify(&self, store: &Store) {
+        if let Some(job) = self.job {
+            let got = store.get_job(job).await.unwrap();
+            assert_eq!((got.status, got.phase), (JobStatus::Running, Phase::Map));
+            assert!(got.lease_epoch >= 1);
+            let items = store.items(job, &ItemFilter::default()).await.unwrap();
+            assert_eq!(items.len(), 3);
+            assert_eq!(items[1].status, ItemStatus::Failed);
+            assert!(items[1].in_dlq);
+            assert_eq!(
+                store
+                    .attempts(job, &ItemKey::from("k1"))
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            assert_eq!(store.dlq(Some(job)).await.unwrap()[0].failure_count, 1);
+            assert_eq!(
+                store.events(job, 0, 10).await.unwrap()[0].kind,
+                "map_started"
+            );
+            // The lock still works on old rows.
+            let LockOutcome::Acquired(lock) = store
+                .try_lock(job, &Holder::this_process(None))
+                .await
+                .unwrap()
+            else {
+                panic!("seeded job is held");
+            };
+            lock.release().await.unwrap();
+        }
+        if let Some(delivery) = &self.delivery {
+            assert_eq!(
+                store.record_delivery(delivery, "ping", None).await.unwrap(),
+                DeliveryOutcome::Duplicate
+            );
+        }
+        if let Some(request) = self.request {
+            assert_eq!(
+                store.get_request(request).await.unwrap().unwrap().kind,
+                "resume"
+            );
+        }
+    }
+}
+
+/// Tables and their columns, as the database reports them.
+type Schema = BTreeMap<String, BTreeSet<String>>;
+
+async fn schema(db: &TestDb) -> Schema {
+    let rows: Vec<(String, String)> = if db.is_postgres() {
+        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        sqlx::query_as(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+        sqlx::query_as(
+            "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE '\\_sqlx%' ESCAPE '\\' \
+             AND m.name <> 'sqlite_sequence'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+    };
+    let mut out = Schema::new();
+    for (table, column) in rows {
+        out.entry(table).or_default().insert(column);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_have_the_same_schema() {
+    let dbs = test_stores().await;
+    let mut schemas = Vec::new();
+    for (backend, db) in &dbs {
+        db.store().await;
+        let mut s = schema(db).await;
+        if *backend == "sqlite" {
+            // The SQLite lock table; PostgreSQL uses advisory locks instead.
+            assert!(s.remove("job_locks").is_some());
+        }
+        schemas.push((backend, s));
+    }
+    let (_, sqlite) = &schemas[0];
+    for table in [
+        "jobs",
+        "work_items",
+        "attempts",
+        "dlq_items",
+        "events",
+        "webhook_deliveries",
+        "requests",
+    ] {
+        assert!(
+            sqlite.contains_key(table),
+            "table {table} is missing: {sqlite:?}"
+        );
+    }
+    if let Some((_, postgres)) = schemas.get(1) {
+        assert_eq!(sqlite, postgres);
+    }
+}
