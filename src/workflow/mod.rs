@@ -2,5 +2,8 @@
 //! pipeline.
 
 pub mod model;
+pub mod parse;
+mod yaml;
 
 pub use model::*;
+pub use parse::{Parsed, WorkflowError, load, parse};
