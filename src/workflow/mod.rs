@@ -1,6 +1,14 @@
 //! Workflow files: the model, parsing with file:line:col errors, interpolation, the map input
 //! pipeline.
 
+pub mod interpolate;
 pub mod model;
+pub mod parse;
+mod yaml;
 
+pub use interpolate::{
+    Context, InterpolateError, Placeholder, ShellScript, check_workflow, eval_condition,
+    placeholders, render_shell, render_text,
+};
 pub use model::*;
+pub use parse::{Parsed, WorkflowError, load, parse};
