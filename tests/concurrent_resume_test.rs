@@ -22,16 +22,26 @@ fn a_second_resume_is_refused_at_once_naming_the_holder() {
         let job = interrupted_job(&r, 2);
 
         let first = r.start(&["resume", &job], &[("AGENT_SLEEP", "0.5")]);
-        r.repo.wait_for_events(&job, "the first resume to start", |ev| {
-            count(ev, "job_resumed") >= 1
-        });
+        r.repo
+            .wait_for_events(&job, "the first resume to start", |ev| {
+                count(ev, "job_resumed") >= 1
+            });
         let started = std::time::Instant::now();
         let second = r.prodigy(&["resume", &job]);
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{name}: the refusal waited");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{name}: the refusal waited"
+        );
         assert_eq!(second.status.code(), Some(75), "{name}: {}", text(&second));
         let msg = String::from_utf8_lossy(&second.stderr);
-        assert!(msg.contains(&format!("pid {}", first.pid())), "{name}: holder not named: {msg}");
-        assert!(msg.contains("already covers every pending item"), "{name}: {msg}");
+        assert!(
+            msg.contains(&format!("pid {}", first.pid())),
+            "{name}: holder not named: {msg}"
+        );
+        assert!(
+            msg.contains("already covers every pending item"),
+            "{name}: {msg}"
+        );
 
         let (code, err) = first.wait();
         assert_eq!(code, Some(0), "{name}: first resume: {err}");
@@ -42,7 +52,10 @@ fn a_second_resume_is_refused_at_once_naming_the_holder() {
         // Sequential resumes are fine: the finished job says so and does nothing.
         let again = r.prodigy(&["resume", &job]);
         assert_eq!(again.status.code(), Some(0), "{name}: {}", text(&again));
-        assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"), "{name}");
+        assert!(
+            String::from_utf8_lossy(&again.stdout).contains("already finished"),
+            "{name}"
+        );
     }
 }
 
@@ -52,16 +65,24 @@ fn killing_the_holder_frees_the_lock_for_the_next_resume() {
         let r = Resumable::new(db.as_ref().map(|d| d.url()), 10);
         let job = interrupted_job(&r, 1);
         let mut holder = r.start(&["resume", &job], &[("AGENT_SLEEP", "2")]);
-        r.repo.wait_for_events(&job, "an item of the resume to start", |ev| {
-            count(ev, "job_resumed") >= 1
-        });
+        r.repo
+            .wait_for_events(&job, "an item of the resume to start", |ev| {
+                count(ev, "job_resumed") >= 1
+            });
         holder.kill9();
         // PostgreSQL frees the lock with the connection; SQLite sees the holder pid is gone.
         let next = r.prodigy(&["resume", &job]);
         assert_eq!(next.status.code(), Some(0), "{name}: {}", text(&next));
         r.assert_each_effect_once(&job, 10);
-        assert!(r.repo.extra_worktrees().is_empty(), "{name}: worktrees left after the crash were cleaned");
-        assert_eq!(r.repo.prodigy_branches(), vec![format!("prodigy/{job}")], "{name}");
+        assert!(
+            r.repo.extra_worktrees().is_empty(),
+            "{name}: worktrees left after the crash were cleaned"
+        );
+        assert_eq!(
+            r.repo.prodigy_branches(),
+            vec![format!("prodigy/{job}")],
+            "{name}"
+        );
     }
 }
 

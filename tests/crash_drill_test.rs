@@ -22,8 +22,14 @@ fn moments() -> Vec<Moment> {
         Box::new(move |ev: &[Value]| count(ev, "item_merged") >= n)
     };
     vec![
-        ("during setup", Box::new(|ev: &[Value]| phase_running(ev, "setup"))),
-        ("first item started", Box::new(|ev: &[Value]| count(ev, "item_started") >= 1)),
+        (
+            "during setup",
+            Box::new(|ev: &[Value]| phase_running(ev, "setup")),
+        ),
+        (
+            "first item started",
+            Box::new(|ev: &[Value]| count(ev, "item_started") >= 1),
+        ),
         ("after 5 merges", merged_at_least(5)),
         ("after 15 merges", merged_at_least(15)),
         ("after 30 merges", merged_at_least(30)),
@@ -31,7 +37,10 @@ fn moments() -> Vec<Moment> {
         ("after 60 merges", merged_at_least(60)),
         ("after 75 merges", merged_at_least(75)),
         ("after 95 merges", merged_at_least(95)),
-        ("during reduce", Box::new(|ev: &[Value]| phase_running(ev, "reduce"))),
+        (
+            "during reduce",
+            Box::new(|ev: &[Value]| phase_running(ev, "reduce")),
+        ),
     ]
 }
 
@@ -39,7 +48,11 @@ fn moments() -> Vec<Moment> {
 fn sigkill_at_ten_moments_then_resume_completes_exactly_once() {
     for (name, db) in backends() {
         let r = Resumable::new(db.as_ref().map(|d| d.url()), ITEMS);
-        let slow = [("AGENT_SLEEP", "0.05"), ("SETUP_SLEEP", "1"), ("REDUCE_SLEEP", "1")];
+        let slow = [
+            ("AGENT_SLEEP", "0.05"),
+            ("SETUP_SLEEP", "1"),
+            ("REDUCE_SLEEP", "1"),
+        ];
         let mut job: Option<String> = None;
         for (moment, pred) in moments() {
             let mut proc = match &job {
@@ -50,7 +63,10 @@ fn sigkill_at_ten_moments_then_resume_completes_exactly_once() {
             job = Some(id.clone());
             // Every event counts from the job's start; the counts only grow across runs.
             r.repo.wait_for_events(&id, moment, |ev| {
-                pred(ev) || ev.iter().any(|e| e["kind"] == "job_finished" && e["data"]["status"] == "succeeded")
+                pred(ev)
+                    || ev
+                        .iter()
+                        .any(|e| e["kind"] == "job_finished" && e["data"]["status"] == "succeeded")
             });
             proc.kill9();
             let status = r.repo.json(&["status", &id]);
@@ -62,8 +78,16 @@ fn sigkill_at_ten_moments_then_resume_completes_exactly_once() {
         let out = r.prodigy(&["resume", &job]);
         assert!(out.status.success(), "{name}: final resume: {}", text(&out));
         r.assert_each_effect_once(&job, ITEMS);
-        assert!(r.repo.extra_worktrees().is_empty(), "{name}: {:?}", r.repo.extra_worktrees());
-        assert_eq!(r.repo.prodigy_branches(), vec![format!("prodigy/{job}")], "{name}");
+        assert!(
+            r.repo.extra_worktrees().is_empty(),
+            "{name}: {:?}",
+            r.repo.extra_worktrees()
+        );
+        assert_eq!(
+            r.repo.prodigy_branches(),
+            vec![format!("prodigy/{job}")],
+            "{name}"
+        );
         let status = r.repo.json(&["status", &job]);
         assert_eq!(status["counts"]["merged"], ITEMS, "{name}: {status}");
         assert_eq!(status["job"]["status"], "succeeded", "{name}");

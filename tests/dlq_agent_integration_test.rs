@@ -22,10 +22,23 @@ fn failed_agents_are_recorded_and_retried_until_they_succeed() {
         for row in rows {
             assert_eq!(row["error_class"], "command_failed", "{name}");
             assert_eq!(row["failure_count"], 1, "{name}");
-            assert_eq!(row["signature"].as_str().unwrap().len(), 64, "{name}: sha-256 hex");
-            assert!(row["last_message"].as_str().unwrap().contains("flag file present"), "{name}");
+            assert_eq!(
+                row["signature"].as_str().unwrap().len(),
+                64,
+                "{name}: sha-256 hex"
+            );
+            assert!(
+                row["last_message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("flag file present"),
+                "{name}"
+            );
         }
-        assert_eq!(rows[0]["signature"], rows[1]["signature"], "{name}: one failure, one signature");
+        assert_eq!(
+            rows[0]["signature"], rows[1]["signature"],
+            "{name}: one failure, one signature"
+        );
         let key1 = "item-1";
         let key2 = rows
             .iter()
@@ -33,11 +46,19 @@ fn failed_agents_are_recorded_and_retried_until_they_succeed() {
             .find(|k| *k != key1)
             .unwrap()
             .to_string();
-        assert!(key2.starts_with("h-"), "{name}: id-less item keyed by content hash: {key2}");
+        assert!(
+            key2.starts_with("h-"),
+            "{name}: id-less item keyed by content hash: {key2}"
+        );
 
         let show = r.repo.json(&["dlq", "show", &job, key1]);
         let log = show["attempts"][0]["log_path"].as_str().unwrap();
-        assert!(std::fs::read_to_string(log).unwrap().contains("flag file present"), "{name}");
+        assert!(
+            std::fs::read_to_string(log)
+                .unwrap()
+                .contains("flag file present"),
+            "{name}"
+        );
 
         // Retry with the cause still there: one more history entry, attempt 2.
         let out = r.prodigy(&["dlq", "retry", &job, "--item", key1]);
@@ -69,10 +90,25 @@ fn failed_agents_are_recorded_and_retried_until_they_succeed() {
         r.unfail("item-2");
         let out = r.prodigy(&["dlq", "retry", &job]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
-        assert_eq!(r.repo.json(&["dlq", "list", &job]).as_array().unwrap().len(), 0);
-        assert_eq!(r.repo.json(&["status", &job])["job"]["status"], "succeeded", "{name}");
+        assert_eq!(
+            r.repo
+                .json(&["dlq", "list", &job])
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(
+            r.repo.json(&["status", &job])["job"]["status"],
+            "succeeded",
+            "{name}"
+        );
         assert_eq!(r.runs_of("item-1"), 3, "{name}");
-        assert_eq!(r.runs_of("item-0"), 1, "{name}: succeeded items never re-run");
+        assert_eq!(
+            r.runs_of("item-0"),
+            1,
+            "{name}: succeeded items never re-run"
+        );
     }
 }
 
@@ -81,7 +117,10 @@ fn resume_includes_dlq_items() {
     for (name, db) in backends() {
         let r = Resumable::new(db.as_ref().map(|d| d.url()), 8);
         // Stop the map phase at the first failure: the job stays resumable in the map phase.
-        let wf = harness::RESUMABLE_WF.replace("mode: mapreduce", "mode: mapreduce\nerror_policy:\n  continue_on_failure: false");
+        let wf = harness::RESUMABLE_WF.replace(
+            "mode: mapreduce",
+            "mode: mapreduce\nerror_policy:\n  continue_on_failure: false",
+        );
         r.repo.write("wf.yml", &wf);
         r.repo.commit_all("stop on failure");
         r.fail("item-0");
@@ -130,6 +169,10 @@ fn resource_exhaustion_and_unknown_failures_are_classified() {
     };
     assert_eq!(class("oom"), "resource_exhausted");
     assert_eq!(class("disk"), "resource_exhausted");
-    assert_eq!(class("killed"), "resource_exhausted", "SIGKILL we did not send: the OOM killer");
+    assert_eq!(
+        class("killed"),
+        "resource_exhausted",
+        "SIGKILL we did not send: the OOM killer"
+    );
     assert_eq!(class("segv"), "unknown");
 }

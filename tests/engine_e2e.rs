@@ -65,7 +65,12 @@ fn mapreduce_job_with_failures_timeouts_commits_and_a_conflict() {
     repo.commit_all("add workflow");
 
     let out = repo.prodigy(&["run", "wf.yml"]);
-    assert_eq!(out.status.code(), Some(1), "items failed, so the job fails:\n{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "items failed, so the job fails:\n{}",
+        text(&out)
+    );
     let job = job_id(&out);
 
     // Items: 8 commits + 4 ok + 1 conflict winner merged; 3 fail, 2 time out, 2 conflict.
@@ -75,7 +80,10 @@ fn mapreduce_job_with_failures_timeouts_commits_and_a_conflict() {
     assert_eq!(counts["merged"], 13, "{status}");
     assert_eq!(counts["failed"], 7, "{status}");
     assert_eq!(counts["dlq"], 7, "{status}");
-    assert_eq!(status["job"]["phase"], "done", "reduce ran after the map phase: {status}");
+    assert_eq!(
+        status["job"]["phase"], "done",
+        "reduce ran after the map phase: {status}"
+    );
 
     let dlq = repo.json(&["dlq", "list", &job]);
     let rows = dlq.as_array().unwrap();
@@ -94,7 +102,10 @@ fn mapreduce_job_with_failures_timeouts_commits_and_a_conflict() {
         .iter()
         .filter(|id| class_of(id).as_deref() == Some("merge_conflict"))
         .count();
-    assert_eq!(conflicts, 2, "exactly one of three shared.txt edits merges: {dlq}");
+    assert_eq!(
+        conflicts, 2,
+        "exactly one of three shared.txt edits merges: {dlq}"
+    );
     // The same failure on three items groups under one signature.
     let sigs: std::collections::BTreeSet<&str> = rows
         .iter()
@@ -114,36 +125,70 @@ fn mapreduce_job_with_failures_timeouts_commits_and_a_conflict() {
     // The job branch holds each committing item exactly once, plus reduce's commit.
     let branch = format!("prodigy/{job}");
     for i in 0..8 {
-        assert_eq!(repo.show(&format!("{branch}:out/i{i:02}.txt")), format!("i{i:02}"));
+        assert_eq!(
+            repo.show(&format!("{branch}:out/i{i:02}.txt")),
+            format!("i{i:02}")
+        );
     }
     let reduce = repo.show(&format!("{branch}:reduce.txt"));
     assert_eq!(reduce, "reduce saw 13 ok and 7 failed of 20");
-    let merges = repo.git(&["rev-list", "--merges", "--count", &format!("main..{branch}")]);
-    assert_eq!(merges, "9", "8 committing items + 1 conflict winner merged with --no-ff");
+    let merges = repo.git(&[
+        "rev-list",
+        "--merges",
+        "--count",
+        &format!("main..{branch}"),
+    ]);
+    assert_eq!(
+        merges, "9",
+        "8 committing items + 1 conflict winner merged with --no-ff"
+    );
 
     // Nothing left behind but the job branch.
     assert_eq!(repo.prodigy_branches(), vec![branch.clone()]);
-    assert!(repo.extra_worktrees().is_empty(), "{:?}", repo.extra_worktrees());
+    assert!(
+        repo.extra_worktrees().is_empty(),
+        "{:?}",
+        repo.extra_worktrees()
+    );
 
     // No sleeping agent survived its timeout.
     let ps = std::process::Command::new("sh")
         .args(["-c", "ps -eo args | grep -c '[s]leep 30' || true"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&ps.stdout).trim(), "0", "timed-out agents were killed with their children");
+    assert_eq!(
+        String::from_utf8_lossy(&ps.stdout).trim(),
+        "0",
+        "timed-out agents were killed with their children"
+    );
 
     // The AI CLI ran once per item with the interpolated command.
     let calls = std::fs::read_to_string(&repo.claude_log).unwrap();
     assert_eq!(calls.lines().count(), 20, "{calls}");
-    assert!(calls.lines().any(|l| l.ends_with("/process i07")), "{calls}");
+    assert!(
+        calls.lines().any(|l| l.ends_with("/process i07")),
+        "{calls}"
+    );
 
     // Every transition is in the event log.
     let out = repo.prodigy(&["events", &job, "--json"]);
     let kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    for k in ["job_started", "items_loaded", "item_started", "item_failed", "item_merged", "job_finished"] {
+    for k in [
+        "job_started",
+        "items_loaded",
+        "item_started",
+        "item_failed",
+        "item_merged",
+        "job_finished",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
     }
     assert_eq!(kinds.iter().filter(|k| *k == "item_started").count(), 20);
@@ -193,7 +238,10 @@ map:
         }
     }
     let entries: Vec<_> = std::fs::read_dir(trap.path()).unwrap().collect();
-    assert!(entries.is_empty(), "an interpolated value was executed: {entries:?}");
+    assert!(
+        entries.is_empty(),
+        "an interpolated value was executed: {entries:?}"
+    );
 }
 
 #[test]
@@ -209,7 +257,10 @@ fn validate_reports_file_line_and_column() {
     let out = repo.prodigy(&["validate", "good.yml"]);
     assert!(out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("good.yml:2:") && err.contains("bogus_key"), "{err}");
+    assert!(
+        err.contains("good.yml:2:") && err.contains("bogus_key"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -231,5 +282,8 @@ fn standard_workflow_runs_steps_in_order_and_reports_a_failing_step() {
     let out = repo.prodigy(&["run", "fail.yml"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("line 2") && stdout.contains("exit code 4") && stdout.contains("bad thing"), "{stdout}");
+    assert!(
+        stdout.contains("line 2") && stdout.contains("exit code 4") && stdout.contains("bad thing"),
+        "{stdout}"
+    );
 }

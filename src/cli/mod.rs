@@ -50,10 +50,21 @@ pub struct Global {
     #[arg(long, env = "PRODIGY_HOME", global = true)]
     pub home: Option<PathBuf>,
     /// The repository to work in (default: the current directory).
-    #[arg(short = 'C', long, env = "PRODIGY_REPO", global = true, default_value = ".")]
+    #[arg(
+        short = 'C',
+        long,
+        env = "PRODIGY_REPO",
+        global = true,
+        default_value = "."
+    )]
     pub repo: PathBuf,
     /// The AI CLI that `claude:` steps run.
-    #[arg(long, env = "PRODIGY_CLAUDE_BIN", global = true, default_value = "claude")]
+    #[arg(
+        long,
+        env = "PRODIGY_CLAUDE_BIN",
+        global = true,
+        default_value = "claude"
+    )]
     pub claude_bin: String,
 }
 
@@ -122,8 +133,8 @@ pub enum Command {
     DebugLock {
         #[arg(long)]
         job: String,
-        #[arg(long, default_value_t = 0)]
-        hold_secs: u64,
+        #[arg(long, default_value_t = 0.0)]
+        hold_secs: f64,
     },
 }
 
@@ -226,8 +237,9 @@ async fn state_dir(global: &Global, repo: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.join("prodigy"))
 }
 
-async fn open_store(global: &Global) -> anyhow::Result<Store> {
-    let url = match &global.database_url {
+/// The database URL: `--database-url`, or SQLite in the state directory.
+async fn store_url(global: &Global) -> anyhow::Result<String> {
+    Ok(match &global.database_url {
         Some(url) if !url.trim().is_empty() => url.clone(),
         _ => {
             let dir = state_dir(global, &global.repo).await?;
@@ -235,7 +247,11 @@ async fn open_store(global: &Global) -> anyhow::Result<Store> {
                 .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
             format!("sqlite://{}", dir.join("state.db").display())
         }
-    };
+    })
+}
+
+async fn open_store(global: &Global) -> anyhow::Result<Store> {
+    let url = store_url(global).await?;
     Store::open(&url)
         .await
         .with_context(|| format!("cannot open the database {}", redact(&url)))
@@ -259,7 +275,8 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
@@ -284,10 +301,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Migrate => {
             let store = open_store(g).await?;
             let applied = store.migrate().await?;
-            println!("database is up to date ({} migrations applied now)", applied.len());
+            println!(
+                "database is up to date ({} migrations applied now)",
+                applied.len()
+            );
             Ok(0)
         }
-        Command::Run { workflow, max_parallel, json } => {
+        Command::Run {
+            workflow,
+            max_parallel,
+            json,
+        } => {
             let store = open_store(g).await?;
             let eng = engine(g, store, &g.repo).await?;
             let outcome = eng
@@ -302,7 +326,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 .await?;
             Ok(output::outcome(&outcome, json, eng.cancel.is_cancelled()))
         }
-        Command::Resume { job, no_dlq, all_dlq, max_parallel, json } => {
+        Command::Resume {
+            job,
+            no_dlq,
+            all_dlq,
+            max_parallel,
+            json,
+        } => {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
             let eng = engine(g, store, Path::new(&job.repo_path)).await?;
@@ -313,7 +343,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 DlqMode::Reprocessable
             };
-            let r = eng.resume(job.id, &ResumeRequest { dlq, max_parallel }).await?;
+            let r = eng
+                .resume(job.id, &ResumeRequest { dlq, max_parallel })
+                .await?;
             Ok(output::resumed(&eng, job.id, r, json, "resume").await)
         }
         Command::Dlq { command } => dlq(g, command).await,
@@ -332,9 +364,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             output::events(&store, job.id, follow, json).await
         }
         Command::DebugLock { job, hold_secs } => {
-            let store = open_store(g).await?;
-            let job = store.find_job(&job).await?;
-            output::debug_lock(&store, job.id, hold_secs).await
+            let url = store_url(g).await?;
+            let hold = std::time::Duration::from_secs_f64(hold_secs.max(0.0));
+            let code = prodigy::store::debug_lock(&url, &job, hold).await;
+            Ok(u8::try_from(code).unwrap_or(EXIT_FAILED))
         }
     }
 }
@@ -353,7 +386,13 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
             let job = store.find_job(&job).await?;
             output::dlq_show(&store, &job, &ItemKey(item), json).await
         }
-        DlqCommand::Retry { job, items, error_class, max_parallel, json } => {
+        DlqCommand::Retry {
+            job,
+            items,
+            error_class,
+            max_parallel,
+            json,
+        } => {
             let job = store.find_job(&job).await?;
             if store.dlq(Some(job.id)).await?.is_empty() {
                 println!("job {} has nothing in its DLQ", job.id);
@@ -370,10 +409,16 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
         }
         DlqCommand::Purge { job, older_than } => {
             let job = store.find_job(&job).await?;
-            let lock = match store.try_lock(job.id, &prodigy::store::Holder::this_process(None)).await? {
+            let lock = match store
+                .try_lock(job.id, &prodigy::store::Holder::this_process(None))
+                .await?
+            {
                 prodigy::store::LockOutcome::Acquired(l) => l,
                 prodigy::store::LockOutcome::Held { holder, since } => {
-                    eprintln!("job {} is held by {holder} since {since}; purge it when that run ends", job.id);
+                    eprintln!(
+                        "job {} is held by {holder} since {since}; purge it when that run ends",
+                        job.id
+                    );
                     return Ok(EXIT_HELD);
                 }
             };

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use prodigy::engine::{Engine, Progress, Reporter, Resumed, RunOutcome};
-use prodigy::store::{DlqItem, Job, JobSummary, LockOutcome, Store};
+use prodigy::store::{DlqItem, Job, JobSummary, Store};
 use prodigy::types::{ItemKey, JobId, Phase};
 
 use super::{EXIT_HELD, EXIT_USAGE, ExportFormat, exit_for};
@@ -47,7 +47,11 @@ impl CliReporter {
 impl Reporter for CliReporter {
     fn report(&self, event: &Progress) {
         match event {
-            Progress::JobStarted { job, workflow, resumed } => {
+            Progress::JobStarted {
+                job,
+                workflow,
+                resumed,
+            } => {
                 let verb = if *resumed { "resuming" } else { "running" };
                 self.line(format!("{verb} {workflow} as job {job}"));
             }
@@ -57,8 +61,10 @@ impl Reporter for CliReporter {
                 if let Some(bar) = &self.bar {
                     let b = ProgressBar::new(*to_run as u64);
                     b.set_style(
-                        ProgressStyle::with_template("{bar:40} {pos}/{len} items  {msg}  [{elapsed_precise}]")
-                            .expect("a valid template"),
+                        ProgressStyle::with_template(
+                            "{bar:40} {pos}/{len} items  {msg}  [{elapsed_precise}]",
+                        )
+                        .expect("a valid template"),
                     );
                     b.enable_steady_tick(Duration::from_millis(200));
                     *bar.lock().expect("progress bar lock") = Some(b);
@@ -76,7 +82,11 @@ impl Reporter for CliReporter {
                     eprintln!("item {key}: merged");
                 }
             }
-            Progress::ItemFailed { key, class, message } => {
+            Progress::ItemFailed {
+                key,
+                class,
+                message,
+            } => {
                 self.with_bar(|b| b.inc(1));
                 let first = message.lines().next().unwrap_or("");
                 self.line(format!("item {key}: FAILED ({class}) {first}"));
@@ -97,7 +107,13 @@ pub fn validate(path: &Path) -> anyhow::Result<u8> {
     match prodigy::workflow::load(path) {
         Ok(parsed) => {
             for w in &parsed.warnings {
-                eprintln!("{}:{}:{}: warning: {}", path.display(), w.line, w.column, w.message);
+                eprintln!(
+                    "{}:{}:{}: warning: {}",
+                    path.display(),
+                    w.line,
+                    w.column,
+                    w.message
+                );
             }
             let problems = prodigy::workflow::interpolate::check_workflow(&parsed.workflow);
             for (line, m) in &problems {
@@ -118,7 +134,11 @@ pub fn validate(path: &Path) -> anyhow::Result<u8> {
                     mr.reduce.as_ref().map_or(0, |p| p.commands.len()),
                 ),
             };
-            println!("{}: ok ({kind}, {} warnings)", path.display(), parsed.warnings.len());
+            println!(
+                "{}: ok ({kind}, {} warnings)",
+                path.display(),
+                parsed.warnings.len()
+            );
             Ok(0)
         }
         Err(e) => {
@@ -130,7 +150,10 @@ pub fn validate(path: &Path) -> anyhow::Result<u8> {
 
 pub fn outcome(o: &RunOutcome, as_json: bool, interrupted: bool) -> u8 {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(o).expect("outcome serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(o).expect("outcome serializes")
+        );
     } else {
         let c = &o.counts;
         println!("job {}: {} (phase {})", o.job, o.status, o.phase);
@@ -146,9 +169,15 @@ pub fn outcome(o: &RunOutcome, as_json: bool, interrupted: bool) -> u8 {
         if o.duplicates_removed > 0 {
             println!("{} duplicate items were run once", o.duplicates_removed);
         }
-        println!("branch: {} (merge it with `git merge {}`)", o.branch, o.branch);
+        println!(
+            "branch: {} (merge it with `git merge {}`)",
+            o.branch, o.branch
+        );
         if o.phase != Phase::Done || c.dlq > 0 {
-            println!("next: `prodigy status {}`, `prodigy dlq list {}`, `prodigy resume {}`", o.job, o.job, o.job);
+            println!(
+                "next: `prodigy status {}`, `prodigy dlq list {}`, `prodigy resume {}`",
+                o.job, o.job, o.job
+            );
         }
     }
     exit_for(o.status, interrupted)
@@ -163,10 +192,17 @@ pub async fn resumed(engine: &Engine, job: JobId, r: Resumed, as_json: bool, wha
             );
             let _ = engine
                 .store
-                .append_event_unlocked(job, "resume_refused", &json!({"holder": holder, "since": since, "what": what}))
+                .append_event_unlocked(
+                    job,
+                    "resume_refused",
+                    &json!({"holder": holder, "since": since, "what": what}),
+                )
                 .await;
             if as_json {
-                println!("{}", json!({"outcome": "held", "job": job, "holder": holder, "since": since, "message": text}));
+                println!(
+                    "{}",
+                    json!({"outcome": "held", "job": job, "holder": holder, "since": since, "message": text})
+                );
             } else {
                 eprintln!("{text}");
             }
@@ -174,12 +210,17 @@ pub async fn resumed(engine: &Engine, job: JobId, r: Resumed, as_json: bool, wha
         }
         Resumed::AlreadyFinished { status, dlq } => {
             let text = if dlq > 0 {
-                format!("job {job} has already finished ({status}); {dlq} items are in its DLQ: `prodigy dlq retry {job}` reprocesses them")
+                format!(
+                    "job {job} has already finished ({status}); {dlq} items are in its DLQ: `prodigy dlq retry {job}` reprocesses them"
+                )
             } else {
                 format!("job {job} has already finished ({status}); nothing to resume")
             };
             if as_json {
-                println!("{}", json!({"outcome": "finished", "job": job, "status": status, "dlq": dlq, "message": text}));
+                println!(
+                    "{}",
+                    json!({"outcome": "finished", "job": job, "status": status, "dlq": dlq, "message": text})
+                );
             } else {
                 println!("{text}");
             }
@@ -197,14 +238,24 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
         println!("no jobs yet: start one with `prodigy run WORKFLOW.yml`");
         return Ok(0);
     }
-    println!("{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  workflow", "job", "status", "phase", "items", "merged", "failed", "dlq", "created");
+    println!(
+        "{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  workflow",
+        "job", "status", "phase", "items", "merged", "failed", "dlq", "created"
+    );
     for s in list {
         let j = &s.job;
         let c = &s.counts;
         println!(
             "{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  {}",
-            j.id, j.status, j.phase, c.total, c.merged, c.failed, c.dlq,
-            j.created_at.format("%Y-%m-%d %H:%M:%S"), j.workflow_name
+            j.id,
+            j.status,
+            j.phase,
+            c.total,
+            c.merged,
+            c.failed,
+            c.dlq,
+            j.created_at.format("%Y-%m-%d %H:%M:%S"),
+            j.workflow_name
         );
     }
     Ok(0)
@@ -213,7 +264,10 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
 pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u8> {
     let counts = store.item_counts(job.id).await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&json!({"job": job, "counts": counts}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"job": job, "counts": counts}))?
+        );
         return Ok(0);
     }
     println!("job       {}", job.id);
@@ -231,7 +285,13 @@ pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u
     }
     println!(
         "items     {} total: {} pending, {} running, {} succeeded, {} failed; {} merged; {} in DLQ",
-        counts.total, counts.pending, counts.running, counts.succeeded, counts.failed, counts.merged, counts.dlq
+        counts.total,
+        counts.pending,
+        counts.running,
+        counts.succeeded,
+        counts.failed,
+        counts.merged,
+        counts.dlq
     );
     Ok(0)
 }
@@ -245,7 +305,13 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
             if as_json {
                 println!("{}", serde_json::to_string(e)?);
             } else {
-                println!("{:>6}  {}  {:<20}  {}", e.seq, e.at.format("%H:%M:%S%.3f"), e.kind, e.data);
+                println!(
+                    "{:>6}  {}  {:<20}  {}",
+                    e.seq,
+                    e.at.format("%H:%M:%S%.3f"),
+                    e.kind,
+                    e.data
+                );
             }
         }
         if batch.len() == 1000 {
@@ -262,7 +328,13 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
                 if as_json {
                     println!("{}", serde_json::to_string(e)?);
                 } else {
-                    println!("{:>6}  {}  {:<20}  {}", e.seq, e.at.format("%H:%M:%S%.3f"), e.kind, e.data);
+                    println!(
+                        "{:>6}  {}  {:<20}  {}",
+                        e.seq,
+                        e.at.format("%H:%M:%S%.3f"),
+                        e.kind,
+                        e.data
+                    );
                 }
             }
             return Ok(0);
@@ -280,32 +352,58 @@ pub fn dlq_list(rows: &[DlqItem], as_json: bool) -> anyhow::Result<u8> {
         println!("the DLQ is empty");
         return Ok(0);
     }
-    println!("{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  last message", "job", "item", "failures", "error class", "signature");
+    println!(
+        "{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  last message",
+        "job", "item", "failures", "error class", "signature"
+    );
     for r in rows {
         let msg = r.last_message.lines().last().unwrap_or("");
         println!(
             "{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  {}",
-            r.job_id.short(), r.key, r.failure_count, r.error_class, &r.signature[..r.signature.len().min(12)], msg
+            r.job_id.short(),
+            r.key,
+            r.failure_count,
+            r.error_class,
+            &r.signature[..r.signature.len().min(12)],
+            msg
         );
     }
     Ok(0)
 }
 
-pub async fn dlq_show(store: &Store, job: &Job, key: &ItemKey, as_json: bool) -> anyhow::Result<u8> {
-    let row = store.dlq(Some(job.id)).await?.into_iter().find(|r| &r.key == key);
+pub async fn dlq_show(
+    store: &Store,
+    job: &Job,
+    key: &ItemKey,
+    as_json: bool,
+) -> anyhow::Result<u8> {
+    let row = store
+        .dlq(Some(job.id))
+        .await?
+        .into_iter()
+        .find(|r| &r.key == key);
     let history = store.attempts(job.id, key).await?;
     if history.is_empty() && row.is_none() {
-        eprintln!("job {} has no item '{key}' (see `prodigy dlq list {}`)", job.id, job.id);
+        eprintln!(
+            "job {} has no item '{key}' (see `prodigy dlq list {}`)",
+            job.id, job.id
+        );
         return Ok(EXIT_USAGE);
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&json!({"dlq": row, "attempts": history}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"dlq": row, "attempts": history}))?
+        );
         return Ok(0);
     }
     match &row {
         Some(r) => {
             println!("item        {}", r.key);
-            println!("in DLQ      yes ({} failures, reprocessable: {})", r.failure_count, r.reprocessable);
+            println!(
+                "in DLQ      yes ({} failures, reprocessable: {})",
+                r.failure_count, r.reprocessable
+            );
             println!("error class {}", r.error_class);
             println!("signature   {}", r.signature);
             println!("first/last  {} / {}", r.first_failure, r.last_failure);
@@ -317,7 +415,11 @@ pub async fn dlq_show(store: &Store, job: &Job, key: &ItemKey, as_json: bool) ->
     for a in &history {
         let outcome = match a.success {
             Some(true) => "succeeded".to_string(),
-            Some(false) => format!("failed ({})", a.error_class.map_or("unknown".to_string(), |c| c.to_string())),
+            Some(false) => format!(
+                "failed ({})",
+                a.error_class
+                    .map_or("unknown".to_string(), |c| c.to_string())
+            ),
             None => "running or interrupted".to_string(),
         };
         println!("  attempt {} at {}: {}", a.attempt, a.started_at, outcome);
@@ -333,12 +435,23 @@ pub async fn dlq_show(store: &Store, job: &Job, key: &ItemKey, as_json: bool) ->
             println!("    log: {l}");
         }
         if let Some(w) = &a.worktree {
-            println!("    worktree: {w} (branch {})", a.branch.as_deref().unwrap_or("-"));
+            println!(
+                "    worktree: {w} (branch {})",
+                a.branch.as_deref().unwrap_or("-")
+            );
         }
     }
     let refs = prodigy::engine::git::git(
         Path::new(&job.repo_path),
-        &["for-each-ref", "--format=%(refname) %(objectname:short)", &format!("refs/prodigy/{}/{}", job.id, prodigy::engine::worktree::sanitize_ref(&key.0))],
+        &[
+            "for-each-ref",
+            "--format=%(refname) %(objectname:short)",
+            &format!(
+                "refs/prodigy/{}/{}",
+                job.id,
+                prodigy::engine::worktree::sanitize_ref(&key.0)
+            ),
+        ],
     )
     .await
     .unwrap_or_default();
@@ -368,19 +481,3 @@ pub async fn dlq_export(store: &Store, job: JobId, format: ExportFormat) -> anyh
     }
     Ok(0)
 }
-
-pub async fn debug_lock(store: &Store, job: JobId, hold_secs: u64) -> anyhow::Result<u8> {
-    match store.try_lock(job, &prodigy::store::Holder::this_process(None)).await? {
-        LockOutcome::Acquired(lock) => {
-            println!("{}", json!({"outcome": "acquired", "job": job, "pid": std::process::id(), "epoch": lock.proof().epoch()}));
-            tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-            lock.release().await?;
-            Ok(0)
-        }
-        LockOutcome::Held { holder, since } => {
-            println!("{}", json!({"outcome": "held", "job": job, "holder": holder, "since": since}));
-            Ok(EXIT_HELD)
-        }
-    }
-}
-

@@ -70,7 +70,11 @@ pub async fn git_output(dir: &Path, args: &[&str]) -> Result<std::process::Outpu
 fn error(dir: &Path, args: &[&str], out: &std::process::Output) -> GitError {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let text = if stderr.trim().is_empty() { stdout } else { stderr };
+    let text = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
     GitError {
         args: args.join(" "),
         dir: dir.to_path_buf(),
@@ -87,7 +91,11 @@ pub async fn toplevel(dir: &Path) -> Result<PathBuf> {
 
 /// The repository's common git directory (shared by all its worktrees), absolute.
 pub async fn common_dir(dir: &Path) -> Result<PathBuf> {
-    let p = git(dir, &["rev-parse", "--path-format=absolute", "--git-common-dir"]).await?;
+    let p = git(
+        dir,
+        &["rev-parse", "--path-format=absolute", "--git-common-dir"],
+    )
+    .await?;
     Ok(PathBuf::from(p))
 }
 
@@ -180,7 +188,16 @@ pub async fn reset_to_head(dir: &Path) -> Result<()> {
 /// `index.lock` behind, and every later git command in that work tree then refuses to run.
 /// Only call this while holding the job lock: no other process works in the job's worktrees.
 pub async fn remove_stale_index_lock(dir: &Path) -> Result<()> {
-    let lock = git(dir, &["rev-parse", "--path-format=absolute", "--git-path", "index.lock"]).await?;
+    let lock = git(
+        dir,
+        &[
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-path",
+            "index.lock",
+        ],
+    )
+    .await?;
     match std::fs::remove_file(&lock) {
         Ok(()) => {
             tracing::warn!(path = %lock, "removed a stale git index lock left by an interrupted run");

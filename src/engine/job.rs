@@ -23,7 +23,9 @@ use crate::store::{
 };
 use crate::types::{ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use crate::workflow::interpolate::Context;
-use crate::workflow::{self, MapReduce, OnItemFailure, Phase as PhaseSteps, Workflow, WorkflowKind};
+use crate::workflow::{
+    self, MapReduce, OnItemFailure, Phase as PhaseSteps, Workflow, WorkflowKind,
+};
 
 pub(super) enum Mode {
     Fresh,
@@ -98,10 +100,18 @@ impl<'a> JobRun<'a> {
         Ok(())
     }
 
-    async fn set_state(&mut self, status: JobStatus, phase: Phase, error: Option<&str>) -> anyhow::Result<()> {
-        self.store.set_job_state(self.proof, status, phase, error).await?;
+    async fn set_state(
+        &mut self,
+        status: JobStatus,
+        phase: Phase,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.store
+            .set_job_state(self.proof, status, phase, error)
+            .await?;
         if phase != self.job.phase {
-            self.event("phase", json!({"phase": phase, "status": status})).await?;
+            self.event("phase", json!({"phase": phase, "status": status}))
+                .await?;
             self.report(Progress::PhaseStarted { phase });
         }
         self.job.status = status;
@@ -127,8 +137,11 @@ impl<'a> JobRun<'a> {
             Mode::Resume(_) => "job_resumed",
             Mode::Retry(_) => "dlq_retry_started",
         };
-        self.event(kind, json!({"holder": crate::store::hostname(), "pid": std::process::id()}))
-            .await?;
+        self.event(
+            kind,
+            json!({"holder": crate::store::hostname(), "pid": std::process::id()}),
+        )
+        .await?;
         let phase = self.job.phase;
         self.set_state(JobStatus::Running, phase, None).await?;
 
@@ -140,7 +153,9 @@ impl<'a> JobRun<'a> {
                 // Infrastructure trouble (database, git): record it when we still can.
                 let message = format!("{e:#}");
                 let phase = self.job.phase;
-                let _ = self.set_state(JobStatus::Failed, phase, Some(&message)).await;
+                let _ = self
+                    .set_state(JobStatus::Failed, phase, Some(&message))
+                    .await;
                 let _ = self.event("job_error", json!({"message": message})).await;
                 return Err(e);
             }
@@ -210,7 +225,8 @@ impl<'a> JobRun<'a> {
         if let Err(f) = self.run_phase("commands", &phase, &mut ctx).await? {
             return Ok(Err(f));
         }
-        self.set_state(JobStatus::Running, Phase::Done, None).await?;
+        self.set_state(JobStatus::Running, Phase::Done, None)
+            .await?;
         Ok(Ok(JobStatus::Succeeded))
     }
 
@@ -220,10 +236,10 @@ impl<'a> JobRun<'a> {
         mode: Mode,
         base: &str,
     ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
-        if self.job.phase == Phase::Setup {
-            if let Err(f) = self.setup(mr, base).await? {
-                return Ok(Err(f));
-            }
+        if self.job.phase == Phase::Setup
+            && let Err(f) = self.setup(mr, base).await?
+        {
+            return Ok(Err(f));
         }
         if let Mode::Retry(req) = &mode {
             return self.retry(mr, req).await;
@@ -242,13 +258,15 @@ impl<'a> JobRun<'a> {
                 ..self.job.refs.clone()
             };
             self.set_refs(refs).await?;
-            self.set_state(JobStatus::Running, Phase::Reduce, None).await?;
+            self.set_state(JobStatus::Running, Phase::Reduce, None)
+                .await?;
         }
         if self.job.phase == Phase::Reduce {
             if let Err(f) = self.reduce(mr).await? {
                 return Ok(Err(f));
             }
-            self.set_state(JobStatus::Running, Phase::Done, None).await?;
+            self.set_state(JobStatus::Running, Phase::Done, None)
+                .await?;
         }
         let counts = self.store.item_counts(self.job.id).await?;
         if counts.failed > 0 && !mr.error_policy.failures_acceptable {
@@ -262,14 +280,18 @@ impl<'a> JobRun<'a> {
 
     // ---- setup -----------------------------------------------------------------------------
 
-    async fn setup(&mut self, mr: &MapReduce, base: &str) -> anyhow::Result<Result<(), PhaseFailure>> {
+    async fn setup(
+        &mut self,
+        mr: &MapReduce,
+        base: &str,
+    ) -> anyhow::Result<Result<(), PhaseFailure>> {
         // Setup not recorded done: whatever an interrupted setup committed is discarded.
         self.ws.reset_job_to(base).await?;
         let mut ctx = self.base_context(&Value::Null);
-        if let Some(setup) = &mr.setup {
-            if let Err(f) = self.run_phase("setup", setup, &mut ctx).await? {
-                return Ok(Err(f));
-            }
+        if let Some(setup) = &mr.setup
+            && let Err(f) = self.run_phase("setup", setup, &mut ctx).await?
+        {
+            return Ok(Err(f));
         }
         let items = match workflow::input::load_items(&mr.map, &self.ws.job_dir).await {
             Ok(items) => items,
@@ -299,10 +321,15 @@ impl<'a> JobRun<'a> {
         )
         .await?;
         if duplicates > 0 {
-            tracing::warn!(duplicates, "map input had items with the same key; the first of each was kept");
+            tracing::warn!(
+                duplicates,
+                "map input had items with the same key; the first of each was kept"
+            );
         }
         let setup_commit = git::head(&self.ws.job_dir).await?;
-        self.store.set_job_vars(self.proof, &ctx_captures(&ctx)).await?;
+        self.store
+            .set_job_vars(self.proof, &ctx_captures(&ctx))
+            .await?;
         self.job.vars = ctx_captures(&ctx);
         let refs = JobRefs {
             setup_commit: Some(setup_commit),
@@ -329,16 +356,23 @@ impl<'a> JobRun<'a> {
             cancel: &self.cancel,
             deadline: phase.timeout.map(|t| Instant::now() + t),
         };
-        self.event("phase_steps_started", json!({"phase": name, "steps": phase.commands.len(), "log": log}))
-            .await?;
+        self.event(
+            "phase_steps_started",
+            json!({"phase": name, "steps": phase.commands.len(), "log": log}),
+        )
+        .await?;
         match step::run_steps(&phase.commands, ctx, &env).await {
             Ok(()) => {
-                self.event("phase_steps_finished", json!({"phase": name})).await?;
+                self.event("phase_steps_finished", json!({"phase": name}))
+                    .await?;
                 Ok(Ok(()))
             }
             Err(f) => {
                 let message = if f.cancelled() {
-                    format!("{name} was interrupted; resume with `prodigy resume {}`", self.job.id)
+                    format!(
+                        "{name} was interrupted; resume with `prodigy resume {}`",
+                        self.job.id
+                    )
                 } else {
                     format!("{name} failed: {} (log: {})", f.message(), log.display())
                 };
@@ -355,9 +389,16 @@ impl<'a> JobRun<'a> {
     // ---- map -------------------------------------------------------------------------------
 
     /// Runs the map phase's remaining items. Returns why it stopped early, if it did.
-    async fn map(&mut self, mr: &MapReduce, dlq: Option<DlqMode>) -> anyhow::Result<Option<PhaseFailure>> {
+    async fn map(
+        &mut self,
+        mr: &MapReduce,
+        dlq: Option<DlqMode>,
+    ) -> anyhow::Result<Option<PhaseFailure>> {
         self.reconcile().await?;
-        let items = self.store.items(self.job.id, &ItemFilter::default()).await?;
+        let items = self
+            .store
+            .items(self.job.id, &ItemFilter::default())
+            .await?;
         let dlq_rows = self.store.dlq(Some(self.job.id)).await?;
         let candidates = match dlq {
             None => items
@@ -373,7 +414,10 @@ impl<'a> JobRun<'a> {
                 };
                 let p = plan::plan(pending, failed, dlq_list, &opts);
                 if p.duplicates_removed > 0 {
-                    tracing::info!(count = p.duplicates_removed, "resume found items in several sources; each runs once");
+                    tracing::info!(
+                        count = p.duplicates_removed,
+                        "resume found items in several sources; each runs once"
+                    );
                 }
                 self.duplicates_removed = p.duplicates_removed;
                 self.event(
@@ -391,7 +435,11 @@ impl<'a> JobRun<'a> {
         self.run_items(mr, candidates).await
     }
 
-    async fn retry(&mut self, mr: &MapReduce, req: &RetryRequest) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+    async fn retry(
+        &mut self,
+        mr: &MapReduce,
+        req: &RetryRequest,
+    ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
         if self.job.refs.setup_commit.is_none() {
             return Ok(Err(PhaseFailure(
                 "the job never finished setup, so it has no DLQ items to retry; use `prodigy resume`".into(),
@@ -399,7 +447,10 @@ impl<'a> JobRun<'a> {
         }
         self.reconcile().await?;
         let rows = self.store.dlq(Some(self.job.id)).await?;
-        let items = self.store.items(self.job.id, &ItemFilter::default()).await?;
+        let items = self
+            .store
+            .items(self.job.id, &ItemFilter::default())
+            .await?;
         let candidates: Vec<Candidate> = rows
             .iter()
             .filter(|r| req.items.is_empty() || req.items.contains(&r.key))
@@ -409,10 +460,14 @@ impl<'a> JobRun<'a> {
                 data: r.data.clone(),
                 source: plan::Source::Dlq,
                 attempts: r.failure_count,
-                position: items.iter().find(|i| i.key == r.key).map_or(0, |i| i.position),
+                position: items
+                    .iter()
+                    .find(|i| i.key == r.key)
+                    .map_or(0, |i| i.position),
             })
             .collect();
-        self.event("dlq_retry_planned", json!({"to_run": candidates.len()})).await?;
+        self.event("dlq_retry_planned", json!({"to_run": candidates.len()}))
+            .await?;
         let stopped = self.run_items(mr, candidates).await?;
         let counts = self.store.item_counts(self.job.id).await?;
         // A job that had finished its phases is done when its DLQ is empty again.
@@ -443,7 +498,8 @@ impl<'a> JobRun<'a> {
     async fn reconcile(&mut self) -> anyhow::Result<()> {
         let interrupted = self.store.recover_interrupted(self.proof).await?;
         if interrupted > 0 {
-            self.event("items_interrupted", json!({"count": interrupted})).await?;
+            self.event("items_interrupted", json!({"count": interrupted}))
+                .await?;
         }
         let unmerged = self
             .store
@@ -461,10 +517,16 @@ impl<'a> JobRun<'a> {
                 self.store.mark_merged(self.proof, &item.key).await?;
                 continue;
             };
-            if git::is_ancestor(&self.ws.job_dir, &commit, "HEAD").await.unwrap_or(false) {
+            if git::is_ancestor(&self.ws.job_dir, &commit, "HEAD")
+                .await
+                .unwrap_or(false)
+            {
                 self.store.mark_merged(self.proof, &item.key).await?;
-                self.event("item_merged", json!({"key": item.key, "commit": commit, "found_on_resume": true}))
-                    .await?;
+                self.event(
+                    "item_merged",
+                    json!({"key": item.key, "commit": commit, "found_on_resume": true}),
+                )
+                .await?;
             } else {
                 self.merge(&item.key, item.attempts, &commit).await?;
             }
@@ -472,7 +534,11 @@ impl<'a> JobRun<'a> {
         Ok(())
     }
 
-    async fn run_items(&mut self, mr: &MapReduce, candidates: Vec<Candidate>) -> anyhow::Result<Option<PhaseFailure>> {
+    async fn run_items(
+        &mut self,
+        mr: &MapReduce,
+        candidates: Vec<Candidate>,
+    ) -> anyhow::Result<Option<PhaseFailure>> {
         let total = self.store.item_counts(self.job.id).await?.total;
         self.report(Progress::ItemsPlanned {
             to_run: candidates.len(),
@@ -518,7 +584,11 @@ impl<'a> JobRun<'a> {
                 self.job.id
             ))));
         }
-        Ok(sched.stop.into_inner().expect("no worker panicked holding the lock").map(PhaseFailure))
+        Ok(sched
+            .stop
+            .into_inner()
+            .expect("no worker panicked holding the lock")
+            .map(PhaseFailure))
     }
 
     async fn worker(&self, mr: &MapReduce, slot: &Slot, sched: &Scheduler) -> anyhow::Result<()> {
@@ -541,11 +611,22 @@ impl<'a> JobRun<'a> {
     }
 
     /// Runs one item in a slot; returns whether it failed.
-    async fn run_item(&self, mr: &MapReduce, slot: &Slot, sched: &Scheduler, c: &Candidate) -> anyhow::Result<bool> {
+    async fn run_item(
+        &self,
+        mr: &MapReduce,
+        slot: &Slot,
+        sched: &Scheduler,
+        c: &Candidate,
+    ) -> anyhow::Result<bool> {
         let key = &c.key;
         let attempt = self
             .store
-            .start_attempt(self.proof, key, &slot.dir.display().to_string(), &slot.branch)
+            .start_attempt(
+                self.proof,
+                key,
+                &slot.dir.display().to_string(),
+                &slot.branch,
+            )
             .await?;
         self.report(Progress::ItemStarted {
             key: key.clone(),
@@ -556,8 +637,11 @@ impl<'a> JobRun<'a> {
             .join("items")
             .join(sanitize_ref(&key.0))
             .join(format!("attempt-{attempt}.log"));
-        self.event("item_started", json!({"key": key, "attempt": attempt, "worktree": slot.dir, "log": log}))
-            .await?;
+        self.event(
+            "item_started",
+            json!({"key": key, "attempt": attempt, "worktree": slot.dir, "log": log}),
+        )
+        .await?;
 
         let result = match slot.prepare(&sched.start).await {
             Err(e) => Err(StepFailure {
@@ -572,13 +656,12 @@ impl<'a> JobRun<'a> {
                 },
             }),
             Ok(()) => {
-                let mut ctx = self.base_context(&Value::Null);
-                ctx.set("item", c.data.clone());
-                ctx.set("item_json", Value::String(c.data.to_string()));
-                ctx.set("item_id", Value::String(key.0.clone()));
-                ctx.set("item_key", Value::String(key.0.clone()));
-                ctx.set("item_index", json!(c.position));
-                ctx.set("item_total", json!(sched.total));
+                let mut ctx = self.base_context(&Value::Null).with_item(
+                    &c.data,
+                    c.position as usize,
+                    sched.total,
+                    key,
+                );
                 let env = StepEnv {
                     cwd: &slot.dir,
                     log: &log,
@@ -612,7 +695,7 @@ impl<'a> JobRun<'a> {
                 let result = json!({
                     "item_id": key,
                     "status": "success",
-                    "output": ctx.get("shell.output").or_else(|| ctx.get("claude.output")),
+                    "output": ctx.lookup("shell.output").or_else(|| ctx.lookup("claude.output")),
                     "commit": commit,
                 });
                 let outcome = AttemptOutcome {
@@ -626,9 +709,14 @@ impl<'a> JobRun<'a> {
                     result: Some(result),
                     dlq: None,
                 };
-                self.store.finish_attempt(self.proof, key, attempt, &outcome).await?;
-                self.event("item_succeeded", json!({"key": key, "attempt": attempt, "commit": commit}))
+                self.store
+                    .finish_attempt(self.proof, key, attempt, &outcome)
                     .await?;
+                self.event(
+                    "item_succeeded",
+                    json!({"key": key, "attempt": attempt, "commit": commit}),
+                )
+                .await?;
                 self.report(Progress::ItemSucceeded { key: key.clone() });
                 let _serial = sched.merge_lock.lock().await;
                 match commit {
@@ -648,17 +736,26 @@ impl<'a> JobRun<'a> {
     async fn merge(&self, key: &ItemKey, attempt: u32, commit: &str) -> anyhow::Result<bool> {
         let message = format!("prodigy: merge item {key}");
         match git::merge_no_ff(&self.ws.job_dir, commit, &message).await? {
-            git::Merge::Merged { commit: merge_commit } => {
+            git::Merge::Merged {
+                commit: merge_commit,
+            } => {
                 self.store.mark_merged(self.proof, key).await?;
-                self.event("item_merged", json!({"key": key, "commit": commit, "merge_commit": merge_commit}))
-                    .await?;
+                self.event(
+                    "item_merged",
+                    json!({"key": key, "commit": commit, "merge_commit": merge_commit}),
+                )
+                .await?;
                 self.report(Progress::ItemMerged { key: key.clone() });
                 Ok(true)
             }
             git::Merge::Conflict { files, message } => {
                 let text = format!(
                     "merge conflict in {}: {}",
-                    if files.is_empty() { "the work tree".to_string() } else { files.join(", ") },
+                    if files.is_empty() {
+                        "the work tree".to_string()
+                    } else {
+                        files.join(", ")
+                    },
                     last_line(&message)
                 );
                 let facts = FailureFacts {
@@ -682,9 +779,14 @@ impl<'a> JobRun<'a> {
                         reprocessable: classify::is_reprocessable(class),
                     }),
                 };
-                self.store.finish_attempt(self.proof, key, attempt, &outcome).await?;
-                self.event("item_failed", json!({"key": key, "attempt": attempt, "class": class, "message": text}))
+                self.store
+                    .finish_attempt(self.proof, key, attempt, &outcome)
                     .await?;
+                self.event(
+                    "item_failed",
+                    json!({"key": key, "attempt": attempt, "class": class, "message": text}),
+                )
+                .await?;
                 self.report(Progress::ItemFailed {
                     key: key.clone(),
                     class,
@@ -726,10 +828,14 @@ impl<'a> JobRun<'a> {
             message: Some(message.clone()),
             log_path: Some(log.display().to_string()),
             commit: None,
-            result: Some(json!({"item_id": key, "status": "failed", "error": message, "artifact": artifact})),
+            result: Some(
+                json!({"item_id": key, "status": "failed", "error": message, "artifact": artifact}),
+            ),
             dlq,
         };
-        self.store.finish_attempt(self.proof, key, attempt, &outcome).await?;
+        self.store
+            .finish_attempt(self.proof, key, attempt, &outcome)
+            .await?;
         self.event(
             "item_failed",
             json!({"key": key, "attempt": attempt, "class": class, "exit_code": f.facts.exit_code,
@@ -755,25 +861,41 @@ impl<'a> JobRun<'a> {
             .clone()
             .ok_or_else(|| anyhow!("job {} has no map commit recorded", self.job.id))?;
         self.ws.reset_job_to(&map_commit).await?;
-        let items = self.store.items(self.job.id, &ItemFilter::default()).await?;
-        let successful = items.iter().filter(|i| i.status == ItemStatus::Succeeded).count();
-        let failed = items.iter().filter(|i| i.status == ItemStatus::Failed).count();
+        let items = self
+            .store
+            .items(self.job.id, &ItemFilter::default())
+            .await?;
+        let successful = items
+            .iter()
+            .filter(|i| i.status == ItemStatus::Succeeded)
+            .count();
+        let failed = items
+            .iter()
+            .filter(|i| i.status == ItemStatus::Failed)
+            .count();
         let results: Vec<Value> = items.iter().filter_map(|i| i.result.clone()).collect();
         let mut ctx = self.base_context(&Value::Null);
-        ctx.set("map.successful", json!(successful));
-        ctx.set("map.failed", json!(failed));
-        ctx.set("map.total", json!(items.len()));
-        ctx.set("map.results", Value::Array(results));
-        if let Some(reduce) = &mr.reduce {
-            if let Err(f) = self.run_phase("reduce", reduce, &mut ctx).await? {
-                return Ok(Err(f));
-            }
+        ctx.set_var("map.successful", json!(successful));
+        ctx.set_var("map.failed", json!(failed));
+        ctx.set_var("map.total", json!(items.len()));
+        ctx.set_var("map.results", Value::Array(results));
+        if let Some(reduce) = &mr.reduce
+            && let Err(f) = self.run_phase("reduce", reduce, &mut ctx).await?
+        {
+            return Ok(Err(f));
         }
         if let Some(merge) = &mr.merge {
-            ctx.set("merge.worktree", json!(self.ws.job_dir));
-            ctx.set("merge.source_branch", json!(self.ws.branch));
-            ctx.set("merge.target_branch", json!(git::git(&self.ws.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).await.unwrap_or_default()));
-            ctx.set("merge.session_id", json!(self.job.id));
+            ctx.set_var("merge.worktree", json!(self.ws.job_dir));
+            ctx.set_var("merge.source_branch", json!(self.ws.branch));
+            ctx.set_var(
+                "merge.target_branch",
+                json!(
+                    git::git(&self.ws.repo, &["rev-parse", "--abbrev-ref", "HEAD"])
+                        .await
+                        .unwrap_or_default()
+                ),
+            );
+            ctx.set_var("merge.session_id", json!(self.job.id));
             if let Err(f) = self.run_phase("merge", merge, &mut ctx).await? {
                 return Ok(Err(f));
             }
@@ -783,16 +905,13 @@ impl<'a> JobRun<'a> {
 
     /// Workflow env, the process environment and what setup captured.
     fn base_context(&self, _extra: &Value) -> Context {
-        let mut ctx = Context::new();
-        for (k, v) in std::env::vars() {
-            ctx.set_env(&k, &v);
-        }
+        let mut ctx = Context::new().with_process_env();
         for (k, v) in &self.env {
-            ctx.set_env(k, v);
+            ctx.set_env(k.clone(), v.clone());
         }
         if let Value::Object(vars) = &self.job.vars {
             for (k, v) in vars {
-                ctx.set(k, v.clone());
+                ctx.set_var(k.clone(), v.clone());
             }
         }
         ctx
@@ -810,25 +929,32 @@ fn candidate(i: &crate::store::WorkItem) -> Candidate {
 }
 
 fn last_line(s: &str) -> &str {
-    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
 }
 
 /// The variables setup captured, stored with the job so a resumed map/reduce sees them.
 fn ctx_captures(ctx: &Context) -> Value {
-    Value::Object(ctx.captured().into_iter().collect())
+    Value::Object(
+        ctx.vars()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("shell.") && !k.starts_with("claude."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
 }
 
 /// Resolves workflow env values against the process environment.
 fn resolve_env(wf: &Workflow) -> anyhow::Result<Vec<(String, String)>> {
-    let mut ctx = Context::new();
-    for (k, v) in std::env::vars() {
-        ctx.set_env(&k, &v);
-    }
+    let mut ctx = Context::new().with_process_env();
     let mut out = Vec::new();
     for var in &wf.env {
         let value = crate::workflow::interpolate::render_text(&var.value, &ctx)
             .with_context(|| format!("workflow env {}", var.name))?;
-        ctx.set_env(&var.name, &value);
+        ctx.set_env(var.name.clone(), value.clone());
         out.push((var.name.clone(), value));
     }
     Ok(out)
@@ -840,10 +966,12 @@ fn should_stop(mr: &MapReduce, failures: usize, processed: usize) -> Option<Stri
     if p.on_item_failure == OnItemFailure::Stop || !p.continue_on_failure {
         return Some("an item failed and the error policy stops the map phase on failure".into());
     }
-    if let Some(max) = p.max_failures {
-        if failures >= max {
-            return Some(format!("{failures} items failed, reaching error_policy.max_failures ({max})"));
-        }
+    if let Some(max) = p.max_failures
+        && failures >= max
+    {
+        return Some(format!(
+            "{failures} items failed, reaching error_policy.max_failures ({max})"
+        ));
     }
     if let Some(t) = p.failure_threshold {
         let ratio = failures as f64 / processed.max(1) as f64;

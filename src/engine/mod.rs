@@ -75,9 +75,15 @@ pub struct RetryRequest {
 pub enum Resumed {
     Ran(RunOutcome),
     /// Another process holds the job; it already covers every pending item.
-    Held { holder: Holder, since: DateTime<Utc> },
+    Held {
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
     /// The job has finished; nothing to resume.
-    AlreadyFinished { status: JobStatus, dlq: u64 },
+    AlreadyFinished {
+        status: JobStatus,
+        dlq: u64,
+    },
 }
 
 impl Engine {
@@ -90,7 +96,13 @@ impl Engine {
             .with_context(|| format!("cannot read workflow {}", req.workflow_path.display()))?;
         let parsed = workflow::parse(&req.workflow_path, &text)?;
         for w in &parsed.warnings {
-            tracing::warn!("{}:{}:{}: {}", req.workflow_path.display(), w.line, w.column, w.message);
+            tracing::warn!(
+                "{}:{}:{}: {}",
+                req.workflow_path.display(),
+                w.line,
+                w.column,
+                w.message
+            );
         }
         let problems = workflow::interpolate::check_workflow(&parsed.workflow);
         if !problems.is_empty() {
@@ -98,9 +110,14 @@ impl Engine {
                 .iter()
                 .map(|(line, m)| format!("{}:{line}: {m}", req.workflow_path.display()))
                 .collect();
-            bail!("the workflow has placeholders that can never resolve:\n{}", list.join("\n"));
+            bail!(
+                "the workflow has placeholders that can never resolve:\n{}",
+                list.join("\n")
+            );
         }
-        let base = git::head(&repo).await.context("the repository has no commit to start from")?;
+        let base = git::head(&repo)
+            .await
+            .context("the repository has no commit to start from")?;
         let job = self
             .store
             .create_job(&NewJob {
@@ -115,7 +132,9 @@ impl Engine {
             .await?;
         let lock = match self.store.try_lock(job.id, &self.holder()).await? {
             LockOutcome::Acquired(lock) => lock,
-            LockOutcome::Held { holder, .. } => bail!("job {} was taken by {holder} as it was created", job.id),
+            LockOutcome::Held { holder, .. } => {
+                bail!("job {} was taken by {holder} as it was created", job.id)
+            }
         };
         let refs = crate::store::JobRefs {
             branch: Some(worktree::job_branch(job.id)),
@@ -140,10 +159,15 @@ impl Engine {
         if job.phase == Phase::Done {
             let dlq = self.store.item_counts(id).await?.dlq;
             lock.release().await?;
-            return Ok(Resumed::AlreadyFinished { status: job.status, dlq });
+            return Ok(Resumed::AlreadyFinished {
+                status: job.status,
+                dlq,
+            });
         }
         let mode = job::Mode::Resume(req.dlq);
-        self.execute(job, lock, mode, req.max_parallel).await.map(Resumed::Ran)
+        self.execute(job, lock, mode, req.max_parallel)
+            .await
+            .map(Resumed::Ran)
     }
 
     /// Reprocesses DLQ items of a job under its lock; items that succeed leave the DLQ.
@@ -155,7 +179,9 @@ impl Engine {
         };
         let job = self.store.get_job(job.id).await?;
         let mode = job::Mode::Retry(req.clone());
-        self.execute(job, lock, mode, req.max_parallel).await.map(Resumed::Ran)
+        self.execute(job, lock, mode, req.max_parallel)
+            .await
+            .map(Resumed::Ran)
     }
 
     fn holder(&self) -> Holder {

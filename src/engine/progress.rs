@@ -7,17 +7,40 @@ use crate::types::{ErrorClass, ItemKey, JobId, Phase};
 
 #[derive(Debug, Clone)]
 pub enum Progress {
-    JobStarted { job: JobId, workflow: String, resumed: bool },
-    PhaseStarted { phase: Phase },
+    JobStarted {
+        job: JobId,
+        workflow: String,
+        resumed: bool,
+    },
+    PhaseStarted {
+        phase: Phase,
+    },
     /// The map phase has this many items to run in this invocation.
-    ItemsPlanned { to_run: usize, total: u64 },
-    ItemStarted { key: ItemKey, attempt: u32 },
-    ItemSucceeded { key: ItemKey },
-    ItemFailed { key: ItemKey, class: ErrorClass, message: String },
-    ItemMerged { key: ItemKey },
+    ItemsPlanned {
+        to_run: usize,
+        total: u64,
+    },
+    ItemStarted {
+        key: ItemKey,
+        attempt: u32,
+    },
+    ItemSucceeded {
+        key: ItemKey,
+    },
+    ItemFailed {
+        key: ItemKey,
+        class: ErrorClass,
+        message: String,
+    },
+    ItemMerged {
+        key: ItemKey,
+    },
     /// A line worth showing a person (setup step done, cleanup, ...).
     Note(String),
-    JobFinished { counts: ItemCounts, error: Option<String> },
+    JobFinished {
+        counts: ItemCounts,
+        error: Option<String>,
+    },
 }
 
 pub trait Reporter: Send + Sync {

@@ -117,7 +117,11 @@ fn last_lines(s: &str, n: usize) -> String {
 /// A short description of a step for messages.
 pub fn describe(step: &Step) -> String {
     fn short(s: &str) -> String {
-        let first = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let first = s
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
         let mut out: String = first.chars().take(60).collect();
         if first.chars().count() > 60 || s.trim().lines().count() > 1 {
             out.push_str(" ...");
@@ -149,10 +153,17 @@ fn run_step<'a>(step: &'a Step, ctx: &'a mut Context, env: &'a StepEnv<'a>) -> B
     Box::pin(async move {
         if let Some(cond) = &step.when {
             let go = interpolate::eval_condition(cond, ctx).map_err(|e| {
-                StepFailure::new(step, FailureStage::Validation, format!("`when: {cond}`: {e}"))
+                StepFailure::new(
+                    step,
+                    FailureStage::Validation,
+                    format!("`when: {cond}`: {e}"),
+                )
             })?;
             if !go {
-                append_log(env.log, &format!("== skipped {} (when: {cond} is false)\n", describe(step)));
+                append_log(
+                    env.log,
+                    &format!("== skipped {} (when: {cond} is false)\n", describe(step)),
+                );
                 return Ok(());
             }
         }
@@ -170,7 +181,10 @@ fn run_step<'a>(step: &'a Step, ctx: &'a mut Context, env: &'a StepEnv<'a>) -> B
                 Err(failure) => {
                     let Some(handler) = &step.on_failure else {
                         if step.allow_failure {
-                            append_log(env.log, &format!("== allowed failure: {}\n", failure.message()));
+                            append_log(
+                                env.log,
+                                &format!("== allowed failure: {}\n", failure.message()),
+                            );
                             return Ok(());
                         }
                         return Err(failure);
@@ -178,13 +192,23 @@ fn run_step<'a>(step: &'a Step, ctx: &'a mut Context, env: &'a StepEnv<'a>) -> B
                     run_handler(step, handler, ctx, env).await?;
                     if tries < handler.max_attempts {
                         tries += 1;
-                        append_log(env.log, &format!("== retrying {} (try {tries} of {})\n", describe(step), handler.max_attempts));
+                        append_log(
+                            env.log,
+                            &format!(
+                                "== retrying {} (try {tries} of {})\n",
+                                describe(step),
+                                handler.max_attempts
+                            ),
+                        );
                         continue;
                     }
                     if handler.fail_workflow {
                         return Err(failure);
                     }
-                    append_log(env.log, &format!("== recovered by on_failure: {}\n", failure.message()));
+                    append_log(
+                        env.log,
+                        &format!("== recovered by on_failure: {}\n", failure.message()),
+                    );
                     return Ok(());
                 }
             }
@@ -196,7 +220,10 @@ fn run_step<'a>(step: &'a Step, ctx: &'a mut Context, env: &'a StepEnv<'a>) -> B
                 return Err(StepFailure::new(
                     step,
                     FailureStage::CommitCheck,
-                    format!("commit_required: {} made no commit (HEAD is still {before})", describe(step)),
+                    format!(
+                        "commit_required: {} made no commit (HEAD is still {before})",
+                        describe(step)
+                    ),
                 ));
             }
         }
@@ -210,7 +237,12 @@ fn run_step<'a>(step: &'a Step, ctx: &'a mut Context, env: &'a StepEnv<'a>) -> B
     })
 }
 
-async fn run_handler(step: &Step, handler: &OnFailure, ctx: &mut Context, env: &StepEnv<'_>) -> StepResult {
+async fn run_handler(
+    step: &Step,
+    handler: &OnFailure,
+    ctx: &mut Context,
+    env: &StepEnv<'_>,
+) -> StepResult {
     append_log(env.log, &format!("== on_failure of {}\n", describe(step)));
     run_steps(&handler.steps, ctx, env).await.map_err(|mut f| {
         f.what = format!("on_failure handler of {}: {}", describe(step), f.what);
@@ -227,11 +259,16 @@ async fn head(step: &Step, cwd: &Path) -> Result<String, StepFailure> {
 /// One try of the step's action, with its capture.
 async fn attempt_step(step: &Step, ctx: &mut Context, env: &StepEnv<'_>) -> StepResult {
     if env.cancel.is_cancelled() {
-        return Err(StepFailure::new(step, FailureStage::Command, CANCELLED.into()));
+        return Err(StepFailure::new(
+            step,
+            FailureStage::Command,
+            CANCELLED.into(),
+        ));
     }
     match &step.action {
         Action::Shell(template) => {
-            let script = interpolate::render_shell(template, ctx).map_err(|e| render_error(step, e))?;
+            let script =
+                interpolate::render_shell(template, ctx).map_err(|e| render_error(step, e))?;
             let mut vars: Vec<(String, String)> = script.env.clone();
             vars.extend(step_env(step, ctx)?);
             let out = run_command(step, env, "sh", vec!["-c".into(), script.script], vars).await?;
@@ -239,7 +276,8 @@ async fn attempt_step(step: &Step, ctx: &mut Context, env: &StepEnv<'_>) -> Step
             check_output(step, &out)
         }
         Action::Claude(template) => {
-            let command = interpolate::render_text(template, ctx).map_err(|e| render_error(step, e))?;
+            let command =
+                interpolate::render_text(template, ctx).map_err(|e| render_error(step, e))?;
             let args = vec![
                 "--print".to_string(),
                 "--dangerously-skip-permissions".to_string(),
@@ -257,7 +295,11 @@ async fn attempt_step(step: &Step, ctx: &mut Context, env: &StepEnv<'_>) -> Step
 }
 
 fn render_error(step: &Step, e: impl std::fmt::Display) -> StepFailure {
-    StepFailure::new(step, FailureStage::Validation, format!("cannot interpolate: {e}"))
+    StepFailure::new(
+        step,
+        FailureStage::Validation,
+        format!("cannot interpolate: {e}"),
+    )
 }
 
 fn step_env(step: &Step, ctx: &Context) -> Result<Vec<(String, String)>, StepFailure> {
@@ -279,7 +321,9 @@ async fn run_command(
     vars: Vec<(String, String)>,
 ) -> Result<CommandOutput, StepFailure> {
     let cwd = match &step.working_dir {
-        Some(dir) => inside(env.cwd, dir).map_err(|m| StepFailure::new(step, FailureStage::Validation, m))?,
+        Some(dir) => {
+            inside(env.cwd, dir).map_err(|m| StepFailure::new(step, FailureStage::Validation, m))?
+        }
         None => env.cwd.to_path_buf(),
     };
     let timeout = remaining(step.timeout, env.deadline);
@@ -312,10 +356,18 @@ async fn run_command(
         stdin: None,
     };
     let out = process::run(&spec, env.cancel).await.map_err(|e| {
-        StepFailure::new(step, FailureStage::Command, format!("cannot start `{program}`: {e}"))
+        StepFailure::new(
+            step,
+            FailureStage::Command,
+            format!("cannot start `{program}`: {e}"),
+        )
     })?;
     if out.cancelled {
-        return Err(StepFailure::new(step, FailureStage::Command, CANCELLED.into()));
+        return Err(StepFailure::new(
+            step,
+            FailureStage::Command,
+            CANCELLED.into(),
+        ));
     }
     Ok(out)
 }
@@ -340,11 +392,11 @@ fn check_output(step: &Step, out: &CommandOutput) -> StepResult {
 /// Sets `shell.output` / `claude.output` (and the step id's output) and the step's capture.
 fn record_output(step: &Step, ctx: &mut Context, kind: &str, out: &CommandOutput) -> StepResult {
     let stdout = out.stdout.trim_end_matches('\n').to_string();
-    ctx.set(&format!("{kind}.output"), Value::String(stdout.clone()));
-    ctx.set(&format!("{kind}.stderr"), Value::String(out.stderr.clone()));
-    ctx.set(&format!("{kind}.exit_code"), json!(out.exit_code));
+    ctx.set_var(format!("{kind}.output"), Value::String(stdout.clone()));
+    ctx.set_var(format!("{kind}.stderr"), Value::String(out.stderr.clone()));
+    ctx.set_var(format!("{kind}.exit_code"), json!(out.exit_code));
     if let Some(id) = &step.id {
-        ctx.set(&format!("{id}.output"), Value::String(stdout.clone()));
+        ctx.set_var(format!("{id}.output"), Value::String(stdout.clone()));
     }
     let Some(name) = &step.capture else {
         return Ok(());
@@ -356,20 +408,27 @@ fn record_output(step: &Step, ctx: &mut Context, kind: &str, out: &CommandOutput
         _ => stdout,
     };
     let value = convert(&text, step.capture_format).map_err(|m| {
-        StepFailure::new(step, FailureStage::Validation, format!("capture `{name}`: {m}"))
+        StepFailure::new(
+            step,
+            FailureStage::Validation,
+            format!("capture `{name}`: {m}"),
+        )
     })?;
-    ctx.set(name, value);
+    ctx.set_var(name, value);
     if streams.exit_code {
-        ctx.set(&format!("{name}.exit_code"), json!(out.exit_code));
+        ctx.set_var(format!("{name}.exit_code"), json!(out.exit_code));
     }
     if streams.success {
-        ctx.set(&format!("{name}.success"), json!(out.success()));
+        ctx.set_var(format!("{name}.success"), json!(out.success()));
     }
     if streams.stderr {
-        ctx.set(&format!("{name}.stderr"), Value::String(out.stderr.clone()));
+        ctx.set_var(format!("{name}.stderr"), Value::String(out.stderr.clone()));
     }
     if streams.duration {
-        ctx.set(&format!("{name}.duration"), json!(out.duration.as_secs_f64()));
+        ctx.set_var(
+            format!("{name}.duration"),
+            json!(out.duration.as_secs_f64()),
+        );
     }
     Ok(())
 }
@@ -391,7 +450,10 @@ pub fn convert(text: &str, format: CaptureFormat) -> Result<Value, String> {
         },
         CaptureFormat::Json => serde_json::from_str(t).map_err(|e| format!("expected JSON: {e}")),
         CaptureFormat::Lines => Ok(Value::Array(
-            t.lines().filter(|l| !l.is_empty()).map(|l| Value::String(l.into())).collect(),
+            t.lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| Value::String(l.into()))
+                .collect(),
         )),
     }
 }
@@ -425,7 +487,8 @@ pub fn inside(root: &Path, rel: &str) -> Result<PathBuf, String> {
 fn write_file(step: &Step, w: &WriteFile, ctx: &Context, env: &StepEnv<'_>) -> StepResult {
     let fail = |m: String| StepFailure::new(step, FailureStage::Command, m);
     let rel = interpolate::render_text(&w.path, ctx).map_err(|e| render_error(step, e))?;
-    let path = inside(env.cwd, &rel).map_err(|m| StepFailure::new(step, FailureStage::Validation, m))?;
+    let path =
+        inside(env.cwd, &rel).map_err(|m| StepFailure::new(step, FailureStage::Validation, m))?;
     let text = interpolate::render_text(&w.content, ctx).map_err(|e| render_error(step, e))?;
     let body = match w.format {
         WriteFormat::Text => text,
@@ -440,16 +503,16 @@ fn write_file(step: &Step, w: &WriteFile, ctx: &Context, env: &StepEnv<'_>) -> S
             text
         }
     };
-    if let Some(parent) = path.parent() {
-        if !parent.exists() {
-            if w.create_dirs {
-                std::fs::create_dir_all(parent).map_err(|e| fail(format!("write_file {rel}: {e}")))?;
-            } else {
-                return Err(fail(format!(
-                    "write_file {rel}: directory {} does not exist; set `create_dirs: true`",
-                    parent.display()
-                )));
-            }
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        if w.create_dirs {
+            std::fs::create_dir_all(parent).map_err(|e| fail(format!("write_file {rel}: {e}")))?;
+        } else {
+            return Err(fail(format!(
+                "write_file {rel}: directory {} does not exist; set `create_dirs: true`",
+                parent.display()
+            )));
         }
     }
     std::fs::write(&path, body).map_err(|e| fail(format!("write_file {rel}: {e}")))?;
@@ -467,7 +530,14 @@ async fn run_foreach(step: &Step, f: &Foreach, ctx: &mut Context, env: &StepEnv<
         ForeachInput::List(v) => v.clone(),
         ForeachInput::Command(cmd) => {
             let script = interpolate::render_shell(cmd, ctx).map_err(|e| render_error(step, e))?;
-            let out = run_command(step, env, "sh", vec!["-c".into(), script.script], script.env).await?;
+            let out = run_command(
+                step,
+                env,
+                "sh",
+                vec!["-c".into(), script.script],
+                script.env,
+            )
+            .await?;
             check_output(step, &out)?;
             match serde_json::from_str::<Value>(out.stdout.trim()) {
                 Ok(Value::Array(a)) => a,
@@ -488,9 +558,9 @@ async fn run_foreach(step: &Step, f: &Foreach, ctx: &mut Context, env: &StepEnv<
     let results: Vec<StepResult> = stream::iter(values.into_iter().enumerate())
         .map(|(i, value)| {
             let mut local = base.clone();
-            local.set("item", value);
-            local.set("item_index", json!(i));
-            local.set("item_total", json!(total));
+            local.set_var("item", value);
+            local.set_var("item_index", json!(i));
+            local.set_var("item_total", json!(total));
             async move { run_steps_owned(&f.steps, local, env).await }
         })
         .buffered(f.parallel.max(1))
@@ -499,7 +569,13 @@ async fn run_foreach(step: &Step, f: &Foreach, ctx: &mut Context, env: &StepEnv<
     for r in results {
         match r {
             Err(failure) if !f.continue_on_error || failure.cancelled() => return Err(failure),
-            Err(failure) => append_log(env.log, &format!("== foreach item failed, continuing: {}\n", failure.message())),
+            Err(failure) => append_log(
+                env.log,
+                &format!(
+                    "== foreach item failed, continuing: {}\n",
+                    failure.message()
+                ),
+            ),
             Ok(()) => {}
         }
     }
@@ -513,18 +589,26 @@ async fn run_steps_owned(steps: &[Step], mut ctx: Context, env: &StepEnv<'_>) ->
 /// `validate:` after a successful step: the check commands write a result file whose
 /// `completion_percentage` must reach the threshold; below it, `on_incomplete` runs and the
 /// check repeats, up to `max_attempts`.
-async fn run_validate(step: &Step, v: &Validate, ctx: &mut Context, env: &StepEnv<'_>) -> StepResult {
-    let max = v.on_incomplete.as_ref().map_or(1, |o| o.max_attempts.max(1));
+async fn run_validate(
+    step: &Step,
+    v: &Validate,
+    ctx: &mut Context,
+    env: &StepEnv<'_>,
+) -> StepResult {
+    let max = v
+        .on_incomplete
+        .as_ref()
+        .map_or(1, |o| o.max_attempts.max(1));
     let mut attempt = 1u32;
     loop {
-        ctx.set("validation.attempt_number", json!(attempt));
+        ctx.set_var("validation.attempt_number", json!(attempt));
         run_steps(&v.commands, ctx, env).await?;
         let (score, gaps) = match &v.result_file {
             None => (100.0, Value::Array(vec![])),
             Some(file) => read_validation(step, file, ctx, env)?,
         };
-        ctx.set("validation.completion", json!(score));
-        ctx.set("validation.gaps", gaps.clone());
+        ctx.set_var("validation.completion", json!(score));
+        ctx.set_var("validation.gaps", gaps.clone());
         if score >= v.threshold {
             return Ok(());
         }
@@ -539,7 +623,10 @@ async fn run_validate(step: &Step, v: &Validate, ctx: &mut Context, env: &StepEn
                 attempt += 1;
             }
             Some(inc) if !inc.fail_workflow => {
-                append_log(env.log, &format!("== accepting incomplete validation: {message}\n"));
+                append_log(
+                    env.log,
+                    &format!("== accepting incomplete validation: {message}\n"),
+                );
                 return Ok(());
             }
             _ => return Err(StepFailure::new(step, FailureStage::Validation, message)),
@@ -547,14 +634,28 @@ async fn run_validate(step: &Step, v: &Validate, ctx: &mut Context, env: &StepEn
     }
 }
 
-fn read_validation(step: &Step, file: &str, ctx: &Context, env: &StepEnv<'_>) -> Result<(f64, Value), StepFailure> {
+fn read_validation(
+    step: &Step,
+    file: &str,
+    ctx: &Context,
+    env: &StepEnv<'_>,
+) -> Result<(f64, Value), StepFailure> {
     let rel = interpolate::render_text(file, ctx).map_err(|e| render_error(step, e))?;
-    let path = inside(env.cwd, &rel).map_err(|m| StepFailure::new(step, FailureStage::Validation, m))?;
+    let path =
+        inside(env.cwd, &rel).map_err(|m| StepFailure::new(step, FailureStage::Validation, m))?;
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        StepFailure::new(step, FailureStage::Validation, format!("validation result file {rel}: {e}"))
+        StepFailure::new(
+            step,
+            FailureStage::Validation,
+            format!("validation result file {rel}: {e}"),
+        )
     })?;
     let v: Value = serde_json::from_str(&text).map_err(|e| {
-        StepFailure::new(step, FailureStage::Validation, format!("validation result file {rel} is not JSON: {e}"))
+        StepFailure::new(
+            step,
+            FailureStage::Validation,
+            format!("validation result file {rel} is not JSON: {e}"),
+        )
     })?;
     let score = ["completion_percentage", "completion", "score"]
         .iter()
@@ -566,7 +667,11 @@ fn read_validation(step: &Step, file: &str, ctx: &Context, env: &StepEnv<'_>) ->
                 format!("validation result file {rel} has no numeric `completion_percentage`"),
             )
         })?;
-    let gaps = v.get("gaps").or_else(|| v.get("missing")).cloned().unwrap_or(Value::Array(vec![]));
+    let gaps = v
+        .get("gaps")
+        .or_else(|| v.get("missing"))
+        .cloned()
+        .unwrap_or(Value::Array(vec![]));
     Ok((score, gaps))
 }
 
@@ -576,7 +681,11 @@ pub fn append_log(log: &Path, text: &str) {
     if let Some(parent) = log.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         let _ = f.write_all(text.as_bytes());
     }
 }
@@ -600,10 +709,22 @@ mod tests {
         assert_eq!(convert("42\n", CaptureFormat::Number).unwrap(), json!(42));
         assert_eq!(convert("1.5", CaptureFormat::Number).unwrap(), json!(1.5));
         assert!(convert("abc", CaptureFormat::Number).is_err());
-        assert_eq!(convert("true\n", CaptureFormat::Boolean).unwrap(), json!(true));
-        assert_eq!(convert("a\nb\n", CaptureFormat::Lines).unwrap(), json!(["a", "b"]));
-        assert_eq!(convert("{\"a\":1}", CaptureFormat::Json).unwrap(), json!({"a": 1}));
-        assert_eq!(convert("x y\n", CaptureFormat::String).unwrap(), json!("x y"));
+        assert_eq!(
+            convert("true\n", CaptureFormat::Boolean).unwrap(),
+            json!(true)
+        );
+        assert_eq!(
+            convert("a\nb\n", CaptureFormat::Lines).unwrap(),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            convert("{\"a\":1}", CaptureFormat::Json).unwrap(),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            convert("x y\n", CaptureFormat::String).unwrap(),
+            json!("x y")
+        );
     }
 
     #[test]
@@ -611,7 +732,10 @@ mod tests {
         let soon = Instant::now() + Duration::from_secs(5);
         let r = remaining(Some(Duration::from_secs(60)), Some(soon)).unwrap();
         assert!(r <= Duration::from_secs(5));
-        assert_eq!(remaining(Some(Duration::from_secs(3)), None), Some(Duration::from_secs(3)));
+        assert_eq!(
+            remaining(Some(Duration::from_secs(3)), None),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(remaining(None, None), None);
     }
 }

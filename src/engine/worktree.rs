@@ -89,7 +89,16 @@ impl Workspace {
             let dir = slot.dir.to_string_lossy().to_string();
             git::git(
                 &self.repo,
-                &["worktree", "add", "-q", "-f", "-B", &slot.branch, &dir, start],
+                &[
+                    "worktree",
+                    "add",
+                    "-q",
+                    "-f",
+                    "-B",
+                    &slot.branch,
+                    &dir,
+                    start,
+                ],
             )
             .await?;
             slots.push(slot);
@@ -105,9 +114,12 @@ impl Workspace {
                 if name.starts_with("agent-") {
                     let dir = entry.path();
                     let d = dir.to_string_lossy().to_string();
-                    if git::git(&self.repo, &["worktree", "remove", "--force", "--force", &d])
-                        .await
-                        .is_err()
+                    if git::git(
+                        &self.repo,
+                        &["worktree", "remove", "--force", "--force", &d],
+                    )
+                    .await
+                    .is_err()
                     {
                         remove_dir(&dir)?;
                     }
@@ -135,9 +147,12 @@ impl Workspace {
         self.remove_pool().await?;
         if self.job_dir.exists() {
             let d = self.job_dir.to_string_lossy().to_string();
-            if git::git(&self.repo, &["worktree", "remove", "--force", "--force", &d])
-                .await
-                .is_err()
+            if git::git(
+                &self.repo,
+                &["worktree", "remove", "--force", "--force", &d],
+            )
+            .await
+            .is_err()
             {
                 remove_dir(&self.job_dir)?;
             }

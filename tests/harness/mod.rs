@@ -127,10 +127,14 @@ impl Repo {
 
     /// Branches whose name starts with `prodigy/`.
     pub fn prodigy_branches(&self) -> Vec<String> {
-        self.git(&["for-each-ref", "--format=%(refname:short)", "refs/heads/prodigy/"])
-            .lines()
-            .map(str::to_string)
-            .collect()
+        self.git(&[
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/prodigy/",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
     }
 
     /// Worktrees other than the main one.
@@ -242,7 +246,12 @@ impl Repo {
         });
         let job = rx
             .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("prodigy {args:?} never named its job; stderr:\n{}", buf.lock().unwrap()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "prodigy {args:?} never named its job; stderr:\n{}",
+                    buf.lock().unwrap()
+                )
+            });
         Running {
             child,
             job,
@@ -403,12 +412,28 @@ impl Resumable {
         for i in 0..n {
             let name = format!("item-{i}");
             let commits = log.lines().filter(|l| *l == format!("item {name}")).count();
-            assert_eq!(commits, 1, "{name} committed {commits} times on the job branch");
-            assert_eq!(self.repo.show(&format!("{branch}:out/{name}.txt")), i.to_string());
+            assert_eq!(
+                commits, 1,
+                "{name} committed {commits} times on the job branch"
+            );
+            assert_eq!(
+                self.repo.show(&format!("{branch}:out/{name}.txt")),
+                i.to_string()
+            );
         }
-        let item_merges = log.lines().filter(|l| l.starts_with("prodigy: merge item ")).count();
+        let item_merges = log
+            .lines()
+            .filter(|l| l.starts_with("prodigy: merge item "))
+            .count();
         assert_eq!(item_merges, n, "one merge per item");
-        assert_eq!(log.lines().filter(|l| *l == "reduce").count(), 1, "reduce committed once");
-        assert_eq!(self.repo.show(&format!("{branch}:count.txt")), n.to_string());
+        assert_eq!(
+            log.lines().filter(|l| *l == "reduce").count(),
+            1,
+            "reduce committed once"
+        );
+        assert_eq!(
+            self.repo.show(&format!("{branch}:count.txt")),
+            n.to_string()
+        );
     }
 }
