@@ -1,0 +1,3 @@
+pub mod classify;
+pub mod plan;
+pub mod process;
