@@ -169,7 +169,8 @@ static TIMESTAMP: LazyLock<Regex> = LazyLock::new(|| {
 /// `~/x`), and a bare `file.ext` when a line number follows; with its `:line:col`.
 static PATH: LazyLock<Regex> = LazyLock::new(|| {
     re(concat!(
-        r"[a-z0-9_.~+@%-]*(?:/[a-z0-9_.~+@%-]+)+/?(?::[0-9]+)*",
+        // `<` and `>` take in the placeholders put into paths by the steps before.
+        r"[a-z0-9_.~+@%<>-]*(?:/[a-z0-9_.~+@%<>-]+)+/?(?::[0-9]+)*",
         r"|[a-z0-9_-]+\.[a-z][a-z0-9]{0,7}(?::[0-9]+)+"
     ))
 });
@@ -420,6 +421,10 @@ mod tests {
         assert_eq!(
             normalize("commit 3f2a9c1d ok, deadbeef and effaced are words, 0x1F"),
             "commit <n> ok, deadbeef and effaced are words, <n>"
+        );
+        assert_eq!(
+            normalize("see /var/log/550e8400-e29b-41d4-a716-446655440000/2026-11-25t08:38:20z/out"),
+            "see <path>"
         );
         assert_eq!(
             normalize("id 550E8400-E29B-41D4-A716-446655440000 at 2026-11-25 08:38:20+00:00"),

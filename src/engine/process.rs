@@ -7,6 +7,7 @@
 //! stream, and appended to the log file as it arrives, so a crash of prodigy loses nothing the
 //! command already printed.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -165,16 +166,24 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
         .kill_on_drop(true);
 
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "cannot start `{}` in {}: {e} (is it installed and on PATH, and does the directory exist?)",
-                spec.program,
-                spec.cwd.display()
-            ),
-        )
-    })?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let e = io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot start `{}` in {}: {e} (is it installed and on PATH, and does the directory exist?)",
+                    spec.program,
+                    spec.cwd.display()
+                ),
+            );
+            if let Some(log) = log.as_mut() {
+                log.write(format!("===== prodigy: {e} =====\n").as_bytes())
+                    .await;
+            }
+            return Err(e);
+        }
+    };
     let pgid = child
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
@@ -448,34 +457,31 @@ async fn pump(
     }
 }
 
-/// The last [`OUTPUT_CAP`] bytes of one stream.
+/// The last [`OUTPUT_CAP`] bytes of one stream, in a ring so memory stays at the cap however
+/// much a command prints (many agents run at once).
 #[derive(Default)]
 struct Capture {
-    buf: Vec<u8>,
+    buf: VecDeque<u8>,
     total: u64,
 }
 
 impl Capture {
     fn push(&mut self, chunk: &[u8]) {
         self.total += chunk.len() as u64;
-        self.buf.extend_from_slice(chunk);
-        // Trim in batches so a long stream costs amortised O(1) per byte, not a memmove per chunk.
-        if self.buf.len() > 2 * OUTPUT_CAP {
-            self.buf.drain(..self.buf.len() - OUTPUT_CAP);
-        }
+        let chunk = &chunk[chunk.len().saturating_sub(OUTPUT_CAP)..];
+        let excess = (self.buf.len() + chunk.len()).saturating_sub(OUTPUT_CAP);
+        self.buf.drain(..excess);
+        self.buf.extend(chunk);
     }
 
     fn finish(mut self, log: Option<&Path>) -> String {
-        if self.buf.len() > OUTPUT_CAP {
-            self.buf.drain(..self.buf.len() - OUTPUT_CAP);
-        }
-        let dropped = self.total - self.buf.len() as u64;
+        let buf = self.buf.make_contiguous();
+        let dropped = self.total - buf.len() as u64;
         if dropped == 0 {
-            return String::from_utf8_lossy(&self.buf).into_owned();
+            return String::from_utf8_lossy(buf).into_owned();
         }
         // Start at a character boundary rather than with a replacement character.
-        let start = self
-            .buf
+        let start = buf
             .iter()
             .take(4)
             .position(|b| (b & 0b1100_0000) != 0b1000_0000)
@@ -487,7 +493,7 @@ impl Capture {
         format!(
             "[prodigy: output truncated, the first {dropped} of {} bytes are not shown{where_full}]\n{}",
             self.total,
-            String::from_utf8_lossy(&self.buf[start..])
+            String::from_utf8_lossy(&buf[start..])
         )
     }
 }
@@ -686,9 +692,19 @@ mod tests {
     async fn a_missing_program_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let spec = CommandSpec::new("prodigy-no-such-program", dir.path());
+        let mut spec = spec;
+        spec.log = Some(dir.path().join("missing.log"));
         let err = run(&spec, &CancellationToken::new()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(err.to_string().contains("prodigy-no-such-program"), "{err}");
+        let log = std::fs::read_to_string(dir.path().join("missing.log")).unwrap();
+        assert!(
+            log.lines()
+                .nth(1)
+                .unwrap()
+                .contains("cannot start `prodigy-no-such-program`"),
+            "{log}"
+        );
     }
 
     #[tokio::test]
