@@ -151,6 +151,19 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
         None => None,
     };
 
+    // Nothing is started once the caller has given up.
+    if cancel.is_cancelled() {
+        if let Some(log) = log.as_mut() {
+            log.write(b"===== prodigy: cancelled before it started =====\n")
+                .await;
+        }
+        return Ok(CommandOutput {
+            cancelled: true,
+            timeout: spec.timeout,
+            ..CommandOutput::default()
+        });
+    }
+
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -261,7 +274,7 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
     if let Some(log) = log.as_mut() {
         log.write(
             format!(
-                "===== prodigy: {} after {} =====\n",
+                "===== prodigy: {}, ran {} =====\n",
                 output.describe(),
                 human_duration(output.duration)
             )
@@ -782,6 +795,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nothing_starts_after_cancellation() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let out = run(
+            &sh(&format!("touch {}", marker.display()), dir.path()),
+            &cancel,
+        )
+        .await
+        .unwrap();
+        assert!(out.cancelled && !out.success());
+        assert!(!marker.exists());
+    }
+
+    #[tokio::test]
     async fn dropping_the_future_kills_the_tree() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pids");
@@ -866,10 +895,10 @@ mod tests {
         let mut body = vec![lines[1], lines[2]];
         body.sort();
         assert_eq!(body, ["first", "oops"]);
-        assert!(lines[3].starts_with("===== prodigy: exit code 0 after "));
+        assert!(lines[3].starts_with("===== prodigy: exit code 0, ran "));
         assert!(lines[4].contains("$ sh -c 'printf '\\''second\\n'\\''; exit 5'"));
         assert_eq!(lines[5], "second");
-        assert!(lines[6].starts_with("===== prodigy: exit code 5 after "));
+        assert!(lines[6].starts_with("===== prodigy: exit code 5, ran "));
     }
 
     #[tokio::test]
