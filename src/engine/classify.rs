@@ -74,10 +74,10 @@ const RESOURCE_PHRASES: &[&str] = &[
     "disk quota exceeded",              // EDQUOT
     "too many open files",              // EMFILE / ENFILE
     "resource temporarily unavailable", // EAGAIN from fork/clone: process limit
-    "enomem",
-    "enospc",
-    "emfile",
 ];
+
+/// errno names, matched as whole words (`emfile` is also the tail of `systemfile`).
+const RESOURCE_ERRNOS: &[&str] = &["enomem", "enospc", "edquot", "emfile", "enfile"];
 
 /// Exit code a shell reports for a child killed by SIGKILL (128 + 9). Every `shell:` step runs
 /// under `sh -c`, so this is how an OOM-killed agent command usually looks to us.
@@ -90,7 +90,11 @@ pub fn classify(f: &FailureFacts) -> ErrorClass {
     // The cause beats the stage: a merge or worktree step that ran out of disk is not a conflict
     // or a git problem, and retrying it is only useful once the resource is back.
     let message = f.message.to_lowercase();
-    if RESOURCE_PHRASES.iter().any(|p| message.contains(p)) {
+    if RESOURCE_PHRASES.iter().any(|p| message.contains(p))
+        || message
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|word| RESOURCE_ERRNOS.contains(&word))
+    {
         return ErrorClass::ResourceExhausted;
     }
     match f.stage {
@@ -274,6 +278,8 @@ mod tests {
             "Exception in thread \"main\" java.lang.OutOfMemoryError: Java heap space",
             "memory allocation of 123456 bytes failed",
             "terminate called after throwing an instance of 'std::bad_alloc'",
+            "open failed: EMFILE",
+            "write(3): ENOSPC (errno 28)",
         ] {
             for stage in [
                 FailureStage::Command,
@@ -289,6 +295,13 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn errno_names_inside_other_words_do_not_count() {
+        let mut f = facts(FailureStage::Command);
+        f.message = "cannot parse systemfile.conf".into();
+        assert_eq!(classify(&f), ErrorClass::CommandFailed);
     }
 
     #[test]
