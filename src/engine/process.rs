@@ -984,6 +984,45 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn input_the_command_never_reads_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = sh("echo quick", dir.path());
+        spec.stdin = Some(vec![b'x'; 10_000_000]);
+        spec.timeout = Some(Duration::from_secs(30));
+        let out = run_ok(&spec).await;
+        assert!(out.success(), "{}", out.describe());
+        assert_eq!(out.stdout, "quick\n");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sixteen_trees_at_once_all_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = (0..16).map(|i| {
+            let mut spec = sh(
+                &format!("sleep 100 & echo $!; echo item-{i}; sleep 100"),
+                dir.path(),
+            );
+            spec.timeout = Some(Duration::from_millis(500));
+            tokio::spawn(async move { run(&spec, &CancellationToken::new()).await })
+        });
+        let mut leftovers = Vec::new();
+        for (i, handle) in runs.collect::<Vec<_>>().into_iter().enumerate() {
+            let out = handle.await.unwrap().unwrap();
+            assert!(out.timed_out);
+            assert!(
+                out.stdout.contains(&format!("item-{i}\n")),
+                "{:?}",
+                out.stdout
+            );
+            leftovers.extend(pids(&out.stdout));
+        }
+        assert_eq!(leftovers.len(), 16);
+        for pid in leftovers {
+            assert!(wait_dead(pid).await, "{pid} survived");
+        }
+    }
+
     #[test]
     fn tails_take_the_last_lines() {
         let out = CommandOutput {
