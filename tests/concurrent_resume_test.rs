@@ -1,6 +1,5 @@
 //! Spec 140: concurrent resumes of one job never run it twice at once, on both backends.
 
-mod common;
 mod harness;
 
 use harness::{Resumable, backends, count, text};

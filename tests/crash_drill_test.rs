@@ -1,7 +1,6 @@
 //! The crash drill: SIGKILL a 100-item job at ten moments (setup, early map, during merges,
 //! during reduce), resume each time; every item's effect lands on the job branch exactly once.
 
-mod common;
 mod harness;
 
 use harness::{Resumable, backends, count, text};

@@ -1,6 +1,5 @@
 //! Spec 138: failed agents land in the DLQ with their history; `dlq retry` reprocesses them.
 
-mod common;
 mod harness;
 
 use harness::{Repo, Resumable, backends, job_id, text};

@@ -1,7 +1,6 @@
 //! The whole flow: run with failures, kill mid-map, two concurrent resumes (one refused), the
 //! winner finishes everything, no duplicates, the DLQ updated, the lock released.
 
-mod common;
 mod harness;
 
 use harness::{Resumable, backends, count, text};

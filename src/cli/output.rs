@@ -36,10 +36,10 @@ impl CliReporter {
     }
 
     fn with_bar(&self, f: impl FnOnce(&ProgressBar)) {
-        if let Some(bar) = &self.bar {
-            if let Some(b) = bar.lock().expect("progress bar lock").as_ref() {
-                f(b);
-            }
+        if let Some(bar) = &self.bar
+            && let Some(b) = bar.lock().expect("progress bar lock").as_ref()
+        {
+            f(b);
         }
     }
 }
@@ -93,10 +93,10 @@ impl Reporter for CliReporter {
             }
             Progress::Note(text) => self.line(text.clone()),
             Progress::JobFinished { .. } => {
-                if let Some(bar) = &self.bar {
-                    if let Some(b) = bar.lock().expect("progress bar lock").take() {
-                        b.finish_and_clear();
-                    }
+                if let Some(bar) = &self.bar
+                    && let Some(b) = bar.lock().expect("progress bar lock").take()
+                {
+                    b.finish_and_clear();
                 }
             }
         }

@@ -168,11 +168,11 @@ impl<'a> JobRun<'a> {
             json!({"status": status, "phase": phase, "error": error, "counts": counts}),
         )
         .await?;
-        if phase == Phase::Done && status == JobStatus::Succeeded {
+        if phase == Phase::Done {
             self.ws.remove_all().await?;
         } else {
-            // Keep the job worktree for resume (setup may have left inputs there); agent
-            // worktrees are never needed again.
+            // An unfinished job keeps its worktree for resume: setup may have left inputs there
+            // that reduce reads. Agent worktrees are never needed again.
             self.ws.remove_pool().await?;
         }
         self.report(Progress::JobFinished {

@@ -8,6 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use serde_json::Value;
 use tempfile::TempDir;
 
+#[path = "../common/mod.rs"]
+pub mod common;
+
 pub struct Repo {
     _tmp: TempDir,
     pub path: PathBuf,
@@ -233,11 +236,9 @@ impl Repo {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(id) = line.split(" as job ").nth(1) {
-                        let _ = tx.send(id.trim().to_string());
-                        sent = true;
-                    }
+                if !sent && let Some(id) = line.split(" as job ").nth(1) {
+                    let _ = tx.send(id.trim().to_string());
+                    sent = true;
                 }
                 let mut g = b.lock().unwrap();
                 g.push_str(&line);
@@ -292,9 +293,13 @@ pub fn count(events: &[Value], kind: &str) -> usize {
 
 /// The databases each end-to-end test runs against: SQLite always, PostgreSQL when reachable
 /// (required when PRODIGY_REQUIRE_POSTGRES=1). Keep the returned guards alive for the test.
-pub fn backends() -> Vec<(&'static str, Option<super::common::TestDb>)> {
-    let mut out: Vec<(&'static str, Option<super::common::TestDb>)> = vec![("sqlite", None)];
-    if let Some(db) = super::common::postgres_db() {
+pub fn backends() -> Vec<(&'static str, Option<common::TestDb>)> {
+    let mut out: Vec<(&'static str, Option<common::TestDb>)> = vec![("sqlite", None)];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    if let Some(db) = rt.block_on(common::postgres_db()) {
         out.push(("postgres", Some(db)));
     }
     out
@@ -436,4 +441,76 @@ impl Resumable {
             n.to_string()
         );
     }
+}
+
+/// Runs a future to completion on a runtime of its own (the harness is synchronous).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
+}
+
+/// Writes a DLQ row straight into the database, as an older run or an interrupted retry could
+/// have left it: for tests of what resume does with such state.
+pub fn add_stale_dlq_row(url: &str, job: &str, key: &str, data: Value) {
+    use sqlx::Connection;
+    block_on(async {
+        if url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(
+                "INSERT INTO dlq_items (job_id, key, data, first_failure, last_failure, failure_count,
+                   error_class, signature, last_message, reprocessable, manual_review)
+                 VALUES ($1::uuid, $2, $3::jsonb, now(), now(), 1, 'command_failed', 'stale', 'stale failure', TRUE, FALSE)",
+            )
+            .bind(job)
+            .bind(key)
+            .bind(data.to_string())
+            .execute(&mut c)
+            .await
+            .unwrap();
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            let now = chrono::Utc::now().to_rfc3339();
+            sqlx::query(
+                "INSERT INTO dlq_items (job_id, key, data, first_failure, last_failure, failure_count,
+                   error_class, signature, last_message, reprocessable, manual_review)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 1, 'command_failed', 'stale', 'stale failure', 1, 0)",
+            )
+            .bind(job)
+            .bind(key)
+            .bind(data.to_string())
+            .bind(now)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        }
+    })
+}
+
+/// The key of the item at `position` of a job.
+pub fn item_key_at(url: &str, job: &str, position: i64) -> String {
+    use sqlx::{Connection, Row};
+    block_on(async {
+        if url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query("SELECT key FROM work_items WHERE job_id = $1::uuid AND position = $2")
+                .bind(job)
+                .bind(position)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+                .get::<String, _>(0)
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query("SELECT key FROM work_items WHERE job_id = ?1 AND position = ?2")
+                .bind(job)
+                .bind(position)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+                .get::<String, _>(0)
+        }
+    })
 }
