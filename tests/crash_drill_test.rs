@@ -53,6 +53,7 @@ fn sigkill_at_ten_moments_then_resume_completes_exactly_once() {
             ("REDUCE_SLEEP", "1"),
         ];
         let mut job: Option<String> = None;
+        let mut kills = 0;
         for (moment, pred) in moments() {
             let mut proc = match &job {
                 None => r.start(&["run", "wf.yml"], &slow),
@@ -69,10 +70,24 @@ fn sigkill_at_ten_moments_then_resume_completes_exactly_once() {
             });
             proc.kill9();
             let status = r.repo.json(&["status", &id]);
-            if status["job"]["phase"] == "done" {
-                break;
-            }
+            assert_ne!(
+                status["job"]["phase"], "done",
+                "{name}: the job finished before the kill {moment}"
+            );
+            kills += 1;
         }
+        assert_eq!(kills, 10, "{name}");
+        let runs = r.runs();
+        let setups = runs.iter().filter(|l| *l == "setup").count();
+        let reduces = runs.iter().filter(|l| *l == "reduce").count();
+        assert_eq!(
+            setups, 2,
+            "{name}: setup was killed once, then ran to the end once"
+        );
+        assert_eq!(
+            reduces, 1,
+            "{name}: reduce was killed once; the final resume runs it again below"
+        );
         let job = job.unwrap();
         let out = r.prodigy(&["resume", &job]);
         assert!(out.status.success(), "{name}: final resume: {}", text(&out));
@@ -90,5 +105,10 @@ fn sigkill_at_ten_moments_then_resume_completes_exactly_once() {
         let status = r.repo.json(&["status", &job]);
         assert_eq!(status["counts"]["merged"], ITEMS, "{name}: {status}");
         assert_eq!(status["job"]["status"], "succeeded", "{name}");
+        assert_eq!(
+            r.runs().iter().filter(|l| *l == "reduce").count(),
+            2,
+            "{name}"
+        );
     }
 }

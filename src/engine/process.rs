@@ -177,6 +177,23 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // The agent's own process group shields it from a Ctrl-C meant for prodigy, but it must not
+    // outlive prodigy either: if prodigy is killed (kill -9, OOM), the kernel kills the agent
+    // too, so a resume never races an orphan still writing into a worktree.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
 
     let started = Instant::now();
     let mut child = match cmd.spawn() {
