@@ -1,5 +1,7 @@
 //! prodigy: reproducible AI-agent pipelines, run from the CLI, a GitHub App or a GitHub Action.
 
+pub mod github;
+pub mod server;
 pub mod store;
 pub mod types;
 pub mod workflow;

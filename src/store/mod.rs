@@ -237,7 +237,10 @@ pub fn hostname() -> String {
 /// The answer of [`Store::try_lock`]: contention is an outcome, not an error.
 pub enum LockOutcome {
     Acquired(JobLock),
-    Held { holder: Holder, since: DateTime<Utc> },
+    Held {
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
 }
 
 /// Proof that the bearer holds a job's lock at `epoch`. Only the store creates it.
