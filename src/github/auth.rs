@@ -106,18 +106,17 @@ impl InstallationToken {
 /// callers of one installation wait for a single token request instead of each fetching one.
 #[derive(Default, Clone)]
 pub struct TokenCache {
-    slots: Arc<Mutex<HashMap<InstallationId, Arc<tokio::sync::Mutex<Option<InstallationToken>>>>>>,
+    slots: Arc<Mutex<HashMap<InstallationId, Slot>>>,
 }
+
+type Slot = Arc<tokio::sync::Mutex<Option<InstallationToken>>>;
 
 impl TokenCache {
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn slot(
-        &self,
-        installation: InstallationId,
-    ) -> Arc<tokio::sync::Mutex<Option<InstallationToken>>> {
+    fn slot(&self, installation: InstallationId) -> Slot {
         self.slots
             .lock()
             .expect("token cache lock poisoned")
