@@ -431,3 +431,26 @@ async fn body_of_exactly_the_limit_is_accepted() {
         WebhookEvent::Ignored { ref event, action: None } if event == "push"
     ));
 }
+
+#[tokio::test]
+async fn limit_and_trace_layers_keep_the_answers() {
+    let (app, seen) = router();
+    let app = app
+        .layer(prodigy::server::webhook::webhook_body_limit())
+        .layer(prodigy::server::webhook::webhook_trace_layer());
+    let body = vec![b' '; MAX_WEBHOOK_BODY_BYTES + 1];
+    let sig = secret(TEST_SECRET).sign(&body);
+    let mut declared = delivery("push", body.clone(), Some(sig.clone()));
+    declared
+        .headers_mut()
+        .insert("content-length", body.len().to_string().parse().unwrap());
+    assert_eq!(send(&app, declared).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    // The layer's own limit error reaches the extractor wrapped; it is still a 413.
+    assert_eq!(
+        send(&app, delivery("push", body, Some(sig))).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let bytes = std::fs::read(webhook_fixtures().join("ping/payload.json")).unwrap();
+    assert_eq!(send(&app, signed("ping", bytes)).await.0, StatusCode::OK);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}

@@ -164,7 +164,7 @@ async fn read_verified_body(
         .collect()
         .await
         .map_err(|err| {
-            if err.downcast_ref::<LengthLimitError>().is_some() {
+            if is_length_limit(&*err) {
                 WebhookRejection::TooLarge
             } else {
                 WebhookRejection::BodyRead(err.to_string())
@@ -175,6 +175,43 @@ async fn read_verified_body(
         return Err(WebhookRejection::BadSignature);
     }
     Ok(bytes)
+}
+
+/// The limit error may come from our own `Limited` or from a body-limit layer outside the
+/// extractor (`tower_http::limit`), wrapped in axum's error: look through the whole chain.
+fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// A body limit for the webhook route: answers 413 before any handler runs when Content-Length
+/// already says too much. The extractor enforces the same limit itself, so this is an early exit.
+pub fn webhook_body_limit() -> tower_http::limit::RequestBodyLimitLayer {
+    tower_http::limit::RequestBodyLimitLayer::new(MAX_WEBHOOK_BODY_BYTES)
+}
+
+/// A `TraceLayer` whose span names the GitHub delivery, so one grep follows one delivery.
+pub fn webhook_trace_layer() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    fn(&Request) -> tracing::Span,
+> {
+    fn span(req: &Request) -> tracing::Span {
+        let headers = req.headers();
+        tracing::info_span!(
+            "webhook",
+            method = %req.method(),
+            path = %req.uri().path(),
+            delivery = header_str(headers, DELIVERY_HEADER).unwrap_or("-"),
+            event = header_str(headers, EVENT_HEADER).unwrap_or("-"),
+        )
+    }
+    tower_http::trace::TraceLayer::new_for_http().make_span_with(span as fn(&Request) -> _)
 }
 
 /// The events prodigy acts on, reduced to the fields it needs.
