@@ -11,7 +11,7 @@ use prodigy::github::{
     PrNumber, Reaction,
 };
 use prodigy::types::RepoName;
-use support::fake_github::{self, FakeGitHub, Op, PullRequest};
+use support::fake_github::{self, FakeGitHub, Op};
 
 const INSTALLATION: u64 = 77;
 const REPO: &str = "octo-org/Hello-World";
@@ -90,7 +90,10 @@ async fn token_is_fetched_once_and_cached_across_calls() {
             .unwrap();
     }
     assert_eq!(fake.count(Op::CreateAccessToken), 1);
-    assert_eq!(fake.world().comments.len(), 3);
+    assert_eq!(
+        fake.comments_on(REPO, 1),
+        vec!["hello 0", "hello 1", "hello 2"]
+    );
     fake.assert_no_violations();
 }
 
@@ -351,13 +354,9 @@ async fn completed_without_conclusion_is_refused_by_the_schema() {
 #[tokio::test]
 async fn collaborator_permissions() {
     let (fake, client) = setup().await;
-    {
-        let mut world = fake.world();
-        let r = world.repo_mut(REPO);
-        r.permissions.insert("alice".into(), "maintain".into());
-        r.permissions.insert("bob".into(), "triage".into());
-        r.permissions.insert("carol".into(), "write".into());
-    }
+    fake.set_permission(REPO, "alice", "maintain");
+    fake.set_permission(REPO, "Bob", "triage");
+    fake.set_permission(REPO, "carol", "write");
     let perm = |user: &'static str| {
         let client = client.clone();
         async move {
@@ -378,29 +377,15 @@ async fn collaborator_permissions() {
 #[tokio::test]
 async fn pull_request_and_fork_detection() {
     let (fake, client) = setup().await;
-    {
-        let mut world = fake.world();
-        let r = world.repo_mut(REPO);
-        for (number, head_repo) in [(1, Some(REPO)), (2, Some("someone/Hello-World")), (3, None)] {
-            r.prs.insert(
-                number,
-                PullRequest {
-                    number,
-                    state: "open".into(),
-                    head_sha: SHA.into(),
-                    head_ref: "feature".into(),
-                    base_ref: "main".into(),
-                    head_repo: head_repo.map(str::to_string),
-                },
-            );
-        }
-    }
+    fake.add_pr(REPO, 1, SHA, Some(REPO));
+    fake.add_pr(REPO, 2, SHA, Some("someone/Hello-World"));
+    fake.add_pr(REPO, 3, SHA, None);
     let own = client
         .pull_request(inst(), &repo(), PrNumber(1))
         .await
         .unwrap();
     assert_eq!(own.head_sha, CommitSha::from(SHA));
-    assert_eq!(own.head_ref, "feature");
+    assert_eq!(own.head_ref, "pr-1");
     assert_eq!(own.base_ref, "main");
     assert!(!own.is_fork);
     assert!(
@@ -421,15 +406,8 @@ async fn pull_request_and_fork_detection() {
 async fn file_contents_at_a_ref() {
     let (fake, client) = setup().await;
     let big: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-    {
-        let mut world = fake.world();
-        let r = world.repo_mut(REPO);
-        r.files.insert(
-            (SHA.into(), ".prodigy/review.yml".into()),
-            b"name: review\n".to_vec(),
-        );
-        r.files.insert((SHA.into(), "bin/data".into()), big.clone());
-    }
+    fake.add_file(REPO, SHA, ".prodigy/review.yml", b"name: review\n");
+    fake.add_file(REPO, SHA, "bin/data", &big);
     let got = client
         .file_contents(inst(), &repo(), ".prodigy/review.yml", SHA)
         .await

@@ -330,6 +330,59 @@ impl FakeGitHub {
         queue.extend(std::iter::repeat_n(failure, n));
     }
 
+    /// Adds (or replaces) an open pull request; `head_repo` other than `repo` makes it a fork.
+    pub fn add_pr(&self, repo: &str, number: u64, head_sha: &str, head_repo: Option<&str>) {
+        self.world().repo_mut(repo).prs.insert(
+            number,
+            PullRequest {
+                number,
+                state: "open".into(),
+                head_sha: head_sha.into(),
+                head_ref: format!("pr-{number}"),
+                base_ref: "main".into(),
+                head_repo: head_repo.map(str::to_string),
+            },
+        );
+    }
+
+    /// Gives `user` a role (admin, maintain, write, triage, read) on `repo`.
+    pub fn set_permission(&self, repo: &str, user: &str, role: &str) {
+        self.world()
+            .repo_mut(repo)
+            .permissions
+            .insert(user.to_ascii_lowercase(), role.into());
+    }
+
+    /// Puts a file at `git_ref` (a SHA or branch name, as the client asks for it).
+    pub fn add_file(&self, repo: &str, git_ref: &str, path: &str, bytes: &[u8]) {
+        self.world()
+            .repo_mut(repo)
+            .files
+            .insert((git_ref.into(), path.into()), bytes.to_vec());
+    }
+
+    /// The bodies of the comments posted on `repo`#`issue`, oldest first.
+    pub fn comments_on(&self, repo: &str, issue: u64) -> Vec<String> {
+        let repo = repo.to_ascii_lowercase();
+        self.world()
+            .comments
+            .iter()
+            .filter(|c| c.repo == repo && c.issue == issue)
+            .map(|c| c.body.clone())
+            .collect()
+    }
+
+    /// The check runs of `repo` for `head_sha`.
+    pub fn check_runs_for(&self, repo: &str, head_sha: &str) -> Vec<CheckRun> {
+        let repo = repo.to_ascii_lowercase();
+        self.world()
+            .check_runs
+            .values()
+            .filter(|r| r.repo == repo && r.head_sha == head_sha)
+            .cloned()
+            .collect()
+    }
+
     /// Every token issued so far stops working (as when GitHub revokes them).
     pub fn revoke_tokens(&self) {
         for t in &mut self.world().tokens {
