@@ -478,3 +478,69 @@ fn app_jwt_has_githubs_claims() {
     assert_eq!(claims.iat, now_secs - 60);
     assert!(claims.exp > now_secs && claims.exp <= now_secs + 600);
 }
+
+#[tokio::test]
+async fn concurrent_calls_share_one_token_request() {
+    let (fake, client) = setup().await;
+    let calls = (0..10).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .create_comment(inst(), &repo(), PrNumber(5), &format!("c{i}"))
+                .await
+                .unwrap()
+        }
+    });
+    let ids = futures_join_all(calls).await;
+    assert_eq!(ids.len(), 10);
+    assert_eq!(fake.count(Op::CreateAccessToken), 1);
+}
+
+/// Runs futures concurrently on the test runtime (tokio tasks, no extra crate).
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn unreachable_github_is_a_transport_error_after_retries() {
+    // Bind then drop a listener: the port is free and nothing answers on it.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let client = GitHubClient::new(
+        &format!("http://{addr}"),
+        fake_github::test_app_auth(),
+        fake_github::test_retry_policy(),
+    )
+    .unwrap();
+    let err = client.installation_token(inst()).await.unwrap_err();
+    assert!(err.status().is_none());
+    let text = err.to_string();
+    assert!(text.contains("could not reach GitHub"), "{text}");
+    assert!(text.contains("Connection refused"), "{text}");
+    assert!(
+        text.contains("/app/installations/77/access_tokens"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_base_url_is_refused() {
+    let err = GitHubClient::new(
+        "not a url",
+        fake_github::test_app_auth(),
+        fake_github::test_retry_policy(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a url"), "{err}");
+}

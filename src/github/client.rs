@@ -5,7 +5,7 @@
 //! clones), its own retry policy on every call, and request bodies it controls exactly (the tests'
 //! fake GitHub checks them against GitHub's schema). Its transport, TLS and base-URL handling are.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::http::{self, HeaderMap, Method, StatusCode, header};
@@ -218,7 +218,12 @@ impl GitHubClient {
             url: base_url.to_string(),
             reason,
         };
+        // Without timeouts a stalled connection would hold a webhook's work forever; a timeout is a
+        // transport error, which the retry policy retries.
         let octo = Octocrab::builder()
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .set_write_timeout(Some(Duration::from_secs(60)))
             .base_uri(base_url.trim_end_matches('/'))
             .map_err(|e| bad(e.to_string()))?
             .build()
@@ -561,11 +566,26 @@ impl GitHubClient {
             .octo
             .execute(request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((parts.status, parts.headers, bytes))
     }
+}
+
+/// An error and its sources, so "client error (Connect)" also says "Connection refused".
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
