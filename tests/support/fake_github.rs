@@ -430,8 +430,14 @@ fn rewrite_nullable(value: &mut Value) {
     }
 }
 
-fn validators() -> &'static HashMap<Op, jsonschema::Validator> {
-    static VALIDATORS: OnceLock<HashMap<Op, jsonschema::Validator>> = OnceLock::new();
+/// An operation's request-body schema and whether the body is required.
+struct BodySchema {
+    validator: jsonschema::Validator,
+    required: bool,
+}
+
+fn validators() -> &'static HashMap<Op, BodySchema> {
+    static VALIDATORS: OnceLock<HashMap<Op, BodySchema>> = OnceLock::new();
     VALIDATORS.get_or_init(|| {
         let path = fixtures_dir().join("github/rest/checks-and-comments.openapi.json");
         let text = std::fs::read_to_string(&path)
@@ -457,7 +463,14 @@ fn validators() -> &'static HashMap<Op, jsonschema::Validator> {
             schema["components"] = doc["components"].clone();
             let validator = jsonschema::draft4::new(&schema)
                 .unwrap_or_else(|e| panic!("schema of {method} {route} compiles: {e}"));
-            out.insert(op, validator);
+            let required = operation["requestBody"]["required"].as_bool() == Some(true);
+            out.insert(
+                op,
+                BodySchema {
+                    validator,
+                    required,
+                },
+            );
         }
         out
     })
@@ -466,7 +479,8 @@ fn validators() -> &'static HashMap<Op, jsonschema::Validator> {
 /// The request body's schema errors, if the operation has a body schema.
 fn schema_errors(op: Op, body: &Value) -> Vec<String> {
     match validators().get(&op) {
-        Some(v) => v
+        Some(schema) => schema
+            .validator
             .iter_errors(body)
             .map(|e| format!("at `{}`: {e}", e.instance_path()))
             .collect(),
@@ -486,8 +500,14 @@ fn admit(
     op: Op,
     method: Method,
     path: String,
+    headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Option<Value>, Response> {
+    if headers.get("accept").and_then(|v| v.to_str().ok()) != Some("application/vnd.github+json") {
+        world.schema_violations.push(format!(
+            "{method} {path}: no `accept: application/vnd.github+json` header (GitHub's recommended media type)"
+        ));
+    }
     let parsed: Option<Value> = if body.is_empty() {
         None
     } else {
@@ -521,6 +541,20 @@ fn admit(
         }
         if let Some(body) = &parsed {
             let errors = schema_errors(op, body);
+            // GitHub ignores a JSON body sent without the JSON content type.
+            if headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|v| !v.starts_with("application/json"))
+            {
+                world.schema_violations.push(format!(
+                    "{method} {path}: body without `content-type: application/json`"
+                ));
+                return Err(error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Unsupported Media Type",
+                ));
+            }
             if !errors.is_empty() {
                 world.schema_violations.push(format!(
                     "{method} {path}: {}\nbody: {}",
@@ -532,7 +566,7 @@ fn admit(
                     &format!("Invalid request.\n\n{}", errors.join("\n")),
                 ));
             }
-        } else if validators().contains_key(&op) && op != Op::CreateAccessToken {
+        } else if validators().get(&op).is_some_and(|s| s.required) {
             world
                 .schema_violations
                 .push(format!("{method} {path}: a body is required"));
@@ -634,7 +668,14 @@ async fn create_access_token(
 ) -> Response {
     let mut w = world.lock().unwrap();
     let path = format!("/app/installations/{id}/access_tokens");
-    if let Err(r) = admit(&mut w, Op::CreateAccessToken, Method::POST, path, &body) {
+    if let Err(r) = admit(
+        &mut w,
+        Op::CreateAccessToken,
+        Method::POST,
+        path,
+        &headers,
+        &body,
+    ) {
         return r;
     }
     if let Err(reason) = verify_app_jwt(&headers) {
@@ -681,7 +722,7 @@ fn repo_call(
     repo: &str,
     body: &Bytes,
 ) -> Result<Option<Value>, Response> {
-    let parsed = admit(w, op, method, path, body)?;
+    let parsed = admit(w, op, method, path, headers, body)?;
     if let Err(r) = authorize_repo(w, headers, repo) {
         w.requests.last_mut().unwrap().status = r.status();
         return Err(r);
