@@ -544,3 +544,44 @@ fn bad_base_url_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("not a url"), "{err}");
 }
+
+#[tokio::test]
+async fn github_limits_on_buttons_and_summary_are_enforced() {
+    let (fake, client) = setup().await;
+    let run = client
+        .create_check_run(inst(), &repo(), &new_run())
+        .await
+        .unwrap();
+    let button = |id: &str| CheckRunButton {
+        label: "Resume".into(),
+        description: "Run the items left".into(),
+        identifier: id.into(),
+    };
+    let too_many = CheckRunUpdate {
+        actions: Some(vec![button("a"), button("b"), button("c"), button("d")]),
+        ..CheckRunUpdate::default()
+    };
+    let long_identifier = CheckRunUpdate {
+        actions: Some(vec![button(&"x".repeat(21))]),
+        ..CheckRunUpdate::default()
+    };
+    let mut long_summary = annotations_update(0..0);
+    long_summary.output.as_mut().unwrap().summary = "s".repeat(65_536);
+    for update in [too_many, long_identifier, long_summary] {
+        let err = client
+            .update_check_run(inst(), &repo(), run, &update)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(422));
+    }
+    assert_eq!(std::mem::take(&mut fake.world().schema_violations).len(), 3);
+    // At the limits exactly, GitHub accepts.
+    let mut at_limits = annotations_update(0..50);
+    at_limits.output.as_mut().unwrap().summary = "s".repeat(65_535);
+    at_limits.actions = Some(vec![button("a"), button("b"), button(&"c".repeat(20))]);
+    client
+        .update_check_run(inst(), &repo(), run, &at_limits)
+        .await
+        .unwrap();
+    fake.assert_no_violations();
+}
