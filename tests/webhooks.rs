@@ -458,3 +458,23 @@ async fn limit_and_trace_layers_keep_the_answers() {
     assert_eq!(send(&app, signed("ping", bytes)).await.0, StatusCode::OK);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+/// A figure, not a check: `cargo test --test webhooks measure -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn measure_verify_and_parse_through_the_router() {
+    let (app, seen) = router();
+    let body = support::webhook::fixture_payload("pull_request/opened.payload.json");
+    const N: u32 = 2000;
+    let started = std::time::Instant::now();
+    for _ in 0..N {
+        let (status, _) = send(&app, signed("pull_request", body.clone())).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let per = started.elapsed() / N;
+    assert_eq!(seen.lock().unwrap().len(), N as usize);
+    println!(
+        "pull_request/opened ({} bytes): sign + route + verify + parse = {per:?} per delivery",
+        body.len()
+    );
+}
