@@ -585,3 +585,41 @@ async fn github_limits_on_buttons_and_summary_are_enforced() {
         .unwrap();
     fake.assert_no_violations();
 }
+
+#[tokio::test]
+async fn documented_annotation_limits_are_enforced_and_within_limits_meets_them() {
+    let (fake, client) = setup().await;
+    let run = client
+        .create_check_run(inst(), &repo(), &new_run())
+        .await
+        .unwrap();
+    let mut big = annotation(1);
+    big.title = Some("t".repeat(256));
+    big.message = "m".repeat(64 * 1024 + 1);
+    big.end_line = 9;
+    big.start_column = Some(1);
+    let update = |a: Annotation| CheckRunUpdate {
+        output: Some(CheckRunOutput {
+            title: "t".into(),
+            summary: "s".into(),
+            text: None,
+            annotations: vec![a],
+        }),
+        ..CheckRunUpdate::default()
+    };
+    let err = client
+        .update_check_run(inst(), &repo(), run, &update(big.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(422));
+    let violations = std::mem::take(&mut fake.world().schema_violations);
+    assert_eq!(violations.len(), 1);
+    for part in ["title over 255", "message over 64 KB", "columns given"] {
+        assert!(violations[0].contains(part), "{part}: {}", violations[0]);
+    }
+    client
+        .update_check_run(inst(), &repo(), run, &update(big.within_limits()))
+        .await
+        .unwrap();
+    fake.assert_no_violations();
+}

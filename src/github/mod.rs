@@ -10,7 +10,7 @@ pub mod retry;
 pub use auth::{AppAuth, AuthError, InstallationToken, TokenCache};
 pub use checks::{
     Annotation, AnnotationLevel, CheckConclusion, CheckRunButton, CheckRunOutput, CheckRunUpdate,
-    CheckStatus, NewCheckRun,
+    CheckStatus, NewCheckRun, truncate_markdown,
 };
 pub use client::{GitHubClient, GitHubError, Permission, PullRequestInfo, Reaction};
 pub use ids::{AppId, CheckRunId, CommentId, CommitSha, InstallationId, PrNumber};
