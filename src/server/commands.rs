@@ -4,7 +4,7 @@
 //! - One command per line; the prefix must start the line (up to 3 spaces of indent allowed).
 //! - Ignored: fenced code blocks (``` or ~~~, closed by a fence of the same character at least as
 //!   long), indented code (4+ spaces or a tab: Markdown renders it as code, so the author is quoting),
-//!   `>` block quotes, and inline `code` spans.
+//!   `>` block quotes with the lines that continue them up to a blank line, and inline `code` spans.
 //! - Arguments are `key=value`; a key the command does not take is an error, as is a repeated key.
 //! - An unknown word gets an error carrying the closest command, and every error points at `help`.
 //!
@@ -200,6 +200,9 @@ pub fn parse_comment(body: &str, app_slug: Option<&str>) -> Vec<ParsedLine> {
 fn command_lines(body: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut fence: Option<(char, usize)> = None;
+    // Markdown continues a quote's paragraph on the following non-blank lines ("lazy
+    // continuation"), so those render inside the quote too.
+    let mut in_quote = false;
     for raw in body.lines() {
         let indent = raw.len() - raw.trim_start_matches(' ').len();
         let trimmed = raw.trim_start();
@@ -217,7 +220,15 @@ fn command_lines(body: &str) -> Vec<String> {
             fence = Some(open);
             continue;
         }
-        if indent >= 4 || raw.starts_with('\t') || trimmed.starts_with('>') {
+        if trimmed.is_empty() {
+            in_quote = false;
+            continue;
+        }
+        if indent <= 3 && trimmed.starts_with('>') {
+            in_quote = true;
+            continue;
+        }
+        if in_quote || indent >= 4 || raw.starts_with('\t') {
             continue;
         }
         out.push(strip_inline_code(trimmed));
@@ -522,6 +533,15 @@ mod tests {
         assert_eq!(
             parse("> /prodigy run\n\n/prodigy status"),
             vec![Ok(Command::Status)]
+        );
+    }
+
+    #[test]
+    fn lines_continuing_a_quote_are_quoted() {
+        assert!(parse("> earlier comment\n/prodigy run").is_empty());
+        assert_eq!(
+            parse("> earlier comment\n/prodigy run\n\n/prodigy help"),
+            vec![Ok(Command::Help)]
         );
     }
 
