@@ -297,6 +297,17 @@ async fn every_payload_example_is_routed_or_ignored() {
                 Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")
             );
             check_event(&event, &file, &raw, &parsed.event);
+            if matches!(
+                parsed.event,
+                WebhookEvent::Ignored { .. } | WebhookEvent::Ping
+            ) {
+                assert_eq!(parsed.event.repo(), None);
+            } else {
+                assert_eq!(parsed.event.installation_id(), installation_of(&raw));
+                if event != "installation" {
+                    assert_eq!(parsed.event.repo(), Some(&repo_of(&raw)));
+                }
+            }
             count += 1;
         }
     }

@@ -230,6 +230,33 @@ pub enum WebhookEvent {
     },
 }
 
+impl WebhookEvent {
+    /// The installation the delivery is for, where the payload names one.
+    pub fn installation_id(&self) -> Option<InstallationId> {
+        match self {
+            WebhookEvent::PullRequest(e) => e.installation_id,
+            WebhookEvent::IssueComment(e) => e.installation_id,
+            WebhookEvent::CheckRun(e) => e.installation_id,
+            WebhookEvent::CheckSuite(e) => e.installation_id,
+            WebhookEvent::Installation(e) => Some(e.installation_id),
+            WebhookEvent::Ping | WebhookEvent::Ignored { .. } => None,
+        }
+    }
+
+    /// The repository the delivery is about, for the allow-list check.
+    pub fn repo(&self) -> Option<&RepoName> {
+        match self {
+            WebhookEvent::PullRequest(e) => Some(&e.repo),
+            WebhookEvent::IssueComment(e) => Some(&e.repo),
+            WebhookEvent::CheckRun(e) => Some(&e.repo),
+            WebhookEvent::CheckSuite(e) => Some(&e.repo),
+            WebhookEvent::Installation(_) | WebhookEvent::Ping | WebhookEvent::Ignored { .. } => {
+                None
+            }
+        }
+    }
+}
+
 macro_rules! action_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
