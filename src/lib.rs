@@ -1,6 +1,8 @@
 //! prodigy: reproducible AI-agent pipelines, run from the CLI, a GitHub App or a GitHub Action.
 
 pub mod engine;
+pub mod github;
+pub mod server;
 pub mod store;
 pub mod types;
 pub mod workflow;

@@ -1,0 +1,17 @@
+//! Talking to GitHub as an App: identifiers, App/installation authentication, the retry policy and
+//! the typed client used by the server and the check-run reporter.
+
+pub mod auth;
+pub mod checks;
+pub mod client;
+pub mod ids;
+pub mod retry;
+
+pub use auth::{AppAuth, AuthError, InstallationToken, TokenCache};
+pub use checks::{
+    Annotation, AnnotationLevel, CheckConclusion, CheckRunButton, CheckRunOutput, CheckRunUpdate,
+    CheckStatus, NewCheckRun, truncate_markdown,
+};
+pub use client::{GitHubClient, GitHubError, Permission, PullRequestInfo, Reaction};
+pub use ids::{AppId, CheckRunId, CommentId, CommitSha, InstallationId, PrNumber};
+pub use retry::{RetryDecision, RetryPolicy};
