@@ -1,11 +1,13 @@
 //! Workflow files: the model, parsing with file:line:col errors, interpolation, the map input
 //! pipeline.
 
+pub mod input;
 pub mod interpolate;
 pub mod model;
 pub mod parse;
 mod yaml;
 
+pub use input::{InputError, apply_pipeline, item_key, load_items, load_items_in};
 pub use interpolate::{
     Context, InterpolateError, Placeholder, ShellScript, check_workflow, eval_condition,
     placeholders, render_shell, render_text,

@@ -1,0 +1,810 @@
+//! The map input pipeline, in upstream's order: load (file or command) -> `json_path` -> `filter`
+//! -> `sort_by` -> `distinct` -> `offset` -> `max_items`.
+//!
+//! - `json_path` is RFC 9535 JSONPath (`$`, `.f`, `['f']`, `[n]`, `[*]`, `..`, `[?(@.f > 1 && @.g
+//!   == 'x')]`), evaluated by the `serde_json_path` crate. Without `json_path`, a JSON array gives
+//!   its elements and any other value is one item.
+//! - `filter` is upstream's item filter: comparisons `== != > < >= <=` between a field path
+//!   (`File.score`, `tags[0]`) and a literal (`10`, `'high'`, `true`, `null`), `in [...]`,
+//!   `not in [...]`, `contains`, `matches 'regex'`, combined with `AND`/`&&`, `OR`/`||`,
+//!   `NOT`/`!` and parentheses. A missing field is null; null is only equal to null and never
+//!   greater or smaller than anything, so `File.score >= 10` is false for items without it.
+//! - `sort_by` is `path [ASC|DESC] [NULLS FIRST|NULLS LAST], ...`; nulls (missing fields) sort
+//!   last unless `NULLS FIRST` says otherwise; the sort is stable.
+//! - `distinct` keeps the first item for each value of the field path; items without the field
+//!   are all kept (an item is never dropped for lacking a field).
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::interpolate::{self, Context};
+use super::model::{MapInput, MapPhase};
+use crate::types::ItemKey;
+
+/// A failed stage of the map input pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("map input {input}: {stage}: {message}")]
+pub struct InputError {
+    /// The file path or command, as written.
+    pub input: String,
+    /// `load`, `json_path`, `filter`, `sort_by`, `distinct`.
+    pub stage: &'static str,
+    pub message: String,
+}
+
+fn stage_err(stage: &'static str, message: impl Into<String>) -> InputError {
+    InputError {
+        input: "(items)".into(),
+        stage,
+        message: message.into(),
+    }
+}
+
+/// Loads the items of a map phase, resolving placeholders in `input` against this process's
+/// environment only. Engines with workflow env or setup captures use [`load_items_in`].
+pub async fn load_items(map: &MapPhase, dir: &Path) -> Result<Vec<Value>, InputError> {
+    load_items_in(map, dir, &Context::new().with_process_env()).await
+}
+
+/// Loads the items of a map phase: `input` is rendered against `ctx` (a file path as text, a
+/// command shell-safely with its environment from `ctx`), loaded in `dir`, then run through the
+/// pipeline.
+pub async fn load_items_in(
+    map: &MapPhase,
+    dir: &Path,
+    ctx: &Context,
+) -> Result<Vec<Value>, InputError> {
+    let label = match &map.input {
+        MapInput::File(f) => format!("file '{f}'"),
+        MapInput::Command(c) => format!("command `{c}`"),
+    };
+    let relabel = |mut e: InputError| {
+        e.input = label.clone();
+        e
+    };
+    let value = load_value(&map.input, dir, ctx).await.map_err(relabel)?;
+    apply_pipeline(value, map).map_err(relabel)
+}
+
+async fn load_value(input: &MapInput, dir: &Path, ctx: &Context) -> Result<Value, InputError> {
+    match input {
+        MapInput::File(f) => {
+            let rendered =
+                interpolate::render_text(f, ctx).map_err(|e| stage_err("load", e.to_string()))?;
+            let path = dir.join(&rendered);
+            let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+                stage_err(
+                    "load",
+                    format!(
+                        "cannot read {}: {e}; check that setup writes it, or that the path is \
+                         relative to the worktree",
+                        path.display()
+                    ),
+                )
+            })?;
+            serde_json::from_str(&text).map_err(|e| {
+                stage_err(
+                    "load",
+                    format!(
+                        "{} is not valid JSON: {e}; the input file must hold a JSON value",
+                        path.display()
+                    ),
+                )
+            })
+        }
+        MapInput::Command(c) => {
+            let script =
+                interpolate::render_shell(c, ctx).map_err(|e| stage_err("load", e.to_string()))?;
+            let output = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script.script)
+                .envs(ctx.env().iter())
+                .envs(script.env.iter().map(|(k, v)| (k, v)))
+                .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|e| stage_err("load", format!("cannot start sh: {e}")))?;
+            drop(script);
+            if !output.status.success() {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(stage_err(
+                    "load",
+                    format!(
+                        "the command failed ({}): {}",
+                        output.status,
+                        tail.join(" | ")
+                    ),
+                ));
+            }
+            let stdout = String::from_utf8(output.stdout)
+                .map_err(|_| stage_err("load", "the command's output is not UTF-8 text"))?;
+            Ok(parse_command_output(&stdout))
+        }
+    }
+}
+
+/// Command output: a JSON document if it is one, else its non-empty lines as strings.
+pub fn parse_command_output(stdout: &str) -> Value {
+    let trimmed = stdout.trim();
+    if let Ok(v) = serde_json::from_str::<Value>(trimmed)
+        && !trimmed.is_empty()
+    {
+        return v;
+    }
+    Value::Array(
+        stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| Value::String(l.to_string()))
+            .collect(),
+    )
+}
+
+/// Every stage after loading, in order.
+pub fn apply_pipeline(value: Value, map: &MapPhase) -> Result<Vec<Value>, InputError> {
+    let mut items = match &map.json_path {
+        Some(p) => select_json_path(&value, p)?,
+        None => match value {
+            Value::Array(a) => a,
+            other => vec![other],
+        },
+    };
+    if let Some(f) = &map.filter {
+        items = filter_items(items, f)?;
+    }
+    if let Some(s) = &map.sort_by {
+        sort_items(&mut items, s)?;
+    }
+    if let Some(d) = &map.distinct {
+        items = distinct_items(items, d)?;
+    }
+    if let Some(o) = map.offset {
+        items = items.into_iter().skip(o).collect();
+    }
+    if let Some(m) = map.max_items {
+        items.truncate(m);
+    }
+    Ok(items)
+}
+
+/// The values a JSONPath selects, in document order.
+pub fn select_json_path(value: &Value, path: &str) -> Result<Vec<Value>, InputError> {
+    let parsed = serde_json_path::JsonPath::parse(path.trim()).map_err(|e| {
+        stage_err(
+            "json_path",
+            format!("'{path}' is not a valid JSONPath: {e}; write e.g. $.items[*]"),
+        )
+    })?;
+    Ok(parsed.query(value).all().into_iter().cloned().collect())
+}
+
+// ---- field paths -------------------------------------------------------------------------------
+
+/// `a.b[0].c` relative to an item; a missing field is None.
+pub fn field<'v>(item: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut cur = item;
+    let path = path.trim();
+    let path = path.strip_prefix("$.").unwrap_or(path);
+    if path.is_empty() || path == "$" {
+        return Some(item);
+    }
+    for part in path.split('.') {
+        let (name, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            cur = cur.as_object()?.get(name)?;
+        }
+        while let Some(stripped) = rest.strip_prefix('[') {
+            let close = stripped.find(']')?;
+            let idx: usize = stripped[..close].trim().parse().ok()?;
+            cur = cur.as_array()?.get(idx)?;
+            rest = &stripped[close + 1..];
+        }
+    }
+    Some(cur)
+}
+
+fn valid_field_path(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_alphanumeric() || "_-.[]$".contains(c))
+}
+
+// ---- filter ------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum FTok {
+    Ident(String),
+    Lit(Value),
+    Op(&'static str),
+    And,
+    Or,
+    Not,
+    In,
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+}
+
+#[derive(Debug, Clone)]
+enum Expr {
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    Cmp(String, &'static str, Value),
+    In(String, Vec<Value>),
+    Matches(String, regex::Regex),
+    Truthy(String),
+}
+
+/// A compiled `filter:` expression.
+#[derive(Debug, Clone)]
+pub struct Filter(Expr);
+
+impl Filter {
+    pub fn parse(text: &str) -> Result<Filter, InputError> {
+        let toks =
+            filter_tokens(text).map_err(|m| stage_err("filter", format!("'{text}': {m}")))?;
+        let mut p = FParser {
+            toks: &toks,
+            pos: 0,
+        };
+        let e = p
+            .or()
+            .map_err(|m| stage_err("filter", format!("'{text}': {m}")))?;
+        if p.pos != toks.len() {
+            return Err(stage_err(
+                "filter",
+                format!("'{text}': unexpected {:?}", toks[p.pos]),
+            ));
+        }
+        Ok(Filter(e))
+    }
+
+    pub fn matches(&self, item: &Value) -> bool {
+        eval_filter(&self.0, item)
+    }
+}
+
+pub fn filter_items(items: Vec<Value>, filter: &str) -> Result<Vec<Value>, InputError> {
+    let f = Filter::parse(filter)?;
+    Ok(items.into_iter().filter(|i| f.matches(i)).collect())
+}
+
+fn filter_tokens(text: &str) -> Result<Vec<FTok>, String> {
+    let mut toks = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let two: String = chars[i..chars.len().min(i + 2)].iter().collect();
+        match two.as_str() {
+            "&&" => {
+                toks.push(FTok::And);
+                i += 2;
+                continue;
+            }
+            "||" => {
+                toks.push(FTok::Or);
+                i += 2;
+                continue;
+            }
+            "==" | "!=" | ">=" | "<=" => {
+                toks.push(FTok::Op(match two.as_str() {
+                    "==" => "==",
+                    "!=" => "!=",
+                    ">=" => ">=",
+                    _ => "<=",
+                }));
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
+        match c {
+            '>' => toks.push(FTok::Op(">")),
+            '<' => toks.push(FTok::Op("<")),
+            '=' => toks.push(FTok::Op("==")),
+            '!' => toks.push(FTok::Not),
+            '(' => toks.push(FTok::LParen),
+            ')' => toks.push(FTok::RParen),
+            '[' => toks.push(FTok::LBracket),
+            ']' => toks.push(FTok::RBracket),
+            ',' => toks.push(FTok::Comma),
+            '\'' | '"' => {
+                let mut s = String::new();
+                let mut j = i + 1;
+                loop {
+                    match chars.get(j) {
+                        None => return Err(format!("unclosed {c} quote")),
+                        Some('\\') if chars.get(j + 1) == Some(&c) => {
+                            s.push(c);
+                            j += 2;
+                        }
+                        Some(&d) if d == c => break,
+                        Some(&d) => {
+                            s.push(d);
+                            j += 1;
+                        }
+                    }
+                }
+                toks.push(FTok::Lit(Value::String(s)));
+                i = j + 1;
+                continue;
+            }
+            _ if c.is_ascii_digit() || (c == '-' && next.is_some_and(|d| d.is_ascii_digit())) => {
+                let start = i;
+                i += 1;
+                while i < chars.len()
+                    && (chars[i].is_ascii_digit()
+                        || chars[i] == '.'
+                        || chars[i] == 'e'
+                        || chars[i] == 'E')
+                {
+                    i += 1;
+                }
+                let s: String = chars[start..i].iter().collect();
+                let n: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+                let v = if n.fract() == 0.0 && n.abs() < 9e15 {
+                    Value::from(n as i64)
+                } else {
+                    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+                };
+                toks.push(FTok::Lit(v));
+                continue;
+            }
+            _ if c.is_alphanumeric() || c == '_' || c == '$' => {
+                let start = i;
+                let mut depth = 0;
+                while i < chars.len() {
+                    let d = chars[i];
+                    if d == '[' {
+                        // An index belongs to the path only right after a name: `tags[0]`.
+                        if chars.get(i + 1).is_some_and(|x| x.is_ascii_digit()) {
+                            depth += 1;
+                        } else {
+                            break;
+                        }
+                    } else if d == ']' && depth > 0 {
+                        depth -= 1;
+                    } else if !(d.is_alphanumeric()
+                        || "_-.$".contains(d)
+                        || (depth > 0 && d.is_ascii_digit()))
+                    {
+                        break;
+                    }
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                toks.push(match word.to_ascii_uppercase().as_str() {
+                    "AND" => FTok::And,
+                    "OR" => FTok::Or,
+                    "NOT" => FTok::Not,
+                    "IN" => FTok::In,
+                    "TRUE" => FTok::Lit(Value::Bool(true)),
+                    "FALSE" => FTok::Lit(Value::Bool(false)),
+                    "NULL" => FTok::Lit(Value::Null),
+                    "MATCHES" => FTok::Op("matches"),
+                    "CONTAINS" => FTok::Op("contains"),
+                    _ => FTok::Ident(word.strip_prefix("item.").unwrap_or(&word).to_string()),
+                });
+                continue;
+            }
+            other => return Err(format!("unexpected character '{other}'")),
+        }
+        i += 1;
+    }
+    Ok(toks)
+}
+
+struct FParser<'t> {
+    toks: &'t [FTok],
+    pos: usize,
+}
+
+impl FParser<'_> {
+    fn peek(&self) -> Option<&FTok> {
+        self.toks.get(self.pos)
+    }
+
+    fn or(&mut self) -> Result<Expr, String> {
+        let mut e = self.and()?;
+        while self.peek() == Some(&FTok::Or) {
+            self.pos += 1;
+            e = Expr::Or(Box::new(e), Box::new(self.and()?));
+        }
+        Ok(e)
+    }
+
+    fn and(&mut self) -> Result<Expr, String> {
+        let mut e = self.unary()?;
+        while self.peek() == Some(&FTok::And) {
+            self.pos += 1;
+            e = Expr::And(Box::new(e), Box::new(self.unary()?));
+        }
+        Ok(e)
+    }
+
+    fn unary(&mut self) -> Result<Expr, String> {
+        match self.peek() {
+            Some(FTok::Not) => {
+                self.pos += 1;
+                Ok(Expr::Not(Box::new(self.unary()?)))
+            }
+            Some(FTok::LParen) => {
+                self.pos += 1;
+                let e = self.or()?;
+                if self.peek() != Some(&FTok::RParen) {
+                    return Err("missing ')'".into());
+                }
+                self.pos += 1;
+                Ok(e)
+            }
+            Some(FTok::Ident(_)) => self.comparison(),
+            Some(t) => Err(format!("expected a field name, found {t:?}")),
+            None => Err("the expression ends too early".into()),
+        }
+    }
+
+    fn comparison(&mut self) -> Result<Expr, String> {
+        let Some(FTok::Ident(path)) = self.peek().cloned() else {
+            return Err("expected a field name".into());
+        };
+        if !valid_field_path(&path) {
+            return Err(format!("'{path}' is not a field path"));
+        }
+        self.pos += 1;
+        let negate_in =
+            if self.peek() == Some(&FTok::Not) && self.toks.get(self.pos + 1) == Some(&FTok::In) {
+                self.pos += 1;
+                true
+            } else {
+                false
+            };
+        match self.peek().cloned() {
+            Some(FTok::In) => {
+                self.pos += 1;
+                let list = self.list()?;
+                let e = Expr::In(path, list);
+                Ok(if negate_in { Expr::Not(Box::new(e)) } else { e })
+            }
+            Some(FTok::Op(op)) => {
+                self.pos += 1;
+                let value = match self.peek().cloned() {
+                    Some(FTok::Lit(v)) => v,
+                    // A bare word on the right is text: `severity == high`.
+                    Some(FTok::Ident(w)) => Value::String(w),
+                    other => return Err(format!("expected a value after '{op}', found {other:?}")),
+                };
+                self.pos += 1;
+                match op {
+                    "matches" => {
+                        let Value::String(re) = &value else {
+                            return Err("'matches' needs a quoted regular expression".into());
+                        };
+                        let re = regex::Regex::new(re)
+                            .map_err(|e| format!("invalid regular expression '{re}': {e}"))?;
+                        Ok(Expr::Matches(path, re))
+                    }
+                    _ => Ok(Expr::Cmp(path, op, value)),
+                }
+            }
+            _ => Ok(Expr::Truthy(path)),
+        }
+    }
+
+    fn list(&mut self) -> Result<Vec<Value>, String> {
+        if self.peek() != Some(&FTok::LBracket) {
+            return Err("'in' needs a list: in ['a', 'b']".into());
+        }
+        self.pos += 1;
+        let mut out = Vec::new();
+        loop {
+            match self.peek().cloned() {
+                Some(FTok::RBracket) => {
+                    self.pos += 1;
+                    return Ok(out);
+                }
+                Some(FTok::Lit(v)) => out.push(v),
+                Some(FTok::Ident(w)) => out.push(Value::String(w)),
+                Some(FTok::Comma) => {}
+                other => return Err(format!("unexpected {other:?} in a list")),
+            }
+            self.pos += 1;
+        }
+    }
+}
+
+fn eval_filter(e: &Expr, item: &Value) -> bool {
+    match e {
+        Expr::And(a, b) => eval_filter(a, item) && eval_filter(b, item),
+        Expr::Or(a, b) => eval_filter(a, item) || eval_filter(b, item),
+        Expr::Not(a) => !eval_filter(a, item),
+        Expr::Truthy(p) => match field(item, p) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(_) => true,
+        },
+        Expr::In(p, list) => {
+            let v = field(item, p).unwrap_or(&Value::Null);
+            list.iter().any(|x| loose_eq(v, x))
+        }
+        Expr::Matches(p, re) => match field(item, p) {
+            Some(Value::String(s)) => re.is_match(s),
+            _ => false,
+        },
+        Expr::Cmp(p, op, rhs) => {
+            let v = field(item, p).unwrap_or(&Value::Null);
+            match *op {
+                "==" => loose_eq(v, rhs),
+                "!=" => !loose_eq(v, rhs),
+                "contains" => match (v, rhs) {
+                    (Value::String(s), Value::String(n)) => s.contains(n.as_str()),
+                    (Value::Array(a), x) => a.iter().any(|e| loose_eq(e, x)),
+                    _ => false,
+                },
+                _ => match order(v, rhs) {
+                    Some(o) => match *op {
+                        ">" => o == Ordering::Greater,
+                        "<" => o == Ordering::Less,
+                        ">=" => o != Ordering::Less,
+                        _ => o != Ordering::Greater,
+                    },
+                    None => false,
+                },
+            }
+        }
+    }
+}
+
+fn num(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn loose_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(_), _) | (_, Value::Number(_)) => {
+            matches!((num(a), num(b)), (Some(x), Some(y)) if x == y)
+        }
+        _ => a == b,
+    }
+}
+
+/// Ordering for comparisons: numbers (or numeric text against a number) and strings; null and
+/// mixed types do not compare.
+fn order(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Null, _) | (_, Value::Null) => None,
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        _ => num(a)?.partial_cmp(&num(b)?),
+    }
+}
+
+// ---- sort, distinct ----------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub path: String,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+pub fn parse_sort_by(text: &str) -> Result<Vec<SortKey>, InputError> {
+    let mut keys = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let path = words[0]
+            .strip_prefix("item.")
+            .unwrap_or(words[0])
+            .to_string();
+        if !valid_field_path(&path) {
+            return Err(stage_err(
+                "sort_by",
+                format!("'{path}' is not a field path"),
+            ));
+        }
+        let mut key = SortKey {
+            path,
+            descending: false,
+            nulls_first: false,
+        };
+        let upper: Vec<String> = words[1..].iter().map(|w| w.to_ascii_uppercase()).collect();
+        let mut i = 0;
+        while i < upper.len() {
+            match upper[i].as_str() {
+                "ASC" => key.descending = false,
+                "DESC" => key.descending = true,
+                "NULLS" => {
+                    match upper.get(i + 1).map(String::as_str) {
+                        Some("FIRST") => key.nulls_first = true,
+                        Some("LAST") => key.nulls_first = false,
+                        _ => {
+                            return Err(stage_err(
+                                "sort_by",
+                                format!("'{part}': NULLS must be followed by FIRST or LAST"),
+                            ));
+                        }
+                    }
+                    i += 1;
+                }
+                other => {
+                    return Err(stage_err(
+                        "sort_by",
+                        format!(
+                            "'{part}': unknown word '{other}'; write e.g. `score DESC NULLS LAST, name`"
+                        ),
+                    ));
+                }
+            }
+            i += 1;
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err(stage_err("sort_by", "no field to sort by"));
+    }
+    Ok(keys)
+}
+
+fn type_rank(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        Value::Array(_) => 4,
+        Value::Object(_) => 5,
+    }
+}
+
+fn total_order(a: &Value, b: &Value) -> Ordering {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        _ if type_rank(a) != type_rank(b) => type_rank(a).cmp(&type_rank(b)),
+        _ => a.to_string().cmp(&b.to_string()),
+    }
+}
+
+pub fn sort_items(items: &mut [Value], sort_by: &str) -> Result<(), InputError> {
+    let keys = parse_sort_by(sort_by)?;
+    items.sort_by(|a, b| {
+        for k in &keys {
+            let va = field(a, &k.path).filter(|v| !v.is_null());
+            let vb = field(b, &k.path).filter(|v| !v.is_null());
+            let o = match (va, vb) {
+                (None, None) => Ordering::Equal,
+                (None, Some(_)) => {
+                    if k.nulls_first {
+                        Ordering::Less
+                    } else {
+                        Ordering::Greater
+                    }
+                }
+                (Some(_), None) => {
+                    if k.nulls_first {
+                        Ordering::Greater
+                    } else {
+                        Ordering::Less
+                    }
+                }
+                (Some(x), Some(y)) => {
+                    let o = total_order(x, y);
+                    if k.descending { o.reverse() } else { o }
+                }
+            };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        Ordering::Equal
+    });
+    Ok(())
+}
+
+pub fn distinct_items(items: Vec<Value>, path: &str) -> Result<Vec<Value>, InputError> {
+    let path = path.trim();
+    let path = path.strip_prefix("item.").unwrap_or(path);
+    if !valid_field_path(path) {
+        return Err(stage_err(
+            "distinct",
+            format!("'{path}' is not a field path"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    Ok(items
+        .into_iter()
+        .filter(|item| match field(item, path) {
+            None | Some(Value::Null) => true,
+            Some(v) => seen.insert(canonical_json(v)),
+        })
+        .collect())
+}
+
+// ---- item keys ---------------------------------------------------------------------------------
+
+/// JSON with object keys sorted at every level, so equal items hash equally.
+pub fn canonical_json(v: &Value) -> String {
+    // serde_json's map keeps keys sorted unless its `preserve_order` feature is on; sorting here
+    // keeps keys stable even if some dependency turns that feature on.
+    let mut out = String::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// An item's stable key: its `id`, `item_id` or `_id` field (or the field `item_id_field` names),
+/// as text when it is a non-empty string or a number; otherwise `h-` and the first 16 hex digits
+/// of the SHA-256 of its canonical JSON.
+pub fn item_key(item: &Value, item_id_field: Option<&str>) -> ItemKey {
+    let candidates: Vec<&str> = match item_id_field {
+        Some(f) => vec![f],
+        None => vec!["id", "item_id", "_id"],
+    };
+    for c in candidates {
+        match field(item, c) {
+            Some(Value::String(s)) if !s.trim().is_empty() => return ItemKey(s.clone()),
+            Some(Value::Number(n)) => return ItemKey(n.to_string()),
+            _ => {}
+        }
+    }
+    let digest = Sha256::digest(canonical_json(item).as_bytes());
+    ItemKey(format!("h-{}", &hex::encode(digest)[..16]))
+}
