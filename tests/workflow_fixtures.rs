@@ -195,8 +195,15 @@ fn debtmap_reduce_details() {
         }
         other => panic!("expected write_file, got {other:?}"),
     }
-    assert!(
-        matches!(&reduce.commands[5].action, Action::Claude(c) if c.starts_with("/prodigy-compare-debt-results"))
+    // The shell-style continuation lines of a claude block become one line.
+    assert_eq!(
+        reduce.commands[5].action,
+        Action::Claude(
+            "/prodigy-compare-debt-results --before .prodigy/debtmap-before.json --after \
+             .prodigy/debtmap-after.json --map-results-file .prodigy/map-results.json \
+             --successful ${map.successful} --failed ${map.failed} --total ${map.total}"
+                .into()
+        )
     );
 }
 
@@ -404,20 +411,8 @@ fn setup_capture_outputs_name_setup_steps() {
 }
 
 #[test]
-#[ignore]
-fn print_warnings() {
-    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        if let Ok(p) = workflow::load(&path) {
-            for w in p.warnings {
-                println!(
-                    "{}:{}:{}: {}",
-                    path.file_name().unwrap().to_string_lossy(),
-                    w.line,
-                    w.column,
-                    w.message
-                );
-            }
-        }
-    }
+fn duplicate_keys_are_errors() {
+    let e = parse_err("- shell: a\n  timeout: 5\n  timeout: 6\n");
+    assert_eq!(e.position(), Some((3, 3)), "{e}");
+    assert!(e.to_string().contains("duplicate key 'timeout'"), "{e}");
 }

@@ -307,3 +307,21 @@ fn static_check_finds_placeholders_that_cannot_resolve() {
         assert_eq!(check_workflow(&p.workflow), vec![], "{name}");
     }
 }
+
+#[test]
+fn no_upstream_fixture_uses_an_undefined_placeholder() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join("shared/fixtures/prodigy-workflows"))
+        .find(|d| d.is_dir())
+        .unwrap();
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if let Ok(w) = workflow::load(&p) {
+            assert_eq!(check_workflow(&w.workflow), vec![], "{}", p.display());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 17);
+}

@@ -93,6 +93,19 @@ fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> WorkflowError {
         Some(i) if first.starts_with("line ") => &first[i + 2..],
         _ => first,
     };
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        return WorkflowError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: format!("duplicate key '{key}'"),
+            help: "a key may appear once per mapping; remove one of the entries".into(),
+        };
+    }
     WorkflowError::Invalid {
         path: path.to_path_buf(),
         line,
@@ -938,7 +951,7 @@ impl<'a> Parser<'a> {
                 match key.name.as_str() {
                     "shell" => Action::Shell(self.command_text(value, "shell")?),
                     "claude" => {
-                        Action::Claude(self.command_text(value, "claude")?.trim().to_string())
+                        Action::Claude(join_continuations(&self.command_text(value, "claude")?))
                     }
                     "write_file" => Action::WriteFile(self.write_file(value)?),
                     _ => Action::Foreach(self.foreach(value)?),
@@ -1463,6 +1476,29 @@ impl<'a> Parser<'a> {
             steps,
         })
     }
+}
+
+/// A `claude:` block written like a shell command (`/cmd \\` newline `--flag x`) has no shell to
+/// join its lines, so join them here: the CLI then gets one argument string as written.
+fn join_continuations(text: &str) -> String {
+    let mut out = String::new();
+    let mut joining = false;
+    for line in text.trim().lines() {
+        let line = if joining { line.trim_start() } else { line };
+        match line.trim_end().strip_suffix('\\') {
+            Some(head) => {
+                out.push_str(head.trim_end());
+                out.push(' ');
+                joining = true;
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+                joining = false;
+            }
+        }
+    }
+    out.trim_end().to_string()
 }
 
 fn bare_step(action: Action, line: usize) -> Step {
