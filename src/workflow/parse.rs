@@ -1136,7 +1136,6 @@ impl<'a> Parser<'a> {
             "fail_workflow",
             "commands",
             "retry_original",
-            "strategy",
         ];
         let (steps, map) = match &node.value {
             Value::Seq(_) => (self.steps(node, "on_failure")?, None),
@@ -1203,13 +1202,7 @@ impl<'a> Parser<'a> {
 
     fn validate(&mut self, node: &Node) -> R<Validate> {
         self.expect_map(node, "validate")?;
-        let extra = [
-            "commands",
-            "result_file",
-            "threshold",
-            "on_incomplete",
-            "timeout",
-        ];
+        let extra = ["commands", "result_file", "threshold", "on_incomplete"];
         let commands = match node.get("commands") {
             Some(c) => {
                 self.check_keys(node, "validate", &extra);
