@@ -325,3 +325,14 @@ fn no_upstream_fixture_uses_an_undefined_placeholder() {
     }
     assert_eq!(checked, 17);
 }
+
+#[test]
+fn arithmetic_shift_is_not_a_here_document() {
+    let c = Context::new().with_var("v", json!("$(touch pwned)"));
+    let (out, dir) = run("echo $((1 << 2))\nprintf '%s' ${v}", &c);
+    assert_eq!(out, "4\n$(touch pwned)");
+    assert!(!dir.path().join("pwned").exists());
+    // The reference sits outside quotes on the second line, so it is quoted there.
+    let s = render_shell("echo $((1 << 2))\nprintf '%s' ${v}", &c).unwrap();
+    assert!(s.script.ends_with("\"${__PRODIGY_V0}\""), "{}", s.script);
+}

@@ -548,8 +548,10 @@ enum Q {
 enum Closer {
     Top,
     /// `$(`: closes at the `)` that balances it (`depth` counts open plain parentheses).
+    /// `arith` marks `$((`, where `<<` is a shift, not a here-document.
     Paren {
         depth: usize,
+        arith: bool,
     },
     Backtick,
 }
@@ -611,8 +613,9 @@ impl Scanner {
                         i += 1;
                     }
                     '$' if next == Some('(') => {
+                        let arith = chars.get(i + 1) == Some(&'(');
                         self.stack.push(Q::Plain {
-                            close: Closer::Paren { depth: 0 },
+                            close: Closer::Paren { depth: 0, arith },
                         });
                         i += 1;
                     }
@@ -624,7 +627,7 @@ impl Scanner {
                     }),
                     '(' => {
                         if let Some(Q::Plain {
-                            close: Closer::Paren { depth },
+                            close: Closer::Paren { depth, .. },
                         }) = self.stack.last_mut()
                         {
                             *depth += 1;
@@ -632,7 +635,7 @@ impl Scanner {
                     }
                     ')' => match self.stack.last_mut() {
                         Some(Q::Plain {
-                            close: Closer::Paren { depth },
+                            close: Closer::Paren { depth, .. },
                         }) if *depth > 0 => *depth -= 1,
                         Some(Q::Plain {
                             close: Closer::Paren { .. },
@@ -647,7 +650,10 @@ impl Scanner {
                     {
                         self.stack.push(Q::Comment)
                     }
-                    '<' if next == Some('<') && chars.get(i + 1) != Some(&'<') => {
+                    '<' if next == Some('<')
+                        && chars.get(i + 1) != Some(&'<')
+                        && !matches!(close, Closer::Paren { arith: true, .. }) =>
+                    {
                         i += 1;
                         i = self.heredoc_operator(&chars, i);
                         self.prev = Some('<');
@@ -662,8 +668,9 @@ impl Scanner {
                         self.stack.pop();
                     }
                     '$' if next == Some('(') => {
+                        let arith = chars.get(i + 1) == Some(&'(');
                         self.stack.push(Q::Plain {
-                            close: Closer::Paren { depth: 0 },
+                            close: Closer::Paren { depth: 0, arith },
                         });
                         i += 1;
                     }

@@ -1396,6 +1396,7 @@ impl<'a> Parser<'a> {
             node,
             "foreach",
             &[
+                "foreach",
                 "input",
                 "over",
                 "items",
@@ -1406,10 +1407,15 @@ impl<'a> Parser<'a> {
                 "max_items",
             ],
         );
-        let Some(input) = node.get("input").or(node.get("over")).or(node.get("items")) else {
+        let Some(input) = node
+            .get("foreach")
+            .or(node.get("input"))
+            .or(node.get("over"))
+            .or(node.get("items"))
+        else {
             return self.err_at(
                 node,
-                "foreach needs 'input'".into(),
+                "foreach needs 'foreach' (or 'input'): the values to iterate over".into(),
                 "give a list of values or a command that prints one per line",
             );
         };
@@ -1437,7 +1443,8 @@ impl<'a> Parser<'a> {
         let steps = self.steps(body, "foreach.do")?;
         let parallel = match node.get("parallel") {
             Some(n) => match &n.value {
-                Value::Bool(true) => 10,
+                // Upstream: `parallel: true` uses all available cores.
+                Value::Bool(true) => std::thread::available_parallelism().map_or(4, |n| n.get()),
                 Value::Bool(false) => 1,
                 _ => {
                     let v = self.uint(n, "foreach.parallel")? as usize;
