@@ -336,3 +336,34 @@ fn arithmetic_shift_is_not_a_here_document() {
     let s = render_shell("echo $((1 << 2))\nprintf '%s' ${v}", &c).unwrap();
     assert!(s.script.ends_with("\"${__PRODIGY_V0}\""), "{}", s.script);
 }
+
+#[test]
+fn repeated_and_many_large_values_stay_within_process_limits() {
+    // 30 different 90 KB values: each fits one variable, together they would exceed ARG_MAX.
+    let mut c = Context::new();
+    let mut template = String::new();
+    for i in 0..30 {
+        c.set_var(
+            format!("v{i}"),
+            json!(format!("{i}:{}", "y".repeat(90 * 1024))),
+        );
+        template.push_str(&format!("printf '%s' ${{v{i}}} | wc -c; "));
+    }
+    // And one value used many times is passed once.
+    c.set_var("same", json!("s".repeat(1000)));
+    template.push_str(&"printf '%s' ${same} >/dev/null; ".repeat(50));
+    let s = render_shell(&template, &c).unwrap();
+    let total: usize = s.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    assert!(
+        total <= prodigy::workflow::interpolate::MAX_ENV_TOTAL + 200,
+        "{total}"
+    );
+    assert_eq!(s.env.len(), 31);
+    assert!(!s.spill_files.is_empty());
+    let (out, _dir) = run(&template, &c);
+    let counts: Vec<usize> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(counts.len(), 30);
+    for (i, n) in counts.iter().enumerate() {
+        assert_eq!(*n, format!("{i}:").len() + 90 * 1024);
+    }
+}

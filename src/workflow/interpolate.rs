@@ -34,6 +34,10 @@ use crate::types::ItemKey;
 /// one environment string to 128 KiB (MAX_ARG_STRLEN).
 pub const MAX_ENV_VALUE: usize = 100 * 1024;
 
+/// Past this many bytes of values in one script's environment, further values go through files
+/// too: the environment and arguments of a process share one limit (ARG_MAX, often 2 MiB).
+pub const MAX_ENV_TOTAL: usize = 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InterpolateError {
     #[error(
@@ -801,6 +805,8 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
     let mut script = String::new();
     let mut env: Vec<(String, String)> = Vec::new();
     let mut spill_files = Vec::new();
+    let mut references: BTreeMap<String, String> = BTreeMap::new();
+    let mut env_bytes = 0usize;
     for piece in split(template)? {
         match piece {
             Piece::Text(t) => {
@@ -859,24 +865,39 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
                     script.push_str(&value);
                     continue;
                 }
-                let reference = if value.len() > MAX_ENV_VALUE {
-                    let file = SpillFile::create(&value).map_err(|e| InterpolateError::Value {
-                        placeholder: ph.text.clone(),
-                        reason: format!(
-                            "the value is {} bytes, too large for an environment variable, and \
-                             writing it to a temporary file failed: {e}",
-                            value.len()
-                        ),
-                    })?;
-                    let name = format!("__PRODIGY_F{}", env.len());
-                    env.push((name.clone(), file.path.to_string_lossy().into_owned()));
-                    spill_files.push(Arc::new(file));
-                    // Command substitution drops trailing newlines; that is the one difference.
-                    format!("$(cat \"${{{name}}}\")")
-                } else {
-                    let name = format!("__PRODIGY_V{}", env.len());
-                    env.push((name.clone(), value));
-                    format!("${{{name}}}")
+                let reference = match references.get(&value) {
+                    // The same value used again reuses its variable: the environment stays small.
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = if value.len() > MAX_ENV_VALUE
+                            || env_bytes + value.len() > MAX_ENV_TOTAL
+                        {
+                            let file =
+                                SpillFile::create(&value).map_err(|e| InterpolateError::Value {
+                                    placeholder: ph.text.clone(),
+                                    reason: format!(
+                                        "the value is {} bytes, too large for the environment, \
+                                         and writing it to a temporary file failed: {e}",
+                                        value.len()
+                                    ),
+                                })?;
+                            let name = format!("__PRODIGY_F{}", env.len());
+                            let path = file.path.to_string_lossy().into_owned();
+                            env_bytes += name.len() + path.len() + 2;
+                            env.push((name.clone(), path));
+                            spill_files.push(Arc::new(file));
+                            // Command substitution drops trailing newlines; that is the one
+                            // difference from an environment variable.
+                            format!("$(cat \"${{{name}}}\")")
+                        } else {
+                            let name = format!("__PRODIGY_V{}", env.len());
+                            env_bytes += name.len() + value.len() + 2;
+                            env.push((name.clone(), value.clone()));
+                            format!("${{{name}}}")
+                        };
+                        references.insert(value, r.clone());
+                        r
+                    }
                 };
                 let text = match top {
                     Q::Plain { .. } => format!("\"{reference}\""),
