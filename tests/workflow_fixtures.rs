@@ -548,3 +548,31 @@ commands:
     let e = parse_err("- id: x\n");
     assert!(e.to_string().contains("needs a command"), "{e}");
 }
+
+#[test]
+fn input_rule_and_duration_text() {
+    use prodigy::workflow::parse::{classify_input, parse_duration_text};
+    let file = |s: &str| MapInput::File(s.into());
+    let cmd = |s: &str| MapInput::Command(s.into());
+    assert_eq!(classify_input("items.json"), file("items.json"));
+    assert_eq!(classify_input("/tmp/x.json"), file("/tmp/x.json"));
+    assert_eq!(classify_input("${DIR}/x y.json"), cmd("${DIR}/x y.json"));
+    assert_eq!(
+        classify_input("${DIR}/items.json"),
+        file("${DIR}/items.json")
+    );
+    assert_eq!(classify_input("ls"), file("ls"));
+    assert_eq!(classify_input("shell: ls"), cmd("ls"));
+    assert_eq!(classify_input("file: my items.json"), file("my items.json"));
+    assert_eq!(classify_input("cat a.json|jq ."), cmd("cat a.json|jq ."));
+    assert_eq!(
+        classify_input("find . -name '*.rs'"),
+        cmd("find . -name '*.rs'")
+    );
+    assert_eq!(parse_duration_text("90"), Some(90.0));
+    assert_eq!(parse_duration_text("1h30m"), Some(5400.0));
+    assert_eq!(parse_duration_text("250ms"), Some(0.25));
+    assert_eq!(parse_duration_text("2 days"), Some(172800.0));
+    assert_eq!(parse_duration_text("soon"), None);
+    assert_eq!(parse_duration_text("5x"), None);
+}

@@ -42,8 +42,9 @@ pub const MAX_ENV_TOTAL: usize = 1024 * 1024;
 pub enum InterpolateError {
     #[error(
         "unresolved placeholder ${{{placeholder}}}: no variable or environment variable '{root}' \
-         is defined here; define it (capture it in an earlier step, set it in env) or give a \
-         fallback with ${{{placeholder}|default:VALUE}}"
+         is defined here; define it (capture it in an earlier step, set it in env), give a \
+         fallback with ${{{placeholder}|default:VALUE}}, or write $${{{placeholder}}} for a \
+         variable the shell itself defines"
     )]
     Unresolved { placeholder: String, root: String },
     #[error("malformed placeholder at byte {offset} of {template:?}: {reason}")]
@@ -1304,8 +1305,9 @@ impl Checker {
                 format!(
                     "{field}: ${{{}}} can never resolve here: nothing before this step defines \
                      '{}' (not a capture, step id, env variable or built-in variable); capture it \
-                     in an earlier step, set it in env, or give a fallback with ${{{}|default:VALUE}}",
-                    ph.text, ph.root, ph.path
+                     in an earlier step, set it in env, give a fallback with \
+                     ${{{}|default:VALUE}}, or write $${{{}}} for a variable the shell defines",
+                    ph.text, ph.root, ph.path, ph.text
                 ),
             ));
         }

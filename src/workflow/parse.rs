@@ -10,8 +10,9 @@
 //! shell characters `| ; & < > ( ) \` ' "` (after removing `${...}` placeholders); otherwise it is a
 //! **file** path (relative to the job worktree). So `items.json`, `.prodigy/x.json`,
 //! `/tmp/items.json` and `${DIR}/items.json` are files, and `find . -name '*.rs'` or
-//! `echo '[1,2]'` are commands. The explicit forms `input: {file: PATH}` and
-//! `input: {command: CMD}` (or a `shell:`/`command:` prefix on the string) settle any doubt.
+//! `echo '[1,2]'` are commands. A single word is a file, so a one-word command needs an explicit
+//! form: `input: {file: PATH}` and `input: {command: CMD}` (or a `shell:`/`command:`/`file:`
+//! prefix on the string) settle any doubt.
 //! Upstream decides by whether the path exists at run time, which makes a typo in a file name run
 //! as a command; deciding from the text keeps `prodigy validate` deterministic.
 
