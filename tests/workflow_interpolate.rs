@@ -367,3 +367,15 @@ fn repeated_and_many_large_values_stay_within_process_limits() {
         assert_eq!(*n, format!("{i}:").len() + 90 * 1024);
     }
 }
+
+#[test]
+fn validation_variables_only_inside_validate() {
+    let p = workflow::parse(
+        Path::new("v.yml"),
+        "- claude: /impl\n  validate:\n    claude: /check\n    on_incomplete:\n      claude: /more ${validation.gaps}\n- shell: echo ${validation.gaps}\n",
+    )
+    .unwrap();
+    let findings = check_workflow(&p.workflow);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].0, 6);
+}

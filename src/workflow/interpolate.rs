@@ -1173,7 +1173,9 @@ fn truthy(v: &Value) -> Result<bool, String> {
 // ---- static check ------------------------------------------------------------------------------
 
 /// Roots that the engine always provides.
-const ALWAYS: &[&str] = &["shell", "claude", "env", "validation", "workflow"];
+/// `shell.output`/`claude.output` hold the last step's output (or, in `on_failure`, the failed
+/// step's); `env.X` reads the environment.
+const ALWAYS: &[&str] = &["shell", "claude", "env"];
 
 /// Placeholders whose root can never resolve where they are used: `(line, message)` per finding.
 /// Names in this process's environment count as resolvable (steps inherit it).
@@ -1261,6 +1263,8 @@ impl Checker {
         }
         if let Some(v) = &step.validate {
             let mut vs = local.clone();
+            // `${validation.gaps}`, `${validation.attempt_number}`: the last check's result.
+            vs.insert("validation".into());
             self.steps(&v.commands, &mut vs);
             if let Some(f) = &v.result_file {
                 self.text(line, f, &vs, "validate.result_file");
