@@ -379,3 +379,13 @@ fn validation_variables_only_inside_validate() {
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0].0, 6);
 }
+
+#[test]
+fn file_content_keeps_bare_dollar_text() {
+    let c = ctx();
+    assert_eq!(
+        workflow::render_content("#!/bin/sh\necho $PROJECT $1 ${item.name}\n", &c).unwrap(),
+        "#!/bin/sh\necho $PROJECT $1 alpha\n"
+    );
+    assert_eq!(render_text("/cmd $PROJECT", &c).unwrap(), "/cmd demo");
+}

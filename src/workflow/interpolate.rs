@@ -430,13 +430,25 @@ fn placeholder_text(ph: &Placeholder, ctx: &Context) -> R<String> {
     })
 }
 
-/// Renders a template as plain text (claude arguments, file contents, paths). `$NAME` (without
-/// braces) is replaced too when NAME is in the context's environment, since no shell will expand it.
+/// Renders a template as plain text (claude arguments, paths, conditions' operands). `$NAME`
+/// (without braces) is replaced too when NAME is in the context's environment, since no shell will
+/// expand it (upstream writes `claude: "/cmd --project $PROJECT_NAME"`).
 pub fn render_text(template: &str, ctx: &Context) -> R<String> {
+    render(template, ctx, true)
+}
+
+/// Renders `write_file` content: only `${...}` placeholders are replaced, so a file that contains
+/// shell text such as `$HOME` or `$1` is written as it stands.
+pub fn render_content(template: &str, ctx: &Context) -> R<String> {
+    render(template, ctx, false)
+}
+
+fn render(template: &str, ctx: &Context, bare_env: bool) -> R<String> {
     let mut out = String::new();
     for piece in split(template)? {
         match piece {
-            Piece::Text(t) => out.push_str(&expand_bare_env(&t, ctx)),
+            Piece::Text(t) if bare_env => out.push_str(&expand_bare_env(&t, ctx)),
+            Piece::Text(t) => out.push_str(&t),
             Piece::Hole(ph) => out.push_str(&placeholder_text(&ph, ctx)?),
         }
     }
