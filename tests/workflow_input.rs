@@ -52,6 +52,18 @@ fn json_path_selects() {
     assert_eq!(names(&s("$.items[?(@.p < 2 || @.p >= 9)]")), ["a", "c"]);
     assert_eq!(names(&s("$.items[?(@.tag != 'x')]")), ["b"]);
     assert_eq!(s("$"), vec![doc.clone()]);
+    assert_eq!(names(&s("$.items")), ["a", "b", "c"]);
+    let nested = json!([[1, 2]]);
+    assert_eq!(
+        select_json_path(&nested, "$[*]").unwrap(),
+        vec![json!([1, 2])]
+    );
+    assert_eq!(
+        select_json_path(&nested, "$[0]").unwrap(),
+        vec![json!(1), json!(2)]
+    );
+    assert_eq!(s("items[*].n"), vec![json!("a"), json!("b"), json!("c")]);
+    assert_eq!(s("[\"items\"][0].n"), vec![json!("a")]);
     let e = select_json_path(&doc, "$.items[").unwrap_err();
     assert_eq!(e.stage, "json_path");
     assert!(e.to_string().contains("not a valid JSONPath"), "{e}");
