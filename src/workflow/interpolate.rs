@@ -731,6 +731,17 @@ impl Scanner {
                             self.stack.pop();
                             self.start_pending_heredoc();
                         }
+                    } else if c == '`' && self.in_backticks() {
+                        // Old-style substitution ends at the next backtick, here-doc or not.
+                        while let Some(q) = self.stack.pop() {
+                            if q == (Q::Plain {
+                                close: Closer::Backtick,
+                            }) {
+                                break;
+                            }
+                        }
+                        self.pending.clear();
+                        self.line.clear();
                     } else {
                         self.line.push(c);
                         if expand && c == '\\' {
@@ -741,6 +752,14 @@ impl Scanner {
             }
             self.prev = Some(c);
         }
+    }
+
+    fn in_backticks(&self) -> bool {
+        self.stack.iter().any(|q| {
+            *q == Q::Plain {
+                close: Closer::Backtick,
+            }
+        })
     }
 
     /// Reads `<<[-] WORD` starting after `<<`; returns the index after the word.
@@ -856,7 +875,20 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
                 } = &top
                 {
                     // A quoted here-doc expands nothing, so the value can only be spliced; it is
-                    // safe unless one of its lines would end the here-doc early.
+                    // safe unless one of its lines would end the here-doc early. Only at the top
+                    // level of the script: inside `$(...)` or backticks, shells differ in where
+                    // they end the here-doc, and a wrong guess would run the value.
+                    if scanner.stack.len() != 2 {
+                        return Err(InterpolateError::Value {
+                            placeholder: ph.text.clone(),
+                            reason: format!(
+                                "it is inside a quoted here-document (<<'{delim}') within a \
+                                 command substitution, where it cannot be passed safely; use an \
+                                 unquoted delimiter (<<{delim}) or move the here-document to the \
+                                 top level"
+                            ),
+                        });
+                    }
                     let ends = value.lines().any(|l| {
                         let l = if *strip_tabs {
                             l.trim_start_matches('\t')

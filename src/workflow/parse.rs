@@ -75,6 +75,7 @@ pub fn parse(path_for_messages: &Path, text: &str) -> Result<Parsed, WorkflowErr
         warnings: Vec::new(),
     };
     let workflow = p.workflow(&root)?;
+    p.warnings.sort_by_key(|w| (w.line, w.column));
     Ok(Parsed {
         workflow,
         warnings: p.warnings,
