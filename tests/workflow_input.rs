@@ -306,3 +306,40 @@ fn item_keys() {
         format!("h-{}", &want[..16])
     );
 }
+
+/// The expression parsers reject garbage with errors, never a panic (multi-byte text included).
+#[test]
+fn parsers_never_panic_on_garbage() {
+    const PIECES: &[&str] = &[
+        "a", ".", "[", "]", "0", "'", "\"", "==", "!", "&&", "||", "(", ")", " ", "é", "ß", "${",
+        "}", "|", ":-", "in", "AND", "NOT", "DESC", "NULLS", ",", "$", "\\", "<", ">=", "matches",
+        "日本",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let item = json!({"a": [1, "x"], "é": {"ß": null}});
+    let ctx = Context::new()
+        .with_var("a", item.clone())
+        .with_env("HOME", "/h");
+    for _ in 0..3000 {
+        let len = (next() % 12) as usize;
+        let text: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        if let Ok(f) = input::Filter::parse(&text) {
+            f.matches(&item);
+        }
+        let _ = input::parse_sort_by(&text);
+        let _ = select_json_path(&item, &text);
+        let _ = prodigy::workflow::eval_condition(&text, &ctx);
+        let _ = prodigy::workflow::render_text(&text, &ctx);
+        let _ = prodigy::workflow::render_shell(&text, &ctx);
+        let _ = prodigy::workflow::placeholders(&text);
+        let _ = prodigy::workflow::parse(std::path::Path::new("g.yml"), &text);
+    }
+}
