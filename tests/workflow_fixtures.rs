@@ -195,8 +195,15 @@ fn debtmap_reduce_details() {
         }
         other => panic!("expected write_file, got {other:?}"),
     }
-    assert!(
-        matches!(&reduce.commands[5].action, Action::Claude(c) if c.starts_with("/prodigy-compare-debt-results"))
+    // The shell-style continuation lines of a claude block become one line.
+    assert_eq!(
+        reduce.commands[5].action,
+        Action::Claude(
+            "/prodigy-compare-debt-results --before .prodigy/debtmap-before.json --after \
+             .prodigy/debtmap-after.json --map-results-file .prodigy/map-results.json \
+             --successful ${map.successful} --failed ${map.failed} --total ${map.total}"
+                .into()
+        )
     );
 }
 
@@ -404,20 +411,168 @@ fn setup_capture_outputs_name_setup_steps() {
 }
 
 #[test]
-#[ignore]
-fn print_warnings() {
-    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        if let Ok(p) = workflow::load(&path) {
-            for w in p.warnings {
-                println!(
-                    "{}:{}:{}: {}",
-                    path.file_name().unwrap().to_string_lossy(),
-                    w.line,
-                    w.column,
-                    w.message
-                );
-            }
+fn duplicate_keys_are_errors() {
+    let e = parse_err("- shell: a\n  timeout: 5\n  timeout: 6\n");
+    assert_eq!(e.position(), Some((3, 3)), "{e}");
+    assert!(e.to_string().contains("duplicate key 'timeout'"), "{e}");
+}
+
+#[test]
+fn step_forms() {
+    let p = workflow::parse(
+        Path::new("s.yml"),
+        r#"
+commands:
+  - shell: make
+    id: build
+    capture_output: build_log
+    capture_streams: both
+    env: {N: 3, FLAG: true, S: {secret: true, value: x}, Y: yes}
+    on_success:
+      shell: echo ok
+    on_failure:
+      - shell: echo one
+      - claude: /fix
+  - shell: test
+    on_failure:
+      commands:
+        - shell: echo retry
+      max_attempts: 4
+      fail_workflow: false
+  - claude: /check
+    validate:
+      shell: ./score.sh
+      result_file: r.json
+      threshold: 80
+      on_incomplete:
+        commands: [{claude: /more}]
+        max_attempts: 2
+  - write_file:
+      path: out/a.yaml
+      content: {a: 1}
+      format: yaml
+      create_dirs: true
+      mode: 0640
+  - foreach:
+      input: [a, b, 3]
+      parallel: 4
+      continue_on_error: true
+      max_items: 2
+      do:
+        - shell: echo ${item}
+  - foreach:
+      foreach: ls
+      parallel: true
+      do: [{shell: echo}]
+"#,
+    )
+    .unwrap();
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    let s = standard(&p.workflow);
+    assert_eq!(s[0].id.as_deref(), Some("build"));
+    assert_eq!(s[0].capture.as_deref(), Some("build_log"));
+    assert!(s[0].capture_streams.stdout && s[0].capture_streams.stderr);
+    let env: Vec<_> = s[0]
+        .env
+        .iter()
+        .map(|v| (v.name.as_str(), v.value.as_str(), v.secret))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("N", "3", false),
+            ("FLAG", "true", false),
+            ("S", "x", true),
+            ("Y", "yes", false)
+        ]
+    );
+    assert_eq!(
+        s[0].on_success.as_ref().unwrap().action,
+        Action::Shell("echo ok".into())
+    );
+    let of = s[0].on_failure.as_ref().unwrap();
+    assert_eq!(
+        (of.steps.len(), of.max_attempts, of.fail_workflow),
+        (2, 1, true)
+    );
+    let of = s[1].on_failure.as_ref().unwrap();
+    assert_eq!(
+        (of.steps.len(), of.max_attempts, of.fail_workflow),
+        (1, 4, false)
+    );
+    let v = s[2].validate.as_ref().unwrap();
+    assert_eq!(v.commands[0].action, Action::Shell("./score.sh".into()));
+    assert_eq!(
+        (v.result_file.as_deref(), v.threshold),
+        (Some("r.json"), 80.0)
+    );
+    let inc = v.on_incomplete.as_ref().unwrap();
+    assert_eq!(
+        (inc.commands.len(), inc.max_attempts, inc.fail_workflow),
+        (1, 2, true)
+    );
+    match &s[3].action {
+        Action::WriteFile(w) => {
+            assert_eq!(w.path, "out/a.yaml");
+            assert_eq!(w.content, r#"{"a":1}"#);
+            assert_eq!(w.format, workflow::WriteFormat::Yaml);
+            assert_eq!(w.mode, Some(0o640));
+            assert!(w.create_dirs);
         }
+        other => panic!("{other:?}"),
     }
+    match &s[4].action {
+        Action::Foreach(f) => {
+            assert_eq!(
+                f.over,
+                workflow::ForeachInput::List(vec!["a".into(), "b".into(), 3.into()])
+            );
+            assert_eq!(
+                (f.parallel, f.continue_on_error, f.max_items),
+                (4, true, Some(2))
+            );
+            assert_eq!(f.steps.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &s[5].action {
+        Action::Foreach(f) => {
+            assert_eq!(f.over, workflow::ForeachInput::Command("ls".into()));
+            assert!(f.parallel >= 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A step with two commands, or none, is an error at its position.
+    let e = parse_err("- shell: a\n  claude: /b\n");
+    assert_eq!(e.position(), Some((2, 3)), "{e}");
+    let e = parse_err("- id: x\n");
+    assert!(e.to_string().contains("needs a command"), "{e}");
+}
+
+#[test]
+fn input_rule_and_duration_text() {
+    use prodigy::workflow::parse::{classify_input, parse_duration_text};
+    let file = |s: &str| MapInput::File(s.into());
+    let cmd = |s: &str| MapInput::Command(s.into());
+    assert_eq!(classify_input("items.json"), file("items.json"));
+    assert_eq!(classify_input("/tmp/x.json"), file("/tmp/x.json"));
+    assert_eq!(classify_input("${DIR}/x y.json"), cmd("${DIR}/x y.json"));
+    assert_eq!(
+        classify_input("${DIR}/items.json"),
+        file("${DIR}/items.json")
+    );
+    assert_eq!(classify_input("ls"), file("ls"));
+    assert_eq!(classify_input("shell: ls"), cmd("ls"));
+    assert_eq!(classify_input("file: my items.json"), file("my items.json"));
+    assert_eq!(classify_input("cat a.json|jq ."), cmd("cat a.json|jq ."));
+    assert_eq!(
+        classify_input("find . -name '*.rs'"),
+        cmd("find . -name '*.rs'")
+    );
+    assert_eq!(parse_duration_text("90"), Some(90.0));
+    assert_eq!(parse_duration_text("1h30m"), Some(5400.0));
+    assert_eq!(parse_duration_text("250ms"), Some(0.25));
+    assert_eq!(parse_duration_text("2 days"), Some(172800.0));
+    assert_eq!(parse_duration_text("soon"), None);
+    assert_eq!(parse_duration_text("5x"), None);
 }

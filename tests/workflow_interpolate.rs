@@ -307,3 +307,180 @@ fn static_check_finds_placeholders_that_cannot_resolve() {
         assert_eq!(check_workflow(&p.workflow), vec![], "{name}");
     }
 }
+
+#[test]
+fn no_upstream_fixture_uses_an_undefined_placeholder() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|d| d.join("shared/fixtures/prodigy-workflows"))
+        .find(|d| d.is_dir())
+        .unwrap();
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if let Ok(w) = workflow::load(&p) {
+            assert_eq!(check_workflow(&w.workflow), vec![], "{}", p.display());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 17);
+}
+
+#[test]
+fn arithmetic_shift_is_not_a_here_document() {
+    let c = Context::new().with_var("v", json!("$(touch pwned)"));
+    let (out, dir) = run("echo $((1 << 2))\nprintf '%s' ${v}", &c);
+    assert_eq!(out, "4\n$(touch pwned)");
+    assert!(!dir.path().join("pwned").exists());
+    // The reference sits outside quotes on the second line, so it is quoted there.
+    let s = render_shell("echo $((1 << 2))\nprintf '%s' ${v}", &c).unwrap();
+    assert!(s.script.ends_with("\"${__PRODIGY_V0}\""), "{}", s.script);
+}
+
+#[test]
+fn repeated_and_many_large_values_stay_within_process_limits() {
+    // 30 different 90 KB values: each fits one variable, together they would exceed ARG_MAX.
+    let mut c = Context::new();
+    let mut template = String::new();
+    for i in 0..30 {
+        c.set_var(
+            format!("v{i}"),
+            json!(format!("{i}:{}", "y".repeat(90 * 1024))),
+        );
+        template.push_str(&format!("printf '%s' ${{v{i}}} | wc -c; "));
+    }
+    // And one value used many times is passed once.
+    c.set_var("same", json!("s".repeat(1000)));
+    template.push_str(&"printf '%s' ${same} >/dev/null; ".repeat(50));
+    let s = render_shell(&template, &c).unwrap();
+    let total: usize = s.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    assert!(
+        total <= prodigy::workflow::interpolate::MAX_ENV_TOTAL + 200,
+        "{total}"
+    );
+    assert_eq!(s.env.len(), 31);
+    assert!(!s.spill_files.is_empty());
+    let (out, _dir) = run(&template, &c);
+    let counts: Vec<usize> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(counts.len(), 30);
+    for (i, n) in counts.iter().enumerate() {
+        assert_eq!(*n, format!("{i}:").len() + 90 * 1024);
+    }
+}
+
+#[test]
+fn validation_variables_only_inside_validate() {
+    let p = workflow::parse(
+        Path::new("v.yml"),
+        "- claude: /impl\n  validate:\n    claude: /check\n    on_incomplete:\n      claude: /more ${validation.gaps}\n- shell: echo ${validation.gaps}\n",
+    )
+    .unwrap();
+    let findings = check_workflow(&p.workflow);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].0, 6);
+}
+
+#[test]
+fn file_content_keeps_bare_dollar_text() {
+    let c = ctx();
+    assert_eq!(
+        workflow::render_content("#!/bin/sh\necho $PROJECT $1 ${item.name}\n", &c).unwrap(),
+        "#!/bin/sh\necho $PROJECT $1 alpha\n"
+    );
+    assert_eq!(render_text("/cmd $PROJECT", &c).unwrap(), "/cmd demo");
+}
+
+/// Random mixes of quoting constructs around placeholders: whatever the shell makes of the text
+/// (most mixes are syntax errors), an injected value never runs.
+#[test]
+fn random_quoting_mixes_never_execute_values() {
+    const FRAGMENTS: &[&str] = &[
+        "printf %s ",
+        "'",
+        "\"",
+        "$(",
+        ")",
+        "`",
+        "\\",
+        "#",
+        "\n",
+        "<<EOF\n",
+        "<<'EOF'\n",
+        "<<-\"EOF\"\n",
+        "EOF\n",
+        "$'",
+        " ",
+        "x",
+        ";",
+        "${v}",
+        "${v}",
+        "${v}",
+        "$((1<<2))",
+        "(",
+        "{ ",
+        " }",
+        "|",
+        "&&",
+    ];
+    let shells: Vec<&str> = ["sh", "bash"]
+        .into_iter()
+        .filter(|s| Command::new(s).arg("-c").arg("true").status().is_ok())
+        .collect();
+    let values = [
+        "'; touch pwned; '",
+        "\"; touch pwned; \"",
+        "$(touch pwned)",
+        "`touch pwned`",
+        "\nEOF\ntouch pwned\nEOF\n",
+        "')touch pwned;(echo '",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    // PRODIGY_FUZZ_SEED explores other mixes; the default keeps the test deterministic.
+    let mut seed: u64 = std::env::var("PRODIGY_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15);
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let rounds: usize = std::env::var("PRODIGY_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
+    let mut rendered = 0;
+    for round in 0..rounds {
+        let len = 3 + (next() % 10) as usize;
+        let template: String = (0..len)
+            .map(|_| FRAGMENTS[(next() % FRAGMENTS.len() as u64) as usize])
+            .collect();
+        let value = values[round % values.len()];
+        let c = Context::new().with_var("v", json!(value));
+        // Refusing (a value that would end a quoted here-document) is a safe outcome too.
+        let Ok(script) = render_shell(&template, &c) else {
+            continue;
+        };
+        rendered += 1;
+        for shell in &shells {
+            let _ = Command::new(shell)
+                .arg("-c")
+                .arg(&script.script)
+                .envs(script.env.iter().map(|(k, v)| (k, v)))
+                .current_dir(dir.path())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                !dir.path().join("pwned").exists(),
+                "{shell} executed {value:?} from template {template:?} rendered as {:?}",
+                script.script
+            );
+        }
+    }
+    assert!(
+        rendered > rounds * 3 / 4,
+        "only {rendered} of {rounds} templates rendered"
+    );
+}

@@ -2,8 +2,10 @@
 //! -> `sort_by` -> `distinct` -> `offset` -> `max_items`.
 //!
 //! - `json_path` is RFC 9535 JSONPath (`$`, `.f`, `['f']`, `[n]`, `[*]`, `..`, `[?(@.f > 1 && @.g
-//!   == 'x')]`), evaluated by the `serde_json_path` crate. Without `json_path`, a JSON array gives
-//!   its elements and any other value is one item.
+//!   == 'x')]`), evaluated by the `serde_json_path` crate; a path without `$` is relative to the
+//!   root, and a singular path (names and indexes only) that selects an array (`$.items`) gives
+//!   its elements. Without
+//!   `json_path`, a JSON array gives its elements and any other value is one item.
 //! - `filter` is upstream's item filter: comparisons `== != > < >= <=` between a field path
 //!   (`File.score`, `tags[0]`) and a literal (`10`, `'high'`, `true`, `null`), `in [...]`,
 //!   `not in [...]`, `contains`, `matches 'regex'`, combined with `AND`/`&&`, `OR`/`||`,
@@ -177,14 +179,36 @@ pub fn apply_pipeline(value: Value, map: &MapPhase) -> Result<Vec<Value>, InputE
 }
 
 /// The values a JSONPath selects, in document order.
+/// A path without the leading `$` (`items[*]`, `.items[*]`) is taken as relative to the root.
 pub fn select_json_path(value: &Value, path: &str) -> Result<Vec<Value>, InputError> {
-    let parsed = serde_json_path::JsonPath::parse(path.trim()).map_err(|e| {
+    let trimmed = path.trim();
+    let rooted = if trimmed.starts_with('$') {
+        trimmed.to_string()
+    } else if trimmed.starts_with('.') || trimmed.starts_with('[') {
+        format!("${trimmed}")
+    } else {
+        format!("$.{trimmed}")
+    };
+    let parsed = serde_json_path::JsonPath::parse(&rooted).map_err(|e| {
         stage_err(
             "json_path",
             format!("'{path}' is not a valid JSONPath: {e}; write e.g. $.items[*]"),
         )
     })?;
-    Ok(parsed.query(value).all().into_iter().cloned().collect())
+    let mut found: Vec<Value> = parsed.query(value).all().into_iter().cloned().collect();
+    // A singular path (`$.items`) naming an array means its elements, as `$.items[*]` would;
+    // otherwise one agent would silently get the whole list. `$[*]` on `[[1, 2]]` keeps `[1, 2]`.
+    let singular = !["*", "?", "..", ":", ","]
+        .iter()
+        .any(|t| rooted.contains(t));
+    if singular
+        && found.len() == 1
+        && found[0].is_array()
+        && let Some(Value::Array(elements)) = found.pop()
+    {
+        return Ok(elements);
+    }
+    Ok(found)
 }
 
 // ---- field paths -------------------------------------------------------------------------------

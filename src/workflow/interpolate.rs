@@ -34,12 +34,17 @@ use crate::types::ItemKey;
 /// one environment string to 128 KiB (MAX_ARG_STRLEN).
 pub const MAX_ENV_VALUE: usize = 100 * 1024;
 
+/// Past this many bytes of values in one script's environment, further values go through files
+/// too: the environment and arguments of a process share one limit (ARG_MAX, often 2 MiB).
+pub const MAX_ENV_TOTAL: usize = 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InterpolateError {
     #[error(
         "unresolved placeholder ${{{placeholder}}}: no variable or environment variable '{root}' \
-         is defined here; define it (capture it in an earlier step, set it in env) or give a \
-         fallback with ${{{placeholder}|default:VALUE}}"
+         is defined here; define it (capture it in an earlier step, set it in env), give a \
+         fallback with ${{{placeholder}|default:VALUE}}, or write $${{{placeholder}}} for a \
+         variable the shell itself defines"
     )]
     Unresolved { placeholder: String, root: String },
     #[error("malformed placeholder at byte {offset} of {template:?}: {reason}")]
@@ -425,13 +430,25 @@ fn placeholder_text(ph: &Placeholder, ctx: &Context) -> R<String> {
     })
 }
 
-/// Renders a template as plain text (claude arguments, file contents, paths). `$NAME` (without
-/// braces) is replaced too when NAME is in the context's environment, since no shell will expand it.
+/// Renders a template as plain text (claude arguments, paths, conditions' operands). `$NAME`
+/// (without braces) is replaced too when NAME is in the context's environment, since no shell will
+/// expand it (upstream writes `claude: "/cmd --project $PROJECT_NAME"`).
 pub fn render_text(template: &str, ctx: &Context) -> R<String> {
+    render(template, ctx, true)
+}
+
+/// Renders `write_file` content: only `${...}` placeholders are replaced, so a file that contains
+/// shell text such as `$HOME` or `$1` is written as it stands.
+pub fn render_content(template: &str, ctx: &Context) -> R<String> {
+    render(template, ctx, false)
+}
+
+fn render(template: &str, ctx: &Context, bare_env: bool) -> R<String> {
     let mut out = String::new();
     for piece in split(template)? {
         match piece {
-            Piece::Text(t) => out.push_str(&expand_bare_env(&t, ctx)),
+            Piece::Text(t) if bare_env => out.push_str(&expand_bare_env(&t, ctx)),
+            Piece::Text(t) => out.push_str(&t),
             Piece::Hole(ph) => out.push_str(&placeholder_text(&ph, ctx)?),
         }
     }
@@ -548,8 +565,10 @@ enum Q {
 enum Closer {
     Top,
     /// `$(`: closes at the `)` that balances it (`depth` counts open plain parentheses).
+    /// `arith` marks `$((`, where `<<` is a shift, not a here-document.
     Paren {
         depth: usize,
+        arith: bool,
     },
     Backtick,
 }
@@ -611,8 +630,9 @@ impl Scanner {
                         i += 1;
                     }
                     '$' if next == Some('(') => {
+                        let arith = chars.get(i + 1) == Some(&'(');
                         self.stack.push(Q::Plain {
-                            close: Closer::Paren { depth: 0 },
+                            close: Closer::Paren { depth: 0, arith },
                         });
                         i += 1;
                     }
@@ -624,7 +644,7 @@ impl Scanner {
                     }),
                     '(' => {
                         if let Some(Q::Plain {
-                            close: Closer::Paren { depth },
+                            close: Closer::Paren { depth, .. },
                         }) = self.stack.last_mut()
                         {
                             *depth += 1;
@@ -632,7 +652,7 @@ impl Scanner {
                     }
                     ')' => match self.stack.last_mut() {
                         Some(Q::Plain {
-                            close: Closer::Paren { depth },
+                            close: Closer::Paren { depth, .. },
                         }) if *depth > 0 => *depth -= 1,
                         Some(Q::Plain {
                             close: Closer::Paren { .. },
@@ -647,7 +667,10 @@ impl Scanner {
                     {
                         self.stack.push(Q::Comment)
                     }
-                    '<' if next == Some('<') && chars.get(i + 1) != Some(&'<') => {
+                    '<' if next == Some('<')
+                        && chars.get(i + 1) != Some(&'<')
+                        && !matches!(close, Closer::Paren { arith: true, .. }) =>
+                    {
                         i += 1;
                         i = self.heredoc_operator(&chars, i);
                         self.prev = Some('<');
@@ -662,8 +685,9 @@ impl Scanner {
                         self.stack.pop();
                     }
                     '$' if next == Some('(') => {
+                        let arith = chars.get(i + 1) == Some(&'(');
                         self.stack.push(Q::Plain {
-                            close: Closer::Paren { depth: 0 },
+                            close: Closer::Paren { depth: 0, arith },
                         });
                         i += 1;
                     }
@@ -707,6 +731,17 @@ impl Scanner {
                             self.stack.pop();
                             self.start_pending_heredoc();
                         }
+                    } else if c == '`' && self.in_backticks() {
+                        // Old-style substitution ends at the next backtick, here-doc or not.
+                        while let Some(q) = self.stack.pop() {
+                            if q == (Q::Plain {
+                                close: Closer::Backtick,
+                            }) {
+                                break;
+                            }
+                        }
+                        self.pending.clear();
+                        self.line.clear();
                     } else {
                         self.line.push(c);
                         if expand && c == '\\' {
@@ -717,6 +752,14 @@ impl Scanner {
             }
             self.prev = Some(c);
         }
+    }
+
+    fn in_backticks(&self) -> bool {
+        self.stack.iter().any(|q| {
+            *q == Q::Plain {
+                close: Closer::Backtick,
+            }
+        })
     }
 
     /// Reads `<<[-] WORD` starting after `<<`; returns the index after the word.
@@ -794,6 +837,8 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
     let mut script = String::new();
     let mut env: Vec<(String, String)> = Vec::new();
     let mut spill_files = Vec::new();
+    let mut references: BTreeMap<String, String> = BTreeMap::new();
+    let mut env_bytes = 0usize;
     for piece in split(template)? {
         match piece {
             Piece::Text(t) => {
@@ -830,7 +875,20 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
                 } = &top
                 {
                     // A quoted here-doc expands nothing, so the value can only be spliced; it is
-                    // safe unless one of its lines would end the here-doc early.
+                    // safe unless one of its lines would end the here-doc early. Only at the top
+                    // level of the script: inside `$(...)` or backticks, shells differ in where
+                    // they end the here-doc, and a wrong guess would run the value.
+                    if scanner.stack.len() != 2 {
+                        return Err(InterpolateError::Value {
+                            placeholder: ph.text.clone(),
+                            reason: format!(
+                                "it is inside a quoted here-document (<<'{delim}') within a \
+                                 command substitution, where it cannot be passed safely; use an \
+                                 unquoted delimiter (<<{delim}) or move the here-document to the \
+                                 top level"
+                            ),
+                        });
+                    }
                     let ends = value.lines().any(|l| {
                         let l = if *strip_tabs {
                             l.trim_start_matches('\t')
@@ -852,24 +910,39 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
                     script.push_str(&value);
                     continue;
                 }
-                let reference = if value.len() > MAX_ENV_VALUE {
-                    let file = SpillFile::create(&value).map_err(|e| InterpolateError::Value {
-                        placeholder: ph.text.clone(),
-                        reason: format!(
-                            "the value is {} bytes, too large for an environment variable, and \
-                             writing it to a temporary file failed: {e}",
-                            value.len()
-                        ),
-                    })?;
-                    let name = format!("__PRODIGY_F{}", env.len());
-                    env.push((name.clone(), file.path.to_string_lossy().into_owned()));
-                    spill_files.push(Arc::new(file));
-                    // Command substitution drops trailing newlines; that is the one difference.
-                    format!("$(cat \"${{{name}}}\")")
-                } else {
-                    let name = format!("__PRODIGY_V{}", env.len());
-                    env.push((name.clone(), value));
-                    format!("${{{name}}}")
+                let reference = match references.get(&value) {
+                    // The same value used again reuses its variable: the environment stays small.
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = if value.len() > MAX_ENV_VALUE
+                            || env_bytes + value.len() > MAX_ENV_TOTAL
+                        {
+                            let file =
+                                SpillFile::create(&value).map_err(|e| InterpolateError::Value {
+                                    placeholder: ph.text.clone(),
+                                    reason: format!(
+                                        "the value is {} bytes, too large for the environment, \
+                                         and writing it to a temporary file failed: {e}",
+                                        value.len()
+                                    ),
+                                })?;
+                            let name = format!("__PRODIGY_F{}", env.len());
+                            let path = file.path.to_string_lossy().into_owned();
+                            env_bytes += name.len() + path.len() + 2;
+                            env.push((name.clone(), path));
+                            spill_files.push(Arc::new(file));
+                            // Command substitution drops trailing newlines; that is the one
+                            // difference from an environment variable.
+                            format!("$(cat \"${{{name}}}\")")
+                        } else {
+                            let name = format!("__PRODIGY_V{}", env.len());
+                            env_bytes += name.len() + value.len() + 2;
+                            env.push((name.clone(), value.clone()));
+                            format!("${{{name}}}")
+                        };
+                        references.insert(value, r.clone());
+                        r
+                    }
                 };
                 let text = match top {
                     Q::Plain { .. } => format!("\"{reference}\""),
@@ -1144,7 +1217,9 @@ fn truthy(v: &Value) -> Result<bool, String> {
 // ---- static check ------------------------------------------------------------------------------
 
 /// Roots that the engine always provides.
-const ALWAYS: &[&str] = &["shell", "claude", "env", "validation", "workflow"];
+/// `shell.output`/`claude.output` hold the last step's output (or, in `on_failure`, the failed
+/// step's); `env.X` reads the environment.
+const ALWAYS: &[&str] = &["shell", "claude", "env"];
 
 /// Placeholders whose root can never resolve where they are used: `(line, message)` per finding.
 /// Names in this process's environment count as resolvable (steps inherit it).
@@ -1232,6 +1307,8 @@ impl Checker {
         }
         if let Some(v) = &step.validate {
             let mut vs = local.clone();
+            // `${validation.gaps}`, `${validation.attempt_number}`: the last check's result.
+            vs.insert("validation".into());
             self.steps(&v.commands, &mut vs);
             if let Some(f) = &v.result_file {
                 self.text(line, f, &vs, "validate.result_file");
@@ -1276,8 +1353,9 @@ impl Checker {
                 format!(
                     "{field}: ${{{}}} can never resolve here: nothing before this step defines \
                      '{}' (not a capture, step id, env variable or built-in variable); capture it \
-                     in an earlier step, set it in env, or give a fallback with ${{{}|default:VALUE}}",
-                    ph.text, ph.root, ph.path
+                     in an earlier step, set it in env, give a fallback with \
+                     ${{{}|default:VALUE}}, or write $${{{}}} for a variable the shell defines",
+                    ph.text, ph.root, ph.path, ph.text
                 ),
             ));
         }

@@ -10,7 +10,7 @@ mod yaml;
 pub use input::{InputError, apply_pipeline, item_key, load_items, load_items_in};
 pub use interpolate::{
     Context, InterpolateError, Placeholder, ShellScript, check_workflow, eval_condition,
-    placeholders, render_shell, render_text,
+    placeholders, render_content, render_shell, render_text,
 };
 pub use model::*;
 pub use parse::{Parsed, WorkflowError, load, parse};

@@ -10,8 +10,9 @@
 //! shell characters `| ; & < > ( ) \` ' "` (after removing `${...}` placeholders); otherwise it is a
 //! **file** path (relative to the job worktree). So `items.json`, `.prodigy/x.json`,
 //! `/tmp/items.json` and `${DIR}/items.json` are files, and `find . -name '*.rs'` or
-//! `echo '[1,2]'` are commands. The explicit forms `input: {file: PATH}` and
-//! `input: {command: CMD}` (or a `shell:`/`command:` prefix on the string) settle any doubt.
+//! `echo '[1,2]'` are commands. A single word is a file, so a one-word command needs an explicit
+//! form: `input: {file: PATH}` and `input: {command: CMD}` (or a `shell:`/`command:`/`file:`
+//! prefix on the string) settle any doubt.
 //! Upstream decides by whether the path exists at run time, which makes a typo in a file name run
 //! as a command; deciding from the text keeps `prodigy validate` deterministic.
 
@@ -74,6 +75,7 @@ pub fn parse(path_for_messages: &Path, text: &str) -> Result<Parsed, WorkflowErr
         warnings: Vec::new(),
     };
     let workflow = p.workflow(&root)?;
+    p.warnings.sort_by_key(|w| (w.line, w.column));
     Ok(Parsed {
         workflow,
         warnings: p.warnings,
@@ -93,6 +95,19 @@ fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> WorkflowError {
         Some(i) if first.starts_with("line ") => &first[i + 2..],
         _ => first,
     };
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        return WorkflowError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: format!("duplicate key '{key}'"),
+            help: "a key may appear once per mapping; remove one of the entries".into(),
+        };
+    }
     WorkflowError::Invalid {
         path: path.to_path_buf(),
         line,
@@ -938,7 +953,7 @@ impl<'a> Parser<'a> {
                 match key.name.as_str() {
                     "shell" => Action::Shell(self.command_text(value, "shell")?),
                     "claude" => {
-                        Action::Claude(self.command_text(value, "claude")?.trim().to_string())
+                        Action::Claude(join_continuations(&self.command_text(value, "claude")?))
                     }
                     "write_file" => Action::WriteFile(self.write_file(value)?),
                     _ => Action::Foreach(self.foreach(value)?),
@@ -1123,7 +1138,6 @@ impl<'a> Parser<'a> {
             "fail_workflow",
             "commands",
             "retry_original",
-            "strategy",
         ];
         let (steps, map) = match &node.value {
             Value::Seq(_) => (self.steps(node, "on_failure")?, None),
@@ -1190,13 +1204,7 @@ impl<'a> Parser<'a> {
 
     fn validate(&mut self, node: &Node) -> R<Validate> {
         self.expect_map(node, "validate")?;
-        let extra = [
-            "commands",
-            "result_file",
-            "threshold",
-            "on_incomplete",
-            "timeout",
-        ];
+        let extra = ["commands", "result_file", "threshold", "on_incomplete"];
         let commands = match node.get("commands") {
             Some(c) => {
                 self.check_keys(node, "validate", &extra);
@@ -1390,6 +1398,7 @@ impl<'a> Parser<'a> {
             node,
             "foreach",
             &[
+                "foreach",
                 "input",
                 "over",
                 "items",
@@ -1400,10 +1409,15 @@ impl<'a> Parser<'a> {
                 "max_items",
             ],
         );
-        let Some(input) = node.get("input").or(node.get("over")).or(node.get("items")) else {
+        let Some(input) = node
+            .get("foreach")
+            .or(node.get("input"))
+            .or(node.get("over"))
+            .or(node.get("items"))
+        else {
             return self.err_at(
                 node,
-                "foreach needs 'input'".into(),
+                "foreach needs 'foreach' (or 'input'): the values to iterate over".into(),
                 "give a list of values or a command that prints one per line",
             );
         };
@@ -1431,7 +1445,8 @@ impl<'a> Parser<'a> {
         let steps = self.steps(body, "foreach.do")?;
         let parallel = match node.get("parallel") {
             Some(n) => match &n.value {
-                Value::Bool(true) => 10,
+                // Upstream: `parallel: true` uses all available cores.
+                Value::Bool(true) => std::thread::available_parallelism().map_or(4, |n| n.get()),
                 Value::Bool(false) => 1,
                 _ => {
                     let v = self.uint(n, "foreach.parallel")? as usize;
@@ -1463,6 +1478,29 @@ impl<'a> Parser<'a> {
             steps,
         })
     }
+}
+
+/// A `claude:` block written like a shell command (`/cmd \\` newline `--flag x`) has no shell to
+/// join its lines, so join them here: the CLI then gets one argument string as written.
+fn join_continuations(text: &str) -> String {
+    let mut out = String::new();
+    let mut joining = false;
+    for line in text.trim().lines() {
+        let line = if joining { line.trim_start() } else { line };
+        match line.trim_end().strip_suffix('\\') {
+            Some(head) => {
+                out.push_str(head.trim_end());
+                out.push(' ');
+                joining = true;
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+                joining = false;
+            }
+        }
+    }
+    out.trim_end().to_string()
 }
 
 fn bare_step(action: Action, line: usize) -> Step {

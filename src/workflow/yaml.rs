@@ -100,8 +100,14 @@ impl Node {
     }
 }
 
+/// YAML 1.2 core scalars, as upstream's serde_yaml reads them: `yes`, `no`, `on`, `off`, `y`, `n`
+/// stay strings (an env value `N` or a key `y` must not turn into a boolean), and `0644` stays
+/// text so a file mode keeps its octal digits.
 pub(crate) fn parse_document(text: &str) -> Result<Node, serde_saphyr::Error> {
-    serde_saphyr::from_str::<Node>(text)
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    serde_saphyr::from_str_with_options::<Node>(text, options)
 }
 
 impl<'de> Deserialize<'de> for Node {
