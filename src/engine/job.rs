@@ -293,7 +293,7 @@ impl<'a> JobRun<'a> {
         {
             return Ok(Err(f));
         }
-        let items = match workflow::input::load_items(&mr.map, &self.ws.job_dir).await {
+        let items = match workflow::input::load_items_in(&mr.map, &self.ws.job_dir, &ctx).await {
             Ok(items) => items,
             Err(e) => {
                 return Ok(Err(PhaseFailure(format!("map input: {e}"))));

@@ -489,7 +489,7 @@ fn write_file(step: &Step, w: &WriteFile, ctx: &Context, env: &StepEnv<'_>) -> S
     let rel = interpolate::render_text(&w.path, ctx).map_err(|e| render_error(step, e))?;
     let path =
         inside(env.cwd, &rel).map_err(|m| StepFailure::new(step, FailureStage::Validation, m))?;
-    let text = interpolate::render_text(&w.content, ctx).map_err(|e| render_error(step, e))?;
+    let text = interpolate::render_content(&w.content, ctx).map_err(|e| render_error(step, e))?;
     let body = match w.format {
         WriteFormat::Text => text,
         WriteFormat::Json => {
