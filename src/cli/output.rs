@@ -51,6 +51,7 @@ impl Reporter for CliReporter {
                 job,
                 workflow,
                 resumed,
+                ..
             } => {
                 let verb = if *resumed { "resuming" } else { "running" };
                 self.line(format!("{verb} {workflow} as job {job}"));

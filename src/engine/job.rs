@@ -131,6 +131,7 @@ impl<'a> JobRun<'a> {
             job: self.job.id,
             workflow: self.workflow.name.clone(),
             resumed,
+            lease_epoch: self.proof.epoch(),
         });
         let kind = match &mode {
             Mode::Fresh => "job_started",

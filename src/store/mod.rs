@@ -386,6 +386,7 @@ impl PoolExt for PgPool {
 
 mod debug;
 mod lock;
+mod reporting;
 mod server;
 mod sql_types;
 mod writes;
