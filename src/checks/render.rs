@@ -205,11 +205,17 @@ pub fn final_summary(input: &FinalInput) -> String {
             ));
         }
     }
-    let remaining = input.counts.pending + input.counts.running + input.counts.failed;
-    if job.phase != Phase::Done || remaining > 0 {
+    if job.phase != Phase::Done || input.counts.pending + input.counts.running > 0 {
         out.push_str(&format!(
-            "Resume with the **Resume** button, `/prodigy resume {}` on the pull request, or \
+            "Continue with the **Resume** button, `/prodigy resume job={}` on the pull request, or \
              `prodigy resume {}`.\n",
+            job.id.short(),
+            job.id
+        ));
+    } else if !input.dlq.is_empty() {
+        out.push_str(&format!(
+            "Run the failed items again with the **Retry failed** button, `/prodigy retry job={}` on \
+             the pull request, or `prodigy dlq retry {}`.\n",
             job.id.short(),
             job.id
         ));
@@ -457,13 +463,15 @@ pub fn annotations(input: &FinalInput) -> Vec<Annotation> {
         .collect()
 }
 
-/// "Resume" while anything is left to run, "Retry failed" while the DLQ holds items.
+/// "Resume" while the job is unfinished (a phase not done, items pending or interrupted),
+/// "Retry failed" while the DLQ holds items. A finished job's failed items are only reachable by
+/// a retry (resume answers "finished"), so it shows no "Resume".
 pub fn buttons(phase: Phase, counts: &ItemCounts) -> Vec<CheckRunButton> {
     let mut out = Vec::new();
-    if phase != Phase::Done || counts.pending + counts.running + counts.failed > 0 {
+    if phase != Phase::Done || counts.pending + counts.running > 0 {
         out.push(CheckRunButton {
             label: "Resume".into(),
-            description: "Run what has not succeeded yet".into(),
+            description: "Continue the job where it stopped".into(),
             identifier: RESUME_ACTION.into(),
         });
     }
@@ -862,6 +870,10 @@ mod tests {
         );
         assert_eq!(
             ids(buttons(Phase::Done, &counts(10, 7, 3))),
+            ["retry_failed"]
+        );
+        assert_eq!(
+            ids(buttons(Phase::Map, &counts(10, 7, 3))),
             ["resume", "retry_failed"]
         );
         assert_eq!(ids(buttons(Phase::Reduce, &counts(10, 10, 0))), ["resume"]);
@@ -961,7 +973,7 @@ mod tests {
 
         Items: `item¦6`
 
-        Resume with the **Resume** button, `/prodigy resume 0192f5a0` on the pull request, or `prodigy resume 0192f5a0-0000-7000-8000-000000000001`.
+        Run the failed items again with the **Retry failed** button, `/prodigy retry job=0192f5a0` on the pull request, or `prodigy dlq retry 0192f5a0-0000-7000-8000-000000000001`.
         ");
     }
 
@@ -997,7 +1009,7 @@ mod tests {
         let first = &updates[0];
         assert_eq!(first.status, Some(CheckStatus::Completed));
         assert_eq!(first.conclusion, Some(CheckConclusion::Failure));
-        assert_eq!(first.actions.as_ref().unwrap().len(), 2);
+        assert_eq!(first.actions.as_ref().unwrap().len(), 1);
         for u in &updates[1..] {
             assert_eq!(
                 (u.status, u.conclusion, &u.actions),
