@@ -12,8 +12,10 @@
 use chrono::{DateTime, Utc};
 
 use super::render::{RESUME_ACTION, RETRY_FAILED_ACTION};
-use crate::engine::DlqMode;
-use crate::store::{Holder, ItemCounts, Job};
+use crate::engine::{
+    DlqMode, Engine, Rerun, RerunWork, ResumeRequest, Resumed, RetryRequest, RunOutcome,
+};
+use crate::store::{Holder, ItemCounts, Job, StoreError};
 use crate::types::{JobId, JobStatus, Phase};
 
 /// What asked for a re-run.
@@ -132,6 +134,102 @@ pub fn decide(
             }
         }
     }
+}
+
+/// A re-run trigger as the server received it.
+#[derive(Debug, Clone)]
+pub struct RerunRequest {
+    pub trigger: Trigger,
+    /// The check run's `external_id` (prodigy sets the job id), or for a check suite the id of
+    /// the job found by repository and head commit. `None`: not a prodigy run.
+    pub job: Option<String>,
+    /// When the delivery was received (its queued request's `enqueued_at`). Runs that finish
+    /// after this moment cover the trigger.
+    pub requested_at: DateTime<Utc>,
+    /// Who clicked, named in the answer.
+    pub sender: String,
+}
+
+/// What came of a re-run trigger.
+#[derive(Debug)]
+pub enum RerunOutcome {
+    /// This trigger ran the job (resume or DLQ retry), under its lock, to the end.
+    Ran(RunOutcome),
+    /// The job is complete: the caller starts a new job of the same workflow at the same head
+    /// commit (it owns the checkout; see `Engine::run`).
+    RunFresh {
+        job: JobId,
+        workflow_path: String,
+        head_sha: Option<String>,
+    },
+    /// Nothing started; post this to the sender (a PR comment), so no click goes unanswered.
+    Answered(String),
+}
+
+/// Handles one trigger: finds the job, decides, and resumes or retries it through the engine
+/// under the job lock ([`Engine::rerun`]). Give `engine` the reporter of the check run to
+/// update (a new one per trigger); it only hears from the engine if this trigger runs the job.
+pub async fn handle(engine: &Engine, req: &RerunRequest) -> anyhow::Result<RerunOutcome> {
+    let answer = |text: String| Ok(RerunOutcome::Answered(text));
+    let Some(id_text) = req.job.as_deref() else {
+        return answer(ignored(&Ignored::NotAProdigyRun, &req.sender));
+    };
+    let Some(id) = job_of_external_id(Some(id_text)) else {
+        return answer(ignored(&Ignored::NotAProdigyRun, &req.sender));
+    };
+    let job = match engine.store.get_job(id).await {
+        Ok(job) => job,
+        Err(StoreError::JobNotFound(_)) => {
+            return answer(ignored(&Ignored::UnknownJob(id_text.into()), &req.sender));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let counts = engine.store.item_counts(id).await?;
+    let work = match decide(&req.trigger, Ok(&job), &counts, req.requested_at) {
+        Decision::Resume { dlq, .. } => RerunWork::Resume(ResumeRequest {
+            dlq,
+            max_parallel: None,
+        }),
+        Decision::RetryFailed { .. } => RerunWork::Retry(RetryRequest::default()),
+        Decision::RunFresh {
+            job,
+            workflow_path,
+            head_sha,
+        } => {
+            return Ok(RerunOutcome::RunFresh {
+                job,
+                workflow_path,
+                head_sha,
+            });
+        }
+        Decision::Covered { job, finished_at } => {
+            return answer(already_covered(job, finished_at, &req.sender));
+        }
+        Decision::Ignore(reason) => return answer(ignored(&reason, &req.sender)),
+    };
+    // Decided on a read without the lock; the engine checks "covered" again under it.
+    Ok(match engine.rerun(id, &work, req.requested_at).await? {
+        Rerun::Resumed(Resumed::Ran(outcome)) => RerunOutcome::Ran(outcome),
+        Rerun::Resumed(Resumed::Held { holder, since }) => {
+            RerunOutcome::Answered(already_running(id, &holder, since, &req.sender))
+        }
+        Rerun::Resumed(Resumed::AlreadyFinished { status, dlq }) => {
+            RerunOutcome::Answered(already_finished(id, status, dlq, &req.sender))
+        }
+        Rerun::Covered { finished_at } => {
+            RerunOutcome::Answered(already_covered(id, finished_at, &req.sender))
+        }
+    })
+}
+
+/// The answer when the job turned out finished once the lock was taken.
+pub fn already_finished(job: JobId, status: JobStatus, dlq: u64, asked_by: &str) -> String {
+    let rest = if dlq > 0 {
+        format!(" {dlq} items are in its dead-letter queue: press **Retry failed** to run them.")
+    } else {
+        String::new()
+    };
+    format!("@{asked_by} job `{job}` has already finished ({status}); nothing was resumed.{rest}")
 }
 
 /// The answer to a trigger that a running resume already covers (the engine said `Held`).
@@ -354,6 +452,7 @@ mod tests {
         };
         insta::assert_snapshot!(already_running(j.id, &holder, t(5), "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` is already running on server instance prodigy-a (pid 4242 on runner-1), since 2027-01-15 08:00:05 UTC. That run covers every pending item, so this request started nothing; the check run shows its outcome. If items are left when it finishes, press **Re-run** again.");
         insta::assert_snapshot!(already_covered(j.id, t(65), "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` was already re-run when this request arrived; that run finished at 2027-01-15 08:01:05 UTC and its check run shows the outcome. Press **Re-run** again to run once more.");
+        insta::assert_snapshot!(already_finished(j.id, JobStatus::Failed, 3, "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` has already finished (failed); nothing was resumed. 3 items are in its dead-letter queue: press **Retry failed** to run them.");
         insta::assert_snapshot!(ignored(&Ignored::UnknownJob("0192".into()), "octocat"), @"@octocat no job `0192` is known to this server (its database may have been reset); start a new one with `/prodigy run`.");
     }
 }
