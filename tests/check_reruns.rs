@@ -130,6 +130,15 @@ async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
         assert_eq!(outcome.status, JobStatus::Failed, "{backend}");
         assert_eq!(outcome.counts.dlq, 3, "{backend}");
         let first_run = first_state.check_run.expect("a check run");
+        // A check suite names the commit: the job is found by it.
+        let by_sha = store_b
+            .find_jobs_by_head_sha(&RepoName::new(REPO), &sha)
+            .await
+            .unwrap();
+        assert_eq!(
+            by_sha.iter().map(|j| j.id).collect::<Vec<_>>(),
+            [outcome.job]
+        );
 
         // The dependency is fixed; twenty deliveries of one "Re-run" click arrive at once.
         for i in [1, 4, 6] {
@@ -137,7 +146,11 @@ async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
         }
         let requested_at = Utc::now();
         let deliver = |n: usize| {
-            let store = if n.is_multiple_of(2) { &store_a } else { &store_b };
+            let store = if n.is_multiple_of(2) {
+                &store_a
+            } else {
+                &store_b
+            };
             let reporter = reporter()(store.clone());
             let engine = engine(
                 store.clone(),

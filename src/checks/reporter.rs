@@ -126,7 +126,8 @@ impl CheckRunReporter {
             last_sent: None,
             finalized: false,
         };
-        tokio::spawn(task.run(rx).instrument(tracing::info_span!("check_run")));
+        let span = tracing::info_span!("check_run", job = tracing::field::Empty);
+        tokio::spawn(task.run(rx).instrument(span));
         CheckRunReporter { tx, state }
     }
 
@@ -239,7 +240,10 @@ impl<S: CheckRunSink> Task<S> {
                     self.finalize().await;
                     self.finalized = false;
                     self.check_run = None;
+                    self.dirty = false;
+                    self.phase_changed = false;
                 }
+                tracing::Span::current().record("job", tracing::field::display(job));
                 self.started = Some(Started { job, lease_epoch });
                 self.state().job = Some(job);
                 self.create_in_progress().await;
@@ -263,10 +267,13 @@ impl<S: CheckRunSink> Task<S> {
         self.state.lock().expect("report state lock")
     }
 
-    fn note_error(&self, what: &str, e: &anyhow::Error) {
+    /// Records a failure; `request` says whether it was a GitHub request (counted in `calls`).
+    fn note_error(&self, what: &str, e: &anyhow::Error, request: bool) {
         tracing::warn!(error = %format!("{e:#}"), "check run: {what} failed");
         let mut s = self.state();
-        s.calls.failed += 1;
+        if request {
+            s.calls.failed += 1;
+        }
         s.last_error = Some(format!("{what}: {e:#}"));
     }
 
@@ -279,7 +286,7 @@ impl<S: CheckRunSink> Task<S> {
         match read.await {
             Ok(x) => Some(x),
             Err(e) => {
-                self.note_error("reading the job", &e.into());
+                self.note_error("reading the job", &e.into(), false);
                 None
             }
         }
@@ -333,7 +340,7 @@ impl<S: CheckRunSink> Task<S> {
                 true
             }
             Err(e) => {
-                self.note_error("creating the check run", &e);
+                self.note_error("creating the check run", &e, true);
                 false
             }
         }
@@ -363,7 +370,7 @@ impl<S: CheckRunSink> Task<S> {
         let Some(started) = self.started else { return };
         let counts = match self.store.item_counts(started.job).await {
             Ok(c) => c,
-            Err(e) => return self.note_error("reading item counts", &e.into()),
+            Err(e) => return self.note_error("reading item counts", &e.into(), false),
         };
         let output = render::progress_output(started.job, self.phase, &counts);
         let Some(id) = self.check_run else {
@@ -383,7 +390,7 @@ impl<S: CheckRunSink> Task<S> {
         self.state().calls.progress_updates += 1;
         if let Err(e) = self.sink.update(id, &update).await {
             // The next update carries the whole state again; nothing to catch up on.
-            self.note_error("progress update", &e);
+            self.note_error("progress update", &e, true);
         }
     }
 
@@ -396,7 +403,7 @@ impl<S: CheckRunSink> Task<S> {
         let updates = match self.final_updates(started.job).await {
             Ok(u) => u,
             Err(e) => {
-                self.note_error("reading the final state", &e);
+                self.note_error("reading the final state", &e, false);
                 vec![unreadable_final_state(started.job, &e)]
             }
         };
@@ -488,7 +495,7 @@ impl<S: CheckRunSink> Task<S> {
                     return true;
                 }
                 Err(e) => {
-                    self.note_error("final update", &e);
+                    self.note_error("final update", &e, true);
                     if attempt < attempts {
                         tokio::time::sleep(self.config.final_retry_delay).await;
                     }

@@ -386,7 +386,6 @@ impl PoolExt for PgPool {
 
 mod debug;
 mod lock;
-mod reporting;
 mod server;
 mod sql_types;
 mod writes;
@@ -415,6 +414,9 @@ macro_rules! select_jobs {
         )
     };
 }
+
+// After `select_jobs!`, which it uses.
+mod reporting;
 
 /// The current time at the precision both backends keep (microseconds), so a value written and
 /// read back compares equal.

@@ -1,9 +1,10 @@
-//! Reads and the one write a reporter needs. A reporter (the check run) runs beside the engine,
-//! not under its lock, so it cannot hold a [`LockProof`]; what it writes is fenced by the epoch the
-//! engine announced when the run started (`Progress::JobStarted::lease_epoch`) instead.
+//! What check runs need of the store: reads for the final report and for re-runs, and the one
+//! write a reporter makes. A reporter runs beside the engine, not under its lock, so it cannot
+//! hold a [`LockProof`]; what it writes is fenced by the epoch the engine announced when the run
+//! started (`Progress::JobStarted::lease_epoch`) instead.
 
-use super::{Attempt, LockProof, Result, Store};
-use crate::types::JobId;
+use super::{Attempt, Job, LockProof, Result, Store};
+use crate::types::{JobId, RepoName};
 
 impl Store {
     /// Records the job's check-run id if the lock is still held at `lease_epoch`. A holder that
@@ -33,6 +34,20 @@ impl Store {
                  FROM attempts WHERE job_id = $1 ORDER BY key, attempt",
             )
             .bind(job)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Jobs of one commit of a repository, most recent first (`check_suite.rerequested` names the
+    /// commit, not the job).
+    pub async fn find_jobs_by_head_sha(&self, repo: &RepoName, head_sha: &str) -> Result<Vec<Job>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(select_jobs!(
+                "WHERE repo = $1 AND head_sha = $2 ORDER BY created_at DESC, id DESC"
+            ))
+            .bind(repo)
+            .bind(head_sha)
             .fetch_all(pool)
             .await?
         }))
