@@ -19,7 +19,7 @@ use prodigy::github::{GitHubClient, InstallationId};
 use prodigy::store::Store;
 use prodigy::types::{JobStatus, RepoName};
 use serde_json::{Value, json};
-use support::fake_github::{self, FakeGitHub};
+use support::fake_github::{self, FakeGitHub, Op};
 use tokio_util::sync::CancellationToken;
 
 const INSTALLATION: u64 = 55;
@@ -243,6 +243,8 @@ async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
         assert_eq!(conclusions[1].1.as_deref(), Some("success"));
         let job = store_a.get_job(outcome.job).await.unwrap();
         assert_eq!(job.check_run_id, Some(conclusions[1].0 as i64), "{backend}");
+        // 21 reporters, two store pools, one client: one installation token.
+        assert_eq!(fake.count(Op::CreateAccessToken), 1, "{backend}");
         fake.assert_no_violations();
 
         // The engine itself refuses a covered trigger under the lock (the decision above was made
