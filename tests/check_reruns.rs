@@ -263,6 +263,15 @@ async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
             other => panic!("{backend}: expected covered, got {other:?}"),
         }
 
+        // The check-run id write is fenced: an epoch that no longer holds the lock is refused.
+        let stale = store_a
+            .set_check_run_id_at_epoch(outcome.job, job.lease_epoch - 1, 1)
+            .await;
+        assert!(
+            matches!(stale, Err(prodigy::store::StoreError::Fenced { .. })),
+            "{backend}: {stale:?}"
+        );
+
         // A later click, after that run finished, finds the job complete: a fresh job is due.
         let late = RerunRequest {
             trigger: Trigger::CheckRunRerequested,

@@ -104,13 +104,22 @@ impl World {
 
     /// Runs the workflow through the engine with `reporter`, then waits for the reporter.
     async fn run(&self, reporter: &CheckRunReporter) -> (RunOutcome, ReportState, Duration) {
+        self.run_with_cancel(reporter, CancellationToken::new())
+            .await
+    }
+
+    async fn run_with_cancel(
+        &self,
+        reporter: &CheckRunReporter,
+        cancel: CancellationToken,
+    ) -> (RunOutcome, ReportState, Duration) {
         let engine = Engine {
             store: self.store.clone(),
             state_dir: self.repo.home.join("state"),
             claude_bin: "claude".into(),
             instance: None,
             reporter: Arc::new(reporter.clone()),
-            cancel: CancellationToken::new(),
+            cancel,
         };
         let start = Instant::now();
         let outcome = engine
@@ -416,5 +425,61 @@ async fn a_longer_outage_on_the_completion_is_retried_by_the_reporter() {
         .filter(|r| r.op == Op::UpdateCheckRun && r.status.as_u16() == 502)
         .count();
     assert_eq!(failed_updates, 8);
+    world.fake.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_failures_conclude_neutral() {
+    let workflow = WORKFLOW.replace(
+        "reduce:",
+        "error_policy:\n  failures_acceptable: true\nreduce:",
+    );
+    let world = World::new(&workflow, &items(6, 0.0)).await;
+    let reporter = world.reporter(world.config(Duration::from_secs(60)));
+    let (outcome, state, _) = world.run(&reporter).await;
+    assert_eq!(outcome.status, JobStatus::Succeeded, "{outcome:?}");
+    assert_eq!(outcome.counts.dlq, 3);
+    let run = world.only_check_run();
+    assert_eq!(run.conclusion.as_deref(), Some("neutral"), "{state:?}");
+    assert_eq!(run.annotations.len(), 3);
+    assert!(
+        run.title
+            .unwrap()
+            .starts_with("Finished with accepted failures")
+    );
+    world.fake.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_concludes_cancelled_and_offers_resume() {
+    // Slow agents, so the cancel lands while items run.
+    let world = World::new(WORKFLOW, &items(16, 1.0)).await;
+    let cancel = CancellationToken::new();
+    let reporter = world.reporter(ReporterConfig {
+        cancel: Some(cancel.clone()),
+        ..world.config(Duration::from_secs(60))
+    });
+    let canceller = {
+        let cancel = cancel.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cancel.cancel();
+        }
+    };
+    let ((outcome, state, _), ()) =
+        tokio::join!(world.run_with_cancel(&reporter, cancel.clone()), canceller);
+    assert_ne!(outcome.status, JobStatus::Succeeded, "{outcome:?}");
+    assert!(
+        outcome.counts.pending > 0,
+        "the cancel stopped the map: {outcome:?}"
+    );
+    let run = world.only_check_run();
+    assert_eq!(run.conclusion.as_deref(), Some("cancelled"), "{state:?}");
+    let ids: Vec<&str> = run
+        .actions
+        .iter()
+        .map(|a| a["identifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids[0], "resume", "{ids:?}");
     world.fake.assert_no_violations();
 }
