@@ -250,7 +250,8 @@ impl<S: CheckRunSink> Task<S> {
             }
             Progress::PhaseStarted { phase } => {
                 self.phase = phase;
-                self.phase_changed = true;
+                // "Done" is followed at once by the completion, which says more.
+                self.phase_changed = phase != Phase::Done;
                 self.dirty = true;
             }
             Progress::ItemsPlanned { .. }
