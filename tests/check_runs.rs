@@ -483,3 +483,27 @@ async fn a_cancelled_run_concludes_cancelled_and_offers_resume() {
     assert_eq!(ids[0], "resume", "{ids:?}");
     world.fake.assert_no_violations();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_run_that_could_not_be_created_at_the_start_is_created_at_the_end() {
+    let world = World::new(WORKFLOW, &items(4, 0.2)).await;
+    // Every create until the end fails after the client's 4 tries: at the start, and on each
+    // phase change (map, reduce) where the reporter tries again.
+    world.fake.fail_next(Op::CreateCheckRun, 12, 502, &[]);
+    let reporter = world.reporter(ReporterConfig {
+        final_attempts: 3,
+        ..world.config(Duration::from_secs(60))
+    });
+    let (outcome, state, _) = world.run(&reporter).await;
+    let run = world.only_check_run();
+    assert_eq!(run.status, "completed", "{state:?}");
+    assert_eq!(run.conclusion.as_deref(), Some("failure"));
+    assert_eq!(run.external_id, Some(outcome.job.to_string()));
+    assert_eq!(run.annotations.len(), 2);
+    assert_eq!(
+        world.store.get_job(outcome.job).await.unwrap().check_run_id,
+        Some(run.id as i64)
+    );
+    assert!(state.calls.failed >= 2, "{state:?}");
+    world.fake.assert_no_violations();
+}
