@@ -1,6 +1,6 @@
 //! One run of one job, under its lock: setup, map (agents + merge queue), reduce, merge phase.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ use super::{Engine, RetryRequest};
 use crate::store::{
     AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobRefs, LockProof, NewItem, Store,
 };
-use crate::types::{ItemKey, ItemStatus, JobId, JobStatus, Phase};
+use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use crate::workflow::interpolate::Context;
 use crate::workflow::{
     self, MapReduce, OnItemFailure, Phase as PhaseSteps, Workflow, WorkflowKind,
@@ -236,13 +236,13 @@ impl<'a> JobRun<'a> {
         mode: Mode,
         base: &str,
     ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        if let Mode::Retry(req) = &mode {
+            return self.retry(mr, req).await;
+        }
         if self.job.phase == Phase::Setup
             && let Err(f) = self.setup(mr, base).await?
         {
             return Ok(Err(f));
-        }
-        if let Mode::Retry(req) = &mode {
-            return self.retry(mr, req).await;
         }
         if self.job.phase == Phase::Map {
             let dlq = match mode {
@@ -562,7 +562,18 @@ impl<'a> JobRun<'a> {
             .create_pool(parallel, &start)
             .await
             .context("cannot create the agent worktrees")?;
+        // An item whose last attempt conflicted would conflict again from the setup commit;
+        // it starts from the job branch as it is now, on top of the work merged since.
+        let conflicted: HashSet<ItemKey> = self
+            .store
+            .dlq(Some(self.job.id))
+            .await?
+            .into_iter()
+            .filter(|r| r.error_class == ErrorClass::MergeConflict)
+            .map(|r| r.key)
+            .collect();
         let sched = Scheduler {
+            conflicted,
             queue: Mutex::new(candidates.into()),
             total: total as usize,
             failed: AtomicUsize::new(0),
@@ -643,7 +654,13 @@ impl<'a> JobRun<'a> {
         )
         .await?;
 
-        let result = match slot.prepare(&sched.start).await {
+        let start = if sched.conflicted.contains(key) {
+            let _serial = sched.merge_lock.lock().await;
+            git::head(&self.ws.job_dir).await?
+        } else {
+            sched.start.clone()
+        };
+        let result = match slot.prepare(&start).await {
             Err(e) => Err(StepFailure {
                 line: mr.map.agent_template_line,
                 what: "prepare the agent worktree".into(),
@@ -684,7 +701,7 @@ impl<'a> JobRun<'a> {
             }
             Ok(ctx) => {
                 let head = git::head(&slot.dir).await?;
-                let commit = (head != sched.start).then_some(head);
+                let commit = (head != start).then_some(head);
                 let dirty = !git::is_clean(&slot.dir).await.unwrap_or(true);
                 if dirty {
                     step::append_log(
@@ -987,6 +1004,8 @@ fn should_stop(mr: &MapReduce, failures: usize, processed: usize) -> Option<Stri
 }
 
 struct Scheduler {
+    /// Items whose last failure was a merge conflict.
+    conflicted: HashSet<ItemKey>,
     queue: Mutex<VecDeque<Candidate>>,
     total: usize,
     failed: AtomicUsize,
