@@ -89,7 +89,17 @@ impl Reporter for CliReporter {
             } => {
                 self.with_bar(|b| b.inc(1));
                 let first = message.lines().next().unwrap_or("");
-                self.line(format!("item {key}: FAILED ({class}) {first}"));
+                let last = message
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                let text = if first == last {
+                    format!("item {key}: FAILED ({class}) {first}")
+                } else {
+                    format!("item {key}: FAILED ({class}) {first}\n    {last}")
+                };
+                self.line(text);
             }
             Progress::Note(text) => self.line(text.clone()),
             Progress::JobFinished { .. } => {
@@ -173,10 +183,15 @@ pub fn outcome(o: &RunOutcome, as_json: bool, interrupted: bool) -> u8 {
             "branch: {} (merge it with `git merge {}`)",
             o.branch, o.branch
         );
-        if o.phase != Phase::Done || c.dlq > 0 {
+        if o.phase != Phase::Done {
             println!(
-                "next: `prodigy status {}`, `prodigy dlq list {}`, `prodigy resume {}`",
-                o.job, o.job, o.job
+                "next: `prodigy status {}` shows where it stopped; `prodigy resume {}` continues it",
+                o.job, o.job
+            );
+        } else if c.dlq > 0 {
+            println!(
+                "next: `prodigy dlq list {}` shows what failed; `prodigy dlq retry {}` runs it again",
+                o.job, o.job
             );
         }
     }

@@ -696,7 +696,8 @@ impl<'a> JobRun<'a> {
         match result {
             Err(f) if f.cancelled() => Ok(false), // left running; reconciled on resume
             Err(f) => {
-                self.fail_item(mr, slot, key, attempt, &f, &log).await?;
+                self.fail_item(mr, slot, &start, key, attempt, &f, &log)
+                    .await?;
                 Ok(true)
             }
             Ok(ctx) => {
@@ -818,6 +819,7 @@ impl<'a> JobRun<'a> {
         &self,
         mr: &MapReduce,
         slot: &Slot,
+        start: &str,
         key: &ItemKey,
         attempt: u32,
         f: &StepFailure,
@@ -828,8 +830,8 @@ impl<'a> JobRun<'a> {
         step::append_log(log, &format!("== item failed ({class}): {message}\n"));
         // Keep what the agent committed, for `dlq show`, without leaving a branch behind.
         let artifact = match git::head(&slot.dir).await {
-            Ok(_) => self.ws.keep_artifact(slot, &key.0, attempt).await.ok(),
-            Err(_) => None,
+            Ok(head) if head != start => self.ws.keep_artifact(slot, &key.0, attempt).await.ok(),
+            _ => None,
         };
         let dlq = match mr.error_policy.on_item_failure {
             OnItemFailure::Skip => None,
