@@ -1045,3 +1045,36 @@ async fn check_request_queue(db: &TestDb) {
         RequestStatus::Failed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_opens_of_a_fresh_sqlite_file_all_migrate() {
+    let db = common::sqlite_db();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = db.url().to_string();
+        tasks.push(tokio::spawn(async move {
+            Store::open(&url).await.map(|s| s.known_migrations())
+        }));
+    }
+    for t in tasks {
+        let known = t.await.unwrap().expect("every concurrent open succeeds");
+        assert_eq!(db.store().await.applied_migrations().await.unwrap(), known);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_sqlite_works() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let job = store.create_job(&new_job("memory")).await.unwrap();
+    let held = lock(&store, job.id).await;
+    assert_eq!(
+        store.insert_items(held.proof(), &items(10)).await.unwrap(),
+        10
+    );
+    assert_eq!(store.item_counts(job.id).await.unwrap().total, 10);
+    held.release().await.unwrap();
+    assert!(matches!(
+        Store::open("mysql://x").await,
+        Err(StoreError::BadUrl(_))
+    ));
+}

@@ -8,11 +8,12 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::sqlite::SqlitePool;
 use sqlx::types::Json;
-use sqlx::{Connection, Executor, FromRow};
+use sqlx::{Connection, Executor, FromRow, Sqlite};
 use tokio::task::JoinHandle;
 
 use super::{
-    Holder, LockOutcome, LockProof, Pool, PoolExt, Result, Store, StoreError, hostname, now,
+    Holder, LockOutcome, LockProof, Pool, PoolExt, Result, SqliteDb, Store, StoreError, hostname,
+    now,
 };
 use crate::types::JobId;
 
@@ -37,7 +38,7 @@ enum Held {
     /// The connection that owns the advisory lock; closing it frees the lock.
     Postgres { conn: PgConnection, key: i64 },
     Sqlite {
-        pool: SqlitePool,
+        db: SqliteDb,
         heartbeat: JoinHandle<()>,
     },
 }
@@ -77,9 +78,9 @@ impl JobLock {
                 conn.close().await?;
                 Ok(())
             }
-            Some(Held::Sqlite { pool, heartbeat }) => {
+            Some(Held::Sqlite { db, heartbeat }) => {
                 heartbeat.abort();
-                let mut tx = pool.begin_write().await?;
+                let mut tx = db.begin_write().await?;
                 sqlx::query("DELETE FROM job_locks WHERE job_id = $1 AND holder_id = $2")
                     .bind(job)
                     .bind(&self.holder.id)
@@ -150,7 +151,7 @@ impl Store {
     pub async fn try_lock(&self, job: JobId, holder: &Holder) -> Result<LockOutcome> {
         match &self.pool {
             Pool::Postgres(pool) => try_lock_postgres(pool, job, holder).await,
-            Pool::Sqlite(pool) => try_lock_sqlite(pool, self.lease, job, holder).await,
+            Pool::Sqlite(db) => try_lock_sqlite(db, self.lease, job, holder).await,
         }
     }
 }
@@ -158,14 +159,18 @@ impl Store {
 async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result<LockOutcome> {
     let key = job.lock_key();
     for _ in 0..HOLDER_RETRIES {
-        // A connection of its own: a pooled one would go back to the pool still holding the
-        // session lock, and could be handed to someone else.
-        let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+        // Try on a pooled connection: setting up a connection per attempt would dominate the
+        // latency under contention. No pooled connection ever holds a job lock, because a
+        // winner's connection is detached below.
+        let mut pooled = pool.acquire().await?;
         let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *pooled)
             .await?;
         if acquired {
+            // The session holds the lock now: its connection leaves the pool for good and
+            // belongs to the JobLock alone, so it is never handed to anyone else.
+            let mut conn: PgConnection = pooled.detach();
             let epoch: Option<i64> = sqlx::query_scalar(
                 "UPDATE jobs SET lease_epoch = lease_epoch + 1, lock_holder = $2, locked_since = $3 \
                  WHERE id = $1 RETURNING lease_epoch",
@@ -186,8 +191,7 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
                 held: Some(Held::Postgres { conn, key }),
             }));
         }
-        // Close right away: 50 contenders must not hold 50 idle sessions.
-        conn.close().await?;
+        drop(pooled);
         // FOR SHARE waits for a winner whose record is being written right now.
         let row: Option<HolderRecord> =
             sqlx::query_as("SELECT lock_holder, locked_since FROM jobs WHERE id = $1 FOR SHARE")
@@ -208,13 +212,53 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
     ))))
 }
 
+/// The lock row's holder while it is live: heartbeat within the lease and, on this host, its
+/// process still there.
+fn live_holder(row: &LockRow, lease: Duration, at: DateTime<Utc>) -> Option<Holder> {
+    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let expired = at - row.heartbeat_at > lease;
+    let gone = row.host == hostname() && !pid_alive(row.pid);
+    if expired || gone {
+        tracing::info!(
+            previous = %row.holder(),
+            reason = if gone { "holder process is gone" } else { "heartbeat older than the lease" },
+            "job lock is stale"
+        );
+        return None;
+    }
+    Some(row.holder())
+}
+
+async fn lock_row<'e, E>(executor: E, job: JobId) -> Result<Option<LockRow>>
+where
+    E: Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_as(
+        "SELECT holder_id, host, pid, instance, acquired_at, heartbeat_at FROM job_locks \
+         WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_optional(executor)
+    .await?)
+}
+
 async fn try_lock_sqlite(
-    pool: &SqlitePool,
+    db: &SqliteDb,
     lease: Duration,
     job: JobId,
     holder: &Holder,
 ) -> Result<LockOutcome> {
-    let mut tx = pool.begin_write().await?;
+    // A live holder is answered from a plain read, without queueing for the write lock behind
+    // the holder's own writes.
+    if let Some(row) = lock_row(&db.pool, job).await?
+        && let Some(current) = live_holder(&row, lease, now())
+    {
+        return Ok(LockOutcome::Held {
+            holder: current,
+            since: row.acquired_at,
+        });
+    }
+    let mut tx = db.begin_write().await?;
     let exists: Option<i64> = sqlx::query_scalar("SELECT lease_epoch FROM jobs WHERE id = $1")
         .bind(job)
         .fetch_optional(&mut *tx)
@@ -222,30 +266,15 @@ async fn try_lock_sqlite(
     if exists.is_none() {
         return Err(StoreError::JobNotFound(job.to_string()));
     }
-    let current: Option<LockRow> = sqlx::query_as(
-        "SELECT holder_id, host, pid, instance, acquired_at, heartbeat_at FROM job_locks WHERE job_id = $1",
-    )
-    .bind(job)
-    .fetch_optional(&mut *tx)
-    .await?;
     let at = now();
-    if let Some(row) = current {
-        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let expired = at - row.heartbeat_at > lease;
-        let holder_gone = row.host == hostname() && !pid_alive(row.pid);
-        if !expired && !holder_gone {
-            tx.rollback().await?;
-            return Ok(LockOutcome::Held {
-                holder: row.holder(),
-                since: row.acquired_at,
-            });
-        }
-        tracing::info!(
-            %job,
-            previous = %row.holder(),
-            reason = if holder_gone { "holder process is gone" } else { "heartbeat older than the lease" },
-            "taking over a stale job lock"
-        );
+    if let Some(row) = lock_row(&mut *tx, job).await?
+        && let Some(current) = live_holder(&row, lease, at)
+    {
+        tx.rollback().await?;
+        return Ok(LockOutcome::Held {
+            holder: current,
+            since: row.acquired_at,
+        });
     }
     sqlx::query(
         "INSERT INTO job_locks (job_id, holder_id, host, pid, instance, acquired_at, heartbeat_at) \
@@ -272,12 +301,12 @@ async fn try_lock_sqlite(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    let heartbeat = tokio::spawn(heartbeat(pool.clone(), lease, job, holder.id.clone()));
+    let heartbeat = tokio::spawn(heartbeat(db.pool.clone(), lease, job, holder.id.clone()));
     Ok(LockOutcome::Acquired(JobLock {
         proof: LockProof { job, epoch },
         holder: holder.clone(),
         held: Some(Held::Sqlite {
-            pool: pool.clone(),
+            db: db.clone(),
             heartbeat,
         }),
     }))

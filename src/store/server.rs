@@ -194,8 +194,8 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
             }
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin_write().await?;
+            Pool::Sqlite(db) => {
+                let mut tx = db.begin_write().await?;
                 let row = sqlx::query_as(concat!(
                     "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
                      attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \

@@ -135,8 +135,8 @@ impl Store {
             return fenced!(self, proof, _tx => Ok(0));
         }
         match &self.pool {
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin_fenced(proof).await?;
+            Pool::Sqlite(db) => {
+                let mut tx = db.begin_fenced(proof).await?;
                 let mut inserted = 0;
                 for chunk in items.chunks(SQLITE_ROWS_PER_INSERT) {
                     let mut q = QueryBuilder::new(
@@ -155,8 +155,8 @@ impl Store {
                 tx.commit().await?;
                 Ok(inserted)
             }
-            Pool::Postgres(pool) => {
-                let mut tx = pool.begin_fenced(proof).await?;
+            Pool::Postgres(db) => {
+                let mut tx = db.begin_fenced(proof).await?;
                 let mut inserted = 0;
                 for chunk in items.chunks(POSTGRES_ROWS_PER_INSERT) {
                     let keys: Vec<&str> = chunk.iter().map(|i| i.key.0.as_str()).collect();
@@ -408,8 +408,8 @@ impl Store {
         data: &Value,
     ) -> Result<Option<i64>> {
         let at = now();
-        Ok(on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+        Ok(on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
             let seq: Option<i64> = sqlx::query_scalar(
                 "UPDATE jobs SET event_seq = event_seq + 1 \
                  WHERE id = $1 AND ($2 IS NULL OR lease_epoch = $2) RETURNING event_seq",
