@@ -150,7 +150,10 @@ pub struct WorkItem {
     pub commit: Option<String>,
     /// What the agent reported (captured output etc.), for `${map.results}`.
     pub result: Option<Value>,
+    /// Filled in from the DLQ table by [`Store::items`], not a column of the item row.
+    #[sqlx(default)]
     pub in_dlq: bool,
+    #[sqlx(default)]
     pub reprocessable: bool,
 }
 
@@ -804,9 +807,7 @@ impl Store {
             let mut rows: Vec<WorkItem> = on_pool!(self, pool => {
                 let mut q = QueryBuilder::new(
                     "SELECT w.key, w.position, w.data, w.status, w.attempts, w.merged, w.commit_sha, \
-                     w.result, d.key IS NOT NULL AS in_dlq, COALESCE(d.reprocessable, FALSE) AS reprocessable \
-                     FROM work_items w LEFT JOIN dlq_items d ON d.job_id = w.job_id AND d.key = w.key \
-                     WHERE w.job_id = ",
+                     w.result FROM work_items w WHERE w.job_id = ",
                 );
                 q.push_bind(job);
                 if let Some(status) = filter.status {
@@ -834,6 +835,23 @@ impl Store {
             .is_some_and(|k| k.len() > KEYS_PER_QUERY)
         {
             items.sort_by(|a, b| (a.position, &a.key).cmp(&(b.position, &b.key)));
+        }
+        // The DLQ flags come from a second, small query: joining them in costs an index probe
+        // per item, which on 100k items is most of the load time.
+        let dlq: Vec<(ItemKey, bool)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT key, reprocessable FROM dlq_items WHERE job_id = $1")
+                .bind(job)
+                .fetch_all(pool)
+                .await?
+        });
+        if !dlq.is_empty() {
+            let dlq: HashMap<ItemKey, bool> = dlq.into_iter().collect();
+            for item in &mut items {
+                if let Some(&reprocessable) = dlq.get(&item.key) {
+                    item.in_dlq = true;
+                    item.reprocessable = reprocessable;
+                }
+            }
         }
         Ok(items)
     }
