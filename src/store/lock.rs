@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
-use sqlx::sqlite::SqlitePool;
 use sqlx::types::Json;
 use sqlx::{Connection, Executor, FromRow, Sqlite};
 use tokio::task::JoinHandle;
@@ -56,6 +55,7 @@ impl JobLock {
     /// Frees the lock now (PostgreSQL: `pg_advisory_unlock` on the dedicated connection, then
     /// closes it; SQLite: deletes the lock row and stops the heartbeat). A lock that was taken
     /// over meanwhile is left to its new holder.
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %self.proof.job))]
     pub async fn release(mut self) -> Result<()> {
         let job = self.proof.job;
         let epoch = self.proof.epoch;
@@ -98,6 +98,15 @@ impl JobLock {
                 Ok(())
             }
         }
+    }
+}
+
+impl std::fmt::Debug for JobLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLock")
+            .field("proof", &self.proof)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,6 +157,7 @@ fn pid_alive(pid: i64) -> bool {
 impl Store {
     /// Takes the job's lock for `holder`, or says who holds it since when. Never waits for the
     /// holder to finish.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job, holder = %holder))]
     pub async fn try_lock(&self, job: JobId, holder: &Holder) -> Result<LockOutcome> {
         match &self.pool {
             Pool::Postgres(pool) => try_lock_postgres(pool, job, holder).await,
@@ -301,7 +311,7 @@ async fn try_lock_sqlite(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    let heartbeat = tokio::spawn(heartbeat(db.pool.clone(), lease, job, holder.id.clone()));
+    let heartbeat = tokio::spawn(heartbeat(db.clone(), lease, job, holder.id.clone()));
     Ok(LockOutcome::Acquired(JobLock {
         proof: LockProof { job, epoch },
         holder: holder.clone(),
@@ -314,13 +324,15 @@ async fn try_lock_sqlite(
 
 /// Renews the lock row every third of the lease until the lock is released, dropped, or found
 /// taken over (then the holder's writes are already fenced; renewing would be wrong).
-async fn heartbeat(pool: SqlitePool, lease: Duration, job: JobId, holder_id: String) {
+async fn heartbeat(db: SqliteDb, lease: Duration, job: JobId, holder_id: String) {
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let renewed = pool
+        let queued = db.writer.lock().await;
+        let renewed = db
+            .pool
             .execute(
                 sqlx::query(
                     "UPDATE job_locks SET heartbeat_at = $3 WHERE job_id = $1 AND holder_id = $2",
@@ -330,6 +342,7 @@ async fn heartbeat(pool: SqlitePool, lease: Duration, job: JobId, holder_id: Str
                 .bind(now()),
             )
             .await;
+        drop(queued);
         match renewed {
             Ok(r) if r.rows_affected() == 0 => {
                 tracing::warn!(%job, "job lock was taken over by another holder; heartbeat stops");

@@ -264,6 +264,7 @@ pub fn hostname() -> String {
 }
 
 /// The answer of [`Store::try_lock`]: contention is an outcome, not an error.
+#[derive(Debug)]
 pub enum LockOutcome {
     Acquired(JobLock),
     Held {
@@ -304,6 +305,15 @@ pub struct Store {
     lease: Duration,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 enum Pool {
     Sqlite(SqliteDb),
@@ -337,6 +347,22 @@ macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
             $crate::store::Pool::Sqlite(db) => {
+                let $pool = &db.pool;
+                $body
+            }
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// `on_pool!` for one autocommit write: on SQLite it first takes this process's place in the
+/// file's write queue (see [`SqliteDb::writer`]), so it never polls the busy handler against
+/// another task of this process.
+macro_rules! on_pool_write {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite(db) => {
+                let _queued = db.writer.lock().await;
                 let $pool = &db.pool;
                 $body
             }
@@ -677,7 +703,7 @@ impl Store {
     pub async fn create_job(&self, new: &NewJob) -> Result<Job> {
         let id = JobId::new();
         let at = now();
-        on_pool!(self, pool => {
+        on_pool_write!(self, pool => {
             sqlx::query(
                 "INSERT INTO jobs (id, workflow_path, workflow_text, workflow_name, repo_path, repo, \
                  pr_number, head_sha, status, phase, refs, vars, created_at, updated_at) \
