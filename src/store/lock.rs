@@ -20,8 +20,8 @@ use crate::types::JobId;
 const HOLDER_RETRY: Duration = Duration::from_millis(10);
 const HOLDER_RETRIES: u32 = 200;
 
-/// `jobs.lock_holder`, `jobs.locked_since`.
-type HolderRecord = (Option<Json<Holder>>, Option<DateTime<Utc>>);
+/// `jobs.lock_holder`, `jobs.locked_since`, and whether that holder's session holds the lock.
+type HolderRecord = (Option<Json<Holder>>, Option<DateTime<Utc>>, bool);
 
 /// A held job lock. Release it with [`JobLock::release`]; if the process dies instead, the lock
 /// frees itself (PostgreSQL: with the connection; SQLite: when the heartbeat lease runs out, or
@@ -181,9 +181,12 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
             // The session holds the lock now: its connection leaves the pool for good and
             // belongs to the JobLock alone, so it is never handed to anyone else.
             let mut conn: PgConnection = pooled.detach();
+            // The record carries this session's backend pid, so a loser can tell it from the
+            // record of an earlier holder that died before clearing it.
             let epoch: Option<i64> = sqlx::query_scalar(
-                "UPDATE jobs SET lease_epoch = lease_epoch + 1, lock_holder = $2, locked_since = $3 \
-                 WHERE id = $1 RETURNING lease_epoch",
+                "UPDATE jobs SET lease_epoch = lease_epoch + 1, \
+                 lock_holder = jsonb_set($2::jsonb, '{backend_pid}', to_jsonb(pg_backend_pid())), \
+                 locked_since = $3 WHERE id = $1 RETURNING lease_epoch",
             )
             .bind(job)
             .bind(Json(holder))
@@ -202,15 +205,26 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
             }));
         }
         drop(pooled);
-        // FOR SHARE waits for a winner whose record is being written right now.
-        let row: Option<HolderRecord> =
-            sqlx::query_as("SELECT lock_holder, locked_since FROM jobs WHERE id = $1 FOR SHARE")
-                .bind(job)
-                .fetch_optional(pool)
-                .await?;
+        // FOR SHARE waits for a winner whose record is being written right now; the record
+        // counts only if its session really holds the lock (pg_locks shows a bigint key as its
+        // high half in classid, low half in objid, objsubid 1).
+        let key_bits = key as u64;
+        let row: Option<HolderRecord> = sqlx::query_as(
+            "SELECT j.lock_holder, j.locked_since, EXISTS (SELECT 1 FROM pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND l.classid::bigint = $2 AND l.objid::bigint = $3 \
+             AND l.pid = (j.lock_holder ->> 'backend_pid')::int) \
+             FROM jobs j WHERE j.id = $1 FOR SHARE OF j",
+        )
+        .bind(job)
+        .bind((key_bits >> 32) as i64)
+        .bind((key_bits & 0xffff_ffff) as i64)
+        .fetch_optional(pool)
+        .await?;
         match row {
             None => return Err(StoreError::JobNotFound(job.to_string())),
-            Some((Some(Json(holder)), Some(since))) => {
+            Some((Some(Json(holder)), Some(since), true)) => {
                 return Ok(LockOutcome::Held { holder, since });
             }
             // The winner has not recorded itself yet, or released in between: look again.
