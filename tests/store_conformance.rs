@@ -567,20 +567,40 @@ async fn check_recover_interrupted(db: &TestDb) {
                 .unwrap();
         }
     }
-    // The holder dies here with two items running.
+    // The holder goes away without releasing, with two items running.
+    let dropped_holder = held.holder().clone();
     drop(held);
-    let held = match store
-        .try_lock(job.id, &Holder::this_process(None))
-        .await
-        .unwrap()
-    {
-        LockOutcome::Acquired(l) => l,
-        // SQLite: this very process still "holds" it until the lease runs out; take the row over
-        // as a dead holder's would be.
-        LockOutcome::Held { .. } => {
-            expire_lock_row(db, job.id).await;
-            lock(&store, job.id).await
+    let held = if db.is_postgres() {
+        // The dropped lock's connection is closed, and PostgreSQL frees the lock with it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match store
+                .try_lock(job.id, &Holder::this_process(None))
+                .await
+                .unwrap()
+            {
+                LockOutcome::Acquired(l) => break l,
+                LockOutcome::Held { .. } if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                LockOutcome::Held { holder, .. } => panic!("a dropped lock stays held by {holder}"),
+            }
         }
+    } else {
+        // SQLite: the row names this very process, alive, so it is held until the lease runs
+        // out (the heartbeat stopped with the drop); then it is taken over.
+        match store
+            .try_lock(job.id, &Holder::this_process(None))
+            .await
+            .unwrap()
+        {
+            LockOutcome::Held { holder, .. } => assert_eq!(holder, dropped_holder),
+            LockOutcome::Acquired(_) => {
+                panic!("a dropped SQLite lock was free before its lease ran out")
+            }
+        }
+        expire_lock_row(db, job.id).await;
+        lock(&store, job.id).await
     };
     assert_eq!(store.recover_interrupted(held.proof()).await.unwrap(), 2);
     assert_eq!(store.recover_interrupted(held.proof()).await.unwrap(), 0);
