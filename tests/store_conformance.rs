@@ -777,7 +777,15 @@ async fn check_lock_basics(db: &TestDb) {
     ));
     assert_eq!(store.get_job(job.id).await.unwrap().lease_epoch, epoch);
 
+    let (current, since) = store.lock_holder(job.id).await.unwrap().expect("held");
+    assert_eq!(current, first);
+    assert!(since <= before);
     held.release().await.unwrap();
+    assert_eq!(store.lock_holder(job.id).await.unwrap(), None);
+    assert!(matches!(
+        store.lock_holder(JobId::new()).await,
+        Err(StoreError::JobNotFound(_))
+    ));
     let LockOutcome::Acquired(again) = other.try_lock(job.id, &second).await.unwrap() else {
         panic!("a released job must be free");
     };
@@ -838,6 +846,8 @@ async fn check_fencing(db: &TestDb) {
         panic!("a lapsed lock must be taken over");
     };
     assert_eq!(new.proof().epoch(), old.proof().epoch() + 1);
+    let (current, _) = store.lock_holder(job.id).await.unwrap().expect("held");
+    assert_eq!(current, new_holder);
 
     let fenced = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Fenced { .. }));
     let p = old.proof();

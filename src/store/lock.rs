@@ -155,6 +155,25 @@ fn pid_alive(pid: i64) -> bool {
 }
 
 impl Store {
+    /// Who holds the job's lock now and since when, without trying to take it (status pages).
+    pub async fn lock_holder(&self, job: JobId) -> Result<Option<(Holder, DateTime<Utc>)>> {
+        match &self.pool {
+            Pool::Postgres(pool) => match pg_holder_record(pool, job, false).await? {
+                None => Err(StoreError::JobNotFound(job.to_string())),
+                Some((Some(Json(holder)), Some(since), true)) => Ok(Some((holder, since))),
+                Some(_) => Ok(None),
+            },
+            Pool::Sqlite(db) => {
+                let Some(row) = lock_row(&db.pool, job).await? else {
+                    // No lock row: free, or no such job.
+                    self.get_job(job).await?;
+                    return Ok(None);
+                };
+                Ok(live_holder(&row, self.lease, now()).map(|h| (h, row.acquired_at)))
+            }
+        }
+    }
+
     /// Takes the job's lock for `holder`, or says who holds it since when. Never waits for the
     /// holder to finish.
     #[tracing::instrument(level = "debug", skip_all, fields(%job, holder = %holder))]
@@ -164,6 +183,37 @@ impl Store {
             Pool::Sqlite(db) => try_lock_sqlite(db, self.lease, job, holder).await,
         }
     }
+}
+
+macro_rules! holder_record_sql {
+    () => {
+        "SELECT j.lock_holder, j.locked_since, EXISTS (SELECT 1 FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND l.classid::bigint = $2 AND l.objid::bigint = $3 \
+         AND l.pid = (j.lock_holder ->> 'backend_pid')::int) \
+         FROM jobs j WHERE j.id = $1"
+    };
+}
+
+/// The job's `lock_holder` record, `locked_since`, and whether that holder's session holds the
+/// advisory lock now (a record left by a holder that died is not). None: no such job.
+/// `wait` share-locks the job row, so a winner's record being written is waited for.
+async fn pg_holder_record(pool: &PgPool, job: JobId, wait: bool) -> Result<Option<HolderRecord>> {
+    // pg_locks shows a bigint advisory key as its high half in classid, its low half in objid,
+    // objsubid 1.
+    let key_bits = job.lock_key() as u64;
+    let query = if wait {
+        concat!(holder_record_sql!(), " FOR SHARE OF j")
+    } else {
+        holder_record_sql!()
+    };
+    Ok(sqlx::query_as(query)
+        .bind(job)
+        .bind((key_bits >> 32) as i64)
+        .bind((key_bits & 0xffff_ffff) as i64)
+        .fetch_optional(pool)
+        .await?)
 }
 
 async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result<LockOutcome> {
@@ -205,23 +255,8 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
             }));
         }
         drop(pooled);
-        // FOR SHARE waits for a winner whose record is being written right now; the record
-        // counts only if its session really holds the lock (pg_locks shows a bigint key as its
-        // high half in classid, low half in objid, objsubid 1).
-        let key_bits = key as u64;
-        let row: Option<HolderRecord> = sqlx::query_as(
-            "SELECT j.lock_holder, j.locked_since, EXISTS (SELECT 1 FROM pg_locks l \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             AND l.classid::bigint = $2 AND l.objid::bigint = $3 \
-             AND l.pid = (j.lock_holder ->> 'backend_pid')::int) \
-             FROM jobs j WHERE j.id = $1 FOR SHARE OF j",
-        )
-        .bind(job)
-        .bind((key_bits >> 32) as i64)
-        .bind((key_bits & 0xffff_ffff) as i64)
-        .fetch_optional(pool)
-        .await?;
+        // FOR SHARE waits for a winner whose record is being written right now.
+        let row = pg_holder_record(pool, job, true).await?;
         match row {
             None => return Err(StoreError::JobNotFound(job.to_string())),
             Some((Some(Json(holder)), Some(since), true)) => {
