@@ -492,7 +492,7 @@ mod server;
 mod sql_types;
 mod writes;
 
-pub use debug::debug_lock;
+pub use debug::{EXIT_HELD, debug_lock};
 pub use lock::JobLock;
 pub use server::{DeliveryOutcome, Request, RequestStatus};
 
