@@ -19,6 +19,28 @@ const SQLITE_ROWS_PER_INSERT: usize = 2_000;
 /// keep one message's size modest.
 const POSTGRES_ROWS_PER_INSERT: usize = 10_000;
 
+/// Sets one column of the job row, fenced by the proof's epoch in the same statement.
+macro_rules! set_job_column {
+    ($store:expr, $proof:expr, $column:literal, $value:expr) => {{
+        let done = on_pool_write!($store, pool => {
+            sqlx::query(concat!(
+                "UPDATE jobs SET ", $column, " = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2"
+            ))
+            .bind($proof.job)
+            .bind($proof.epoch)
+            .bind($value)
+            .bind(now())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err($store.job_write_refused($proof).await);
+        }
+        Ok(())
+    }};
+}
+
 impl Store {
     /// After a fenced `UPDATE jobs` touched no row: tells a vanished job from a lost lease.
     async fn job_write_refused(&self, proof: &LockProof) -> StoreError {
@@ -77,56 +99,15 @@ impl Store {
     }
 
     pub async fn set_job_refs(&self, proof: &LockProof, refs: &JobRefs) -> Result<()> {
-        let done = on_pool_write!(self, pool => {
-            sqlx::query("UPDATE jobs SET refs = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2")
-                .bind(proof.job)
-                .bind(proof.epoch)
-                .bind(Json(refs))
-                .bind(now())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if done == 0 {
-            return Err(self.job_write_refused(proof).await);
-        }
-        Ok(())
+        set_job_column!(self, proof, "refs", Json(refs))
     }
 
     pub async fn set_job_vars(&self, proof: &LockProof, vars: &Value) -> Result<()> {
-        let done = on_pool_write!(self, pool => {
-            sqlx::query("UPDATE jobs SET vars = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2")
-                .bind(proof.job)
-                .bind(proof.epoch)
-                .bind(vars)
-                .bind(now())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if done == 0 {
-            return Err(self.job_write_refused(proof).await);
-        }
-        Ok(())
+        set_job_column!(self, proof, "vars", vars)
     }
 
     pub async fn set_check_run_id(&self, proof: &LockProof, id: i64) -> Result<()> {
-        let done = on_pool_write!(self, pool => {
-            sqlx::query(
-                "UPDATE jobs SET check_run_id = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2",
-            )
-            .bind(proof.job)
-            .bind(proof.epoch)
-            .bind(id)
-            .bind(now())
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        if done == 0 {
-            return Err(self.job_write_refused(proof).await);
-        }
-        Ok(())
+        set_job_column!(self, proof, "check_run_id", id)
     }
 
     /// Inserts items; a key already present for the job is left as it is. Returns rows inserted.
