@@ -192,7 +192,12 @@ mod tests {
         for c in ErrorClass::ALL {
             assert_eq!(c.as_str().parse::<ErrorClass>().unwrap(), *c);
         }
-        assert!("nope".parse::<JobStatus>().unwrap_err().contains("expected one of"));
+        assert!(
+            "nope"
+                .parse::<JobStatus>()
+                .unwrap_err()
+                .contains("expected one of")
+        );
     }
 
     #[test]

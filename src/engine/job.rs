@@ -696,8 +696,18 @@ impl<'a> JobRun<'a> {
         match result {
             Err(f) if f.cancelled() => Ok(false), // left running; reconciled on resume
             Err(f) => {
-                self.fail_item(mr, slot, &start, key, attempt, &f, &log)
-                    .await?;
+                self.fail_item(
+                    mr,
+                    ItemRun {
+                        slot,
+                        start: &start,
+                        key,
+                        attempt,
+                        log: &log,
+                    },
+                    &f,
+                )
+                .await?;
                 Ok(true)
             }
             Ok(ctx) => {
@@ -818,13 +828,16 @@ impl<'a> JobRun<'a> {
     async fn fail_item(
         &self,
         mr: &MapReduce,
-        slot: &Slot,
-        start: &str,
-        key: &ItemKey,
-        attempt: u32,
+        at: ItemRun<'_>,
         f: &StepFailure,
-        log: &Path,
     ) -> anyhow::Result<()> {
+        let ItemRun {
+            slot,
+            start,
+            key,
+            attempt,
+            log,
+        } = at;
         let class = f.class();
         let message = f.message();
         step::append_log(log, &format!("== item failed ({class}): {message}\n"));
@@ -1003,6 +1016,16 @@ fn should_stop(mr: &MapReduce, failures: usize, processed: usize) -> Option<Stri
         }
     }
     None
+}
+
+/// One attempt of one item in one slot.
+struct ItemRun<'a> {
+    slot: &'a Slot,
+    /// The commit the slot started from.
+    start: &'a str,
+    key: &'a ItemKey,
+    attempt: u32,
+    log: &'a Path,
 }
 
 struct Scheduler {

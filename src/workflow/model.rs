@@ -19,7 +19,9 @@ pub struct Workflow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkflowKind {
     /// A list of steps run once, in the job worktree.
-    Standard { commands: Vec<Step> },
+    Standard {
+        commands: Vec<Step>,
+    },
     MapReduce(Box<MapReduce>),
 }
 
