@@ -10,6 +10,7 @@ use anyhow::{Context as _, anyhow};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::classify::{self, FailureFacts, FailureStage};
 use super::git;
@@ -145,7 +146,8 @@ impl<'a> JobRun<'a> {
         let phase = self.job.phase;
         self.set_state(JobStatus::Running, phase, None).await?;
 
-        let result = self.drive(mode).await;
+        let span = tracing::info_span!("job", job = %self.job.id);
+        let result = self.drive(mode).instrument(span).await;
         let (status, error) = match result {
             Ok(Ok(status)) => (status, None),
             Ok(Err(PhaseFailure(message))) => (JobStatus::Failed, Some(message)),
@@ -610,7 +612,8 @@ impl<'a> JobRun<'a> {
             let Some(c) = sched.next() else {
                 return Ok(());
             };
-            let failed = self.run_item(mr, slot, sched, &c).await?;
+            let span = tracing::info_span!("item", job = %self.job.id, key = %c.key);
+            let failed = self.run_item(mr, slot, sched, &c).instrument(span).await?;
             let processed = sched.processed.fetch_add(1, Ordering::SeqCst) + 1;
             if failed {
                 let failures = sched.failed.fetch_add(1, Ordering::SeqCst) + 1;
