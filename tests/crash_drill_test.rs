@@ -19,9 +19,8 @@ fn phase_running(ev: &[Value], phase: &str) -> bool {
 }
 
 fn moments() -> Vec<Moment> {
-    let merged_at_least = |n: usize| -> Pred {
-        Box::new(move |ev: &[Value]| count(ev, "item_merged") >= n)
-    };
+    let merged_at_least =
+        |n: usize| -> Pred { Box::new(move |ev: &[Value]| count(ev, "item_merged") >= n) };
     vec![
         (
             "during setup",
