@@ -246,8 +246,7 @@ pub async fn resumed(engine: &Engine, job: JobId, r: Resumed, as_json: bool, wha
 
 pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(list)?);
-        return Ok(0);
+        return print_json(list);
     }
     if list.is_empty() {
         println!("no jobs yet: start one with `prodigy run WORKFLOW.yml`");
@@ -317,17 +316,7 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
         let batch = store.events(job, after, 1000).await?;
         for e in &batch {
             after = e.seq;
-            if as_json {
-                println!("{}", serde_json::to_string(e)?);
-            } else {
-                println!(
-                    "{:>6}  {}  {:<20}  {}",
-                    e.seq,
-                    e.at.format("%H:%M:%S%.3f"),
-                    e.kind,
-                    e.data
-                );
-            }
+            print_event(e, as_json)?;
         }
         if batch.len() == 1000 {
             continue;
@@ -335,22 +324,10 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
         if !follow {
             return Ok(0);
         }
-        let j = store.get_job(job).await?;
-        if j.status != prodigy::types::JobStatus::Running {
+        if store.get_job(job).await?.status != prodigy::types::JobStatus::Running {
             // One more read: events written between the last read and the status change.
-            let rest = store.events(job, after, 1000).await?;
-            for e in &rest {
-                if as_json {
-                    println!("{}", serde_json::to_string(e)?);
-                } else {
-                    println!(
-                        "{:>6}  {}  {:<20}  {}",
-                        e.seq,
-                        e.at.format("%H:%M:%S%.3f"),
-                        e.kind,
-                        e.data
-                    );
-                }
+            for e in &store.events(job, after, 1000).await? {
+                print_event(e, as_json)?;
             }
             return Ok(0);
         }
@@ -358,10 +335,29 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
     }
 }
 
+fn print_event(e: &prodigy::store::Event, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string(e)?);
+    } else {
+        println!(
+            "{:>6}  {}  {:<20}  {}",
+            e.seq,
+            e.at.format("%H:%M:%S%.3f"),
+            e.kind,
+            e.data
+        );
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<u8> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(0)
+}
+
 pub fn dlq_list(rows: &[DlqItem], as_json: bool) -> anyhow::Result<u8> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(rows)?);
-        return Ok(0);
+        return print_json(rows);
     }
     if rows.is_empty() {
         println!("the DLQ is empty");
