@@ -406,3 +406,31 @@ fn standard_workflow_runs_steps_in_order_and_reports_a_failing_step() {
         "{stdout}"
     );
 }
+
+/// On a machine where git has no identity, agents' commits and merges still work.
+#[test]
+fn commits_work_without_a_git_identity() {
+    let repo = Repo::new(None);
+    repo.write(
+        "wf.yml",
+        "mode: mapreduce\nmap:\n  input: echo '[1, 2]'\n  agent_template:\n    - shell: \"echo ${item} > f${item} && git add . && git commit -qm ${item}\"\n",
+    );
+    repo.commit_all("wf");
+    repo.git(&["config", "--unset", "user.email"]);
+    repo.git(&["config", "--unset", "user.name"]);
+    let out = repo
+        .command(&["run", "wf.yml"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env_remove("EMAIL")
+        .env_remove("GIT_COMMITTER_EMAIL")
+        .env_remove("GIT_AUTHOR_EMAIL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let branch = format!("prodigy/{}", job_id(&out));
+    assert_eq!(
+        repo.git(&["log", "-1", "--format=%an <%ae>", &branch]),
+        "prodigy <prodigy@localhost>"
+    );
+}

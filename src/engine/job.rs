@@ -201,6 +201,8 @@ impl<'a> JobRun<'a> {
             .base_commit
             .clone()
             .ok_or_else(|| anyhow!("job {} has no base commit recorded", self.job.id))?;
+        let identity = git::ensure_identity(&self.ws.repo).await;
+        self.env.extend(identity);
         self.ws
             .ensure_job_worktree(&base)
             .await
