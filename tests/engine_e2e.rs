@@ -396,6 +396,14 @@ fn standard_workflow_runs_steps_in_order_and_reports_a_failing_step() {
     assert!(out.status.success(), "{}", text(&out));
     let job = job_id(&out);
     assert_eq!(repo.show(&format!("prodigy/{job}:two.txt")), "one");
+    // Following a finished job's events prints them and ends.
+    let follow = repo.prodigy(&["events", &job, "--follow"]);
+    assert!(follow.status.success(), "{}", text(&follow));
+    assert!(
+        String::from_utf8_lossy(&follow.stdout).contains("job_finished"),
+        "{}",
+        text(&follow)
+    );
     assert!(repo.extra_worktrees().is_empty());
 
     let out = repo.prodigy(&["run", "fail.yml"]);

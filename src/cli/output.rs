@@ -325,7 +325,15 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
         if !follow {
             return Ok(0);
         }
-        if store.get_job(job).await?.status != prodigy::types::JobStatus::Running {
+        let running = store.get_job(job).await?.status == prodigy::types::JobStatus::Running;
+        // A job recorded as running with nobody holding it was interrupted: nothing will come.
+        let orphaned = running && store.lock_holder(job).await?.is_none();
+        if orphaned {
+            eprintln!(
+                "job {job} is not running anywhere (interrupted?); `prodigy resume {job}` continues it"
+            );
+        }
+        if !running || orphaned {
             // One more read: events written between the last read and the status change.
             for e in &store.events(job, after, 1000).await? {
                 print_event(e, as_json)?;
