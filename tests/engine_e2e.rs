@@ -442,3 +442,57 @@ fn commits_work_without_a_git_identity() {
         "prodigy <prodigy@localhost>"
     );
 }
+
+/// A secret env var's value never reaches a log, an error message or the database.
+#[test]
+fn secret_values_are_masked() {
+    let repo = Repo::new(None);
+    repo.write(
+        "secret.yml",
+        "env:\n  API_TOKEN:\n    secret: true\n    value: \"${MY_TOKEN}\"\ncommands:\n  - shell: \"echo using $API_TOKEN; echo bad $API_TOKEN >&2; exit 1\"\n",
+    );
+    repo.commit_all("wf");
+    let out = repo
+        .command(&["run", "secret.yml"])
+        .env("MY_TOKEN", "tok-9f8e7d6c5b")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        !all.contains("tok-9f8e7d6c5b") && all.contains("bad ***"),
+        "{all}"
+    );
+    let job = job_id(&out);
+    let events = repo.prodigy(&["events", &job, "--json"]);
+    assert!(
+        !text(&events).contains("tok-9f8e7d6c5b"),
+        "{}",
+        text(&events)
+    );
+    for entry in walk(&repo.home.join("logs").join(&job)) {
+        let log = std::fs::read_to_string(&entry).unwrap();
+        assert!(
+            !log.contains("tok-9f8e7d6c5b") && log.contains("using ***"),
+            "{log}"
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    assert!(
+        !out.is_empty() || dir.ends_with("items"),
+        "no logs under {}",
+        dir.display()
+    );
+    out
+}

@@ -57,6 +57,8 @@ pub(super) struct JobRun<'a> {
     ws: Workspace,
     logs: PathBuf,
     env: Vec<(String, String)>,
+    /// Values of the workflow's secret env vars.
+    secrets: Vec<String>,
     max_parallel: Option<usize>,
     cancel: CancellationToken,
     duplicates_removed: usize,
@@ -77,6 +79,16 @@ impl<'a> JobRun<'a> {
         let ws = engine.workspace(Path::new(&job.repo_path), job.id);
         let logs = engine.state_dir.join("logs").join(job.id.to_string());
         let env = resolve_env(&parsed.workflow)?;
+        // Short values would mask ordinary text everywhere; a secret that short is no secret.
+        let secrets = parsed
+            .workflow
+            .env
+            .iter()
+            .filter(|v| v.secret)
+            .filter_map(|v| env.iter().find(|(k, _)| *k == v.name))
+            .map(|(_, value)| value.clone())
+            .filter(|value| value.len() >= 4)
+            .collect();
         Ok(JobRun {
             engine,
             store: &engine.store,
@@ -84,6 +96,7 @@ impl<'a> JobRun<'a> {
             ws,
             logs,
             env,
+            secrets,
             workflow: parsed.workflow,
             job,
             max_parallel,
@@ -360,6 +373,7 @@ impl<'a> JobRun<'a> {
             claude_bin: &self.engine.claude_bin,
             cancel: &self.cancel,
             deadline: phase.timeout.map(|t| Instant::now() + t),
+            secrets: &self.secrets,
         };
         self.event(
             "phase_steps_started",
@@ -692,6 +706,7 @@ impl<'a> JobRun<'a> {
                     claude_bin: &self.engine.claude_bin,
                     cancel: &self.cancel,
                     deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
+                    secrets: &self.secrets,
                 };
                 step::run_steps(&mr.map.agent_template, &mut ctx, &env)
                     .await

@@ -49,6 +49,9 @@ pub struct CommandSpec {
     pub log: Option<PathBuf>,
     /// Fed to the command's stdin, which is closed afterwards; stdin is /dev/null when `None`.
     pub stdin: Option<Vec<u8>>,
+    /// Secret values: replaced by `***` in the log and in the captured output. A secret split
+    /// across two reads of a pipe reaches the log unmasked; the captured output is always masked.
+    pub redact: Vec<String>,
 }
 
 impl CommandSpec {
@@ -61,6 +64,7 @@ impl CommandSpec {
             timeout: None,
             log: None,
             stdin: None,
+            redact: Vec::new(),
         }
     }
 
@@ -283,8 +287,8 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
         signal: status.signal(),
         timed_out: matches!(end, End::TimedOut),
         cancelled: matches!(end, End::Cancelled),
-        stdout: out.finish(spec.log.as_deref()),
-        stderr: err.finish(spec.log.as_deref()),
+        stdout: redact(out.finish(spec.log.as_deref()), &spec.redact),
+        stderr: redact(err.finish(spec.log.as_deref()), &spec.redact),
         duration: started.elapsed(),
         timeout: spec.timeout,
     };
@@ -532,6 +536,17 @@ impl Capture {
 struct LogSink {
     file: Option<tokio::fs::File>,
     path: PathBuf,
+    redact: Vec<String>,
+}
+
+/// `text` with every secret replaced by `***`.
+pub fn redact(mut text: String, secrets: &[String]) -> String {
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
+    text
 }
 
 impl LogSink {
@@ -554,6 +569,7 @@ impl LogSink {
         let mut sink = LogSink {
             file: Some(file),
             path: path.to_path_buf(),
+            redact: spec.redact.clone(),
         };
         let header = format!(
             "===== prodigy {}: $ {} (in {}) =====\n",
@@ -570,6 +586,13 @@ impl LogSink {
     async fn write(&mut self, bytes: &[u8]) {
         let Some(file) = self.file.as_mut() else {
             return;
+        };
+        let masked;
+        let bytes = if self.redact.is_empty() {
+            bytes
+        } else {
+            masked = redact(String::from_utf8_lossy(bytes).into_owned(), &self.redact);
+            masked.as_bytes()
         };
         let result = async {
             file.write_all(bytes).await?;
@@ -638,6 +661,24 @@ mod tests {
 
     fn sh(script: &str, dir: &Path) -> CommandSpec {
         CommandSpec::shell(script, dir)
+    }
+
+    #[tokio::test]
+    async fn secrets_never_reach_the_log_or_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.txt");
+        let mut spec = sh("echo token=$TOKEN; echo $TOKEN >&2", dir.path());
+        spec.env = vec![("TOKEN".into(), "s3cr3t-value".into())];
+        spec.log = Some(log.clone());
+        spec.redact = vec!["s3cr3t-value".into()];
+        let out = run_ok(&spec).await;
+        assert_eq!(out.stdout.trim(), "token=***");
+        assert_eq!(out.stderr.trim(), "***");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains("s3cr3t-value") && text.contains("token=***"),
+            "{text}"
+        );
     }
 
     async fn run_ok(spec: &CommandSpec) -> CommandOutput {

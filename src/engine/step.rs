@@ -30,6 +30,8 @@ pub struct StepEnv<'a> {
     pub cancel: &'a CancellationToken,
     /// The agent's or phase's deadline: no command runs past it.
     pub deadline: Option<Instant>,
+    /// Values of secret env vars, masked in logs and captured output.
+    pub secrets: &'a [String],
 }
 
 /// Why a step failed, with what classification needs.
@@ -354,6 +356,7 @@ async fn run_command(
         timeout,
         log: Some(env.log.to_path_buf()),
         stdin: None,
+        redact: env.secrets.to_vec(),
     };
     let out = process::run(&spec, env.cancel).await.map_err(|e| {
         StepFailure::new(
