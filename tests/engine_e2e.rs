@@ -496,3 +496,43 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     );
     out
 }
+
+/// A failing setup or reduce step fails the job, naming the step, the exit code and stderr.
+#[test]
+fn failing_setup_or_reduce_fails_the_job_with_the_step() {
+    let repo = Repo::new(None);
+    repo.write(
+        "setup.yml",
+        "mode: mapreduce\nsetup:\n  - shell: \"echo fine\"\n  - shell: \"echo no input for you >&2; exit 7\"\nmap:\n  input: items.json\n  agent_template:\n    - shell: \"true\"\n",
+    );
+    repo.write(
+        "reduce.yml",
+        "mode: mapreduce\nmap:\n  input: echo '[1]'\n  agent_template:\n    - shell: \"true\"\nreduce:\n  - shell: \"echo summary broke >&2; exit 9\"\n",
+    );
+    repo.commit_all("wfs");
+    let out = repo.prodigy(&["run", "setup.yml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("setup failed")
+            && stdout.contains("line 4")
+            && stdout.contains("exit code 7")
+            && stdout.contains("no input for you"),
+        "{stdout}"
+    );
+    let status = repo.json(&["status", &job_id(&out)]);
+    assert_eq!(status["job"]["phase"], "setup", "{status}");
+
+    let out = repo.prodigy(&["run", "reduce.yml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("reduce failed")
+            && stdout.contains("exit code 9")
+            && stdout.contains("summary broke"),
+        "{stdout}"
+    );
+    let status = repo.json(&["status", &job_id(&out)]);
+    assert_eq!(status["job"]["phase"], "reduce", "{status}");
+    assert_eq!(status["counts"]["merged"], 1, "{status}");
+}
