@@ -466,10 +466,13 @@ impl<'a> JobRun<'a> {
         }
         self.reconcile().await?;
         let rows = self.store.dlq(Some(self.job.id)).await?;
-        let items = self
+        let positions: std::collections::HashMap<ItemKey, i64> = self
             .store
             .items(self.job.id, &ItemFilter::default())
-            .await?;
+            .await?
+            .into_iter()
+            .map(|i| (i.key, i.position))
+            .collect();
         let candidates: Vec<Candidate> = rows
             .iter()
             .filter(|r| req.items.is_empty() || req.items.contains(&r.key))
@@ -479,36 +482,30 @@ impl<'a> JobRun<'a> {
                 data: r.data.clone(),
                 source: plan::Source::Dlq,
                 attempts: r.failure_count,
-                position: items
-                    .iter()
-                    .find(|i| i.key == r.key)
-                    .map_or(0, |i| i.position),
+                position: positions.get(&r.key).copied().unwrap_or(0),
             })
             .collect();
         self.event("dlq_retry_planned", json!({"to_run": candidates.len()}))
             .await?;
-        let stopped = self.run_items(mr, candidates).await?;
-        let counts = self.store.item_counts(self.job.id).await?;
-        // A job that had finished its phases is done when its DLQ is empty again.
-        let status = if let Some(stop) = stopped {
+        if let Some(stop) = self.run_items(mr, candidates).await? {
             return Ok(Err(stop));
-        } else if self.job.phase == Phase::Done && counts.failed == 0 {
-            JobStatus::Succeeded
-        } else if counts.failed > 0 {
+        }
+        let counts = self.store.item_counts(self.job.id).await?;
+        if counts.failed > 0 {
             return Ok(Err(PhaseFailure(format!(
                 "{} items still failing (see `prodigy dlq list {}`)",
                 counts.failed, self.job.id
             ))));
-        } else {
-            JobStatus::Failed
-        };
-        if status == JobStatus::Failed {
+        }
+        if self.job.phase != Phase::Done {
+            // The DLQ is empty, but the job itself stopped before its end.
             return Ok(Err(PhaseFailure(format!(
                 "the job is not finished (phase {}); run `prodigy resume {}`",
                 self.job.phase, self.job.id
             ))));
         }
-        Ok(Ok(status))
+        // A job that had finished its phases is done when its DLQ is empty again.
+        Ok(Ok(JobStatus::Succeeded))
     }
 
     /// Brings the store in line with the repository after an interruption: attempts left open
