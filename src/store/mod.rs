@@ -384,25 +384,6 @@ impl PoolExt for PgPool {
     }
 }
 
-mod debug;
-mod lock;
-mod server;
-mod sql_types;
-mod writes;
-
-pub use debug::debug_lock;
-pub use lock::JobLock;
-pub use server::{DeliveryOutcome, Request, RequestStatus};
-
-static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
-static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
-
-/// Default SQLite lock lease; `PRODIGY_LOCK_LEASE_SECS` overrides it.
-pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
-
-/// How long a SQLite connection waits for another writer before giving up.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// `SELECT <job columns> FROM jobs` followed by the given literal tail.
 macro_rules! select_jobs {
     ($tail:literal) => {
@@ -414,6 +395,25 @@ macro_rules! select_jobs {
         )
     };
 }
+
+mod debug;
+mod lock;
+mod server;
+mod sql_types;
+mod writes;
+
+pub use debug::debug_lock;
+pub use lock::JobLock;
+pub use server::{Accepted, DeliveryOutcome, Request, RequestStatus};
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Default SQLite lock lease; `PRODIGY_LOCK_LEASE_SECS` overrides it.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
+
+/// How long a SQLite connection waits for another writer before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The current time at the precision both backends keep (microseconds), so a value written and
 /// read back compares equal.

@@ -258,3 +258,94 @@ impl Store {
         Ok(row.map(Request::try_from).transpose()?)
     }
 }
+
+/// The answer of [`Store::accept_delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// First time this delivery id is seen; its work is queued as this request.
+    Queued(i64),
+    /// Seen before (GitHub redelivered it): nothing was queued.
+    Duplicate,
+}
+
+impl Store {
+    /// Records a delivery and queues its request in one transaction, so a delivery is either
+    /// recorded with its work queued or not recorded at all (and GitHub's redelivery is handled).
+    pub async fn accept_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        action: Option<&str>,
+        kind: &str,
+        payload: &Value,
+    ) -> Result<Accepted> {
+        let at = now();
+        Ok(on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
+                 VALUES ($1, $2, $3, $4, 'queued') ON CONFLICT (delivery_id) DO NOTHING",
+            )
+            .bind(delivery_id)
+            .bind(event)
+            .bind(action)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                tx.rollback().await?;
+                Accepted::Duplicate
+            } else {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO requests (kind, payload, status, enqueued_at) \
+                     VALUES ($1, $2, 'queued', $3) RETURNING id",
+                )
+                .bind(kind)
+                .bind(payload)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Accepted::Queued(id)
+            }
+        }))
+    }
+
+    /// Answers when the database takes a query (for readiness probes).
+    pub async fn ping(&self) -> Result<()> {
+        on_pool!(self, pool => {
+            let _: i64 = sqlx::query_scalar("SELECT 1").fetch_one(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Jobs of pull requests (repo set) whose status is `status`, oldest first: the server
+    /// resumes `running` ones whose runner died.
+    pub async fn pr_jobs_with_status(
+        &self,
+        status: crate::types::JobStatus,
+    ) -> Result<Vec<super::Job>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(select_jobs!(
+                "WHERE status = $1 AND repo IS NOT NULL ORDER BY created_at, id"
+            ))
+            .bind(status)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Requests in the queue by status (for tests and operators).
+    pub async fn requests_with_status(&self, status: RequestStatus) -> Result<Vec<Request>> {
+        let rows: Vec<RequestRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE status = $1 ORDER BY id"))
+                .bind(status.as_str())
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|r| Request::try_from(r).map_err(Into::into))
+            .collect()
+    }
+}
