@@ -213,8 +213,13 @@ pub fn resume_held(job: &JobLink, holder: &Holder, since: DateTime<Utc>) -> Stri
 /// Nothing to resume: the job has finished.
 pub fn already_finished(job: &JobLink, status: JobStatus, dlq: u64) -> String {
     let hint = if dlq > 0 {
+        let (items, are, them) = if dlq == 1 {
+            ("item", "is", "it")
+        } else {
+            ("items", "are", "them")
+        };
         format!(
-            " {dlq} items are in its dead-letter queue: `{SLASH_PREFIX} retry job={}` runs them again.",
+            " {dlq} {items} {are} in its dead-letter queue: `{SLASH_PREFIX} retry job={}` runs {them} again.",
             job.id.short()
         )
     } else {
