@@ -8,6 +8,7 @@
 //! - `GET /healthz` (the process answers), `GET /readyz` (the database answers, else 503).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{FromRef, Path, Query, State};
@@ -18,12 +19,16 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::github::GitHubClient;
-use crate::store::{Accepted, ItemFilter, Store};
+use crate::store::{Accepted, ItemFilter, Store, StoreError};
 use crate::types::{JobId, RepoName};
 
 use super::dispatch::{Route, RouteRules, Work, route};
 use super::pages::{self, JobPage, PageLinks};
 use super::webhook::{VerifiedEvent, WebhookSecret, webhook_body_limit, webhook_trace_layer};
+
+/// GitHub gives a delivery 10 seconds; a database that does not answer within this is down
+/// for the purpose of a webhook (503, redelivered later) or a readiness probe.
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -124,11 +129,14 @@ async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Resp
         }
     };
     let (event, action) = event_and_action(&work);
-    match s
-        .store
-        .accept_delivery(delivery_id, event, action, work.kind(), &payload)
-        .await
-    {
+    let accepted = tokio::time::timeout(
+        DATABASE_TIMEOUT,
+        s.store
+            .accept_delivery(delivery_id, event, action, work.kind(), &payload),
+    )
+    .await
+    .unwrap_or_else(|_| Err(StoreError::Db(sqlx::Error::PoolTimedOut)));
+    match accepted {
         Ok(Accepted::Queued(id)) => {
             s.wake.notify_one();
             tracing::info!(request = id, kind = work.kind(), "queued");
@@ -163,7 +171,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.inner.store.ping().await {
+    let ping = tokio::time::timeout(DATABASE_TIMEOUT, state.inner.store.ping())
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Db(sqlx::Error::PoolTimedOut)));
+    match ping {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
