@@ -84,8 +84,7 @@ async fn help_and_status_work_for_everyone_with_one_reply_each() {
     );
     // help and status need no permission check.
     assert_eq!(ctx.gh.count(Op::GetPermission), 0);
-    ctx.gh.assert_no_violations();
-    ctx.server.stop().await;
+    ctx.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -157,8 +156,7 @@ async fn refusals_typos_and_ignored_comments() {
             .unwrap()
             .is_empty()
     );
-    ctx.gh.assert_no_violations();
-    ctx.server.stop().await;
+    ctx.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -200,8 +198,7 @@ async fn resume_of_a_running_job_names_its_holder_and_cancel_stops_it() {
         "{}",
         c[3]
     );
-    ctx.gh.assert_no_violations();
-    ctx.server.stop().await;
+    ctx.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -283,6 +280,5 @@ async fn resume_and_retry_of_a_failed_job() {
         c[4]
     );
     ctx.wait_idle().await;
-    ctx.gh.assert_no_violations();
-    ctx.server.stop().await;
+    ctx.finish().await;
 }

@@ -91,8 +91,7 @@ async fn opened_pull_request_runs_its_workflow_and_links_the_page() {
     );
     assert_eq!(ctx.get(&wrong_job).await.0, 404);
 
-    ctx.gh.assert_no_violations();
-    ctx.server.stop().await;
+    ctx.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -136,8 +135,7 @@ async fn fork_is_not_run_automatically_but_runs_on_a_maintainers_command() {
             .as_deref(),
         Some(sha.as_str())
     );
-    ctx.gh.assert_no_violations();
-    ctx.server.stop().await;
+    ctx.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -201,6 +199,43 @@ async fn a_new_push_cancels_the_older_job_and_closing_cleans_up() {
         (!worktrees.exists()).then_some(())
     })
     .await;
-    ctx.gh.assert_no_violations();
-    ctx.server.stop().await;
+    ctx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_server_resumes_the_jobs_it_was_running() {
+    let db = common::sqlite_db();
+    let mut ctx = Ctx::new(db.url()).await;
+    let sha = ctx.push_pr(
+        8,
+        &[("items.json", &items(&[("done", "ok"), ("slow", "wait")]))],
+        false,
+    );
+    ctx.open_pr(8, &sha).await;
+    let c = ctx.wait_for_comments(8, 1).await;
+    let job = job_id_of(&job_links(&c[0])[0]);
+    let store = ctx.server.store.clone();
+    wait_until("item `done` to be merged", WAIT, || async {
+        let items = store.items(job, &ItemFilter::default()).await.ok()?;
+        items
+            .iter()
+            .any(|i| i.key.0 == "done" && i.merged)
+            .then_some(())
+    })
+    .await;
+
+    ctx.restart("a", 2).await;
+    // The new process picks the job up by itself; the gate lets it finish.
+    let store = ctx.server.store.clone();
+    wait_until("the job to be resumed", WAIT, || async {
+        let events = store.events(job, 0, 1000).await.ok()?;
+        events.iter().any(|e| e.kind == "job_resumed").then_some(())
+    })
+    .await;
+    ctx.open_gate();
+    wait_status(&ctx, job, JobStatus::Succeeded).await;
+    // `done` ran once: resume never runs a merged item again.
+    let attempts = store.attempts(job, &"done".into()).await.unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    ctx.finish().await;
 }

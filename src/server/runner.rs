@@ -159,6 +159,11 @@ impl Runner {
         }
     }
 
+    /// The job slots: a slot is taken for each running job (and each request being handled).
+    pub fn slots(&self) -> Arc<Semaphore> {
+        self.inner.slots.clone()
+    }
+
     fn p(&self) -> &RunnerParts {
         &self.inner.parts
     }

@@ -27,24 +27,46 @@ pub struct RunningServer {
     pub github: GitHubClient,
     stop: CancellationToken,
     jobs: CancellationToken,
-    http: tokio::task::JoinHandle<std::io::Result<()>>,
-    runner: tokio::task::JoinHandle<()>,
+    job_slots: Arc<tokio::sync::Semaphore>,
+    max_jobs: usize,
+    http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    runner: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
     /// Stops accepting webhooks and claiming requests, stops running jobs (they are resumed by
     /// the next start) and waits for both loops to end.
-    pub async fn stop(self) {
+    pub async fn stop(&mut self) {
         self.stop.cancel();
         self.jobs.cancel();
-        let _ = self.runner.await;
-        let _ = self.http.await;
+        if let Some(runner) = self.runner.take() {
+            let _ = runner.await;
+        }
+        if let Some(http) = self.http.take() {
+            let _ = http.await;
+        }
+        self.stop_jobs_and_wait().await;
+    }
+
+    /// Every job task gives its slot back once it has stopped and recorded how: then all of
+    /// them are free. Bounded, so a wedged job cannot hang a shutdown forever.
+    async fn stop_jobs_and_wait(&self) {
+        let all = u32::try_from(self.max_jobs).unwrap_or(u32::MAX);
+        let wait = self.job_slots.acquire_many(all);
+        if tokio::time::timeout(std::time::Duration::from_secs(60), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("jobs did not stop within 60 s; leaving them");
+        }
     }
 
     /// Waits until the HTTP server ends (it ends when `stop` is called or on an I/O error).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.http)
-            .await
+        let Some(http) = self.http.take() else {
+            return Ok(());
+        };
+        http.await
             .context("the HTTP server task failed")?
             .context("the HTTP server stopped")
     }
@@ -133,6 +155,7 @@ pub async fn start(
         poll: settings.poll,
         wake: wake.clone(),
     });
+    let job_slots = runner.slots();
     let state = AppState::new(
         store.clone(),
         settings.webhook_secret.clone(),
@@ -166,8 +189,10 @@ pub async fn start(
         github,
         stop,
         jobs,
-        http,
-        runner,
+        http: Some(http),
+        runner: Some(runner),
+        job_slots,
+        max_jobs: settings.max_jobs,
     })
 }
 

@@ -198,6 +198,19 @@ impl Ctx {
         .await
     }
 
+    /// Stops the server (its running jobs stop, resumable) and starts it again with the same
+    /// name, directories and database, as a deploy does.
+    pub async fn restart(&mut self, instance: &str, max_jobs: usize) {
+        self.server.stop().await;
+        self.server = self.another_instance(instance, max_jobs).await;
+    }
+
+    /// The finish step: every request GitHub got was valid, and the server stops cleanly.
+    pub async fn finish(mut self) {
+        self.gh.assert_no_violations();
+        self.server.stop().await;
+    }
+
     pub fn open_gate(&self) {
         std::fs::write(&self.gate, "go").unwrap();
     }
