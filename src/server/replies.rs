@@ -135,7 +135,10 @@ pub fn jobs_started(head_sha: &str, starts: &[WorkflowStart]) -> String {
                 format!("\n- `{workflow}`: {status}")
             }
             WorkflowStart::Failed { workflow, error } => {
-                format!("\n- `{workflow}`: could not start: {}", one_line(error))
+                format!(
+                    "\n- `{workflow}`: could not start:{}",
+                    spaced(&one_line(error))
+                )
             }
         });
     }
@@ -149,6 +152,15 @@ fn one_line(text: &str) -> String {
         format!("\n  ```\n  {}\n  ```", text.replace('\n', "\n  "))
     } else {
         text.to_string()
+    }
+}
+
+/// A single-line text after a colon gets a space; a block starts on its own line.
+fn spaced(text: &str) -> String {
+    if text.starts_with('\n') {
+        text.to_string()
+    } else {
+        format!(" {text}")
     }
 }
 
@@ -252,7 +264,10 @@ pub fn not_in_dlq(job: &JobLink, item: &str) -> String {
 
 /// A command failed for a reason the user cannot fix by rewording (GitHub or the database).
 pub fn command_failed(command: &str, error: &str) -> String {
-    format!("`{SLASH_PREFIX} {command}` failed: {}", one_line(error))
+    format!(
+        "`{SLASH_PREFIX} {command}` failed:{}",
+        spaced(&one_line(error))
+    )
 }
 
 /// What `cancel` did.
@@ -368,5 +383,53 @@ mod tests {
             fork_not_run_automatically(),
             @"This pull request comes from a fork, so prodigy does not run it automatically (its code would run with this repository's credentials). A maintainer can start it with `/prodigy run` after reviewing the changes."
         );
+    }
+
+    fn link() -> JobLink {
+        JobLink {
+            id: "0192f5a0-0000-7000-8000-000000000001".parse().unwrap(),
+            url: "https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t".into(),
+        }
+    }
+
+    #[test]
+    fn job_replies() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        insta::assert_snapshot!(jobs_started(sha, &[
+            WorkflowStart::Started { workflow: ".prodigy/fix.yml".into(), job: link() },
+            WorkflowStart::Failed { workflow: ".prodigy/docs.yml".into(), error: "line 1\nline 2".into() },
+        ]), @r"
+        prodigy on `0123456`:
+
+        - `.prodigy/fix.yml`: started job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t)
+        - `.prodigy/docs.yml`: could not start:
+          ```
+          line 1
+          line 2
+          ```
+        ");
+        let holder = Holder {
+            id: "h".into(),
+            host: "box".into(),
+            pid: 42,
+            instance: Some("web-1".into()),
+        };
+        let since = "2026-01-02T03:04:05Z".parse().unwrap();
+        insta::assert_snapshot!(resume_held(&link(), &holder, since), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) is already running on server instance web-1 (pid 42 on box) since 2026-01-02 03:04:05 UTC; that run covers every pending item, so nothing new was started.");
+        insta::assert_snapshot!(already_finished(&link(), JobStatus::Failed, 3), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) has already finished (failed); nothing to resume. 3 items are in its dead-letter queue: `/prodigy retry job=0192f5a0` runs them again.");
+        insta::assert_snapshot!(cancel(&link(), CancelReply::Stopping { holder: Some(&holder) }), @"Cancelling job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t): it runs on server instance web-1 (pid 42 on box), which stops its agents now. `/prodigy resume job=0192f5a0` continues it later.");
+        insta::assert_snapshot!(no_such_job(None), @"This pull request has no prodigy job yet. Start one with `/prodigy run`.");
+        insta::assert_snapshot!(status(&[StatusRow {
+            job: link(),
+            workflow: ".prodigy/fix.yml",
+            head_sha: Some(sha),
+            status: JobStatus::Running,
+            phase: Phase::Map,
+            counts: ItemCounts { total: 10, merged: 4, failed: 1, dlq: 1, ..Default::default() },
+        }]), @r"
+        | job | workflow | commit | status | phase | merged / total | failed | DLQ |
+        |---|---|---|---|---|---|---|---|
+        | [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) | `.prodigy/fix.yml` | `0123456` | running | map | 4 / 10 | 1 | 1 |
+        ");
     }
 }
