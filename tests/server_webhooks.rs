@@ -107,6 +107,40 @@ async fn a_redelivery_does_nothing() {
         .unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(ctx.gh.comments_on(REPO, 7).len(), 1);
+
+    // The same commit announced again (a new delivery: reopened) starts nothing new once its
+    // workflow succeeded there.
+    let job = jobs[0].id;
+    let store = &ctx.server.store;
+    support::server::wait_until("the job to succeed", support::server::WAIT, || async {
+        (store.get_job(job).await.ok()?.status == prodigy::types::JobStatus::Succeeded)
+            .then_some(())
+    })
+    .await;
+    let (status, text) = ctx
+        .deliver("pull_request", ctx.pr_payload(7, &sha, "reopened", false))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    ctx.wait_idle().await;
+    let done = store
+        .requests_with_status(RequestStatus::Done)
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        done[1]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("every workflow already ran"),
+        "{done:?}"
+    );
+    let jobs = store
+        .find_jobs_by_pr(&prodigy::types::RepoName::new(REPO), 7)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(ctx.gh.comments_on(REPO, 7).len(), 1);
     ctx.finish().await;
 }
 

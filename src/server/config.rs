@@ -13,7 +13,7 @@ use crate::types::RepoName;
 
 use super::webhook::WebhookSecret;
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct ServeConfig {
     /// The GitHub App's id (App settings, "About").
     #[arg(long, env = "PRODIGY_APP_ID")]
@@ -68,6 +68,32 @@ pub struct ServeConfig {
     /// by this process wakes it at once.
     #[arg(long, env = "PRODIGY_POLL_MS", default_value_t = 1000)]
     pub poll_ms: u64,
+}
+
+/// Secrets stay out of debug output (clap's error paths and `-vv` logs print it).
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("app_id", &self.app_id)
+            .field("private_key", &"[REDACTED]")
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("github_api_url", &self.github_api_url)
+            .field("git_base_url", &self.git_base_url)
+            .field("state_dir", &self.state_dir)
+            .field("checkout_dir", &self.checkout_dir)
+            .field("max_jobs", &self.max_jobs)
+            .field("webhook_path", &self.webhook_path)
+            .field("app_slug", &self.app_slug)
+            .field("instance", &self.instance)
+            .field("allow_repos", &self.allow_repos)
+            .field("poll_ms", &self.poll_ms)
+            .finish()
+    }
 }
 
 /// The validated settings the server runs with.

@@ -379,6 +379,30 @@ impl Runner {
         if !config.auto_run {
             return Ok("auto_run is false: waiting for `/prodigy run`".into());
         }
+        // A workflow that already runs or ran well at this commit (a reopened pull request,
+        // the same push announced twice) is not started again.
+        let existing = self.jobs_of_pr(&w.repo, w.number).await?;
+        let workflows: Vec<String> = config
+            .workflows
+            .iter()
+            .filter(|wf| {
+                !existing.iter().any(|j| {
+                    j.head_sha.as_deref() == Some(w.head_sha.as_str())
+                        && &j.workflow_path == *wf
+                        && matches!(
+                            j.status,
+                            JobStatus::Pending | JobStatus::Running | JobStatus::Succeeded
+                        )
+                })
+            })
+            .cloned()
+            .collect();
+        if workflows.is_empty() {
+            return Ok(format!(
+                "every workflow already ran at {}",
+                short(&w.head_sha)
+            ));
+        }
         let starts = self
             .start_workflows(
                 installation,
@@ -386,7 +410,7 @@ impl Runner {
                 w.number,
                 &w.head_sha,
                 &config,
-                &config.workflows,
+                &workflows,
                 slots,
             )
             .await;
