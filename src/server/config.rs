@@ -41,7 +41,8 @@ pub struct ServeConfig {
         default_value = "https://github.com"
     )]
     pub git_base_url: String,
-    /// The server's state: worktrees, logs, the SQLite database by default.
+    /// The server's state: worktrees, logs, and the SQLite database `<state-dir>/prodigy.db`
+    /// unless --database-url names another (PostgreSQL for several replicas).
     #[arg(long, env = "PRODIGY_STATE_DIR", default_value = "prodigy-state")]
     pub state_dir: PathBuf,
     /// The repository cache, reused across jobs (default: <state-dir>/repos).
@@ -236,4 +237,87 @@ fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(path)
         .with_context(|| format!("cannot create the directory {}", path.display()))?;
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    fn key() -> String {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/test-app-key.TEST-ONLY.pem"
+        )
+        .into()
+    }
+
+    fn parse(extra: &[&str]) -> ServeConfig {
+        let dir = std::env::temp_dir().join(format!("prodigy-config-{}", std::process::id()));
+        let mut args = vec!["x", "--app-id", "7", "--private-key"];
+        let key = key();
+        args.push(&key);
+        let dir = dir.display().to_string();
+        args.extend(["--state-dir", &dir]);
+        args.extend(extra);
+        Cli::try_parse_from(args).unwrap().serve
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_webhook_secret() {
+        let err = parse(&[]).settings(None, "claude").unwrap_err().to_string();
+        assert!(err.contains("no webhook secret"), "{err}");
+        let err = parse(&["--webhook-secret", "  "])
+            .settings(None, "claude")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no webhook secret"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_allow_list() {
+        let s = parse(&["--webhook-secret", "s", "--allow-repos", "Octo/A, octo/b"])
+            .settings(None, "claude")
+            .unwrap();
+        assert_eq!(
+            s.allow_repos,
+            [RepoName::new("octo/a"), RepoName::new("octo/b")]
+        );
+        assert!(
+            s.database_url.starts_with("sqlite://"),
+            "{}",
+            s.database_url
+        );
+        assert!(s.database_url.ends_with("prodigy.db"));
+        assert_eq!(s.checkout_dir, s.state_dir.join("repos"));
+        assert_eq!(s.public_url, "http://0.0.0.0:3000");
+        assert_eq!(s.webhook_path, "/webhook");
+        assert!(s.instance.contains(':'));
+        let err = parse(&["--webhook-secret", "s", "--allow-repos", "justname"])
+            .settings(None, "claude")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not `owner/name`"), "{err}");
+        let mut c = parse(&["--webhook-secret", "s"]);
+        c.private_key = "/nonexistent.pem".into();
+        let err = c.settings(None, "claude").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot read the App private key"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = parse(&["--webhook-secret", "hunter2"]);
+        let text = format!("{c:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains(".pem"), "{text}");
+    }
 }
