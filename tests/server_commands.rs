@@ -162,12 +162,15 @@ async fn refusals_typos_and_ignored_comments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resume_of_a_running_job_names_its_holder_and_cancel_stops_it() {
     let db = common::sqlite_db();
-    let ctx = Ctx::new(db.url()).await;
+    // One job slot, taken by the job: commands are still answered at once.
+    let ctx = Ctx::with_instance(db.url(), "a", 1).await;
     let job = pr_with_job(&ctx, 5, &[("slow", "wait")]).await;
     wait_status(&ctx, job, JobStatus::Running).await;
 
-    ctx.comment(5, MAINTAINER, "/prodigy resume").await;
-    let c = ctx.wait_for_comments(5, 2).await;
+    ctx.comment(5, MAINTAINER, "/prodigy resume\n/prodigy status")
+        .await;
+    let c = ctx.wait_for_comments(5, 3).await;
+    assert!(c[2].contains("| running |"), "{}", c[2]);
     assert!(
         c[1].starts_with(&format!("Job [`{}`](", job.short())),
         "{}",
@@ -186,17 +189,17 @@ async fn resume_of_a_running_job_names_its_holder_and_cancel_stops_it() {
         &format!("/prodigy cancel job={}", job.short()),
     )
     .await;
-    let c = ctx.wait_for_comments(5, 3).await;
-    assert!(c[2].starts_with("Cancelling job"), "{}", c[2]);
+    let c = ctx.wait_for_comments(5, 4).await;
+    assert!(c[3].starts_with("Cancelling job"), "{}", c[3]);
     wait_status(&ctx, job, JobStatus::Cancelled).await;
 
     // Cancelling a finished job says so.
     ctx.comment(5, MAINTAINER, "/prodigy cancel").await;
-    let c = ctx.wait_for_comments(5, 4).await;
+    let c = ctx.wait_for_comments(5, 5).await;
     assert!(
-        c[3].ends_with("has already finished (cancelled); nothing to cancel."),
+        c[4].ends_with("has already finished (cancelled); nothing to cancel."),
         "{}",
-        c[3]
+        c[4]
     );
     ctx.finish().await;
 }

@@ -299,3 +299,62 @@ async fn a_database_outage_on_postgres_answers_503_then_recovers() {
     ctx.wait_for_comments(3, 1).await;
     ctx.finish().await;
 }
+
+/// The queue calls the runner relies on, on both backends.
+#[tokio::test]
+async fn queue_claims_by_kind_and_accepts_each_delivery_once() {
+    use prodigy::store::Accepted;
+    for (backend, db) in common::test_stores().await {
+        let store = db.store().await;
+        let payload = serde_json::json!({"n": 1});
+        let pr = store
+            .accept_delivery(
+                "d1",
+                "pull_request",
+                Some("opened"),
+                "pull_request",
+                &payload,
+            )
+            .await
+            .unwrap();
+        let comment = store
+            .accept_delivery("d2", "issue_comment", Some("created"), "comment", &payload)
+            .await
+            .unwrap();
+        let again = store
+            .accept_delivery(
+                "d1",
+                "pull_request",
+                Some("opened"),
+                "pull_request",
+                &payload,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, Accepted::Duplicate, "{backend}");
+        let (Accepted::Queued(pr), Accepted::Queued(comment)) = (pr, comment) else {
+            panic!("{backend}: both are new deliveries");
+        };
+        let claimed = store.claim_request_of_kind("w", "comment").await.unwrap();
+        assert_eq!(claimed.map(|r| r.id), Some(comment), "{backend}");
+        assert!(
+            store
+                .claim_request_of_kind("w", "comment")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let claimed = store.claim_request("w").await.unwrap();
+        assert_eq!(claimed.map(|r| r.id), Some(pr), "{backend}");
+        assert_eq!(
+            store
+                .requests_with_status(RequestStatus::Claimed)
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "{backend}"
+        );
+        store.ping().await.unwrap();
+    }
+}

@@ -111,6 +111,8 @@ pub struct Runner {
 struct Inner {
     parts: RunnerParts,
     slots: Arc<Semaphore>,
+    /// Requests handled at once (comments are claimed even when every job slot is taken).
+    handlers: Arc<Semaphore>,
     running: Mutex<HashMap<JobId, RunningJob>>,
 }
 
@@ -152,6 +154,7 @@ impl Runner {
         let slots = Arc::new(Semaphore::new(parts.max_jobs.max(1)));
         Runner {
             inner: Arc::new(Inner {
+                handlers: Arc::new(Semaphore::new(parts.max_jobs.max(1) + MAX_COMMENT_HANDLERS)),
                 parts,
                 slots,
                 running: Mutex::default(),
@@ -179,20 +182,34 @@ impl Runner {
         self.resume_orphans().await;
         let watcher = tokio::spawn(self.clone().watch_cancellations(shutdown.clone()));
         loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = self.inner.slots.clone().acquire_owned() => p.expect("never closed"),
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // With a free job slot any request may be claimed; without one, only those that
+            // need none, so `/prodigy status` is answered while long jobs run, and pull requests
+            // wait for this instance or go to another one with room.
+            let slot = self.inner.slots.clone().try_acquire_owned().ok();
+            let handler = self.inner.handlers.clone().try_acquire_owned().ok();
+            let claimed = match (&slot, &handler) {
+                (_, None) => Ok(None),
+                (Some(_), Some(_)) => self.p().store.claim_request(&self.p().instance).await,
+                (None, Some(_)) => self.claim_slotless().await,
             };
-            match self.p().store.claim_request(&self.p().instance).await {
+            match claimed {
                 Ok(Some(request)) => {
                     let this = self.clone();
-                    tokio::spawn(async move { this.handle(request, permit).await });
+                    let handler = handler.expect("claimed only with a handler slot");
+                    tokio::spawn(async move {
+                        this.handle(request, slot).await;
+                        drop(handler);
+                    });
                     continue;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot claim a request; retrying"),
             }
-            drop(permit);
+            drop(slot);
+            drop(handler);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.p().wake.notified() => {}
@@ -200,6 +217,21 @@ impl Runner {
             }
         }
         watcher.abort();
+    }
+
+    /// Claims a request that needs no job slot to be handled: comments and closed pull requests.
+    async fn claim_slotless(&self) -> crate::store::Result<Option<Request>> {
+        for kind in SLOTLESS_KINDS {
+            if let Some(r) = self
+                .p()
+                .store
+                .claim_request_of_kind(&self.p().instance, kind)
+                .await?
+            {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     /// Jobs left `running` by a runner that died: resume those whose lock is free.
@@ -270,10 +302,10 @@ impl Runner {
             .contains_key(&job)
     }
 
-    async fn handle(self, request: Request, permit: OwnedSemaphorePermit) {
+    async fn handle(self, request: Request, permit: Option<OwnedSemaphorePermit>) {
         let span = tracing::info_span!("request", id = request.id, kind = %request.kind);
         let mut slots = Slots {
-            spare: Some(permit),
+            spare: permit,
             all: self.inner.slots.clone(),
         };
         let result = async {
@@ -995,6 +1027,15 @@ impl Runner {
                     workflow: job.workflow_path.clone(),
                     links: self.p().links.clone(),
                 };
+                // A job held by a running resume is answered at once, without waiting for a
+                // job slot of this instance.
+                let probe = Holder::this_process(Some(self.p().instance.clone()));
+                match self.p().store.try_lock(job.id, &probe).await? {
+                    LockOutcome::Held { holder, since } => {
+                        return Ok(replies::resume_held(&link, &holder, since));
+                    }
+                    LockOutcome::Acquired(lock) => lock.release().await?,
+                }
                 let permit = slots.take().await;
                 let started = self.start_job(action, ctx, permit).await;
                 Ok(match started {
@@ -1073,6 +1114,14 @@ enum CancelOutcome {
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
 }
+
+/// Queue kinds (see `Work::kind`) handled without a job slot: answering a comment or cancelling
+/// a closed pull request's jobs must not wait for long jobs to end. A comment that starts a job
+/// waits for a slot then.
+const SLOTLESS_KINDS: [&str; 2] = ["comment", "pull_request_closed"];
+
+/// Comment requests handled at once beyond the job slots.
+const MAX_COMMENT_HANDLERS: usize = 4;
 
 /// The event that records which installation and pull request a job belongs to, so a restarted
 /// server can resume it with the right reporter.

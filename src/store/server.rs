@@ -213,6 +213,44 @@ impl Store {
         Ok(row.map(Request::try_from).transpose()?)
     }
 
+    /// Claims the oldest queued request of one kind (a runner without a free job slot still
+    /// answers comments).
+    pub async fn claim_request_of_kind(&self, worker: &str, kind: &str) -> Result<Option<Request>> {
+        let at = now();
+        let row: Option<RequestRow> = match &self.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query_as(concat!(
+                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
+                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
+                     AND kind = $3 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
+                    request_columns!()
+                ))
+                .bind(worker)
+                .bind(at)
+                .bind(kind)
+                .fetch_optional(pool)
+                .await?
+            }
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin_write().await?;
+                let row = sqlx::query_as(concat!(
+                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
+                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
+                     AND kind = $3 ORDER BY id LIMIT 1) RETURNING ",
+                    request_columns!()
+                ))
+                .bind(worker)
+                .bind(at)
+                .bind(kind)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                row
+            }
+        };
+        Ok(row.map(Request::try_from).transpose()?)
+    }
+
     /// Marks a claimed request done (`ok`) or failed, with a message for the operator.
     pub async fn complete_request(&self, id: i64, ok: bool, message: Option<&str>) -> Result<()> {
         let status = if ok {
