@@ -356,5 +356,38 @@ async fn queue_claims_by_kind_and_accepts_each_delivery_once() {
             "{backend}"
         );
         store.ping().await.unwrap();
+
+        // A batch: new, repeated within the batch, and seen before.
+        use prodigy::store::NewDelivery;
+        let d = |id| NewDelivery {
+            delivery_id: id,
+            event: "pull_request",
+            action: None,
+            kind: "pull_request",
+            payload: &payload,
+        };
+        let answers = store
+            .accept_deliveries(&[d("b1"), d("b1"), d("d1"), d("b2")])
+            .await
+            .unwrap();
+        assert!(
+            matches!(answers[0], Accepted::Queued(_)),
+            "{backend}: {answers:?}"
+        );
+        assert_eq!(answers[1], Accepted::Duplicate, "{backend}");
+        assert_eq!(answers[2], Accepted::Duplicate, "{backend}");
+        assert!(
+            matches!(answers[3], Accepted::Queued(_)),
+            "{backend}: {answers:?}"
+        );
+        assert_eq!(
+            store
+                .requests_with_status(RequestStatus::Queued)
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "{backend}"
+        );
     }
 }

@@ -23,6 +23,7 @@ use crate::store::{Accepted, ItemFilter, Store, StoreError};
 use crate::types::{JobId, RepoName};
 
 use super::dispatch::{Route, RouteRules, Work, route};
+use super::ingest::Ingest;
 use super::pages::{self, JobPage, PageLinks};
 use super::webhook::{VerifiedEvent, WebhookSecret, webhook_body_limit, webhook_trace_layer};
 
@@ -38,6 +39,7 @@ pub struct AppState {
 
 struct AppInner {
     store: Store,
+    ingest: Ingest,
     secret: WebhookSecret,
     links: PageLinks,
     github: Option<GitHubClient>,
@@ -55,7 +57,7 @@ impl FromRef<AppState> for WebhookSecret {
 
 impl AppState {
     /// `github` is used only to forget an uninstalled installation's token; `wake` is notified
-    /// after every queued request.
+    /// after every queued request. Starts the ingest writer, so call it inside the runtime.
     pub fn new(
         store: Store,
         secret: WebhookSecret,
@@ -67,6 +69,7 @@ impl AppState {
     ) -> Self {
         AppState {
             inner: Arc::new(AppInner {
+                ingest: Ingest::start(store.clone()),
                 store,
                 secret,
                 links,
@@ -131,11 +134,11 @@ async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Resp
     let (event, action) = event_and_action(&work);
     let accepted = tokio::time::timeout(
         DATABASE_TIMEOUT,
-        s.store
-            .accept_delivery(delivery_id, event, action, work.kind(), &payload),
+        s.ingest
+            .accept(delivery_id, event, action, work.kind(), payload),
     )
     .await
-    .unwrap_or_else(|_| Err(StoreError::Db(sqlx::Error::PoolTimedOut)));
+    .unwrap_or_else(|_| Err("the database did not answer in time".to_string()));
     match accepted {
         Ok(Accepted::Queued(id)) => {
             s.wake.notify_one();

@@ -5,6 +5,7 @@ pub mod app;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
+pub mod ingest;
 pub mod pages;
 pub mod replies;
 pub mod repo_config;

@@ -404,7 +404,7 @@ mod writes;
 
 pub use debug::debug_lock;
 pub use lock::JobLock;
-pub use server::{Accepted, DeliveryOutcome, Request, RequestStatus};
+pub use server::{Accepted, DeliveryOutcome, NewDelivery, Request, RequestStatus};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");

@@ -297,6 +297,17 @@ impl Store {
     }
 }
 
+/// One delivery for [`Store::accept_deliveries`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewDelivery<'a> {
+    pub delivery_id: &'a str,
+    pub event: &'a str,
+    pub action: Option<&'a str>,
+    /// The queued request's kind and payload.
+    pub kind: &'a str,
+    pub payload: &'a Value,
+}
+
 /// The answer of [`Store::accept_delivery`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
@@ -348,6 +359,45 @@ impl Store {
                 Accepted::Queued(id)
             }
         }))
+    }
+
+    /// [`Store::accept_delivery`] for many deliveries in one transaction (one disk flush for
+    /// all), answered in order. A delivery id repeated within the batch is a duplicate too.
+    pub async fn accept_deliveries(&self, batch: &[NewDelivery<'_>]) -> Result<Vec<Accepted>> {
+        let at = now();
+        let mut out = Vec::with_capacity(batch.len());
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for d in batch {
+                let inserted = sqlx::query(
+                    "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
+                     VALUES ($1, $2, $3, $4, 'queued') ON CONFLICT (delivery_id) DO NOTHING",
+                )
+                .bind(d.delivery_id)
+                .bind(d.event)
+                .bind(d.action)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    out.push(Accepted::Duplicate);
+                    continue;
+                }
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO requests (kind, payload, status, enqueued_at) \
+                     VALUES ($1, $2, 'queued', $3) RETURNING id",
+                )
+                .bind(d.kind)
+                .bind(d.payload)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                out.push(Accepted::Queued(id));
+            }
+            tx.commit().await?;
+        });
+        Ok(out)
     }
 
     /// Answers when the database takes a query (for readiness probes).
