@@ -128,6 +128,8 @@ pub enum Command {
     Validate { workflow: PathBuf },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Run the GitHub App server: webhooks in, jobs per pull request, `/prodigy` comment commands.
+    Serve(Box<prodigy::server::ServeConfig>),
     /// Try to take a job's lock and hold it (for operators and tests).
     #[command(hide = true)]
     DebugLock {
@@ -298,6 +300,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
     match cli.command {
         Command::Validate { workflow } => output::validate(&workflow),
+        Command::Serve(config) => {
+            prodigy::server::serve(&config, g.database_url.as_deref(), &g.claude_bin).await?;
+            Ok(0)
+        }
         Command::Migrate => {
             let url = store_url(g).await?;
             let store = Store::open_without_migrating(&url)
@@ -329,6 +335,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     repo_name: None,
                     pr_number: None,
                     head_sha: None,
+                    base_commit: None,
+                    workflow_text: None,
                 })
                 .await?;
             Ok(output::outcome(&outcome, json, eng.cancel.is_cancelled()))

@@ -53,6 +53,12 @@ pub struct NewRun {
     pub repo_name: Option<crate::types::RepoName>,
     pub pr_number: Option<i64>,
     pub head_sha: Option<String>,
+    /// The commit the job starts from (a SHA or ref in `repo`); None: HEAD of `repo`. The server
+    /// starts a pull request's job at its head commit without checking it out.
+    pub base_commit: Option<String>,
+    /// The workflow's text when it does not come from `workflow_path` on disk (the server reads
+    /// it at the pull request's head commit); `workflow_path` then only names it in messages.
+    pub workflow_text: Option<String>,
 }
 
 /// How to resume: what a plain resume includes from the DLQ.
@@ -109,8 +115,11 @@ impl Engine {
         let repo = git::toplevel(&req.repo)
             .await
             .with_context(|| format!("{} is not inside a git repository", req.repo.display()))?;
-        let text = std::fs::read_to_string(&req.workflow_path)
-            .with_context(|| format!("cannot read workflow {}", req.workflow_path.display()))?;
+        let text = match &req.workflow_text {
+            Some(text) => text.clone(),
+            None => std::fs::read_to_string(&req.workflow_path)
+                .with_context(|| format!("cannot read workflow {}", req.workflow_path.display()))?,
+        };
         let parsed = workflow::parse(&req.workflow_path, &text)?;
         for w in &parsed.warnings {
             tracing::warn!(
@@ -132,9 +141,17 @@ impl Engine {
                 list.join("\n")
             );
         }
-        let base = git::head(&repo)
-            .await
-            .context("the repository has no commit to start from")?;
+        let base = match &req.base_commit {
+            Some(rev) => {
+                let spec = format!("{rev}^{{commit}}");
+                git::git(&repo, &["rev-parse", "--verify", "-q", &spec])
+                    .await
+                    .with_context(|| format!("commit {rev} is not in {}", repo.display()))?
+            }
+            None => git::head(&repo)
+                .await
+                .context("the repository has no commit to start from")?,
+        };
         let job = self
             .store
             .create_job(&NewJob {

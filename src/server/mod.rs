@@ -1,8 +1,21 @@
-//! The GitHub App server's building blocks: verified webhooks and the PR-comment command language.
+//! The GitHub App server `prodigy serve`: verified webhooks in, a request queue, a runner that
+//! drives the engine per pull request, PR-comment commands, and job pages.
 
+pub mod app;
 pub mod commands;
+pub mod config;
+pub mod dispatch;
+pub mod ingest;
+pub mod pages;
 pub mod replies;
+pub mod repo_config;
+pub mod repos;
+pub mod runner;
+pub mod serve;
 pub mod webhook;
 
 pub use commands::{Command, CommandError, JobRef, ParsedLine, parse_comment};
+pub use config::{ServeConfig, Settings};
+pub use runner::{JobContext, LogReporters, ReporterFactory};
+pub use serve::{RunningServer, serve, start};
 pub use webhook::{VerifiedEvent, WebhookEvent, WebhookRejection, WebhookSecret};

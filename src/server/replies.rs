@@ -1,10 +1,14 @@
 //! Every text the bot posts about commands, in one place, as small constructor functions.
 //! Snapshot-tested, so a change of wording shows up in review.
 //!
-//! Replies about jobs (started, finished, links) belong beside the runner that knows the job; the
-//! ones here need nothing but the comment and the parser.
+//! Replies about jobs take what they show (ids, links, holders) as arguments, so the texts stay
+//! pure functions and every link comes from the caller, which knows the page token.
+
+use chrono::{DateTime, Utc};
 
 use super::commands::{COMMAND_WORDS, Command, CommandError, SLASH_PREFIX};
+use crate::store::{Holder, ItemCounts};
+use crate::types::{JobId, JobStatus, Phase};
 
 /// The `help` reply. `app_slug` adds the mention form when the App has one.
 pub fn help(app_slug: Option<&str>) -> String {
@@ -72,6 +76,267 @@ pub fn fork_not_run_automatically() -> String {
     )
 }
 
+/// A job as replies show it: short id linked to its page.
+#[derive(Debug, Clone)]
+pub struct JobLink {
+    pub id: JobId,
+    pub url: String,
+}
+
+impl JobLink {
+    fn md(&self) -> String {
+        format!("[`{}`]({})", self.id.short(), self.url)
+    }
+}
+
+/// What became of one workflow asked to run.
+#[derive(Debug, Clone)]
+pub enum WorkflowStart {
+    Started {
+        workflow: String,
+        job: JobLink,
+    },
+    /// It ran to its end before the reply was written (or failed to start).
+    Ended {
+        workflow: String,
+        job: Option<JobLink>,
+        status: String,
+    },
+    Failed {
+        workflow: String,
+        error: String,
+    },
+}
+
+fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+/// The one reply for a pull request's workflows started (automatically or by `run`).
+pub fn jobs_started(head_sha: &str, starts: &[WorkflowStart]) -> String {
+    let mut out = format!("prodigy on `{}`:\n", short_sha(head_sha));
+    for s in starts {
+        out.push_str(&match s {
+            WorkflowStart::Started { workflow, job } => {
+                format!("\n- `{workflow}`: started job {}", job.md())
+            }
+            WorkflowStart::Ended {
+                workflow,
+                job: Some(job),
+                status,
+            } => {
+                format!("\n- `{workflow}`: job {} {status}", job.md())
+            }
+            WorkflowStart::Ended {
+                workflow,
+                job: None,
+                status,
+            } => {
+                format!("\n- `{workflow}`: {status}")
+            }
+            WorkflowStart::Failed { workflow, error } => {
+                format!(
+                    "\n- `{workflow}`: could not start:{}",
+                    spaced(&one_line(error))
+                )
+            }
+        });
+    }
+    out
+}
+
+/// Errors can span lines (a workflow's validation errors); keep a reply's list readable.
+fn one_line(text: &str) -> String {
+    let text = text.trim();
+    if text.contains('\n') {
+        format!("\n  ```\n  {}\n  ```", text.replace('\n', "\n  "))
+    } else {
+        text.to_string()
+    }
+}
+
+/// A single-line text after a colon gets a space; a block starts on its own line.
+fn spaced(text: &str) -> String {
+    if text.starts_with('\n') {
+        text.to_string()
+    } else {
+        format!(" {text}")
+    }
+}
+
+/// `.prodigy/config.yml` is missing at the head commit.
+pub fn no_config(head_sha: &str, config_path: &str) -> String {
+    format!(
+        "There is no `{config_path}` at `{}`, so prodigy has nothing to run. Add one listing the \
+         workflow files, e.g.\n\n```yaml\nworkflows:\n  - .prodigy/fix.yml\n```",
+        short_sha(head_sha)
+    )
+}
+
+/// `.prodigy/config.yml` exists but does not parse.
+pub fn bad_config(head_sha: &str, error: &str) -> String {
+    format!(
+        "prodigy cannot use its configuration at `{}`: {error}",
+        short_sha(head_sha)
+    )
+}
+
+/// `run workflow=NAME` named none of the configured workflows.
+pub fn unknown_workflow(name: &str, known: &[String]) -> String {
+    let list: Vec<String> = known.iter().map(|w| format!("`{w}`")).collect();
+    format!(
+        "No workflow `{name}` in this repository's `.prodigy/config.yml`; it lists {}.",
+        list.join(", ")
+    )
+}
+
+/// `job=` named no job of this repository, or the pull request has none yet.
+pub fn no_such_job(wanted: Option<&str>) -> String {
+    match wanted {
+        Some(job) => format!(
+            "No job `{job}` on this repository. `{SLASH_PREFIX} status` lists this pull request's jobs."
+        ),
+        None => format!(
+            "This pull request has no prodigy job yet. Start one with `{SLASH_PREFIX} run`."
+        ),
+    }
+}
+
+/// A resume (or retry) started.
+pub fn resuming(job: &JobLink, retry: bool) -> String {
+    let what = if retry {
+        "Retrying the dead-letter queue of"
+    } else {
+        "Resuming"
+    };
+    format!("{what} job {}.", job.md())
+}
+
+/// The job is held by a running resume, which covers everything this one would do.
+pub fn resume_held(job: &JobLink, holder: &Holder, since: DateTime<Utc>) -> String {
+    format!(
+        "Job {} is already running on {holder} since {} UTC; that run covers every pending item, \
+         so nothing new was started.",
+        job.md(),
+        since.format("%Y-%m-%d %H:%M:%S")
+    )
+}
+
+/// Nothing to resume: the job has finished.
+pub fn already_finished(job: &JobLink, status: JobStatus, dlq: u64) -> String {
+    let hint = if dlq > 0 {
+        let (items, are, them) = if dlq == 1 {
+            ("item", "is", "it")
+        } else {
+            ("items", "are", "them")
+        };
+        format!(
+            " {dlq} {items} {are} in its dead-letter queue: `{SLASH_PREFIX} retry job={}` runs {them} again.",
+            job.id.short()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "Job {} has already finished ({status}); nothing to resume.{hint}",
+        job.md()
+    )
+}
+
+/// The resume or retry ran to its end before the reply (quick jobs).
+pub fn resume_ended(job: &JobLink, status: JobStatus, counts: &ItemCounts) -> String {
+    format!(
+        "Job {} ran again and {status}: {} of {} items merged, {} in the dead-letter queue.",
+        job.md(),
+        counts.merged,
+        counts.total,
+        counts.dlq
+    )
+}
+
+/// `retry item=KEY` named an item that is not in the job's dead-letter queue.
+pub fn not_in_dlq(job: &JobLink, item: &str) -> String {
+    format!(
+        "Item `{item}` is not in the dead-letter queue of job {}.",
+        job.md()
+    )
+}
+
+/// A command failed for a reason the user cannot fix by rewording (GitHub or the database).
+pub fn command_failed(command: &str, error: &str) -> String {
+    format!(
+        "`{SLASH_PREFIX} {command}` failed:{}",
+        spaced(&one_line(error))
+    )
+}
+
+/// What `cancel` did.
+pub enum CancelReply<'a> {
+    Cancelled,
+    /// Running here or on another instance; it stops at its next step.
+    Stopping {
+        holder: Option<&'a Holder>,
+    },
+    AlreadyFinished(JobStatus),
+}
+
+pub fn cancel(job: &JobLink, outcome: CancelReply<'_>) -> String {
+    match outcome {
+        CancelReply::Cancelled => format!("Cancelled job {}.", job.md()),
+        CancelReply::Stopping { holder: Some(h) } => format!(
+            "Cancelling job {}: it runs on {h}, which stops its agents now. \
+             `{SLASH_PREFIX} resume job={}` continues it later.",
+            job.md(),
+            job.id.short()
+        ),
+        CancelReply::Stopping { holder: None } => format!(
+            "Cancelling job {}: its agents stop now. `{SLASH_PREFIX} resume job={}` continues it later.",
+            job.md(),
+            job.id.short()
+        ),
+        CancelReply::AlreadyFinished(status) => {
+            format!(
+                "Job {} has already finished ({status}); nothing to cancel.",
+                job.md()
+            )
+        }
+    }
+}
+
+/// One row of `status`.
+pub struct StatusRow<'a> {
+    pub job: JobLink,
+    pub workflow: &'a str,
+    pub head_sha: Option<&'a str>,
+    pub status: JobStatus,
+    pub phase: Phase,
+    pub counts: ItemCounts,
+}
+
+pub fn status(rows: &[StatusRow<'_>]) -> String {
+    if rows.is_empty() {
+        return no_such_job(None);
+    }
+    let mut out = String::from(
+        "| job | workflow | commit | status | phase | merged / total | failed | DLQ |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | `{}` | `{}` | {} | {} | {} / {} | {} | {} |\n",
+            r.job.md(),
+            r.workflow,
+            short_sha(r.head_sha.unwrap_or("-")),
+            r.status,
+            r.phase,
+            r.counts.merged,
+            r.counts.total,
+            r.counts.failed,
+            r.counts.dlq
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +383,53 @@ mod tests {
             fork_not_run_automatically(),
             @"This pull request comes from a fork, so prodigy does not run it automatically (its code would run with this repository's credentials). A maintainer can start it with `/prodigy run` after reviewing the changes."
         );
+    }
+
+    fn link() -> JobLink {
+        JobLink {
+            id: "0192f5a0-0000-7000-8000-000000000001".parse().unwrap(),
+            url: "https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t".into(),
+        }
+    }
+
+    #[test]
+    fn job_replies() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        insta::assert_snapshot!(jobs_started(sha, &[
+            WorkflowStart::Started { workflow: ".prodigy/fix.yml".into(), job: link() },
+            WorkflowStart::Failed { workflow: ".prodigy/docs.yml".into(), error: "line 1\nline 2".into() },
+        ]), @r"
+        prodigy on `0123456`:
+
+        - `.prodigy/fix.yml`: started job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t)
+        - `.prodigy/docs.yml`: could not start:
+          ```
+          line 1
+          line 2
+          ```
+        ");
+        let holder = Holder {
+            id: "h".into(),
+            host: "box".into(),
+            pid: 42,
+            instance: Some("web-1".into()),
+        };
+        let since = "2026-01-02T03:04:05Z".parse().unwrap();
+        insta::assert_snapshot!(resume_held(&link(), &holder, since), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) is already running on server instance web-1 (pid 42 on box) since 2026-01-02 03:04:05 UTC; that run covers every pending item, so nothing new was started.");
+        insta::assert_snapshot!(already_finished(&link(), JobStatus::Failed, 3), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) has already finished (failed); nothing to resume. 3 items are in its dead-letter queue: `/prodigy retry job=0192f5a0` runs them again.");
+        insta::assert_snapshot!(cancel(&link(), CancelReply::Stopping { holder: Some(&holder) }), @"Cancelling job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t): it runs on server instance web-1 (pid 42 on box), which stops its agents now. `/prodigy resume job=0192f5a0` continues it later.");
+        insta::assert_snapshot!(no_such_job(None), @"This pull request has no prodigy job yet. Start one with `/prodigy run`.");
+        insta::assert_snapshot!(status(&[StatusRow {
+            job: link(),
+            workflow: ".prodigy/fix.yml",
+            head_sha: Some(sha),
+            status: JobStatus::Running,
+            phase: Phase::Map,
+            counts: ItemCounts { total: 10, merged: 4, failed: 1, dlq: 1, ..Default::default() },
+        }]), @r"
+        | job | workflow | commit | status | phase | merged / total | failed | DLQ |
+        |---|---|---|---|---|---|---|---|
+        | [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) | `.prodigy/fix.yml` | `0123456` | running | map | 4 / 10 | 1 | 1 |
+        ");
     }
 }

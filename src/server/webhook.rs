@@ -53,6 +53,16 @@ impl WebhookSecret {
         mac.verify_slice(&expected).is_ok()
     }
 
+    /// A key for another purpose (e.g. signing job-page links), derived from the secret so the
+    /// operator has one secret to keep, and so a leaked page token reveals nothing about it.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose_secret().as_bytes())
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"prodigy derived key\0");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// The `X-Hub-Signature-256` value GitHub would send for `body` (used by tests and tools).
     pub fn sign(&self, body: &[u8]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose_secret().as_bytes())

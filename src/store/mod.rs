@@ -488,13 +488,12 @@ impl PoolExt for PgPool {
 
 mod debug;
 mod lock;
-mod server;
 mod sql_types;
 mod writes;
 
 pub use debug::{EXIT_HELD, debug_lock};
 pub use lock::JobLock;
-pub use server::{DeliveryOutcome, Request, RequestStatus};
+pub use server::{Accepted, DeliveryOutcome, NewDelivery, Request, RequestStatus};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -517,8 +516,9 @@ macro_rules! select_jobs {
     };
 }
 
-// After `select_jobs!`, which it uses.
+// After `select_jobs!`, which they use.
 mod reporting;
+mod server;
 
 /// The current time at the precision both backends keep (microseconds), so a value written and
 /// read back compares equal.

@@ -215,6 +215,44 @@ impl Store {
         Ok(row.map(Request::try_from).transpose()?)
     }
 
+    /// Claims the oldest queued request of one kind (a runner without a free job slot still
+    /// answers comments).
+    pub async fn claim_request_of_kind(&self, worker: &str, kind: &str) -> Result<Option<Request>> {
+        let at = now();
+        let row: Option<RequestRow> = match &self.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query_as(concat!(
+                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
+                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
+                     AND kind = $3 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
+                    request_columns!()
+                ))
+                .bind(worker)
+                .bind(at)
+                .bind(kind)
+                .fetch_optional(pool)
+                .await?
+            }
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin_write().await?;
+                let row = sqlx::query_as(concat!(
+                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
+                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
+                     AND kind = $3 ORDER BY id LIMIT 1) RETURNING ",
+                    request_columns!()
+                ))
+                .bind(worker)
+                .bind(at)
+                .bind(kind)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                row
+            }
+        };
+        Ok(row.map(Request::try_from).transpose()?)
+    }
+
     /// Marks a claimed request done (`ok`) or failed, with a message for the operator.
     pub async fn complete_request(&self, id: i64, ok: bool, message: Option<&str>) -> Result<()> {
         let status = if ok {
@@ -258,5 +296,146 @@ impl Store {
                 .await?
         });
         Ok(row.map(Request::try_from).transpose()?)
+    }
+}
+
+/// One delivery for [`Store::accept_deliveries`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewDelivery<'a> {
+    pub delivery_id: &'a str,
+    pub event: &'a str,
+    pub action: Option<&'a str>,
+    /// The queued request's kind and payload.
+    pub kind: &'a str,
+    pub payload: &'a Value,
+}
+
+/// The answer of [`Store::accept_delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// First time this delivery id is seen; its work is queued as this request.
+    Queued(i64),
+    /// Seen before (GitHub redelivered it): nothing was queued.
+    Duplicate,
+}
+
+impl Store {
+    /// Records a delivery and queues its request in one transaction, so a delivery is either
+    /// recorded with its work queued or not recorded at all (and GitHub's redelivery is handled).
+    pub async fn accept_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        action: Option<&str>,
+        kind: &str,
+        payload: &Value,
+    ) -> Result<Accepted> {
+        let at = now();
+        Ok(on_db!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
+                 VALUES ($1, $2, $3, $4, 'queued') ON CONFLICT (delivery_id) DO NOTHING",
+            )
+            .bind(delivery_id)
+            .bind(event)
+            .bind(action)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                tx.rollback().await?;
+                Accepted::Duplicate
+            } else {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO requests (kind, payload, status, enqueued_at) \
+                     VALUES ($1, $2, 'queued', $3) RETURNING id",
+                )
+                .bind(kind)
+                .bind(payload)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Accepted::Queued(id)
+            }
+        }))
+    }
+
+    /// [`Store::accept_delivery`] for many deliveries in one transaction (one disk flush for
+    /// all), answered in order. A delivery id repeated within the batch is a duplicate too.
+    pub async fn accept_deliveries(&self, batch: &[NewDelivery<'_>]) -> Result<Vec<Accepted>> {
+        let at = now();
+        let mut out = Vec::with_capacity(batch.len());
+        on_db!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for d in batch {
+                let inserted = sqlx::query(
+                    "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
+                     VALUES ($1, $2, $3, $4, 'queued') ON CONFLICT (delivery_id) DO NOTHING",
+                )
+                .bind(d.delivery_id)
+                .bind(d.event)
+                .bind(d.action)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    out.push(Accepted::Duplicate);
+                    continue;
+                }
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO requests (kind, payload, status, enqueued_at) \
+                     VALUES ($1, $2, 'queued', $3) RETURNING id",
+                )
+                .bind(d.kind)
+                .bind(d.payload)
+                .bind(at)
+                .fetch_one(&mut *tx)
+                .await?;
+                out.push(Accepted::Queued(id));
+            }
+            tx.commit().await?;
+        });
+        Ok(out)
+    }
+
+    /// Answers when the database takes a query (for readiness probes).
+    pub async fn ping(&self) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Jobs of pull requests (repo set) whose status is `status`, oldest first: the server
+    /// resumes `running` ones whose runner died.
+    pub async fn pr_jobs_with_status(
+        &self,
+        status: crate::types::JobStatus,
+    ) -> Result<Vec<super::Job>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(select_jobs!(
+                "WHERE status = $1 AND repo IS NOT NULL ORDER BY created_at, id"
+            ))
+            .bind(status)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Requests in the queue by status (for tests and operators).
+    pub async fn requests_with_status(&self, status: RequestStatus) -> Result<Vec<Request>> {
+        let rows: Vec<RequestRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE status = $1 ORDER BY id"))
+                .bind(status.as_str())
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|r| Request::try_from(r).map_err(Into::into))
+            .collect()
     }
 }

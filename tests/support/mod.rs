@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
+pub mod server;
 pub mod webhook;

@@ -1,0 +1,262 @@
+//! The HTTP face: webhooks in, job pages and probes out.
+//!
+//! - `POST <webhook path>`: verified by the [`VerifiedEvent`] extractor (401/413/400 before any
+//!   handler code); ignored events -> 200; otherwise the delivery id is recorded and the work
+//!   queued in one transaction -> 202, a redelivery -> 200 and nothing else; a database error
+//!   -> 503 so GitHub marks the delivery failed and it can be redelivered.
+//! - `GET /jobs/<id>?token=...`: the job page; no or a wrong token -> 404.
+//! - `GET /healthz` (the process answers), `GET /readyz` (the database answers, else 503).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::github::GitHubClient;
+use crate::store::{Accepted, ItemFilter, Store, StoreError};
+use crate::types::{JobId, RepoName};
+
+use super::dispatch::{Route, RouteRules, Work, route};
+use super::ingest::Ingest;
+use super::pages::{self, JobPage, PageLinks};
+use super::webhook::{VerifiedEvent, WebhookSecret, webhook_body_limit, webhook_trace_layer};
+
+/// GitHub gives a delivery 10 seconds; a database that does not answer within this is down
+/// for the purpose of a webhook (503, redelivered later) or a readiness probe.
+const DATABASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    store: Store,
+    ingest: Ingest,
+    secret: WebhookSecret,
+    links: PageLinks,
+    github: Option<GitHubClient>,
+    allow_repos: Vec<RepoName>,
+    app_slug: Option<String>,
+    /// Wakes this process's runner when work was queued, so it need not wait for its poll.
+    wake: Arc<Notify>,
+}
+
+impl FromRef<AppState> for WebhookSecret {
+    fn from_ref(state: &AppState) -> WebhookSecret {
+        state.inner.secret.clone()
+    }
+}
+
+impl AppState {
+    /// `github` is used only to forget an uninstalled installation's token; `wake` is notified
+    /// after every queued request. Starts the ingest writer, so call it inside the runtime.
+    pub fn new(
+        store: Store,
+        secret: WebhookSecret,
+        links: PageLinks,
+        github: Option<GitHubClient>,
+        allow_repos: Vec<RepoName>,
+        app_slug: Option<String>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        AppState {
+            inner: Arc::new(AppInner {
+                ingest: Ingest::start(store.clone()),
+                store,
+                secret,
+                links,
+                github,
+                allow_repos,
+                app_slug,
+                wake,
+            }),
+        }
+    }
+}
+
+/// The server's routes, with the webhook at `webhook_path`.
+pub fn router(state: AppState, webhook_path: &str) -> Router {
+    let webhook = Router::new()
+        .route(webhook_path, post(webhook))
+        .layer(webhook_body_limit())
+        .layer(webhook_trace_layer());
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/jobs/{id}", get(job_page))
+        .merge(webhook)
+        .with_state(state)
+}
+
+async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Response {
+    let s = &state.inner;
+    let rules = RouteRules {
+        allow_repos: &s.allow_repos,
+        app_slug: s.app_slug.as_deref(),
+    };
+    let work = match route(&delivery.event, &rules) {
+        Route::Ignore(why) => {
+            tracing::debug!(reason = %why, "delivery ignored");
+            return (StatusCode::OK, format!("ignored: {why}")).into_response();
+        }
+        Route::Forget(installation) => {
+            if let Some(github) = &s.github {
+                github.forget_installation(installation);
+            }
+            tracing::info!(%installation, "installation deleted: its token is forgotten");
+            return (StatusCode::OK, "installation forgotten").into_response();
+        }
+        Route::Queue(work) => work,
+    };
+    // Without the id a redelivery could not be told from a new delivery; GitHub always sends it.
+    let Some(delivery_id) = delivery.delivery_id.as_deref().filter(|d| !d.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing X-GitHub-Delivery header: deliveries are deduplicated by it",
+        )
+            .into_response();
+    };
+    let payload = match serde_json::to_value(&work) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode queued work");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the work").into_response();
+        }
+    };
+    let (event, action) = event_and_action(&work);
+    let accepted = tokio::time::timeout(
+        DATABASE_TIMEOUT,
+        s.ingest
+            .accept(delivery_id, event, action, work.kind(), payload),
+    )
+    .await
+    .unwrap_or_else(|_| Err("the database did not answer in time".to_string()));
+    match accepted {
+        Ok(Accepted::Queued(id)) => {
+            s.wake.notify_one();
+            tracing::info!(request = id, kind = work.kind(), "queued");
+            (StatusCode::ACCEPTED, format!("queued request {id}")).into_response()
+        }
+        Ok(Accepted::Duplicate) => {
+            tracing::info!("duplicate delivery: already handled");
+            (StatusCode::OK, "duplicate delivery: already handled").into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the delivery");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable; GitHub can redeliver this delivery",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The delivery's event and action names for the deliveries table.
+fn event_and_action(work: &Work) -> (&'static str, Option<&str>) {
+    match work {
+        Work::PullRequest(w) => ("pull_request", Some(w.action.as_str())),
+        Work::PullRequestClosed { .. } => ("pull_request", Some("closed")),
+        Work::Comment(_) => ("issue_comment", Some("created")),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let ping = tokio::time::timeout(DATABASE_TIMEOUT, state.inner.store.ping())
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Db(sqlx::Error::PoolTimedOut)));
+    match ping {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    token: Option<String>,
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "no such job page").into_response()
+}
+
+async fn job_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let s = &state.inner;
+    let Ok(job_id) = id.parse::<JobId>() else {
+        return not_found();
+    };
+    // The token is checked before the database is asked, so an unauthorised request learns
+    // nothing, not even whether the job exists.
+    let token = query.token.unwrap_or_default();
+    if !s.links.verify(job_id, &token) {
+        return not_found();
+    }
+    match render(&s.store, job_id).await {
+        Ok(Some(html)) => (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::REFERRER_POLICY, "no-referrer"),
+            ],
+            Html(html),
+        )
+            .into_response(),
+        Ok(None) => not_found(),
+        Err(e) => {
+            tracing::error!(job = %job_id, error = %e, "cannot render the job page");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn render(store: &Store, id: JobId) -> crate::store::Result<Option<String>> {
+    let job = match store.get_job(id).await {
+        Ok(job) => job,
+        Err(crate::store::StoreError::JobNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let counts = store.item_counts(id).await?;
+    let items = store.items(id, &ItemFilter::default()).await?;
+    let dlq = store.dlq(Some(id)).await?;
+    // Events come oldest first; keep reading pages and keep the most recent.
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events(id, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        events.extend(page);
+        if events.len() > pages::RECENT_EVENTS {
+            events.drain(..events.len() - pages::RECENT_EVENTS);
+        }
+    }
+    Ok(Some(pages::render_job(&JobPage {
+        job: &job,
+        counts,
+        items: &items,
+        dlq: &dlq,
+        events: &events,
+    })))
+}

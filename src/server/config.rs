@@ -1,0 +1,323 @@
+//! `prodigy serve` settings. Every setting is a flag with an environment variable; `--help` is
+//! the reference.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::github::{AppAuth, AppId};
+use crate::types::RepoName;
+
+use super::webhook::WebhookSecret;
+
+#[derive(Args, Clone)]
+pub struct ServeConfig {
+    /// The GitHub App's id (App settings, "About").
+    #[arg(long, env = "PRODIGY_APP_ID")]
+    pub app_id: u64,
+    /// The App's private key: a path to the PEM file, or the PEM text itself.
+    #[arg(long, env = "PRODIGY_PRIVATE_KEY", hide_env_values = true)]
+    pub private_key: String,
+    /// The webhook secret set in the App settings. Required: deliveries are verified with it.
+    #[arg(long, env = "PRODIGY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "PRODIGY_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+    /// The server's public base URL, used in the links the bot posts (default: http://<listen>).
+    #[arg(long, env = "PRODIGY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// GitHub's REST API (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
+    /// Where repositories are cloned from: <git-base-url>/<owner>/<name>.git
+    /// (GitHub Enterprise: https://HOST; tests: file:///path).
+    #[arg(
+        long,
+        env = "PRODIGY_GIT_BASE_URL",
+        default_value = "https://github.com"
+    )]
+    pub git_base_url: String,
+    /// The server's state: worktrees, logs, and the SQLite database `<state-dir>/prodigy.db`
+    /// unless --database-url names another (PostgreSQL for several replicas).
+    #[arg(long, env = "PRODIGY_STATE_DIR", default_value = "prodigy-state")]
+    pub state_dir: PathBuf,
+    /// The repository cache, reused across jobs (default: <state-dir>/repos).
+    #[arg(long, env = "PRODIGY_CHECKOUT_DIR")]
+    pub checkout_dir: Option<PathBuf>,
+    /// Jobs this process runs at once; further requests wait in the queue (and another
+    /// instance on the same PostgreSQL database may take them).
+    #[arg(long, env = "PRODIGY_MAX_JOBS", default_value_t = 2)]
+    pub max_jobs: usize,
+    /// The path GitHub posts webhooks to.
+    #[arg(long, env = "PRODIGY_WEBHOOK_PATH", default_value = "/webhook")]
+    pub webhook_path: String,
+    /// The App's slug, so `@<slug> <command>` works as well as `/prodigy <command>`.
+    #[arg(long, env = "PRODIGY_APP_SLUG")]
+    pub app_slug: Option<String>,
+    /// This instance's name in lock holder messages and the request queue (default: host:pid).
+    /// Give each replica a stable name so a restart picks up the requests it had claimed.
+    #[arg(long, env = "PRODIGY_INSTANCE")]
+    pub instance: Option<String>,
+    /// Repositories prodigy may act on, `owner/name`, comma separated. Empty: none.
+    #[arg(long, env = "PRODIGY_ALLOW_REPOS", value_delimiter = ',')]
+    pub allow_repos: Vec<String>,
+    /// How often an idle runner looks for queued requests (milliseconds); a webhook received
+    /// by this process wakes it at once.
+    #[arg(long, env = "PRODIGY_POLL_MS", default_value_t = 1000)]
+    pub poll_ms: u64,
+}
+
+/// Secrets stay out of debug output (clap's error paths and `-vv` logs print it).
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("app_id", &self.app_id)
+            .field("private_key", &"[REDACTED]")
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("github_api_url", &self.github_api_url)
+            .field("git_base_url", &self.git_base_url)
+            .field("state_dir", &self.state_dir)
+            .field("checkout_dir", &self.checkout_dir)
+            .field("max_jobs", &self.max_jobs)
+            .field("webhook_path", &self.webhook_path)
+            .field("app_slug", &self.app_slug)
+            .field("instance", &self.instance)
+            .field("allow_repos", &self.allow_repos)
+            .field("poll_ms", &self.poll_ms)
+            .finish()
+    }
+}
+
+/// The validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub app_id: AppId,
+    pub private_key: SecretString,
+    pub webhook_secret: WebhookSecret,
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub github_api_url: String,
+    pub git_base_url: String,
+    pub state_dir: PathBuf,
+    pub checkout_dir: PathBuf,
+    pub max_jobs: usize,
+    pub webhook_path: String,
+    pub app_slug: Option<String>,
+    pub instance: String,
+    pub allow_repos: Vec<RepoName>,
+    pub poll: std::time::Duration,
+    pub claude_bin: String,
+}
+
+impl ServeConfig {
+    /// Checks the settings and fills the defaults that depend on others. `database_url` and
+    /// `claude_bin` come from the global flags.
+    pub fn settings(
+        &self,
+        database_url: Option<&str>,
+        claude_bin: &str,
+    ) -> anyhow::Result<Settings> {
+        let secret = self
+            .webhook_secret
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .context(
+                "no webhook secret: prodigy serve refuses to accept unverified webhooks. \
+                 Set the same secret in the GitHub App settings (Webhook secret) and in \
+                 --webhook-secret or PRODIGY_WEBHOOK_SECRET",
+            )?;
+        let webhook_secret = WebhookSecret::new(SecretString::from(secret.to_string()))?;
+        let private_key = read_private_key(&self.private_key)?;
+        // Fail at start, not at the first webhook, when the key is unusable.
+        AppAuth::new(AppId(self.app_id), &private_key)
+            .context("the App private key (--private-key) is not a usable RSA PEM key")?;
+        if self.max_jobs == 0 {
+            bail!("--max-jobs must be at least 1");
+        }
+        if !self.webhook_path.starts_with('/') {
+            bail!("--webhook-path `{}` must start with `/`", self.webhook_path);
+        }
+        let mut allow_repos = Vec::new();
+        for entry in self
+            .allow_repos
+            .iter()
+            .map(|r| r.trim())
+            .filter(|r| !r.is_empty())
+        {
+            let valid = entry.split('/').count() == 2 && entry.split('/').all(|p| !p.is_empty());
+            if !valid {
+                bail!("--allow-repos entry `{entry}` is not `owner/name`");
+            }
+            allow_repos.push(RepoName::new(entry));
+        }
+        let database_url = match database_url.map(str::trim).filter(|u| !u.is_empty()) {
+            Some(url) => url.to_string(),
+            None => {
+                std::fs::create_dir_all(&self.state_dir).with_context(|| {
+                    format!(
+                        "cannot create the state directory {}",
+                        self.state_dir.display()
+                    )
+                })?;
+                format!("sqlite://{}", self.state_dir.join("prodigy.db").display())
+            }
+        };
+        let state_dir = absolute(&self.state_dir)?;
+        let checkout_dir = match &self.checkout_dir {
+            Some(dir) => absolute(dir)?,
+            None => state_dir.join("repos"),
+        };
+        let public_url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Settings {
+            app_id: AppId(self.app_id),
+            private_key,
+            webhook_secret,
+            database_url,
+            listen: self.listen,
+            public_url,
+            github_api_url: self.github_api_url.clone(),
+            git_base_url: self.git_base_url.trim_end_matches('/').to_string(),
+            state_dir,
+            checkout_dir,
+            max_jobs: self.max_jobs,
+            webhook_path: self.webhook_path.clone(),
+            app_slug: self
+                .app_slug
+                .clone()
+                .map(|s| s.trim().trim_start_matches('@').to_string())
+                .filter(|s| !s.is_empty()),
+            instance: self
+                .instance
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", crate::store::hostname(), std::process::id())),
+            allow_repos,
+            poll: std::time::Duration::from_millis(self.poll_ms.max(10)),
+            claude_bin: claude_bin.to_string(),
+        })
+    }
+}
+
+impl Settings {
+    pub fn is_allowed(&self, repo: &RepoName) -> bool {
+        self.allow_repos.contains(repo)
+    }
+}
+
+/// A PEM given inline, or the path of a PEM file.
+fn read_private_key(value: &str) -> anyhow::Result<SecretString> {
+    if value.contains("-----BEGIN") {
+        // Environment variables often carry the PEM with literal `\n`.
+        return Ok(SecretString::from(value.replace("\\n", "\n")));
+    }
+    let text = std::fs::read_to_string(value).with_context(|| {
+        format!(
+            "cannot read the App private key file `{value}`: give the path of the .pem file \
+             downloaded from the App settings, or the PEM text itself"
+        )
+    })?;
+    Ok(SecretString::from(text))
+}
+
+fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("cannot create the directory {}", path.display()))?;
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    fn key() -> String {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/test-app-key.TEST-ONLY.pem"
+        )
+        .into()
+    }
+
+    fn parse(extra: &[&str]) -> ServeConfig {
+        let dir = std::env::temp_dir().join(format!("prodigy-config-{}", std::process::id()));
+        let mut args = vec!["x", "--app-id", "7", "--private-key"];
+        let key = key();
+        args.push(&key);
+        let dir = dir.display().to_string();
+        args.extend(["--state-dir", &dir]);
+        args.extend(extra);
+        Cli::try_parse_from(args).unwrap().serve
+    }
+
+    #[test]
+    fn refuses_to_start_without_a_webhook_secret() {
+        let err = parse(&[]).settings(None, "claude").unwrap_err().to_string();
+        assert!(err.contains("no webhook secret"), "{err}");
+        let err = parse(&["--webhook-secret", "  "])
+            .settings(None, "claude")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no webhook secret"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_allow_list() {
+        let s = parse(&["--webhook-secret", "s", "--allow-repos", "Octo/A, octo/b"])
+            .settings(None, "claude")
+            .unwrap();
+        assert_eq!(
+            s.allow_repos,
+            [RepoName::new("octo/a"), RepoName::new("octo/b")]
+        );
+        assert!(
+            s.database_url.starts_with("sqlite://"),
+            "{}",
+            s.database_url
+        );
+        assert!(s.database_url.ends_with("prodigy.db"));
+        assert_eq!(s.checkout_dir, s.state_dir.join("repos"));
+        assert_eq!(s.public_url, "http://0.0.0.0:3000");
+        assert_eq!(s.webhook_path, "/webhook");
+        assert!(s.instance.contains(':'));
+        let err = parse(&["--webhook-secret", "s", "--allow-repos", "justname"])
+            .settings(None, "claude")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not `owner/name`"), "{err}");
+        let mut c = parse(&["--webhook-secret", "s"]);
+        c.private_key = "/nonexistent.pem".into();
+        let err = c.settings(None, "claude").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot read the App private key"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = parse(&["--webhook-secret", "hunter2"]);
+        let text = format!("{c:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains(".pem"), "{text}");
+    }
+}

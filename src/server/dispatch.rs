@@ -1,0 +1,282 @@
+//! What a verified delivery asks for, decided without I/O: queue work for a runner, forget an
+//! installation, or ignore it. The webhook handler does only this, the dedup and the insert, so
+//! it answers within milliseconds.
+//!
+//! Queued work is a small serde struct of the fields the runner needs, not the delivery's body
+//! (which may be 25 MB).
+
+use serde::{Deserialize, Serialize};
+
+use crate::github::InstallationId;
+use crate::types::RepoName;
+
+use super::commands::parse_comment;
+use super::webhook::{CommentAction, InstallationAction, PullRequestAction, WebhookEvent};
+
+/// One unit of work in the request queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Work {
+    /// Opened, reopened or pushed to: run the configured workflows at the head commit.
+    PullRequest(PullRequestWork),
+    /// Closed (merged or not): cancel its jobs and clean their worktrees.
+    PullRequestClosed { repo: RepoName, number: u64 },
+    /// A PR comment with at least one command line.
+    Comment(CommentWork),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestWork {
+    pub repo: RepoName,
+    pub number: u64,
+    pub head_sha: String,
+    pub is_fork: bool,
+    pub installation: u64,
+    /// `opened`, `reopened` or `synchronize`.
+    pub action: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommentWork {
+    pub repo: RepoName,
+    pub number: u64,
+    pub comment_id: u64,
+    pub author: String,
+    pub body: String,
+    pub installation: u64,
+}
+
+impl Work {
+    /// The request kind in the queue (for operators reading the table).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Work::PullRequest(_) => "pull_request",
+            Work::PullRequestClosed { .. } => "pull_request_closed",
+            Work::Comment(_) => "comment",
+        }
+    }
+}
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Queue(Work),
+    /// `installation.deleted`: drop its cached token.
+    Forget(InstallationId),
+    /// Answered 2xx, nothing else; the reason goes to the log.
+    Ignore(String),
+}
+
+/// What the routing needs to know about the server.
+pub struct RouteRules<'a> {
+    pub allow_repos: &'a [RepoName],
+    pub app_slug: Option<&'a str>,
+}
+
+pub fn route(event: &WebhookEvent, rules: &RouteRules<'_>) -> Route {
+    let ignore = |why: &str| Route::Ignore(why.to_string());
+    if let Some(repo) = event.repo()
+        && !rules.allow_repos.contains(repo)
+    {
+        return Route::Ignore(format!("repository {repo} is not on the allow-list"));
+    }
+    match event {
+        WebhookEvent::PullRequest(pr) => {
+            let Some(installation) = pr.installation_id else {
+                return ignore("pull_request without an installation: not sent to an App");
+            };
+            let action = match &pr.action {
+                PullRequestAction::Opened => "opened",
+                PullRequestAction::Reopened => "reopened",
+                PullRequestAction::Synchronize => "synchronize",
+                PullRequestAction::Closed => {
+                    return Route::Queue(Work::PullRequestClosed {
+                        repo: pr.repo.clone(),
+                        number: pr.number.0,
+                    });
+                }
+                PullRequestAction::Other(a) => return ignore(&format!("pull_request.{a}")),
+            };
+            // A fork's new push needs no answer; opening one gets the one notice that it does
+            // not run by itself.
+            if pr.is_fork && action == "synchronize" {
+                return ignore("push to a fork's pull request: forks are not run automatically");
+            }
+            Route::Queue(Work::PullRequest(PullRequestWork {
+                repo: pr.repo.clone(),
+                number: pr.number.0,
+                head_sha: pr.head_sha.0.clone(),
+                is_fork: pr.is_fork,
+                installation: installation.0,
+                action: action.to_string(),
+            }))
+        }
+        WebhookEvent::IssueComment(c) => {
+            if c.action != CommentAction::Created {
+                return ignore("edited or deleted comment");
+            }
+            if !c.is_pull_request {
+                return ignore("comment on an issue, not a pull request");
+            }
+            if c.author_is_bot {
+                return ignore("comment by a bot");
+            }
+            let Some(installation) = c.installation_id else {
+                return ignore("issue_comment without an installation: not sent to an App");
+            };
+            if parse_comment(&c.body, rules.app_slug).is_empty() {
+                return ignore("comment without a command");
+            }
+            Route::Queue(Work::Comment(CommentWork {
+                repo: c.repo.clone(),
+                number: c.issue_number.0,
+                comment_id: c.comment_id.0,
+                author: c.author_login.clone(),
+                body: c.body.clone(),
+                installation: installation.0,
+            }))
+        }
+        WebhookEvent::Installation(i) if i.action == InstallationAction::Deleted => {
+            Route::Forget(i.installation_id)
+        }
+        WebhookEvent::Installation(_) => ignore("installation event other than deleted"),
+        // Check-run re-runs and buttons belong to the check-run reporter (issue 6), which
+        // plugs in here.
+        WebhookEvent::CheckRun(_) | WebhookEvent::CheckSuite(_) => {
+            ignore("check runs are not handled by this server yet")
+        }
+        WebhookEvent::Ping => ignore("ping"),
+        WebhookEvent::Ignored { event, action } => Route::Ignore(match action {
+            Some(a) => format!("{event}.{a} is not acted on"),
+            None => format!("{event} is not acted on"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::github::{CommentId, CommitSha, PrNumber};
+    use crate::server::webhook::{IssueCommentEvent, PullRequestEvent};
+
+    fn allow() -> Vec<RepoName> {
+        vec![RepoName::new("octo/repo")]
+    }
+
+    fn pr(action: PullRequestAction, fork: bool) -> WebhookEvent {
+        WebhookEvent::PullRequest(PullRequestEvent {
+            action,
+            repo: RepoName::new("Octo/Repo"),
+            number: PrNumber(7),
+            head_sha: CommitSha("a".repeat(40)),
+            head_ref: "topic".into(),
+            base_ref: "main".into(),
+            is_fork: fork,
+            installation_id: Some(InstallationId(1)),
+            sender_login: "dev".into(),
+            sender_is_bot: false,
+        })
+    }
+
+    fn comment(body: &str, action: CommentAction, bot: bool, on_pr: bool) -> WebhookEvent {
+        WebhookEvent::IssueComment(IssueCommentEvent {
+            action,
+            repo: RepoName::new("octo/repo"),
+            issue_number: PrNumber(7),
+            is_pull_request: on_pr,
+            comment_id: CommentId(5),
+            body: body.into(),
+            author_login: "dev".into(),
+            author_is_bot: bot,
+            installation_id: Some(InstallationId(1)),
+        })
+    }
+
+    fn rules(allow: &[RepoName]) -> RouteRules<'_> {
+        RouteRules {
+            allow_repos: allow,
+            app_slug: Some("prodigy-bot"),
+        }
+    }
+
+    #[test]
+    fn pull_requests_queue_by_action() {
+        let a = allow();
+        assert!(matches!(
+            route(&pr(PullRequestAction::Opened, false), &rules(&a)),
+            Route::Queue(Work::PullRequest(w)) if w.action == "opened" && !w.is_fork
+        ));
+        assert!(matches!(
+            route(&pr(PullRequestAction::Closed, false), &rules(&a)),
+            Route::Queue(Work::PullRequestClosed { number: 7, .. })
+        ));
+        assert!(matches!(
+            route(
+                &pr(PullRequestAction::Other("labeled".into()), false),
+                &rules(&a)
+            ),
+            Route::Ignore(_)
+        ));
+        assert!(matches!(
+            route(&pr(PullRequestAction::Opened, true), &rules(&a)),
+            Route::Queue(Work::PullRequest(w)) if w.is_fork
+        ));
+        assert!(matches!(
+            route(&pr(PullRequestAction::Synchronize, true), &rules(&a)),
+            Route::Ignore(_)
+        ));
+        // Empty allow-list: nothing.
+        assert!(matches!(
+            route(&pr(PullRequestAction::Opened, false), &rules(&[])),
+            Route::Ignore(r) if r.contains("allow-list")
+        ));
+    }
+
+    #[test]
+    fn comments_queue_only_when_created_by_a_person_on_a_pr_with_a_command() {
+        let a = allow();
+        let r = |e: WebhookEvent| route(&e, &rules(&a));
+        assert!(matches!(
+            r(comment(
+                "/prodigy status",
+                CommentAction::Created,
+                false,
+                true
+            )),
+            Route::Queue(Work::Comment(_))
+        ));
+        assert!(matches!(
+            r(comment(
+                "@prodigy-bot help",
+                CommentAction::Created,
+                false,
+                true
+            )),
+            Route::Queue(Work::Comment(_))
+        ));
+        for ignored in [
+            comment("/prodigy status", CommentAction::Edited, false, true),
+            comment("/prodigy status", CommentAction::Deleted, false, true),
+            comment("/prodigy status", CommentAction::Created, true, true),
+            comment("/prodigy status", CommentAction::Created, false, false),
+            comment("looks good", CommentAction::Created, false, true),
+            comment("> /prodigy run", CommentAction::Created, false, true),
+        ] {
+            assert!(
+                matches!(r(ignored.clone()), Route::Ignore(_)),
+                "{ignored:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn work_round_trips_through_json() {
+        let w = Work::PullRequestClosed {
+            repo: RepoName::new("octo/repo"),
+            number: 3,
+        };
+        let v = serde_json::to_value(&w).unwrap();
+        assert_eq!(v["type"], "pull_request_closed");
+        assert_eq!(serde_json::from_value::<Work>(v).unwrap(), w);
+    }
+}

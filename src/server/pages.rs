@@ -1,0 +1,274 @@
+//! The job page (`GET /jobs/<id>?token=...`): one server-rendered HTML page per job.
+//!
+//! Jobs of private repositories must not be readable by whoever guesses a URL, so every link
+//! carries a token: HMAC-SHA256 of the job id under a key derived from the webhook secret. Only
+//! the server can mint it; a page asked for without the right token is answered 404, the same
+//! as a job that does not exist, so the answer tells nothing. Rotating the webhook secret
+//! invalidates every link posted before.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::store::{DlqItem, Event, ItemCounts, Job, WorkItem};
+use crate::types::JobId;
+
+use super::webhook::WebhookSecret;
+
+/// At most this many items are listed on a page; the counts cover the rest.
+pub const MAX_ITEMS_SHOWN: usize = 500;
+/// The most recent events shown.
+pub const RECENT_EVENTS: usize = 50;
+
+/// Mints and checks job-page links.
+#[derive(Clone)]
+pub struct PageLinks {
+    base_url: String,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for PageLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageLinks")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PageLinks {
+    /// `public_url` is the server's base URL as users reach it (no trailing slash needed).
+    pub fn new(public_url: &str, secret: &WebhookSecret) -> Self {
+        PageLinks {
+            base_url: public_url.trim_end_matches('/').to_string(),
+            key: secret.derive_key("job pages v1"),
+        }
+    }
+
+    fn mac(&self, job: JobId) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("32-byte key");
+        mac.update(job.to_string().as_bytes());
+        mac
+    }
+
+    /// The page token of `job` (64 hex digits).
+    pub fn token(&self, job: JobId) -> String {
+        hex::encode(self.mac(job).finalize().into_bytes())
+    }
+
+    /// Whether `token` is `job`'s, compared in constant time.
+    pub fn verify(&self, job: JobId, token: &str) -> bool {
+        match hex::decode(token.trim()) {
+            Ok(bytes) => self.mac(job).verify_slice(&bytes).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// The link to the job's page, token included.
+    pub fn job_url(&self, job: JobId) -> String {
+        format!("{}/jobs/{job}?token={}", self.base_url, self.token(job))
+    }
+}
+
+/// Escapes text for HTML element content and double-quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Everything a job page shows.
+pub struct JobPage<'a> {
+    pub job: &'a Job,
+    pub counts: ItemCounts,
+    pub items: &'a [WorkItem],
+    pub dlq: &'a [DlqItem],
+    /// The most recent events, oldest first.
+    pub events: &'a [Event],
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}\
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;\
+text-align:left;vertical-align:top}th{background:#f4f4f4}code,pre{font-size:90%}\
+pre{white-space:pre-wrap;margin:0}.succeeded{color:#1a7f37}.failed{color:#cf222e}";
+
+/// The page's HTML. Every value from the database is escaped.
+pub fn render_job(page: &JobPage<'_>) -> String {
+    let job = page.job;
+    let mut h = String::new();
+    let title = format!("prodigy job {} ({})", job.id.short(), job.workflow_name);
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"robots\" content=\"noindex\"><title>{}</title><style>{STYLE}</style></head><body>\n",
+        escape(&title)
+    );
+    let _ = writeln!(h, "<h1>{}</h1>", escape(&title));
+    h.push_str("<table>\n");
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
+    };
+    row("job", format!("<code>{}</code>", job.id));
+    row(
+        "status",
+        format!(
+            "<span class=\"{0}\">{0}</span>",
+            escape(job.status.as_str())
+        ),
+    );
+    row("phase", escape(job.phase.as_str()));
+    row(
+        "workflow",
+        format!("<code>{}</code>", escape(&job.workflow_path)),
+    );
+    if let Some(repo) = &job.repo {
+        let pr = job.pr_number.map(|n| format!(" #{n}")).unwrap_or_default();
+        row("pull request", escape(&format!("{repo}{pr}")));
+    }
+    if let Some(sha) = &job.head_sha {
+        row("commit", format!("<code>{}</code>", escape(sha)));
+    }
+    if let Some(branch) = &job.refs.branch {
+        row("branch", format!("<code>{}</code>", escape(branch)));
+    }
+    row("created", escape(&job.created_at.to_rfc3339()));
+    row("updated", escape(&job.updated_at.to_rfc3339()));
+    if let Some(at) = job.finished_at {
+        row("finished", escape(&at.to_rfc3339()));
+    }
+    if let Some(error) = &job.error {
+        row("error", format!("<pre>{}</pre>", escape(error)));
+    }
+    h.push_str("</table>\n");
+
+    let c = page.counts;
+    h.push_str(
+        "<h2>Items</h2>\n<table><tr><th>total</th><th>pending</th><th>running</th>\
+                <th>succeeded</th><th>failed</th><th>merged</th><th>dead-letter queue</th></tr>\n",
+    );
+    let _ = writeln!(
+        h,
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        c.total, c.pending, c.running, c.succeeded, c.failed, c.merged, c.dlq
+    );
+    if !page.items.is_empty() {
+        h.push_str("<table><tr><th>#</th><th>item</th><th>status</th><th>attempts</th><th>merged</th></tr>\n");
+        for item in page.items.iter().take(MAX_ITEMS_SHOWN) {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td><code>{}</code></td><td class=\"{2}\">{2}</td><td>{3}</td><td>{4}</td></tr>",
+                item.position,
+                escape(&item.key.0),
+                escape(item.status.as_str()),
+                item.attempts,
+                if item.merged { "yes" } else { "" }
+            );
+        }
+        h.push_str("</table>\n");
+        if page.items.len() > MAX_ITEMS_SHOWN {
+            let _ = writeln!(
+                h,
+                "<p>{} more items not shown.</p>",
+                page.items.len() - MAX_ITEMS_SHOWN
+            );
+        }
+    }
+
+    h.push_str("<h2>Dead-letter queue</h2>\n");
+    if page.dlq.is_empty() {
+        h.push_str("<p>Empty.</p>\n");
+    } else {
+        // One group per error signature: the same failure on many items reads as one problem.
+        let mut groups: BTreeMap<&str, Vec<&DlqItem>> = BTreeMap::new();
+        for d in page.dlq {
+            groups.entry(d.signature.as_str()).or_default().push(d);
+        }
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+        for (signature, rows) in groups {
+            let first = rows[0];
+            let _ = writeln!(
+                h,
+                "<h3>{} &times; {} <code>{}</code></h3>\n<pre>{}</pre>",
+                rows.len(),
+                escape(first.error_class.as_str()),
+                escape(&signature[..signature.len().min(12)]),
+                escape(&first.last_message)
+            );
+            h.push_str("<table><tr><th>item</th><th>failures</th><th>last failure</th><th>reprocessable</th></tr>\n");
+            for d in rows {
+                let _ = writeln!(
+                    h,
+                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&d.key.0),
+                    d.failure_count,
+                    escape(&d.last_failure.to_rfc3339()),
+                    if d.reprocessable { "yes" } else { "no" }
+                );
+            }
+            h.push_str("</table>\n");
+        }
+    }
+
+    h.push_str("<h2>Recent events</h2>\n<table><tr><th>#</th><th>time</th><th>event</th><th>data</th></tr>\n");
+    for e in page.events {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            e.seq,
+            escape(&e.at.to_rfc3339()),
+            escape(&e.kind),
+            escape(&e.data.to_string())
+        );
+    }
+    h.push_str("</table>\n</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn links(secret: &str) -> PageLinks {
+        let secret = WebhookSecret::new(SecretString::from(secret.to_string())).unwrap();
+        PageLinks::new("https://prodigy.example/", &secret)
+    }
+
+    #[test]
+    fn tokens_verify_only_for_their_job_and_key() {
+        let l = links("s1");
+        let a = JobId::new();
+        let b = JobId::new();
+        let t = l.token(a);
+        assert_eq!(t.len(), 64);
+        assert!(l.verify(a, &t));
+        assert!(!l.verify(b, &t));
+        assert!(!links("s2").verify(a, &t));
+        assert!(!l.verify(a, ""));
+        assert!(!l.verify(a, "not hex"));
+        assert!(!l.verify(a, &t[..62]));
+        assert_eq!(
+            l.job_url(a),
+            format!("https://prodigy.example/jobs/{a}?token={t}")
+        );
+    }
+
+    #[test]
+    fn escape_covers_markup_and_quotes() {
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

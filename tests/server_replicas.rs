@@ -1,0 +1,90 @@
+//! Two `prodigy serve` instances on one PostgreSQL database share the queue: each pull request
+//! is handled by exactly one of them, once, and a delivery sent to both is handled once.
+//! Skipped (with a message) when no PostgreSQL is reachable, unless PRODIGY_REQUIRE_POSTGRES=1.
+
+mod common;
+mod support;
+
+use prodigy::store::RequestStatus;
+use prodigy::types::{JobStatus, RepoName};
+use support::server::{Ctx, REPO, WAIT, items, job_id_of, job_links, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_process_one_pull_request_each_without_overlap() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    // One job slot each: an instance busy with one job leaves the next request to the other.
+    let ctx = Ctx::with_instance(db.url(), "a", 1).await;
+    let mut b = ctx.another_instance("b", 1).await;
+
+    let sha1 = ctx.push_pr(1, &[("items.json", &items(&[("one", "wait")]))], false);
+    let sha2 = ctx.push_pr(2, &[("items.json", &items(&[("two", "wait")]))], false);
+    // Both deliveries reach instance a; each is also redelivered to b (the same delivery id,
+    // as when a load balancer retries): only one of each pair is queued.
+    for (pr, sha) in [(1, &sha1), (2, &sha2)] {
+        let body = ctx.pr_payload(pr, sha, "opened", false);
+        let id = format!("replicas-{pr}");
+        let (first, _) = ctx
+            .deliver_as(&ctx.server, "pull_request", &id, body.clone())
+            .await;
+        let (second, _) = ctx.deliver_as(&b, "pull_request", &id, body).await;
+        assert_eq!((first.as_u16(), second.as_u16()), (202, 200));
+    }
+
+    let c1 = ctx.wait_for_comments(1, 1).await;
+    let c2 = ctx.wait_for_comments(2, 1).await;
+    let job1 = job_id_of(&job_links(&c1[0])[0]);
+    let job2 = job_id_of(&job_links(&c2[0])[0]);
+    let store = &ctx.server.store;
+    // Both run at the same time, so each instance holds one.
+    wait_until("both jobs to run at once", WAIT, || async {
+        let a = store.get_job(job1).await.ok()?.status;
+        let b = store.get_job(job2).await.ok()?.status;
+        (a == JobStatus::Running && b == JobStatus::Running).then_some(())
+    })
+    .await;
+    let instance_of = |job| async move {
+        let events = store.events(job, 0, 100).await.unwrap();
+        let ctx_event = events
+            .iter()
+            .find(|e| e.kind == "server_context")
+            .expect("the server records its context");
+        ctx_event.data["instance"].as_str().unwrap().to_string()
+    };
+    let mut holders = vec![instance_of(job1).await, instance_of(job2).await];
+    holders.sort();
+    assert_eq!(holders, ["a", "b"], "one pull request each");
+
+    ctx.open_gate();
+    for job in [job1, job2] {
+        wait_until(&format!("job {job} to succeed"), WAIT, || async {
+            (store.get_job(job).await.ok()?.status == JobStatus::Succeeded).then_some(())
+        })
+        .await;
+    }
+    ctx.wait_idle().await;
+    let done = store
+        .requests_with_status(RequestStatus::Done)
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    let mut claimers: Vec<_> = done.iter().map(|r| r.claimed_by.clone().unwrap()).collect();
+    claimers.sort();
+    assert_eq!(claimers, ["a", "b"]);
+    assert!(done.iter().all(|r| r.attempts == 1), "{done:?}");
+    for (pr, job) in [(1, job1), (2, job2)] {
+        let jobs = store
+            .find_jobs_by_pr(&RepoName::new(REPO), pr)
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1, "PR {pr}: {jobs:?}");
+        let events = store.events(job, 0, 1000).await.unwrap();
+        let starts = events.iter().filter(|e| e.kind == "job_started").count();
+        assert_eq!(starts, 1, "job {job} started {starts} times");
+        assert_eq!(ctx.gh.comments_on(REPO, pr as u64).len(), 1);
+    }
+    ctx.gh.assert_no_violations();
+    b.stop().await;
+    ctx.finish().await;
+}

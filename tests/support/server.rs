@@ -1,0 +1,433 @@
+//! A world for `prodigy serve` tests: the fake GitHub, a bare git repository as the remote
+//! (served through `--git-base-url file://...`), a working clone to push pull requests from,
+//! the stub AI CLI, and the real server (router + runner) on a given database.
+//!
+//! Tests read like a story: `ctx.push_pr(..)`, `ctx.open_pr(..)`, `ctx.comment(..)`, then wait
+//! on the world (never a fixed sleep) and read the bot's comments.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use prodigy::server::{LogReporters, RunningServer, ServeConfig, WebhookSecret};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+use super::fake_github::FakeGitHub;
+use super::webhook::{fixture_payload, signed_request};
+
+pub const REPO: &str = "octo/widgets";
+pub const INSTALLATION: u64 = 77;
+pub const SECRET: &str = "server test secret";
+pub const SLUG: &str = "prodigy-test";
+/// Has write permission.
+pub const MAINTAINER: &str = "maintainer";
+/// Has read permission only.
+pub const STRANGER: &str = "stranger";
+
+/// A stub `claude`: prints what it was asked and succeeds.
+const CLAUDE_STUB: &str = "#!/bin/sh\necho \"stub claude did: $*\"\n";
+
+/// The agent: `ok` commits a file, `fail` fails, `wait` blocks until the gate file exists.
+fn agent_script(gate: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+kind="$1"; id="$2"
+case "$kind" in
+  ok) echo "$id" > "out-$id.txt" && git add "out-$id.txt" && git commit -q -m "item $id" ;;
+  fail) echo "error: widget $id exploded" >&2; exit 3 ;;
+  wait) while [ ! -f "{gate}" ]; do sleep 0.05; done; echo "$id waited" ;;
+esac
+"#,
+        gate = gate.display()
+    )
+}
+
+pub const WORKFLOW: &str = r#"name: fix
+mode: mapreduce
+setup:
+  - shell: "echo setup"
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 2
+  agent_template:
+    - claude: "/fix ${item.id}"
+    - shell: "sh agent.sh ${item.kind} ${item.id}"
+reduce:
+  - shell: "echo reduced"
+"#;
+
+pub const CONFIG: &str = "workflows:\n  - .prodigy/fix.yml\n";
+
+/// `[{"id":..,"kind":..}]` for the map phase.
+pub fn items(list: &[(&str, &str)]) -> String {
+    let v: Vec<Value> = list
+        .iter()
+        .map(|(id, kind)| json!({"id": id, "kind": kind}))
+        .collect();
+    serde_json::to_string(&v).unwrap()
+}
+
+pub struct Ctx {
+    pub gh: FakeGitHub,
+    pub server: RunningServer,
+    pub tmp: TempDir,
+    pub remote: PathBuf,
+    pub work: PathBuf,
+    pub gate: PathBuf,
+    pub claude: PathBuf,
+    pub db_url: String,
+    secret: WebhookSecret,
+    deliveries: AtomicU64,
+    comment_ids: AtomicU64,
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Polls `f` every 25 ms until it yields, for at most `timeout`; panics naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(90);
+
+impl Ctx {
+    /// The world with one server instance on `db_url`, main holding the workflow and config.
+    pub async fn new(db_url: &str) -> Ctx {
+        Ctx::with_instance(db_url, "a", 2).await
+    }
+
+    pub async fn with_instance(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
+        let tmp = tempfile::tempdir().unwrap();
+        let remote = tmp.path().join("remotes").join(format!("{REPO}.git"));
+        std::fs::create_dir_all(&remote).unwrap();
+        git(&remote, &["init", "-q", "--bare", "-b", "main"]);
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["config", "user.email", "dev@example.com"]);
+        git(&work, &["config", "user.name", "Dev"]);
+        git(
+            &work,
+            &["remote", "add", "origin", remote.to_str().unwrap()],
+        );
+        let gate = tmp.path().join("gate");
+        let claude = tmp.path().join("bin/claude");
+        std::fs::create_dir_all(claude.parent().unwrap()).unwrap();
+        std::fs::write(&claude, CLAUDE_STUB).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = work.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("README.md", "widgets\n");
+        write("agent.sh", &agent_script(&gate));
+        write(".prodigy/fix.yml", WORKFLOW);
+        write(".prodigy/config.yml", CONFIG);
+        write("items.json", &items(&[("a", "ok"), ("b", "ok")]));
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "initial"]);
+        git(&work, &["push", "-q", "origin", "main"]);
+
+        let gh = FakeGitHub::start(INSTALLATION, &[REPO]).await;
+        gh.set_permission(REPO, MAINTAINER, "write");
+        gh.set_permission(REPO, STRANGER, "read");
+        let secret = WebhookSecret::new(SecretString::from(SECRET.to_string())).unwrap();
+        let mut ctx = Ctx {
+            server: start_server(&tmp, &gh, db_url, instance, max_jobs, &claude).await,
+            gh,
+            remote,
+            work,
+            gate,
+            claude,
+            db_url: db_url.to_string(),
+            tmp,
+            secret,
+            deliveries: AtomicU64::new(0),
+            comment_ids: AtomicU64::new(5000),
+        };
+        ctx.db_url = db_url.to_string();
+        ctx
+    }
+
+    /// Another server instance on the same database (own state and checkout directories).
+    pub async fn another_instance(&self, instance: &str, max_jobs: usize) -> RunningServer {
+        start_server(
+            &self.tmp,
+            &self.gh,
+            &self.db_url,
+            instance,
+            max_jobs,
+            &self.claude,
+        )
+        .await
+    }
+
+    /// Stops the server (its running jobs stop, resumable) and starts it again with the same
+    /// name, directories and database, as a deploy does.
+    pub async fn restart(&mut self, instance: &str, max_jobs: usize) {
+        self.server.stop().await;
+        self.server = self.another_instance(instance, max_jobs).await;
+    }
+
+    /// The finish step: every request GitHub got was valid, and the server stops cleanly.
+    pub async fn finish(mut self) {
+        self.gh.assert_no_violations();
+        self.server.stop().await;
+    }
+
+    pub fn open_gate(&self) {
+        std::fs::write(&self.gate, "go").unwrap();
+    }
+
+    /// Commits `files` on a branch for PR `pr` (based on main), publishes it as
+    /// `refs/pull/<pr>/head` on the remote and in the fake GitHub; returns the head SHA.
+    pub fn push_pr(&self, pr: u64, files: &[(&str, &str)], fork: bool) -> String {
+        let branch = format!("pr-{pr}");
+        let exists = Command::new("git")
+            .args(["rev-parse", "--verify", "-q", &branch])
+            .current_dir(&self.work)
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if exists {
+            git(&self.work, &["checkout", "-q", &branch]);
+        } else {
+            git(&self.work, &["checkout", "-q", "-b", &branch, "main"]);
+        }
+        for (rel, text) in files {
+            let p = self.work.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(
+            &self.work,
+            &["commit", "-q", "--allow-empty", "-m", &format!("pr {pr}")],
+        );
+        let sha = git(&self.work, &["rev-parse", "HEAD"]);
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                "origin",
+                &format!("HEAD:refs/pull/{pr}/head"),
+            ],
+        );
+        git(&self.work, &["checkout", "-q", "main"]);
+        let head_repo = if fork { "someone/widgets" } else { REPO };
+        self.gh.add_pr(REPO, pr, &sha, Some(head_repo));
+        sha
+    }
+
+    fn next_delivery(&self) -> String {
+        let n = self.deliveries.fetch_add(1, Ordering::SeqCst);
+        format!("delivery-{}-{n}", std::process::id())
+    }
+
+    pub fn pr_payload(&self, pr: u64, sha: &str, action: &str, fork: bool) -> Vec<u8> {
+        let mut v: Value =
+            serde_json::from_slice(&fixture_payload("pull_request/opened.payload.json")).unwrap();
+        v["action"] = json!(action);
+        v["number"] = json!(pr);
+        v["pull_request"]["number"] = json!(pr);
+        v["pull_request"]["head"]["sha"] = json!(sha);
+        v["pull_request"]["head"]["ref"] = json!(format!("pr-{pr}"));
+        let head_repo = if fork { "someone/widgets" } else { REPO };
+        v["pull_request"]["head"]["repo"]["full_name"] = json!(head_repo);
+        v["pull_request"]["base"]["repo"]["full_name"] = json!(REPO);
+        v["repository"]["full_name"] = json!(REPO);
+        v["installation"]["id"] = json!(INSTALLATION);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    /// A comment payload; returns (body bytes, comment id).
+    pub fn comment_payload(&self, pr: u64, user: &str, text: &str) -> (Vec<u8>, u64) {
+        let id = self.comment_ids.fetch_add(1, Ordering::SeqCst);
+        let mut v: Value = serde_json::from_slice(&fixture_payload(
+            "issue_comment/created.with-installation.payload.json",
+        ))
+        .unwrap();
+        v["issue"]["number"] = json!(pr);
+        v["issue"]["pull_request"] =
+            json!({ "url": format!("https://api.github.com/repos/{REPO}/pulls/{pr}") });
+        v["comment"]["id"] = json!(id);
+        v["comment"]["body"] = json!(text);
+        v["comment"]["user"]["login"] = json!(user);
+        v["comment"]["user"]["type"] = json!("User");
+        v["repository"]["full_name"] = json!(REPO);
+        v["installation"]["id"] = json!(INSTALLATION);
+        (serde_json::to_vec(&v).unwrap(), id)
+    }
+
+    /// Sends a signed delivery through the server's router.
+    pub async fn deliver(&self, event: &str, body: Vec<u8>) -> (StatusCode, String) {
+        let id = self.next_delivery();
+        self.deliver_as(&self.server, event, &id, body).await
+    }
+
+    pub async fn deliver_as(
+        &self,
+        server: &RunningServer,
+        event: &str,
+        delivery: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, String) {
+        let req = signed_request("/webhook", event, delivery, body, &self.secret);
+        send(server, req).await
+    }
+
+    pub async fn open_pr(&self, pr: u64, sha: &str) {
+        let (status, text) = self
+            .deliver("pull_request", self.pr_payload(pr, sha, "opened", false))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    }
+
+    /// Posts a comment as `user`; returns its id.
+    pub async fn comment(&self, pr: u64, user: &str, text: &str) -> u64 {
+        let (body, id) = self.comment_payload(pr, user, text);
+        let (status, answer) = self.deliver("issue_comment", body).await;
+        assert!(status.is_success(), "{status}: {answer}");
+        id
+    }
+
+    /// Waits until the bot has posted `n` comments on `pr`; returns them all.
+    pub async fn wait_for_comments(&self, pr: u64, n: usize) -> Vec<String> {
+        wait_until(&format!("{n} bot comments on #{pr}"), WAIT, || async {
+            let c = self.gh.comments_on(REPO, pr);
+            (c.len() >= n).then_some(c)
+        })
+        .await
+    }
+
+    /// Waits until every request in the queue is done or failed (the runner is idle).
+    pub async fn wait_idle(&self) {
+        use prodigy::store::RequestStatus;
+        let store = &self.server.store;
+        wait_until("the request queue to drain", WAIT, || async {
+            let queued = store
+                .requests_with_status(RequestStatus::Queued)
+                .await
+                .ok()?;
+            let claimed = store
+                .requests_with_status(RequestStatus::Claimed)
+                .await
+                .ok()?;
+            (queued.is_empty() && claimed.is_empty()).then_some(())
+        })
+        .await
+    }
+
+    /// GET a path (with query) through the router.
+    pub async fn get(&self, path_and_query: &str) -> (StatusCode, String) {
+        let req = Request::get(path_and_query).body(Body::empty()).unwrap();
+        send(&self.server, req).await
+    }
+}
+
+pub async fn send(server: &RunningServer, req: Request<Body>) -> (StatusCode, String) {
+    let resp = server.router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The path and query of a job link the bot posted (`http://host/jobs/<id>?token=...`).
+pub fn job_links(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("/jobs/") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c == ')' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+pub fn job_id_of(link: &str) -> prodigy::types::JobId {
+    let id = link.trim_start_matches("/jobs/").split('?').next().unwrap();
+    id.parse().unwrap()
+}
+
+async fn start_server(
+    tmp: &TempDir,
+    gh: &FakeGitHub,
+    db_url: &str,
+    instance: &str,
+    max_jobs: usize,
+    claude: &Path,
+) -> RunningServer {
+    let key = tmp.path().join("app-key.pem");
+    std::fs::write(
+        &key,
+        secrecy::ExposeSecret::expose_secret(&super::fake_github::test_private_key()),
+    )
+    .unwrap();
+    let config = ServeConfig {
+        app_id: super::fake_github::TEST_APP_ID,
+        private_key: key.display().to_string(),
+        webhook_secret: Some(SECRET.to_string()),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        public_url: Some("https://prodigy.test".into()),
+        github_api_url: gh.base_url(),
+        git_base_url: format!("file://{}", tmp.path().join("remotes").display()),
+        state_dir: tmp.path().join(format!("state-{instance}")),
+        checkout_dir: None,
+        max_jobs,
+        webhook_path: "/webhook".into(),
+        app_slug: Some(SLUG.into()),
+        instance: Some(instance.into()),
+        allow_repos: vec![REPO.into()],
+        poll_ms: 50,
+    };
+    let settings = config
+        .settings(Some(db_url), &claude.display().to_string())
+        .expect("test settings are valid");
+    prodigy::server::start(settings, Arc::new(LogReporters))
+        .await
+        .expect("the server starts")
+}
