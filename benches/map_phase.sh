@@ -50,14 +50,29 @@ SIZE=$(du -sh --exclude=.git . | cut -f1)
 
 now() { date +%s.%N; }
 
-# The naive cost: one full worktree per item.
+# The naive cost: one full worktree per item (sampled: it is slow).
+SAMPLES=$(( ITEMS < 50 ? ITEMS : 50 ))
 t0=$(now)
-for i in $(seq 1 "$ITEMS"); do
+for i in $(seq 1 "$SAMPLES"); do
   git worktree add -q --detach "$WORK/wt" HEAD
   git worktree remove --force "$WORK/wt"
 done
 t1=$(now)
-NAIVE=$(echo "($t1 - $t0) / $ITEMS * 1000" | bc -l)
+NAIVE=$(echo "($t1 - $t0) / $SAMPLES * 1000" | bc -l)
+
+# What prodigy does instead between two items in a pooled worktree: reset to the start commit
+# and remove everything untracked, after an "agent" changed a file and added one.
+git worktree add -q --detach "$WORK/pool" HEAD
+t0=$(now)
+for i in $(seq 1 "$ITEMS"); do
+  echo "change $i" >> "$WORK/pool/src/d$((i % 20))/f$i.txt"
+  echo "new $i" > "$WORK/pool/new-$i.txt"
+  git -C "$WORK/pool" reset -q --hard HEAD
+  git -C "$WORK/pool" clean -q -ffdx
+done
+t1=$(now)
+POOLED=$(echo "($t1 - $t0) / $ITEMS * 1000" | bc -l)
+git worktree remove --force "$WORK/pool"
 
 # A baseline: the same agent command alone, ITEMS times, without prodigy.
 t0=$(now)
@@ -72,15 +87,24 @@ WALL=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.txt")
 WALL_S=$(echo "$WALL" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
 RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")
 PER_ITEM=$(echo "$WALL_S / $ITEMS * 1000" | bc -l)
-# Wall time divided by items, times the parallelism: the time one agent slot spends per item.
-SLOT=$(echo "$PER_ITEM * $PARALLEL" | bc -l)
 grep -q "succeeded" "$WORK/out.txt" || { cat "$WORK/out.txt" "$WORK/err.txt"; exit 1; }
 
+# The same job one agent at a time: wall time per item is then prodigy's whole per-item cost
+# (database writes, worktree reset, the agent process, bookkeeping) without overlap.
+t0=$(now)
+"$BIN" run wf.yml --max-parallel 1 --database-url "sqlite://$WORK/home/state.db" >"$WORK/out1.txt" 2>"$WORK/err1.txt" || {
+  cat "$WORK/out1.txt" "$WORK/err1.txt"; exit 1; }
+t1=$(now)
+SERIAL=$(echo "($t1 - $t0) / $ITEMS * 1000" | bc -l)
+
 printf '\nmap phase: %s items, max_parallel %s, repo of %s files (%s)\n' "$ITEMS" "$PARALLEL" "$FILES" "$SIZE"
+printf 'load average at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-58s %10.1f ms\n' "git worktree add + remove, per item (naive isolation)" "$NAIVE"
+printf '%-58s %10.1f ms\n' "reset --hard + clean -ffdx in a pooled worktree, per item" "$POOLED"
+printf '%-58s %10.2f x\n'  "pooled isolation / naive isolation" "$(echo "$POOLED / $NAIVE" | bc -l)"
 printf '%-58s %10.1f ms\n' "sh -c true, per item (the agent's own work)" "$BARE"
 printf '%-58s %10.2f s\n'  "prodigy run, wall time" "$WALL_S"
 printf '%-58s %10.1f ms\n' "prodigy, wall time per item" "$PER_ITEM"
-printf '%-58s %10.1f ms\n' "prodigy, slot time per item (wall x parallel / items)" "$SLOT"
-printf '%-58s %10.2f x\n'  "slot time per item / naive worktree add+remove" "$(echo "$SLOT / $NAIVE" | bc -l)"
+printf '%-58s %10.1f ms\n' "prodigy at max_parallel 1, wall time per item" "$SERIAL"
+printf '%-58s %10.2f x\n'  "prodigy per-item cost (serial) / naive worktree add+remove" "$(echo "$SERIAL / $NAIVE" | bc -l)"
 printf '%-58s %10.1f MB\n' "peak RSS of prodigy" "$(echo "$RSS_KB / 1024" | bc -l)"

@@ -8,8 +8,10 @@ use serde_json::Value;
 
 const ITEMS: usize = 100;
 
-/// When to kill: the name, and a predicate over the events seen so far.
-type Moment = (&'static str, Box<dyn Fn(&[Value]) -> bool>);
+/// A predicate over the events seen so far.
+type Pred = Box<dyn Fn(&[Value]) -> bool>;
+/// When to kill: the name, and the predicate that says the moment has come.
+type Moment = (&'static str, Pred);
 
 fn phase_running(ev: &[Value], phase: &str) -> bool {
     ev.iter()
@@ -17,9 +19,8 @@ fn phase_running(ev: &[Value], phase: &str) -> bool {
 }
 
 fn moments() -> Vec<Moment> {
-    let merged_at_least = |n: usize| -> Box<dyn Fn(&[Value]) -> bool> {
-        Box::new(move |ev: &[Value]| count(ev, "item_merged") >= n)
-    };
+    let merged_at_least =
+        |n: usize| -> Pred { Box::new(move |ev: &[Value]| count(ev, "item_merged") >= n) };
     vec![
         (
             "during setup",

@@ -115,17 +115,9 @@ fn failed_agents_are_recorded_and_retried_until_they_succeed() {
 fn resume_includes_dlq_items() {
     for (name, db) in backends() {
         let r = Resumable::new(db.as_ref().map(|d| d.url()), 8);
-        // Stop the map phase at the first failure: the job stays resumable in the map phase.
-        let wf = harness::RESUMABLE_WF.replace(
-            "mode: mapreduce",
-            "mode: mapreduce\nerror_policy:\n  continue_on_failure: false",
-        );
-        r.repo.write("wf.yml", &wf);
-        r.repo.commit_all("stop on failure");
-        r.fail("item-0");
-        let out = r.prodigy(&["run", "wf.yml", "--max-parallel", "1"]);
-        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
-        let job = job_id(&out);
+        // item-0 fails first and stops the map phase: it is failed and in the DLQ, the rest
+        // pending; the job stays resumable in the map phase.
+        let job = r.run_stopping_at("item-0");
         let status = r.repo.json(&["status", &job]);
         assert_eq!(status["job"]["phase"], "map", "{name}: {status}");
         assert_eq!(status["counts"]["dlq"], 1, "{name}");

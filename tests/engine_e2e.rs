@@ -192,6 +192,125 @@ fn mapreduce_job_with_failures_timeouts_commits_and_a_conflict() {
         assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
     }
     assert_eq!(kinds.iter().filter(|k| *k == "item_started").count(), 20);
+
+    // Retrying the conflicts one at a time: each starts from the job branch as it is then, so
+    // both merge on top of the work already there.
+    let out = repo.prodigy(&[
+        "dlq",
+        "retry",
+        &job,
+        "--error-class",
+        "merge_conflict",
+        "--max-parallel",
+        "1",
+    ]);
+    let dlq = repo.json(&["dlq", "list", &job]);
+    let left: Vec<&str> = dlq
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        vec!["i12", "i13", "i14", "i15", "i16"],
+        "conflicts left the DLQ: {}",
+        text(&out)
+    );
+    assert_eq!(
+        repo.git(&[
+            "rev-list",
+            "--merges",
+            "--count",
+            &format!("main..{branch}")
+        ]),
+        "11"
+    );
+    assert!(repo.extra_worktrees().is_empty());
+}
+
+/// Sixteen agents at once never trip over each other creating or resetting worktrees.
+#[test]
+fn sixteen_parallel_agents_have_no_spurious_failures() {
+    let repo = Repo::new(None);
+    let items: Vec<Value> = (0..64)
+        .map(|i| serde_json::json!({"id": format!("n{i}")}))
+        .collect();
+    repo.write("items.json", &Value::Array(items).to_string());
+    repo.write(
+        "wf.yml",
+        "mode: mapreduce\nmap:\n  input: items.json\n  json_path: \"$[*]\"\n  max_parallel: 16\n  agent_template:\n    - shell: \"echo ${item.id} > ${item.id}.txt && git add . && git commit -q -m ${item.id}\"\n      commit_required: true\n",
+    );
+    repo.commit_all("wf");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = repo.json(&["status", &job_id(&out)]);
+    assert_eq!(status["counts"]["merged"], 64, "{status}");
+    assert_eq!(status["counts"]["failed"], 0, "{status}");
+    assert!(repo.extra_worktrees().is_empty());
+    assert_eq!(repo.prodigy_branches().len(), 1);
+}
+
+/// Step timeouts, on_failure retries, `when` and captures in a standard workflow.
+#[test]
+fn step_features_work_for_real() {
+    let repo = Repo::new(None);
+    let counter = tempfile::tempdir().unwrap();
+    let c = counter.path().display();
+    repo.write(
+        "steps.yml",
+        &format!(
+            r#"
+commands:
+  - shell: "echo 3"
+    capture: n
+    capture_format: number
+  - shell: "echo '{{\"a\": {{\"b\": [7, 8]}}}}'"
+    capture: doc
+    capture_format: json
+  - shell: "echo ${{doc.a.b[1]}} > picked.txt"
+  - shell: "echo skipped > skipped.txt"
+    when: "${{n}} > 5"
+  - shell: "echo ran > ran.txt"
+    when: "${{n}} == 3"
+  # Fails twice, then succeeds: on_failure runs after each failed try.
+  - shell: "echo x >> {c}/tries; [ $(wc -l < {c}/tries) -ge 3 ]"
+    on_failure:
+      shell: "echo handled >> {c}/handler"
+      max_attempts: 3
+  - shell: "git add . && git commit -q -m steps"
+"#
+        ),
+    );
+    repo.write("slow.yml", "- shell: \"sleep 30\"\n  timeout: 1\n");
+    repo.commit_all("wfs");
+
+    let out = repo.prodigy(&["run", "steps.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let branch = format!("prodigy/{}", job_id(&out));
+    assert_eq!(repo.show(&format!("{branch}:picked.txt")), "8");
+    assert_eq!(repo.show(&format!("{branch}:ran.txt")), "ran");
+    assert!(
+        repo.git(&["ls-tree", "--name-only", &branch])
+            .lines()
+            .all(|f| f != "skipped.txt")
+    );
+    let tries = std::fs::read_to_string(counter.path().join("tries")).unwrap();
+    let handled = std::fs::read_to_string(counter.path().join("handler")).unwrap();
+    assert_eq!((tries.lines().count(), handled.lines().count()), (3, 2));
+
+    let started = std::time::Instant::now();
+    let out = repo.prodigy(&["run", "slow.yml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the step timeout killed sleep"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("timed out"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -285,5 +404,33 @@ fn standard_workflow_runs_steps_in_order_and_reports_a_failing_step() {
     assert!(
         stdout.contains("line 2") && stdout.contains("exit code 4") && stdout.contains("bad thing"),
         "{stdout}"
+    );
+}
+
+/// On a machine where git has no identity, agents' commits and merges still work.
+#[test]
+fn commits_work_without_a_git_identity() {
+    let repo = Repo::new(None);
+    repo.write(
+        "wf.yml",
+        "mode: mapreduce\nmap:\n  input: echo '[1, 2]'\n  agent_template:\n    - shell: \"echo ${item} > f${item} && git add . && git commit -qm ${item}\"\n",
+    );
+    repo.commit_all("wf");
+    repo.git(&["config", "--unset", "user.email"]);
+    repo.git(&["config", "--unset", "user.name"]);
+    let out = repo
+        .command(&["run", "wf.yml"])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env_remove("EMAIL")
+        .env_remove("GIT_COMMITTER_EMAIL")
+        .env_remove("GIT_AUTHOR_EMAIL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let branch = format!("prodigy/{}", job_id(&out));
+    assert_eq!(
+        repo.git(&["log", "-1", "--format=%an <%ae>", &branch]),
+        "prodigy <prodigy@localhost>"
     );
 }

@@ -567,20 +567,40 @@ async fn check_recover_interrupted(db: &TestDb) {
                 .unwrap();
         }
     }
-    // The holder dies here with two items running.
+    // The holder goes away without releasing, with two items running.
+    let dropped_holder = held.holder().clone();
     drop(held);
-    let held = match store
-        .try_lock(job.id, &Holder::this_process(None))
-        .await
-        .unwrap()
-    {
-        LockOutcome::Acquired(l) => l,
-        // SQLite: this very process still "holds" it until the lease runs out; take the row over
-        // as a dead holder's would be.
-        LockOutcome::Held { .. } => {
-            expire_lock_row(db, job.id).await;
-            lock(&store, job.id).await
+    let held = if db.is_postgres() {
+        // The dropped lock's connection is closed, and PostgreSQL frees the lock with it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match store
+                .try_lock(job.id, &Holder::this_process(None))
+                .await
+                .unwrap()
+            {
+                LockOutcome::Acquired(l) => break l,
+                LockOutcome::Held { .. } if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                LockOutcome::Held { holder, .. } => panic!("a dropped lock stays held by {holder}"),
+            }
         }
+    } else {
+        // SQLite: the row names this very process, alive, so it is held until the lease runs
+        // out (the heartbeat stopped with the drop); then it is taken over.
+        match store
+            .try_lock(job.id, &Holder::this_process(None))
+            .await
+            .unwrap()
+        {
+            LockOutcome::Held { holder, .. } => assert_eq!(holder, dropped_holder),
+            LockOutcome::Acquired(_) => {
+                panic!("a dropped SQLite lock was free before its lease ran out")
+            }
+        }
+        expire_lock_row(db, job.id).await;
+        lock(&store, job.id).await
     };
     assert_eq!(store.recover_interrupted(held.proof()).await.unwrap(), 2);
     assert_eq!(store.recover_interrupted(held.proof()).await.unwrap(), 0);
@@ -757,7 +777,15 @@ async fn check_lock_basics(db: &TestDb) {
     ));
     assert_eq!(store.get_job(job.id).await.unwrap().lease_epoch, epoch);
 
+    let (current, since) = store.lock_holder(job.id).await.unwrap().expect("held");
+    assert_eq!(current, first);
+    assert!(since <= before);
     held.release().await.unwrap();
+    assert_eq!(store.lock_holder(job.id).await.unwrap(), None);
+    assert!(matches!(
+        store.lock_holder(JobId::new()).await,
+        Err(StoreError::JobNotFound(_))
+    ));
     let LockOutcome::Acquired(again) = other.try_lock(job.id, &second).await.unwrap() else {
         panic!("a released job must be free");
     };
@@ -818,6 +846,8 @@ async fn check_fencing(db: &TestDb) {
         panic!("a lapsed lock must be taken over");
     };
     assert_eq!(new.proof().epoch(), old.proof().epoch() + 1);
+    let (current, _) = store.lock_holder(job.id).await.unwrap().expect("held");
+    assert_eq!(current, new_holder);
 
     let fenced = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Fenced { .. }));
     let p = old.proof();
@@ -1044,4 +1074,37 @@ async fn check_request_queue(db: &TestDb) {
         store.get_request(again.id).await.unwrap().unwrap().status,
         RequestStatus::Failed
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_opens_of_a_fresh_sqlite_file_all_migrate() {
+    let db = common::sqlite_db();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = db.url().to_string();
+        tasks.push(tokio::spawn(async move {
+            Store::open(&url).await.map(|s| s.known_migrations())
+        }));
+    }
+    for t in tasks {
+        let known = t.await.unwrap().expect("every concurrent open succeeds");
+        assert_eq!(db.store().await.applied_migrations().await.unwrap(), known);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_sqlite_works() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let job = store.create_job(&new_job("memory")).await.unwrap();
+    let held = lock(&store, job.id).await;
+    assert_eq!(
+        store.insert_items(held.proof(), &items(10)).await.unwrap(),
+        10
+    );
+    assert_eq!(store.item_counts(job.id).await.unwrap().total, 10);
+    held.release().await.unwrap();
+    assert!(matches!(
+        Store::open("mysql://x").await,
+        Err(StoreError::BadUrl(_))
+    ));
 }

@@ -297,7 +297,14 @@ fn item_keys() {
             .0
             .starts_with("h-")
     );
-    assert!(item_key(&json!("src/a.rs"), None).0.starts_with("h-"));
+    // Scalar items are their own keys; long or multi-line text is hashed.
+    assert_eq!(
+        item_key(&json!("src/a.rs"), None),
+        ItemKey("src/a.rs".into())
+    );
+    assert_eq!(item_key(&json!(42), None), ItemKey("42".into()));
+    assert!(item_key(&json!("a\nb"), None).0.starts_with("h-"));
+    assert!(item_key(&json!("x".repeat(300)), None).0.starts_with("h-"));
     // The hash is SHA-256 of the canonical JSON.
     use sha2::Digest;
     let want = hex::encode(sha2::Sha256::digest(br#"{"a":1,"b":2}"#));

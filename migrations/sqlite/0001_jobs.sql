@@ -41,7 +41,8 @@ CREATE TABLE work_items (
     result     TEXT,
     PRIMARY KEY (job_id, key)
 );
-CREATE INDEX work_items_position ON work_items (job_id, position);
+-- Serves items() in order (position, then key) without a sort.
+CREATE INDEX work_items_position ON work_items (job_id, position, key);
 
 -- One row per execution of an item; rows are completed, never replaced.
 CREATE TABLE attempts (

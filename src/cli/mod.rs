@@ -305,11 +305,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Migrate => {
-            let store = open_store(g).await?;
+            let url = store_url(g).await?;
+            let store = Store::open_without_migrating(&url)
+                .await
+                .with_context(|| format!("cannot open the database {}", redact(&url)))?;
             let applied = store.migrate().await?;
+            let known = store.known_migrations();
             println!(
-                "database is up to date ({} migrations applied now)",
-                applied.len()
+                "database {} is at migration {} ({} applied now: {:?})",
+                redact(&url),
+                known.last().copied().unwrap_or(0),
+                applied.len(),
+                applied
             );
             Ok(0)
         }

@@ -51,6 +51,7 @@ impl Reporter for CliReporter {
                 job,
                 workflow,
                 resumed,
+                ..
             } => {
                 let verb = if *resumed { "resuming" } else { "running" };
                 self.line(format!("{verb} {workflow} as job {job}"));
@@ -89,7 +90,17 @@ impl Reporter for CliReporter {
             } => {
                 self.with_bar(|b| b.inc(1));
                 let first = message.lines().next().unwrap_or("");
-                self.line(format!("item {key}: FAILED ({class}) {first}"));
+                let last = message
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                let text = if first == last {
+                    format!("item {key}: FAILED ({class}) {first}")
+                } else {
+                    format!("item {key}: FAILED ({class}) {first}\n    {last}")
+                };
+                self.line(text);
             }
             Progress::Note(text) => self.line(text.clone()),
             Progress::JobFinished { .. } => {
@@ -173,10 +184,15 @@ pub fn outcome(o: &RunOutcome, as_json: bool, interrupted: bool) -> u8 {
             "branch: {} (merge it with `git merge {}`)",
             o.branch, o.branch
         );
-        if o.phase != Phase::Done || c.dlq > 0 {
+        if o.phase != Phase::Done {
             println!(
-                "next: `prodigy status {}`, `prodigy dlq list {}`, `prodigy resume {}`",
-                o.job, o.job, o.job
+                "next: `prodigy status {}` shows where it stopped; `prodigy resume {}` continues it",
+                o.job, o.job
+            );
+        } else if c.dlq > 0 {
+            println!(
+                "next: `prodigy dlq list {}` shows what failed; `prodigy dlq retry {}` runs it again",
+                o.job, o.job
             );
         }
     }
@@ -231,8 +247,7 @@ pub async fn resumed(engine: &Engine, job: JobId, r: Resumed, as_json: bool, wha
 
 pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(list)?);
-        return Ok(0);
+        return print_json(list);
     }
     if list.is_empty() {
         println!("no jobs yet: start one with `prodigy run WORKFLOW.yml`");
@@ -302,17 +317,7 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
         let batch = store.events(job, after, 1000).await?;
         for e in &batch {
             after = e.seq;
-            if as_json {
-                println!("{}", serde_json::to_string(e)?);
-            } else {
-                println!(
-                    "{:>6}  {}  {:<20}  {}",
-                    e.seq,
-                    e.at.format("%H:%M:%S%.3f"),
-                    e.kind,
-                    e.data
-                );
-            }
+            print_event(e, as_json)?;
         }
         if batch.len() == 1000 {
             continue;
@@ -320,22 +325,10 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
         if !follow {
             return Ok(0);
         }
-        let j = store.get_job(job).await?;
-        if j.status != prodigy::types::JobStatus::Running {
+        if store.get_job(job).await?.status != prodigy::types::JobStatus::Running {
             // One more read: events written between the last read and the status change.
-            let rest = store.events(job, after, 1000).await?;
-            for e in &rest {
-                if as_json {
-                    println!("{}", serde_json::to_string(e)?);
-                } else {
-                    println!(
-                        "{:>6}  {}  {:<20}  {}",
-                        e.seq,
-                        e.at.format("%H:%M:%S%.3f"),
-                        e.kind,
-                        e.data
-                    );
-                }
+            for e in &store.events(job, after, 1000).await? {
+                print_event(e, as_json)?;
             }
             return Ok(0);
         }
@@ -343,10 +336,29 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
     }
 }
 
+fn print_event(e: &prodigy::store::Event, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string(e)?);
+    } else {
+        println!(
+            "{:>6}  {}  {:<20}  {}",
+            e.seq,
+            e.at.format("%H:%M:%S%.3f"),
+            e.kind,
+            e.data
+        );
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<u8> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(0)
+}
+
 pub fn dlq_list(rows: &[DlqItem], as_json: bool) -> anyhow::Result<u8> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(rows)?);
-        return Ok(0);
+        return print_json(rows);
     }
     if rows.is_empty() {
         println!("the DLQ is empty");

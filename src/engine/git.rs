@@ -30,6 +30,46 @@ pub fn quiet_env() -> [(&'static str, &'static str); 6] {
     ]
 }
 
+/// The author and committer prodigy uses when git has no identity configured (a fresh machine
+/// or CI runner): without one every agent commit and every merge would fail. Set once per
+/// process by [`ensure_identity`]; empty when git has an identity of its own.
+static FALLBACK_IDENTITY: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Checks that git can name a committer in `repo`; when it cannot, prodigy's git commands and
+/// agents get `prodigy <prodigy@localhost>` through the environment. Returns those variables.
+pub async fn ensure_identity(repo: &Path) -> Vec<(String, String)> {
+    if let Some(v) = FALLBACK_IDENTITY.get() {
+        return v.clone();
+    }
+    // `git var GIT_COMMITTER_IDENT` would answer with a guessed `user@host.(none)` that
+    // `git commit` then refuses; ask for the configured e-mail instead.
+    let configured = matches!(
+        git_output(repo, &["config", "--get", "user.email"]).await,
+        Ok(out) if out.status.success()
+    );
+    let from_env = ["GIT_COMMITTER_EMAIL", "EMAIL"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    let has_identity = configured || from_env;
+    let vars = if has_identity {
+        Vec::new()
+    } else {
+        tracing::warn!(
+            "git has no user.name/user.email here; commits are made as prodigy <prodigy@localhost>"
+        );
+        ["AUTHOR", "COMMITTER"]
+            .iter()
+            .flat_map(|who| {
+                [
+                    (format!("GIT_{who}_NAME"), "prodigy".to_string()),
+                    (format!("GIT_{who}_EMAIL"), "prodigy@localhost".to_string()),
+                ]
+            })
+            .collect()
+    };
+    FALLBACK_IDENTITY.get_or_init(|| vars).clone()
+}
+
 /// Runs `git args` in `dir`; returns stdout with the trailing newline trimmed.
 pub async fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = git_output(dir, args).await?;
@@ -57,6 +97,13 @@ pub async fn git_output(dir: &Path, args: &[&str]) -> Result<std::process::Outpu
         .current_dir(dir)
         .stdin(Stdio::null())
         .envs(quiet_env())
+        .envs(
+            FALLBACK_IDENTITY
+                .get()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k, v)),
+        )
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .env_remove("GIT_INDEX_FILE");

@@ -1,6 +1,6 @@
 //! One run of one job, under its lock: setup, map (agents + merge queue), reduce, merge phase.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +10,7 @@ use anyhow::{Context as _, anyhow};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::classify::{self, FailureFacts, FailureStage};
 use super::git;
@@ -21,7 +22,7 @@ use super::{Engine, RetryRequest};
 use crate::store::{
     AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobRefs, LockProof, NewItem, Store,
 };
-use crate::types::{ItemKey, ItemStatus, JobId, JobStatus, Phase};
+use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use crate::workflow::interpolate::Context;
 use crate::workflow::{
     self, MapReduce, OnItemFailure, Phase as PhaseSteps, Workflow, WorkflowKind,
@@ -131,6 +132,7 @@ impl<'a> JobRun<'a> {
             job: self.job.id,
             workflow: self.workflow.name.clone(),
             resumed,
+            lease_epoch: self.proof.epoch(),
         });
         let kind = match &mode {
             Mode::Fresh => "job_started",
@@ -145,7 +147,8 @@ impl<'a> JobRun<'a> {
         let phase = self.job.phase;
         self.set_state(JobStatus::Running, phase, None).await?;
 
-        let result = self.drive(mode).await;
+        let span = tracing::info_span!("job", job = %self.job.id);
+        let result = self.drive(mode).instrument(span).await;
         let (status, error) = match result {
             Ok(Ok(status)) => (status, None),
             Ok(Err(PhaseFailure(message))) => (JobStatus::Failed, Some(message)),
@@ -199,6 +202,8 @@ impl<'a> JobRun<'a> {
             .base_commit
             .clone()
             .ok_or_else(|| anyhow!("job {} has no base commit recorded", self.job.id))?;
+        let identity = git::ensure_identity(&self.ws.repo).await;
+        self.env.extend(identity);
         self.ws
             .ensure_job_worktree(&base)
             .await
@@ -236,13 +241,13 @@ impl<'a> JobRun<'a> {
         mode: Mode,
         base: &str,
     ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        if let Mode::Retry(req) = &mode {
+            return self.retry(mr, req).await;
+        }
         if self.job.phase == Phase::Setup
             && let Err(f) = self.setup(mr, base).await?
         {
             return Ok(Err(f));
-        }
-        if let Mode::Retry(req) = &mode {
-            return self.retry(mr, req).await;
         }
         if self.job.phase == Phase::Map {
             let dlq = match mode {
@@ -562,7 +567,18 @@ impl<'a> JobRun<'a> {
             .create_pool(parallel, &start)
             .await
             .context("cannot create the agent worktrees")?;
+        // An item whose last attempt conflicted would conflict again from the setup commit;
+        // it starts from the job branch as it is now, on top of the work merged since.
+        let conflicted: HashSet<ItemKey> = self
+            .store
+            .dlq(Some(self.job.id))
+            .await?
+            .into_iter()
+            .filter(|r| r.error_class == ErrorClass::MergeConflict)
+            .map(|r| r.key)
+            .collect();
         let sched = Scheduler {
+            conflicted,
             queue: Mutex::new(candidates.into()),
             total: total as usize,
             failed: AtomicUsize::new(0),
@@ -599,7 +615,8 @@ impl<'a> JobRun<'a> {
             let Some(c) = sched.next() else {
                 return Ok(());
             };
-            let failed = self.run_item(mr, slot, sched, &c).await?;
+            let span = tracing::info_span!("item", job = %self.job.id, key = %c.key);
+            let failed = self.run_item(mr, slot, sched, &c).instrument(span).await?;
             let processed = sched.processed.fetch_add(1, Ordering::SeqCst) + 1;
             if failed {
                 let failures = sched.failed.fetch_add(1, Ordering::SeqCst) + 1;
@@ -643,7 +660,13 @@ impl<'a> JobRun<'a> {
         )
         .await?;
 
-        let result = match slot.prepare(&sched.start).await {
+        let start = if sched.conflicted.contains(key) {
+            let _serial = sched.merge_lock.lock().await;
+            git::head(&self.ws.job_dir).await?
+        } else {
+            sched.start.clone()
+        };
+        let result = match slot.prepare(&start).await {
             Err(e) => Err(StepFailure {
                 line: mr.map.agent_template_line,
                 what: "prepare the agent worktree".into(),
@@ -679,12 +702,23 @@ impl<'a> JobRun<'a> {
         match result {
             Err(f) if f.cancelled() => Ok(false), // left running; reconciled on resume
             Err(f) => {
-                self.fail_item(mr, slot, key, attempt, &f, &log).await?;
+                self.fail_item(
+                    mr,
+                    ItemRun {
+                        slot,
+                        start: &start,
+                        key,
+                        attempt,
+                        log: &log,
+                    },
+                    &f,
+                )
+                .await?;
                 Ok(true)
             }
             Ok(ctx) => {
                 let head = git::head(&slot.dir).await?;
-                let commit = (head != sched.start).then_some(head);
+                let commit = (head != start).then_some(head);
                 let dirty = !git::is_clean(&slot.dir).await.unwrap_or(true);
                 if dirty {
                     step::append_log(
@@ -800,19 +834,23 @@ impl<'a> JobRun<'a> {
     async fn fail_item(
         &self,
         mr: &MapReduce,
-        slot: &Slot,
-        key: &ItemKey,
-        attempt: u32,
+        at: ItemRun<'_>,
         f: &StepFailure,
-        log: &Path,
     ) -> anyhow::Result<()> {
+        let ItemRun {
+            slot,
+            start,
+            key,
+            attempt,
+            log,
+        } = at;
         let class = f.class();
         let message = f.message();
         step::append_log(log, &format!("== item failed ({class}): {message}\n"));
         // Keep what the agent committed, for `dlq show`, without leaving a branch behind.
         let artifact = match git::head(&slot.dir).await {
-            Ok(_) => self.ws.keep_artifact(slot, &key.0, attempt).await.ok(),
-            Err(_) => None,
+            Ok(head) if head != start => self.ws.keep_artifact(slot, &key.0, attempt).await.ok(),
+            _ => None,
         };
         let dlq = match mr.error_policy.on_item_failure {
             OnItemFailure::Skip => None,
@@ -986,7 +1024,19 @@ fn should_stop(mr: &MapReduce, failures: usize, processed: usize) -> Option<Stri
     None
 }
 
+/// One attempt of one item in one slot.
+struct ItemRun<'a> {
+    slot: &'a Slot,
+    /// The commit the slot started from.
+    start: &'a str,
+    key: &'a ItemKey,
+    attempt: u32,
+    log: &'a Path,
+}
+
 struct Scheduler {
+    /// Items whose last failure was a merge conflict.
+    conflicted: HashSet<ItemKey>,
     queue: Mutex<VecDeque<Candidate>>,
     total: usize,
     failed: AtomicUsize,

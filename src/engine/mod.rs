@@ -92,6 +92,23 @@ pub enum Resumed {
     },
 }
 
+/// What a re-run asks for: [`Engine::rerun`].
+#[derive(Debug, Clone)]
+pub enum RerunWork {
+    Resume(ResumeRequest),
+    Retry(RetryRequest),
+}
+
+/// The answer to [`Engine::rerun`].
+#[derive(Debug)]
+pub enum Rerun {
+    Resumed(Resumed),
+    /// A run that finished at `finished_at`, after the trigger arrived, already answered it.
+    Covered {
+        finished_at: DateTime<Utc>,
+    },
+}
+
 impl Engine {
     /// Validates the workflow, records a new job and runs it to the end.
     pub async fn run(&self, req: &NewRun) -> anyhow::Result<RunOutcome> {
@@ -199,6 +216,55 @@ impl Engine {
         self.execute(job, lock, mode, req.max_parallel)
             .await
             .map(Resumed::Ran)
+    }
+
+    /// Resume or retry on behalf of a trigger received at `requested_at` (a re-run click, a check
+    /// run button). Under the lock, a run of the job that finished at or after that time already
+    /// covered the trigger, and nothing starts: so duplicate deliveries of one click, handled in
+    /// any order by any instance, run the job once.
+    pub async fn rerun(
+        &self,
+        id: JobId,
+        work: &RerunWork,
+        requested_at: DateTime<Utc>,
+    ) -> anyhow::Result<Rerun> {
+        let lock = match self.store.try_lock(id, &self.holder()).await? {
+            LockOutcome::Acquired(lock) => lock,
+            LockOutcome::Held { holder, since } => {
+                return Ok(Rerun::Resumed(Resumed::Held { holder, since }));
+            }
+        };
+        let job = match self.store.get_job(id).await {
+            Ok(job) => job,
+            Err(e) => {
+                let _ = lock.release().await;
+                return Err(e.into());
+            }
+        };
+        if let Some(finished_at) = job.finished_at
+            && job.status != JobStatus::Running
+            && finished_at >= requested_at
+        {
+            lock.release().await?;
+            return Ok(Rerun::Covered { finished_at });
+        }
+        let (mode, max_parallel) = match work {
+            RerunWork::Resume(req) => {
+                if job.phase == Phase::Done {
+                    let dlq = self.store.item_counts(id).await?.dlq;
+                    lock.release().await?;
+                    return Ok(Rerun::Resumed(Resumed::AlreadyFinished {
+                        status: job.status,
+                        dlq,
+                    }));
+                }
+                (job::Mode::Resume(req.dlq), req.max_parallel)
+            }
+            RerunWork::Retry(req) => (job::Mode::Retry(req.clone()), req.max_parallel),
+        };
+        self.execute(job, lock, mode, max_parallel)
+            .await
+            .map(|outcome| Rerun::Resumed(Resumed::Ran(outcome)))
     }
 
     fn holder(&self) -> Holder {

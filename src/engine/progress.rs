@@ -11,6 +11,9 @@ pub enum Progress {
         job: JobId,
         workflow: String,
         resumed: bool,
+        /// The lease epoch of the lock this run holds: a reporter that records something on the
+        /// job (the check-run id) writes fenced by it, since it cannot hold the lock's proof.
+        lease_epoch: i64,
     },
     PhaseStarted {
         phase: Phase,

@@ -8,7 +8,8 @@ use serde_json::json;
 use super::{Holder, LockOutcome, Store};
 use crate::types::JobId;
 
-/// Exit code when the lock is held by someone else (EX_TEMPFAIL: try again later).
+/// Exit code of `prodigy debug-lock` when the lock is held by someone else (EX_TEMPFAIL: try
+/// again later).
 pub const EXIT_HELD: i32 = 75;
 
 /// Tries to take `job`'s lock on the database at `url`. Prints one JSON line:

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnection, PgPool};
-use sqlx::sqlite::SqlitePool;
 use sqlx::types::Json;
-use sqlx::{Connection, Executor, FromRow};
+use sqlx::{Connection, Executor, FromRow, Sqlite};
 use tokio::task::JoinHandle;
 
 use super::{
-    Holder, LockOutcome, LockProof, Pool, PoolExt, Result, Store, StoreError, hostname, now,
+    Holder, LockOutcome, LockProof, Pool, PoolExt, Result, SqliteDb, Store, StoreError, hostname,
+    now,
 };
 use crate::types::JobId;
 
@@ -20,8 +20,8 @@ use crate::types::JobId;
 const HOLDER_RETRY: Duration = Duration::from_millis(10);
 const HOLDER_RETRIES: u32 = 200;
 
-/// `jobs.lock_holder`, `jobs.locked_since`.
-type HolderRecord = (Option<Json<Holder>>, Option<DateTime<Utc>>);
+/// `jobs.lock_holder`, `jobs.locked_since`, and whether that holder's session holds the lock.
+type HolderRecord = (Option<Json<Holder>>, Option<DateTime<Utc>>, bool);
 
 /// A held job lock. Release it with [`JobLock::release`]; if the process dies instead, the lock
 /// frees itself (PostgreSQL: with the connection; SQLite: when the heartbeat lease runs out, or
@@ -37,7 +37,7 @@ enum Held {
     /// The connection that owns the advisory lock; closing it frees the lock.
     Postgres { conn: PgConnection, key: i64 },
     Sqlite {
-        pool: SqlitePool,
+        db: SqliteDb,
         heartbeat: JoinHandle<()>,
     },
 }
@@ -55,6 +55,7 @@ impl JobLock {
     /// Frees the lock now (PostgreSQL: `pg_advisory_unlock` on the dedicated connection, then
     /// closes it; SQLite: deletes the lock row and stops the heartbeat). A lock that was taken
     /// over meanwhile is left to its new holder.
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %self.proof.job))]
     pub async fn release(mut self) -> Result<()> {
         let job = self.proof.job;
         let epoch = self.proof.epoch;
@@ -77,9 +78,9 @@ impl JobLock {
                 conn.close().await?;
                 Ok(())
             }
-            Some(Held::Sqlite { pool, heartbeat }) => {
+            Some(Held::Sqlite { db, heartbeat }) => {
                 heartbeat.abort();
-                let mut tx = pool.begin_write().await?;
+                let mut tx = db.begin_write().await?;
                 sqlx::query("DELETE FROM job_locks WHERE job_id = $1 AND holder_id = $2")
                     .bind(job)
                     .bind(&self.holder.id)
@@ -97,6 +98,15 @@ impl JobLock {
                 Ok(())
             }
         }
+    }
+}
+
+impl std::fmt::Debug for JobLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobLock")
+            .field("proof", &self.proof)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,30 +155,88 @@ fn pid_alive(pid: i64) -> bool {
 }
 
 impl Store {
+    /// Who holds the job's lock now and since when, without trying to take it (status pages).
+    pub async fn lock_holder(&self, job: JobId) -> Result<Option<(Holder, DateTime<Utc>)>> {
+        match &self.pool {
+            Pool::Postgres(pool) => match pg_holder_record(pool, job, false).await? {
+                None => Err(StoreError::JobNotFound(job.to_string())),
+                Some((Some(Json(holder)), Some(since), true)) => Ok(Some((holder, since))),
+                Some(_) => Ok(None),
+            },
+            Pool::Sqlite(db) => {
+                let Some(row) = lock_row(&db.pool, job).await? else {
+                    // No lock row: free, or no such job.
+                    self.get_job(job).await?;
+                    return Ok(None);
+                };
+                Ok(live_holder(&row, self.lease, now()).map(|h| (h, row.acquired_at)))
+            }
+        }
+    }
+
     /// Takes the job's lock for `holder`, or says who holds it since when. Never waits for the
     /// holder to finish.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job, holder = %holder))]
     pub async fn try_lock(&self, job: JobId, holder: &Holder) -> Result<LockOutcome> {
         match &self.pool {
             Pool::Postgres(pool) => try_lock_postgres(pool, job, holder).await,
-            Pool::Sqlite(pool) => try_lock_sqlite(pool, self.lease, job, holder).await,
+            Pool::Sqlite(db) => try_lock_sqlite(db, self.lease, job, holder).await,
         }
     }
+}
+
+macro_rules! holder_record_sql {
+    () => {
+        "SELECT j.lock_holder, j.locked_since, EXISTS (SELECT 1 FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND l.classid::bigint = $2 AND l.objid::bigint = $3 \
+         AND l.pid = (j.lock_holder ->> 'backend_pid')::int) \
+         FROM jobs j WHERE j.id = $1"
+    };
+}
+
+/// The job's `lock_holder` record, `locked_since`, and whether that holder's session holds the
+/// advisory lock now (a record left by a holder that died is not). None: no such job.
+/// `wait` share-locks the job row, so a winner's record being written is waited for.
+async fn pg_holder_record(pool: &PgPool, job: JobId, wait: bool) -> Result<Option<HolderRecord>> {
+    // pg_locks shows a bigint advisory key as its high half in classid, its low half in objid,
+    // objsubid 1.
+    let key_bits = job.lock_key() as u64;
+    let query = if wait {
+        concat!(holder_record_sql!(), " FOR SHARE OF j")
+    } else {
+        holder_record_sql!()
+    };
+    Ok(sqlx::query_as(query)
+        .bind(job)
+        .bind((key_bits >> 32) as i64)
+        .bind((key_bits & 0xffff_ffff) as i64)
+        .fetch_optional(pool)
+        .await?)
 }
 
 async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result<LockOutcome> {
     let key = job.lock_key();
     for _ in 0..HOLDER_RETRIES {
-        // A connection of its own: a pooled one would go back to the pool still holding the
-        // session lock, and could be handed to someone else.
-        let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+        // Try on a pooled connection: setting up a connection per attempt would dominate the
+        // latency under contention. No pooled connection ever holds a job lock, because a
+        // winner's connection is detached below.
+        let mut pooled = pool.acquire().await?;
         let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *pooled)
             .await?;
         if acquired {
+            // The session holds the lock now: its connection leaves the pool for good and
+            // belongs to the JobLock alone, so it is never handed to anyone else.
+            let mut conn: PgConnection = pooled.detach();
+            // The record carries this session's backend pid, so a loser can tell it from the
+            // record of an earlier holder that died before clearing it.
             let epoch: Option<i64> = sqlx::query_scalar(
-                "UPDATE jobs SET lease_epoch = lease_epoch + 1, lock_holder = $2, locked_since = $3 \
-                 WHERE id = $1 RETURNING lease_epoch",
+                "UPDATE jobs SET lease_epoch = lease_epoch + 1, \
+                 lock_holder = jsonb_set($2::jsonb, '{backend_pid}', to_jsonb(pg_backend_pid())), \
+                 locked_since = $3 WHERE id = $1 RETURNING lease_epoch",
             )
             .bind(job)
             .bind(Json(holder))
@@ -186,17 +254,12 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
                 held: Some(Held::Postgres { conn, key }),
             }));
         }
-        // Close right away: 50 contenders must not hold 50 idle sessions.
-        conn.close().await?;
+        drop(pooled);
         // FOR SHARE waits for a winner whose record is being written right now.
-        let row: Option<HolderRecord> =
-            sqlx::query_as("SELECT lock_holder, locked_since FROM jobs WHERE id = $1 FOR SHARE")
-                .bind(job)
-                .fetch_optional(pool)
-                .await?;
+        let row = pg_holder_record(pool, job, true).await?;
         match row {
             None => return Err(StoreError::JobNotFound(job.to_string())),
-            Some((Some(Json(holder)), Some(since))) => {
+            Some((Some(Json(holder)), Some(since), true)) => {
                 return Ok(LockOutcome::Held { holder, since });
             }
             // The winner has not recorded itself yet, or released in between: look again.
@@ -208,13 +271,53 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
     ))))
 }
 
+/// The lock row's holder while it is live: heartbeat within the lease and, on this host, its
+/// process still there.
+fn live_holder(row: &LockRow, lease: Duration, at: DateTime<Utc>) -> Option<Holder> {
+    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    let expired = at - row.heartbeat_at > lease;
+    let gone = row.host == hostname() && !pid_alive(row.pid);
+    if expired || gone {
+        tracing::info!(
+            previous = %row.holder(),
+            reason = if gone { "holder process is gone" } else { "heartbeat older than the lease" },
+            "job lock is stale"
+        );
+        return None;
+    }
+    Some(row.holder())
+}
+
+async fn lock_row<'e, E>(executor: E, job: JobId) -> Result<Option<LockRow>>
+where
+    E: Executor<'e, Database = Sqlite>,
+{
+    Ok(sqlx::query_as(
+        "SELECT holder_id, host, pid, instance, acquired_at, heartbeat_at FROM job_locks \
+         WHERE job_id = $1",
+    )
+    .bind(job)
+    .fetch_optional(executor)
+    .await?)
+}
+
 async fn try_lock_sqlite(
-    pool: &SqlitePool,
+    db: &SqliteDb,
     lease: Duration,
     job: JobId,
     holder: &Holder,
 ) -> Result<LockOutcome> {
-    let mut tx = pool.begin_write().await?;
+    // A live holder is answered from a plain read, without queueing for the write lock behind
+    // the holder's own writes.
+    if let Some(row) = lock_row(&db.pool, job).await?
+        && let Some(current) = live_holder(&row, lease, now())
+    {
+        return Ok(LockOutcome::Held {
+            holder: current,
+            since: row.acquired_at,
+        });
+    }
+    let mut tx = db.begin_write().await?;
     let exists: Option<i64> = sqlx::query_scalar("SELECT lease_epoch FROM jobs WHERE id = $1")
         .bind(job)
         .fetch_optional(&mut *tx)
@@ -222,30 +325,15 @@ async fn try_lock_sqlite(
     if exists.is_none() {
         return Err(StoreError::JobNotFound(job.to_string()));
     }
-    let current: Option<LockRow> = sqlx::query_as(
-        "SELECT holder_id, host, pid, instance, acquired_at, heartbeat_at FROM job_locks WHERE job_id = $1",
-    )
-    .bind(job)
-    .fetch_optional(&mut *tx)
-    .await?;
     let at = now();
-    if let Some(row) = current {
-        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let expired = at - row.heartbeat_at > lease;
-        let holder_gone = row.host == hostname() && !pid_alive(row.pid);
-        if !expired && !holder_gone {
-            tx.rollback().await?;
-            return Ok(LockOutcome::Held {
-                holder: row.holder(),
-                since: row.acquired_at,
-            });
-        }
-        tracing::info!(
-            %job,
-            previous = %row.holder(),
-            reason = if holder_gone { "holder process is gone" } else { "heartbeat older than the lease" },
-            "taking over a stale job lock"
-        );
+    if let Some(row) = lock_row(&mut *tx, job).await?
+        && let Some(current) = live_holder(&row, lease, at)
+    {
+        tx.rollback().await?;
+        return Ok(LockOutcome::Held {
+            holder: current,
+            since: row.acquired_at,
+        });
     }
     sqlx::query(
         "INSERT INTO job_locks (job_id, holder_id, host, pid, instance, acquired_at, heartbeat_at) \
@@ -272,12 +360,12 @@ async fn try_lock_sqlite(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    let heartbeat = tokio::spawn(heartbeat(pool.clone(), lease, job, holder.id.clone()));
+    let heartbeat = tokio::spawn(heartbeat(db.clone(), lease, job, holder.id.clone()));
     Ok(LockOutcome::Acquired(JobLock {
         proof: LockProof { job, epoch },
         holder: holder.clone(),
         held: Some(Held::Sqlite {
-            pool: pool.clone(),
+            db: db.clone(),
             heartbeat,
         }),
     }))
@@ -285,13 +373,15 @@ async fn try_lock_sqlite(
 
 /// Renews the lock row every third of the lease until the lock is released, dropped, or found
 /// taken over (then the holder's writes are already fenced; renewing would be wrong).
-async fn heartbeat(pool: SqlitePool, lease: Duration, job: JobId, holder_id: String) {
+async fn heartbeat(db: SqliteDb, lease: Duration, job: JobId, holder_id: String) {
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let renewed = pool
+        let queued = db.writer.lock().await;
+        let renewed = db
+            .pool
             .execute(
                 sqlx::query(
                     "UPDATE job_locks SET heartbeat_at = $3 WHERE job_id = $1 AND holder_id = $2",
@@ -301,6 +391,7 @@ async fn heartbeat(pool: SqlitePool, lease: Duration, job: JobId, holder_id: Str
                 .bind(now()),
             )
             .await;
+        drop(queued);
         match renewed {
             Ok(r) if r.rows_affected() == 0 => {
                 tracing::warn!(%job, "job lock was taken over by another holder; heartbeat stops");

@@ -4,14 +4,16 @@
 //! fenced by the lease epoch inside it: a holder that lost its lock without knowing cannot
 //! overwrite the new holder's work (the write fails with [`StoreError::Fenced`]).
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::migrate::{Migrate, Migrator};
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -148,7 +150,10 @@ pub struct WorkItem {
     pub commit: Option<String>,
     /// What the agent reported (captured output etc.), for `${map.results}`.
     pub result: Option<Value>,
+    /// Filled in from the DLQ table by [`Store::items`], not a column of the item row.
+    #[sqlx(default)]
     pub in_dlq: bool,
+    #[sqlx(default)]
     pub reprocessable: bool,
 }
 
@@ -259,6 +264,7 @@ pub fn hostname() -> String {
 }
 
 /// The answer of [`Store::try_lock`]: contention is an outcome, not an error.
+#[derive(Debug)]
 pub enum LockOutcome {
     Acquired(JobLock),
     Held {
@@ -299,10 +305,40 @@ pub struct Store {
     lease: Duration,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 enum Pool {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDb),
     Postgres(PgPool),
+}
+
+#[derive(Clone)]
+struct SqliteDb {
+    pool: SqlitePool,
+    /// Shared by every store of this process on the same file: write transactions queue here,
+    /// in order, instead of polling SQLite's busy handler (whose back-off reaches 100 ms sleeps
+    /// and makes tail latency under contention seconds long). Other processes still meet the
+    /// busy timeout.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The write queue of each SQLite file this process has open (see [`SqliteDb::writer`]).
+fn sqlite_writer(file: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static WRITERS: LazyLock<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut writers = WRITERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    writers.entry(key).or_default().clone()
 }
 
 /// Runs `$body` once per backend with `$pool` bound to that backend's pool. Most queries are the
@@ -310,8 +346,37 @@ enum Pool {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
-            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Sqlite(db) => {
+                let $pool = &db.pool;
+                $body
+            }
             $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// `on_pool!` for one autocommit write: on SQLite it first takes this process's place in the
+/// file's write queue (see [`SqliteDb::writer`]), so it never polls the busy handler against
+/// another task of this process.
+macro_rules! on_pool_write {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite(db) => {
+                let _queued = db.writer.lock().await;
+                let $pool = &db.pool;
+                $body
+            }
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Like `on_pool!`, with `$db` bound to something that implements [`PoolExt`].
+macro_rules! on_db {
+    ($store:expr, $db:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($db) => $body,
+            $crate::store::Pool::Postgres($db) => $body,
         }
     };
 }
@@ -320,9 +385,9 @@ macro_rules! on_pool {
 /// checked first and cannot change until the commit.
 macro_rules! fenced {
     ($store:expr, $proof:expr, $tx:ident => $body:expr) => {
-        on_pool!($store, pool => {
+        on_db!($store, db => {
             #[allow(unused_mut)]
-            let mut $tx = $crate::store::PoolExt::begin_fenced(pool, $proof).await?;
+            let mut $tx = $crate::store::PoolExt::begin_fenced(db, $proof).await?;
             let out = $body;
             $tx.commit().await?;
             out
@@ -336,7 +401,7 @@ trait PoolExt {
 
     /// A transaction that will write: SQLite takes the write lock up front (`BEGIN IMMEDIATE`),
     /// so it waits its turn under the busy timeout instead of failing on a lock upgrade.
-    fn begin_write(&self) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
+    fn begin_write(&self) -> impl Future<Output = Result<WriteTx<Self::Db>>> + Send;
 
     /// A write transaction that first checks the proof's epoch against the job row and keeps it
     /// from changing until commit: SQLite holds the database write lock; PostgreSQL share-locks
@@ -344,17 +409,51 @@ trait PoolExt {
     fn begin_fenced(
         &self,
         proof: &LockProof,
-    ) -> impl Future<Output = Result<Transaction<'static, Self::Db>>> + Send;
+    ) -> impl Future<Output = Result<WriteTx<Self::Db>>> + Send;
 }
 
-impl PoolExt for SqlitePool {
-    type Db = Sqlite;
+/// A write transaction, holding its place in the SQLite write queue until it ends.
+struct WriteTx<DB: sqlx::Database> {
+    tx: Transaction<'static, DB>,
+    _queued: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.begin_with("BEGIN IMMEDIATE").await?)
+impl<DB: sqlx::Database> WriteTx<DB> {
+    async fn commit(self) -> Result<()> {
+        Ok(self.tx.commit().await?)
     }
 
-    async fn begin_fenced(&self, proof: &LockProof) -> Result<Transaction<'static, Sqlite>> {
+    async fn rollback(self) -> Result<()> {
+        Ok(self.tx.rollback().await?)
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.tx
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.tx
+    }
+}
+
+impl PoolExt for SqliteDb {
+    type Db = Sqlite;
+
+    async fn begin_write(&self) -> Result<WriteTx<Sqlite>> {
+        let queued = self.writer.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx {
+            tx,
+            _queued: Some(queued),
+        })
+    }
+
+    async fn begin_fenced(&self, proof: &LockProof) -> Result<WriteTx<Sqlite>> {
         let mut tx = self.begin_write().await?;
         let epoch: Option<i64> = sqlx::query_scalar("SELECT lease_epoch FROM jobs WHERE id = $1")
             .bind(proof.job)
@@ -368,12 +467,15 @@ impl PoolExt for SqlitePool {
 impl PoolExt for PgPool {
     type Db = Postgres;
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
-        Ok(self.begin().await?)
+    async fn begin_write(&self) -> Result<WriteTx<Postgres>> {
+        Ok(WriteTx {
+            tx: self.begin().await?,
+            _queued: None,
+        })
     }
 
-    async fn begin_fenced(&self, proof: &LockProof) -> Result<Transaction<'static, Postgres>> {
-        let mut tx = self.begin().await?;
+    async fn begin_fenced(&self, proof: &LockProof) -> Result<WriteTx<Postgres>> {
+        let mut tx = self.begin_write().await?;
         let epoch: Option<i64> =
             sqlx::query_scalar("SELECT lease_epoch FROM jobs WHERE id = $1 FOR SHARE")
                 .bind(proof.job)
@@ -383,6 +485,24 @@ impl PoolExt for PgPool {
         Ok(tx)
     }
 }
+
+mod debug;
+mod lock;
+mod sql_types;
+mod writes;
+
+pub use debug::{EXIT_HELD, debug_lock};
+pub use lock::JobLock;
+pub use server::{Accepted, DeliveryOutcome, Request, RequestStatus};
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Default SQLite lock lease; `PRODIGY_LOCK_LEASE_SECS` overrides it.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
+
+/// How long a SQLite connection waits for another writer before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `SELECT <job columns> FROM jobs` followed by the given literal tail.
 macro_rules! select_jobs {
@@ -396,24 +516,9 @@ macro_rules! select_jobs {
     };
 }
 
-mod debug;
-mod lock;
+// After `select_jobs!`, which they use.
+mod reporting;
 mod server;
-mod sql_types;
-mod writes;
-
-pub use debug::debug_lock;
-pub use lock::JobLock;
-pub use server::{Accepted, DeliveryOutcome, Request, RequestStatus};
-
-static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
-static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
-
-/// Default SQLite lock lease; `PRODIGY_LOCK_LEASE_SECS` overrides it.
-pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
-
-/// How long a SQLite connection waits for another writer before giving up.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The current time at the precision both backends keep (microseconds), so a value written and
 /// read back compares equal.
@@ -478,15 +583,25 @@ impl Store {
                     ))
                 })?;
             }
+            let file = if in_memory {
+                PathBuf::from(format!(":memory:{}", uuid::Uuid::now_v7()))
+            } else {
+                options.get_filename().to_path_buf()
+            };
             let pool = SqlitePoolOptions::new()
                 .max_connections(if in_memory { 1 } else { 8 })
                 .connect_with(options)
                 .await?;
-            Pool::Sqlite(pool)
+            Pool::Sqlite(SqliteDb {
+                writer: sqlite_writer(&file),
+                pool,
+            })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(10)
+                // Keeps a connection ready after a job lock detaches one from the pool.
+                .min_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
                 .await?;
@@ -558,7 +673,30 @@ impl Store {
     pub async fn migrate_up_to(&self, version: i64) -> Result<Vec<i64>> {
         let before = self.applied_migrations().await?;
         let migrator = self.migrator();
-        on_pool!(self, pool => migrator.run_to(version, pool).await?);
+        match &self.pool {
+            // PostgreSQL: sqlx serialises migrators with an advisory lock.
+            Pool::Postgres(pool) => migrator.run_to(version, pool).await?,
+            // SQLite has no such lock: queue behind this process's writers, and when another
+            // process applied the same migration first (ours then fails on "table already
+            // exists"), look again at what is applied and go on from there.
+            Pool::Sqlite(db) => {
+                let _queued = db.writer.lock().await;
+                let mut tries = 0;
+                loop {
+                    match migrator.run_to(version, &db.pool).await {
+                        Ok(()) => break,
+                        Err(
+                            e @ (MigrateError::Execute(_) | MigrateError::ExecuteMigration(..)),
+                        ) if tries < 3 => {
+                            tracing::debug!(error = %e, "migration raced another process; retrying");
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
         let after = self.applied_migrations().await?;
         Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
@@ -568,7 +706,7 @@ impl Store {
     pub async fn create_job(&self, new: &NewJob) -> Result<Job> {
         let id = JobId::new();
         let at = now();
-        on_pool!(self, pool => {
+        on_pool_write!(self, pool => {
             sqlx::query(
                 "INSERT INTO jobs (id, workflow_path, workflow_text, workflow_name, repo_path, repo, \
                  pr_number, head_sha, status, phase, refs, vars, created_at, updated_at) \
@@ -698,9 +836,7 @@ impl Store {
             let mut rows: Vec<WorkItem> = on_pool!(self, pool => {
                 let mut q = QueryBuilder::new(
                     "SELECT w.key, w.position, w.data, w.status, w.attempts, w.merged, w.commit_sha, \
-                     w.result, d.key IS NOT NULL AS in_dlq, COALESCE(d.reprocessable, FALSE) AS reprocessable \
-                     FROM work_items w LEFT JOIN dlq_items d ON d.job_id = w.job_id AND d.key = w.key \
-                     WHERE w.job_id = ",
+                     w.result FROM work_items w WHERE w.job_id = ",
                 );
                 q.push_bind(job);
                 if let Some(status) = filter.status {
@@ -728,6 +864,23 @@ impl Store {
             .is_some_and(|k| k.len() > KEYS_PER_QUERY)
         {
             items.sort_by(|a, b| (a.position, &a.key).cmp(&(b.position, &b.key)));
+        }
+        // The DLQ flags come from a second, small query: joining them in costs an index probe
+        // per item, which on 100k items is most of the load time.
+        let dlq: Vec<(ItemKey, bool)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT key, reprocessable FROM dlq_items WHERE job_id = $1")
+                .bind(job)
+                .fetch_all(pool)
+                .await?
+        });
+        if !dlq.is_empty() {
+            let dlq: HashMap<ItemKey, bool> = dlq.into_iter().collect();
+            for item in &mut items {
+                if let Some(&reprocessable) = dlq.get(&item.key) {
+                    item.in_dlq = true;
+                    item.reprocessable = reprocessable;
+                }
+            }
         }
         Ok(items)
     }

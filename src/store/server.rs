@@ -112,13 +112,14 @@ macro_rules! request_columns {
 impl Store {
     /// Records a webhook delivery by its `X-GitHub-Delivery` id; a second call with the same id
     /// answers Duplicate and changes nothing.
+    #[tracing::instrument(level = "debug", skip_all, fields(delivery = delivery_id, event))]
     pub async fn record_delivery(
         &self,
         delivery_id: &str,
         event: &str,
         action: Option<&str>,
     ) -> Result<DeliveryOutcome> {
-        let inserted = on_pool!(self, pool => {
+        let inserted = on_pool_write!(self, pool => {
             sqlx::query(
                 "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
                  VALUES ($1, $2, $3, $4, 'received') ON CONFLICT (delivery_id) DO NOTHING",
@@ -140,7 +141,7 @@ impl Store {
 
     /// What became of a delivery (e.g. "ignored: edited comment", "queued request 12").
     pub async fn set_delivery_outcome(&self, delivery_id: &str, outcome: &str) -> Result<()> {
-        on_pool!(self, pool => {
+        on_pool_write!(self, pool => {
             sqlx::query("UPDATE webhook_deliveries SET outcome = $2 WHERE delivery_id = $1")
                 .bind(delivery_id)
                 .bind(outcome)
@@ -163,7 +164,7 @@ impl Store {
 
     /// Queues a request for a runner; returns its id.
     pub async fn enqueue_request(&self, kind: &str, payload: &Value) -> Result<i64> {
-        Ok(on_pool!(self, pool => {
+        Ok(on_pool_write!(self, pool => {
             sqlx::query_scalar(
                 "INSERT INTO requests (kind, payload, status, enqueued_at) VALUES ($1, $2, 'queued', $3) \
                  RETURNING id",
@@ -179,6 +180,7 @@ impl Store {
     /// Claims the oldest queued request for `worker`; no two workers ever get the same one
     /// (PostgreSQL skips rows another claimer has locked; SQLite claims in one statement under
     /// the database write lock).
+    #[tracing::instrument(level = "debug", skip_all, fields(worker))]
     pub async fn claim_request(&self, worker: &str) -> Result<Option<Request>> {
         let at = now();
         let row: Option<RequestRow> = match &self.pool {
@@ -194,8 +196,8 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
             }
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin_write().await?;
+            Pool::Sqlite(db) => {
+                let mut tx = db.begin_write().await?;
                 let row = sqlx::query_as(concat!(
                     "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
                      attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
@@ -220,7 +222,7 @@ impl Store {
         } else {
             RequestStatus::Failed
         };
-        on_pool!(self, pool => {
+        on_pool_write!(self, pool => {
             sqlx::query("UPDATE requests SET status = $2, message = $3, finished_at = $4 WHERE id = $1")
                 .bind(id)
                 .bind(status.as_str())
@@ -236,7 +238,7 @@ impl Store {
     /// Puts requests claimed by `worker` back in the queue (a runner restarting after a crash
     /// calls this with its own name). Returns how many.
     pub async fn requeue_claimed(&self, worker: &str) -> Result<u64> {
-        Ok(on_pool!(self, pool => {
+        Ok(on_pool_write!(self, pool => {
             sqlx::query(
                 "UPDATE requests SET status = 'queued', claimed_by = NULL, claimed_at = NULL \
                  WHERE status = 'claimed' AND claimed_by = $1",
@@ -280,7 +282,7 @@ impl Store {
         payload: &Value,
     ) -> Result<Accepted> {
         let at = now();
-        Ok(on_pool!(self, pool => {
+        Ok(on_db!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let inserted = sqlx::query(
                 "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \

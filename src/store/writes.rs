@@ -19,6 +19,28 @@ const SQLITE_ROWS_PER_INSERT: usize = 2_000;
 /// keep one message's size modest.
 const POSTGRES_ROWS_PER_INSERT: usize = 10_000;
 
+/// Sets one column of the job row, fenced by the proof's epoch in the same statement.
+macro_rules! set_job_column {
+    ($store:expr, $proof:expr, $column:literal, $value:expr) => {{
+        let done = on_pool_write!($store, pool => {
+            sqlx::query(concat!(
+                "UPDATE jobs SET ", $column, " = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2"
+            ))
+            .bind($proof.job)
+            .bind($proof.epoch)
+            .bind($value)
+            .bind(now())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err($store.job_write_refused($proof).await);
+        }
+        Ok(())
+    }};
+}
+
 impl Store {
     /// After a fenced `UPDATE jobs` touched no row: tells a vanished job from a lost lease.
     async fn job_write_refused(&self, proof: &LockProof) -> StoreError {
@@ -41,6 +63,7 @@ impl Store {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, %status, %phase))]
     pub async fn set_job_state(
         &self,
         proof: &LockProof,
@@ -53,7 +76,7 @@ impl Store {
             JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled => Some(at),
             JobStatus::Pending | JobStatus::Running => None,
         };
-        let done = on_pool!(self, pool => {
+        let done = on_pool_write!(self, pool => {
             sqlx::query(
                 "UPDATE jobs SET status = $3, phase = $4, error = $5, updated_at = $6, finished_at = $7 \
                  WHERE id = $1 AND lease_epoch = $2",
@@ -76,67 +99,27 @@ impl Store {
     }
 
     pub async fn set_job_refs(&self, proof: &LockProof, refs: &JobRefs) -> Result<()> {
-        let done = on_pool!(self, pool => {
-            sqlx::query("UPDATE jobs SET refs = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2")
-                .bind(proof.job)
-                .bind(proof.epoch)
-                .bind(Json(refs))
-                .bind(now())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if done == 0 {
-            return Err(self.job_write_refused(proof).await);
-        }
-        Ok(())
+        set_job_column!(self, proof, "refs", Json(refs))
     }
 
     pub async fn set_job_vars(&self, proof: &LockProof, vars: &Value) -> Result<()> {
-        let done = on_pool!(self, pool => {
-            sqlx::query("UPDATE jobs SET vars = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2")
-                .bind(proof.job)
-                .bind(proof.epoch)
-                .bind(vars)
-                .bind(now())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if done == 0 {
-            return Err(self.job_write_refused(proof).await);
-        }
-        Ok(())
+        set_job_column!(self, proof, "vars", vars)
     }
 
     pub async fn set_check_run_id(&self, proof: &LockProof, id: i64) -> Result<()> {
-        let done = on_pool!(self, pool => {
-            sqlx::query(
-                "UPDATE jobs SET check_run_id = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2",
-            )
-            .bind(proof.job)
-            .bind(proof.epoch)
-            .bind(id)
-            .bind(now())
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        if done == 0 {
-            return Err(self.job_write_refused(proof).await);
-        }
-        Ok(())
+        set_job_column!(self, proof, "check_run_id", id)
     }
 
     /// Inserts items; a key already present for the job is left as it is. Returns rows inserted.
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, items = items.len()))]
     pub async fn insert_items(&self, proof: &LockProof, items: &[NewItem]) -> Result<u64> {
         if items.is_empty() {
             // Still answer Fenced/JobNotFound, so an empty input does not hide a lost lock.
             return fenced!(self, proof, _tx => Ok(0));
         }
         match &self.pool {
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin_fenced(proof).await?;
+            Pool::Sqlite(db) => {
+                let mut tx = db.begin_fenced(proof).await?;
                 let mut inserted = 0;
                 for chunk in items.chunks(SQLITE_ROWS_PER_INSERT) {
                     let mut q = QueryBuilder::new(
@@ -155,8 +138,8 @@ impl Store {
                 tx.commit().await?;
                 Ok(inserted)
             }
-            Pool::Postgres(pool) => {
-                let mut tx = pool.begin_fenced(proof).await?;
+            Pool::Postgres(db) => {
+                let mut tx = db.begin_fenced(proof).await?;
                 let mut inserted = 0;
                 for chunk in items.chunks(POSTGRES_ROWS_PER_INSERT) {
                     let keys: Vec<&str> = chunk.iter().map(|i| i.key.0.as_str()).collect();
@@ -183,6 +166,7 @@ impl Store {
 
     /// Marks the item running and appends an attempt row; returns its attempt number
     /// (previous attempts + 1, across runs).
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, %key))]
     pub async fn start_attempt(
         &self,
         proof: &LockProof,
@@ -223,6 +207,7 @@ impl Store {
     /// Completes the attempt row and sets the item's status; on failure with a DLQ disposition
     /// it upserts the DLQ row (count + 1, last failure, class, signature, message) in the same
     /// transaction. On success the item leaves the DLQ.
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, %key, attempt, success = outcome.success))]
     pub async fn finish_attempt(
         &self,
         proof: &LockProof,
@@ -308,6 +293,7 @@ impl Store {
     }
 
     /// The item's commit reached the job branch (or it had nothing to merge).
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, %key))]
     pub async fn mark_merged(&self, proof: &LockProof, key: &ItemKey) -> Result<()> {
         fenced!(self, proof, tx => {
             let done = sqlx::query("UPDATE work_items SET merged = TRUE WHERE job_id = $1 AND key = $2")
@@ -325,6 +311,7 @@ impl Store {
 
     /// Items left `running` by a crashed holder go back to `pending`; their open attempts are
     /// closed as failed with class Unknown and message "interrupted". Returns how many.
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job))]
     pub async fn recover_interrupted(&self, proof: &LockProof) -> Result<u64> {
         let at = now();
         Ok(fenced!(self, proof, tx => {
@@ -381,6 +368,7 @@ impl Store {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, kind))]
     pub async fn append_event(&self, proof: &LockProof, kind: &str, data: &Value) -> Result<i64> {
         match self
             .insert_event(proof.job, Some(proof.epoch), kind, data)
@@ -408,8 +396,8 @@ impl Store {
         data: &Value,
     ) -> Result<Option<i64>> {
         let at = now();
-        Ok(on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
+        Ok(on_db!(self, db => {
+            let mut tx = db.begin_write().await?;
             let seq: Option<i64> = sqlx::query_scalar(
                 "UPDATE jobs SET event_seq = event_seq + 1 \
                  WHERE id = $1 AND ($2 IS NULL OR lease_epoch = $2) RETURNING event_seq",

@@ -829,6 +829,15 @@ pub fn item_key(item: &Value, item_id_field: Option<&str>) -> ItemKey {
             _ => {}
         }
     }
+    // A plain string or number item (`["a.rs", "b.rs"]`) is its own key: stable, and what a
+    // person types in `prodigy dlq show JOB a.rs`. Long text is hashed like any other value.
+    match item {
+        Value::String(s) if !s.trim().is_empty() && s.len() <= 200 && !s.contains('\n') => {
+            return ItemKey(s.clone());
+        }
+        Value::Number(n) => return ItemKey(n.to_string()),
+        _ => {}
+    }
     let digest = Sha256::digest(canonical_json(item).as_bytes());
     ItemKey(format!("h-{}", &hex::encode(digest)[..16]))
 }

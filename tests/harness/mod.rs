@@ -365,6 +365,22 @@ impl Resumable {
         }
     }
 
+    /// Runs the workflow with a policy that stops the map phase at the first failure, with
+    /// `failing` failing and one agent at a time: the job stops in the map phase with `failing`
+    /// failed (and in the DLQ) and the items after it pending. Returns the job id.
+    pub fn run_stopping_at(&self, failing: &str) -> String {
+        let wf = RESUMABLE_WF.replace(
+            "mode: mapreduce",
+            "mode: mapreduce\nerror_policy:\n  continue_on_failure: false",
+        );
+        self.repo.write("wf.yml", &wf);
+        self.repo.commit_all("stop on failure");
+        self.fail(failing);
+        let out = self.prodigy(&["run", "wf.yml", "--max-parallel", "1"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        job_id(&out)
+    }
+
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![("COUNTER_DIR", self.counter.path().display().to_string())]
     }

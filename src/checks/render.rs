@@ -1,0 +1,1084 @@
+//! What a check run says, as pure functions of a job's recorded state: its name, the in-progress
+//! output, the conclusion, the final summary, the DLQ annotations and the buttons. The reporter
+//! (`super::reporter`) only gathers the inputs and sends the results.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::github::checks::{
+    MAX_ANNOTATIONS_PER_REQUEST, MAX_OUTPUT_TEXT_CHARS, truncate_markdown,
+};
+use crate::github::{
+    Annotation, AnnotationLevel, CheckConclusion, CheckRunButton, CheckRunOutput, CheckRunUpdate,
+    CheckStatus,
+};
+use crate::store::{Attempt, DlqItem, ItemCounts, Job};
+use crate::types::{ItemKey, JobId, JobStatus, Phase};
+use crate::workflow::{self, WorkflowKind};
+
+/// DLQ rows annotated per job at most; the rest are counted in the summary. GitHub keeps every
+/// annotation, but past a few hundred nobody reads them and each 50 costs a request.
+pub const ANNOTATION_CAP: usize = 500;
+/// Rows of the "slowest items" table.
+pub const SLOWEST_SHOWN: usize = 5;
+/// Item keys listed per error signature in the summary.
+const KEYS_PER_SIGNATURE: usize = 20;
+/// The end of the last error kept in an annotation's message: where a failure's reason usually is.
+const MESSAGE_TAIL_LINES: usize = 30;
+
+/// The button identifiers; `check_run.requested_action` carries them back.
+pub const RESUME_ACTION: &str = "resume";
+pub const RETRY_FAILED_ACTION: &str = "retry_failed";
+
+/// What the workflow file says that the check run needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowFacts {
+    pub name: String,
+    /// The workflow file relative to the repository root: annotations of items that name no file
+    /// of their own point here.
+    pub path: String,
+    /// 1-based line of `agent_template:`.
+    pub agent_template_line: Option<u32>,
+    /// `error_policy.failures_acceptable`: failed items make the conclusion neutral, not failure.
+    pub failures_acceptable: bool,
+}
+
+impl WorkflowFacts {
+    /// Read from the job's snapshot of its workflow (what the job runs, not the file on disk).
+    pub fn from_job(job: &Job) -> WorkflowFacts {
+        let path = repo_relative(&job.workflow_path, &job.repo_path)
+            .unwrap_or_else(|| job.workflow_path.clone());
+        let parsed = workflow::parse(Path::new(&job.workflow_path), &job.workflow_text);
+        let (agent_template_line, failures_acceptable) = match parsed.map(|p| p.workflow.kind) {
+            Ok(WorkflowKind::MapReduce(mr)) => (
+                u32::try_from(mr.map.agent_template_line).ok(),
+                mr.error_policy.failures_acceptable,
+            ),
+            // A snapshot that no longer parses still ran (or failed) as a job; report it plainly.
+            Ok(WorkflowKind::Standard { .. }) | Err(_) => (None, false),
+        };
+        WorkflowFacts {
+            name: job.workflow_name.clone(),
+            path,
+            agent_template_line,
+            failures_acceptable,
+        }
+    }
+}
+
+pub fn check_run_name(workflow_name: &str) -> String {
+    format!("prodigy: {workflow_name}")
+}
+
+/// The output while a job runs.
+pub fn progress_output(job: JobId, phase: Phase, counts: &ItemCounts) -> CheckRunOutput {
+    let remaining = counts.pending + counts.running;
+    let title = match phase {
+        Phase::Setup => "Setup running".to_string(),
+        Phase::Map => format!(
+            "Map: {} of {} items succeeded, {} failed, {remaining} to go",
+            counts.succeeded, counts.total, counts.failed
+        ),
+        Phase::Reduce => format!(
+            "Reduce running ({} of {} items succeeded, {} failed)",
+            counts.succeeded, counts.total, counts.failed
+        ),
+        Phase::Done => "Finishing".to_string(),
+    };
+    let mut summary = format!("Job `{job}` is in the **{phase}** phase.\n\n");
+    if counts.total > 0 {
+        summary.push_str(&counts_table(counts));
+    }
+    CheckRunOutput {
+        title,
+        summary,
+        text: None,
+        annotations: Vec::new(),
+    }
+}
+
+/// The conclusion of a finished run. `cancelled` is whether the run was stopped on purpose (its
+/// cancellation token fired); the engine records such a job as failed-and-resumable.
+pub fn conclusion(
+    status: JobStatus,
+    counts: &ItemCounts,
+    failures_acceptable: bool,
+    cancelled: bool,
+) -> CheckConclusion {
+    let items_failed = counts.failed > 0 || counts.dlq > 0;
+    match status {
+        JobStatus::Succeeded if !items_failed => CheckConclusion::Success,
+        JobStatus::Succeeded if failures_acceptable => CheckConclusion::Neutral,
+        JobStatus::Cancelled => CheckConclusion::Cancelled,
+        _ if cancelled => CheckConclusion::Cancelled,
+        // Failed, or a job still recorded as running: prodigy stopped before finishing it.
+        _ => CheckConclusion::Failure,
+    }
+}
+
+/// Everything the final report is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct FinalInput<'a> {
+    pub job: &'a Job,
+    pub facts: &'a WorkflowFacts,
+    pub counts: ItemCounts,
+    /// The job's DLQ rows, oldest first failure first.
+    pub dlq: &'a [DlqItem],
+    /// Every attempt of the job (`Store::job_attempts`).
+    pub attempts: &'a [Attempt],
+    pub cancelled: bool,
+}
+
+impl FinalInput<'_> {
+    pub fn conclusion(&self) -> CheckConclusion {
+        conclusion(
+            self.job.status,
+            &self.counts,
+            self.facts.failures_acceptable,
+            self.cancelled,
+        )
+    }
+}
+
+pub fn final_title(input: &FinalInput) -> String {
+    let c = &input.counts;
+    let items = if c.total > 0 {
+        format!(
+            ": {} of {} items succeeded, {} failed",
+            c.succeeded, c.total, c.failed
+        )
+    } else {
+        String::new()
+    };
+    let verdict = match input.conclusion() {
+        CheckConclusion::Success => "Succeeded",
+        CheckConclusion::Neutral => "Finished with accepted failures",
+        CheckConclusion::Cancelled => "Cancelled",
+        _ => "Failed",
+    };
+    format!("{verdict}{items}")
+}
+
+/// The final summary, at most GitHub's 65,535 characters: cut cleanly with a note when longer.
+pub fn final_summary(input: &FinalInput) -> String {
+    let job = input.job;
+    let mut out = format!(
+        "**{}** for job `{}` (workflow `{}`, phase {}).\n\n",
+        final_title(input),
+        job.id,
+        input.facts.path,
+        job.phase
+    );
+    if let Some(error) = &job.error {
+        out.push_str(&format!("{}\n\n", code_block(error)));
+    }
+    if input.counts.total > 0 {
+        out.push_str(&counts_table(&input.counts));
+        out.push('\n');
+    }
+    let slowest = slowest_items(input.attempts, SLOWEST_SHOWN);
+    if !slowest.is_empty() {
+        out.push_str(
+            "### Slowest items\n\n| item | longest attempt | attempts |\n|---|---:|---:|\n",
+        );
+        for s in &slowest {
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                inline_code(&s.key.0),
+                human_duration(s.longest_ms),
+                s.attempts
+            ));
+        }
+        out.push('\n');
+    }
+    if !input.dlq.is_empty() {
+        out.push_str(&dlq_by_signature(input.dlq));
+        let unannotated = input.dlq.len().saturating_sub(ANNOTATION_CAP);
+        if unannotated > 0 {
+            out.push_str(&format!(
+                "{unannotated} DLQ rows beyond the first {ANNOTATION_CAP} have no annotation; \
+                 `prodigy dlq list {}` lists them all.\n\n",
+                job.id
+            ));
+        }
+    }
+    if job.phase != Phase::Done || input.counts.pending + input.counts.running > 0 {
+        out.push_str(&format!(
+            "Continue with the **Resume** button, `/prodigy resume job={}` on the pull request, or \
+             `prodigy resume {}`.\n",
+            job.id.short(),
+            job.id
+        ));
+    } else if !input.dlq.is_empty() {
+        out.push_str(&format!(
+            "Run the failed items again with the **Retry failed** button, `/prodigy retry job={}` on \
+             the pull request, or `prodigy dlq retry {}`.\n",
+            job.id.short(),
+            job.id
+        ));
+    }
+    let note = format!(
+        "_Summary cut at GitHub's limit of {MAX_OUTPUT_TEXT_CHARS} characters; \
+         `prodigy status {}` and `prodigy dlq list {}` show everything._",
+        job.id, job.id
+    );
+    truncate_markdown(out.trim_end(), MAX_OUTPUT_TEXT_CHARS, &note)
+}
+
+fn counts_table(c: &ItemCounts) -> String {
+    format!(
+        "| items | count |\n|---|---:|\n| total | {} |\n| succeeded | {} |\n| merged | {} |\n\
+         | failed | {} |\n| running | {} |\n| pending | {} |\n| in the DLQ | {} |\n",
+        c.total, c.succeeded, c.merged, c.failed, c.running, c.pending, c.dlq
+    )
+}
+
+/// One row of the "slowest items" table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowItem {
+    pub key: ItemKey,
+    /// The item's longest finished attempt, in milliseconds.
+    pub longest_ms: i64,
+    pub attempts: u32,
+}
+
+/// Items by their longest finished attempt, slowest first (ties by key), at most `n`.
+pub fn slowest_items(attempts: &[Attempt], n: usize) -> Vec<SlowItem> {
+    let mut per_item: BTreeMap<&ItemKey, SlowItem> = BTreeMap::new();
+    for a in attempts {
+        let entry = per_item.entry(&a.key).or_insert_with(|| SlowItem {
+            key: a.key.clone(),
+            longest_ms: -1,
+            attempts: 0,
+        });
+        entry.attempts = entry.attempts.max(a.attempt);
+        if let Some(end) = a.finished_at {
+            let ms = (end - a.started_at).num_milliseconds().max(0);
+            entry.longest_ms = entry.longest_ms.max(ms);
+        }
+    }
+    let mut items: Vec<SlowItem> = per_item
+        .into_values()
+        .filter(|s| s.longest_ms >= 0)
+        .collect();
+    items.sort_by(|a, b| b.longest_ms.cmp(&a.longest_ms).then(a.key.cmp(&b.key)));
+    items.truncate(n);
+    items
+}
+
+/// The DLQ grouped by error signature, the largest group first.
+fn dlq_by_signature(dlq: &[DlqItem]) -> String {
+    let mut groups: BTreeMap<&str, Vec<&DlqItem>> = BTreeMap::new();
+    for row in dlq {
+        groups.entry(row.signature.as_str()).or_default().push(row);
+    }
+    let mut groups: Vec<(&str, Vec<&DlqItem>)> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    let mut out = format!(
+        "### Dead-letter queue: {} items, {} distinct errors\n\n",
+        dlq.len(),
+        groups.len()
+    );
+    for (signature, rows) in groups {
+        let first = rows[0];
+        let short_sig: String = signature.chars().take(12).collect();
+        out.push_str(&format!(
+            "**{} × {}** (signature {})\n\n",
+            rows.len(),
+            inline_code(first.error_class.as_str()),
+            inline_code(&short_sig)
+        ));
+        out.push_str(&format!(
+            "> {}\n\n",
+            one_line(&last_line(&first.last_message), 200)
+        ));
+        let keys: Vec<String> = rows
+            .iter()
+            .take(KEYS_PER_SIGNATURE)
+            .map(|r| inline_code(&r.key.0))
+            .collect();
+        let more = rows.len().saturating_sub(KEYS_PER_SIGNATURE);
+        out.push_str(&format!("Items: {}", keys.join(", ")));
+        if more > 0 {
+            out.push_str(&format!(" and {more} more"));
+        }
+        out.push_str("\n\n");
+    }
+    out
+}
+
+/// Where an item points in the repository, read from its data (documented mapping):
+///
+/// 1. `location: {file, line, end_line}`, the shape of debtmap-style items;
+/// 2. else a top-level `file` or `path` string with `line` / `end_line` beside it.
+///
+/// `start_line` is accepted wherever `line` is. A line is a positive integer or a string of one;
+/// a file without a usable line points at line 1, and `end_line` below the start is ignored. The
+/// path must lie inside the repository: `./` is dropped, an absolute path under `repo_root`
+/// becomes relative, and any other absolute path or one with `..` is not used (the annotation
+/// then points at the workflow, see [`annotation`]).
+pub fn item_location(data: &Value, repo_root: &str) -> Option<(String, u32, u32)> {
+    let from = |obj: &Value, file_keys: &[&str]| -> Option<(String, u32, u32)> {
+        let file = file_keys
+            .iter()
+            .find_map(|k| obj.get(*k).and_then(Value::as_str))?;
+        let path = repo_relative(file, repo_root)?;
+        let start = line_of(obj, &["line", "start_line"]).unwrap_or(1);
+        let end = line_of(obj, &["end_line"])
+            .filter(|e| *e >= start)
+            .unwrap_or(start);
+        Some((path, start, end))
+    };
+    data.get("location")
+        .filter(|l| l.is_object())
+        .and_then(|l| from(l, &["file", "path"]))
+        .or_else(|| from(data, &["file", "path"]))
+}
+
+fn line_of(obj: &Value, keys: &[&str]) -> Option<u32> {
+    keys.iter().find_map(|k| {
+        let v = obj.get(*k)?;
+        let n = v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))?;
+        u32::try_from(n).ok().filter(|n| *n > 0)
+    })
+}
+
+/// `file` as a path relative to the repository root, if it lies inside it.
+fn repo_relative(file: &str, repo_root: &str) -> Option<String> {
+    let p = Path::new(file.trim());
+    let p = if p.is_absolute() {
+        p.strip_prefix(repo_root).ok()?
+    } else {
+        p
+    };
+    let mut parts = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// The annotation of one DLQ row; `history` is the item's attempts, oldest first.
+pub fn annotation(
+    row: &DlqItem,
+    history: &[&Attempt],
+    facts: &WorkflowFacts,
+    repo_root: &str,
+) -> Annotation {
+    let (path, start_line, end_line) = item_location(&row.data, repo_root).unwrap_or_else(|| {
+        let line = facts.agent_template_line.unwrap_or(1);
+        (facts.path.clone(), line, line)
+    });
+    let attempts = if row.failure_count == 1 {
+        "1 failed attempt".to_string()
+    } else {
+        format!("{} failed attempts", row.failure_count)
+    };
+    let message = format!(
+        "{}\n\n({attempts})",
+        tail_lines(&row.last_message, MESSAGE_TAIL_LINES)
+    );
+    Annotation {
+        path,
+        start_line,
+        end_line,
+        start_column: None,
+        end_column: None,
+        annotation_level: AnnotationLevel::Failure,
+        message,
+        title: Some(format!("{}: {}", row.error_class, row.key)),
+        raw_details: Some(failure_history(row, history)),
+    }
+    .within_limits()
+}
+
+fn failure_history(row: &DlqItem, history: &[&Attempt]) -> String {
+    let failed: Vec<&&Attempt> = history.iter().filter(|a| a.success != Some(true)).collect();
+    if failed.is_empty() {
+        // A DLQ row without attempt rows (written by an older run): what the row itself knows.
+        return format!(
+            "{} failures between {} and {}; last:\n{}",
+            row.failure_count,
+            timestamp(row.first_failure),
+            timestamp(row.last_failure),
+            row.last_message
+        );
+    }
+    let mut out = String::new();
+    for a in failed {
+        let took = a
+            .finished_at
+            .map(|end| {
+                format!(
+                    ", {}",
+                    human_duration((end - a.started_at).num_milliseconds())
+                )
+            })
+            .unwrap_or_default();
+        let class = a.error_class.map_or("unfinished", |c| c.as_str());
+        let exit = a
+            .exit_code
+            .map(|c| format!(" (exit {c})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "attempt {} at {}{took}: {class}{exit}\n",
+            a.attempt,
+            timestamp(a.started_at)
+        ));
+        if let Some(m) = &a.message {
+            for line in tail_lines(m, 10).lines() {
+                out.push_str(&format!("    {line}\n"));
+            }
+        }
+        if let Some(log) = &a.log_path {
+            out.push_str(&format!("    log: {log}\n"));
+        }
+    }
+    out
+}
+
+/// Annotations for the job's DLQ rows, the first [`ANNOTATION_CAP`] in DLQ order.
+pub fn annotations(input: &FinalInput) -> Vec<Annotation> {
+    let mut by_key: BTreeMap<&ItemKey, Vec<&Attempt>> = BTreeMap::new();
+    for a in input.attempts {
+        by_key.entry(&a.key).or_default().push(a);
+    }
+    input
+        .dlq
+        .iter()
+        .take(ANNOTATION_CAP)
+        .map(|row| {
+            let history = by_key.get(&row.key).map_or(&[][..], Vec::as_slice);
+            annotation(row, history, input.facts, &input.job.repo_path)
+        })
+        .collect()
+}
+
+/// "Resume" while the job is unfinished (a phase not done, items pending or interrupted),
+/// "Retry failed" while the DLQ holds items. A finished job's failed items are only reachable by
+/// a retry (resume answers "finished"), so it shows no "Resume".
+pub fn buttons(phase: Phase, counts: &ItemCounts) -> Vec<CheckRunButton> {
+    let mut out = Vec::new();
+    if phase != Phase::Done || counts.pending + counts.running > 0 {
+        out.push(CheckRunButton {
+            label: "Resume".into(),
+            description: "Continue the job where it stopped".into(),
+            identifier: RESUME_ACTION.into(),
+        });
+    }
+    if counts.dlq > 0 {
+        out.push(CheckRunButton {
+            label: "Retry failed".into(),
+            description: "Run the dead-letter queue items again".into(),
+            identifier: RETRY_FAILED_ACTION.into(),
+        });
+    }
+    out
+}
+
+/// The requests that complete a check run: the completion (conclusion, summary, buttons and the
+/// first 50 annotations), then one appending update per further 50.
+pub fn completion_updates(input: &FinalInput) -> Vec<CheckRunUpdate> {
+    let title = final_title(input);
+    let summary = final_summary(input);
+    let annotations = annotations(input);
+    let mut batches = annotations.chunks(MAX_ANNOTATIONS_PER_REQUEST);
+    let output = |annotations: &[Annotation]| CheckRunOutput {
+        title: title.clone(),
+        summary: summary.clone(),
+        text: None,
+        annotations: annotations.to_vec(),
+    };
+    let mut out = vec![CheckRunUpdate {
+        status: Some(CheckStatus::Completed),
+        conclusion: Some(input.conclusion()),
+        output: Some(output(batches.next().unwrap_or_default())),
+        actions: Some(buttons(input.job.phase, &input.counts)),
+        ..CheckRunUpdate::default()
+    }];
+    out.extend(batches.map(|batch| CheckRunUpdate {
+        output: Some(output(batch)),
+        ..CheckRunUpdate::default()
+    }));
+    out
+}
+
+// ---- Markdown helpers ----
+
+/// `text` as inline code, whatever backticks it holds, on one line.
+fn inline_code(text: &str) -> String {
+    let text = one_line(text, 200);
+    let longest_run = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest_run + 1);
+    if longest_run == 0 {
+        format!("{fence}{text}{fence}")
+    } else {
+        format!("{fence} {text} {fence}")
+    }
+}
+
+fn code_block(text: &str) -> String {
+    let longest_run = text
+        .lines()
+        .map(|l| l.trim_start().chars().take_while(|c| *c == '`').count())
+        .max()
+        .unwrap_or(0);
+    let fence = "`".repeat(longest_run.max(2) + 1);
+    format!("{fence}\n{}\n{fence}", text.trim_end())
+}
+
+/// Newlines and table pipes flattened, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            '|' => '¦',
+            c => c,
+        })
+        .collect();
+    let flat = flat.trim();
+    if flat.chars().count() <= max {
+        flat.to_string()
+    } else {
+        let cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let start = lines.len().saturating_sub(n);
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str(&format!("…({start} earlier lines)\n"));
+    }
+    out.push_str(&lines[start..].join("\n"));
+    out
+}
+
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn human_duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 10_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        let s = ms / 1000;
+        if s < 60 {
+            format!("{s} s")
+        } else {
+            format!("{} min {} s", s / 60, s % 60)
+        }
+    } else {
+        format!("{} h {} min", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JobRefs;
+    use crate::types::ErrorClass;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    const WORKFLOW: &str = "name: lint-fix\nmode: mapreduce\nmap:\n  input: items.json\n  json_path: \"$[*]\"\n  agent_template:\n    - shell: \"./fix.sh ${item.id}\"\nerror_policy:\n  failures_acceptable: false\n";
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn job(status: JobStatus, phase: Phase, error: Option<&str>) -> Job {
+        Job {
+            id: "0192f5a0-0000-7000-8000-000000000001".parse().unwrap(),
+            workflow_path: "/srv/repo/.prodigy/lint.yml".into(),
+            workflow_text: WORKFLOW.into(),
+            workflow_name: "lint-fix".into(),
+            repo_path: "/srv/repo".into(),
+            repo: None,
+            pr_number: Some(7),
+            head_sha: Some("a".repeat(40)),
+            status,
+            phase,
+            refs: JobRefs::default(),
+            vars: Value::Null,
+            check_run_id: None,
+            error: error.map(str::to_string),
+            lease_epoch: 1,
+            created_at: t(0),
+            updated_at: t(100),
+            finished_at: Some(t(100)),
+        }
+    }
+
+    fn dlq_row(key: &str, data: Value, class: ErrorClass, sig: &str, msg: &str) -> DlqItem {
+        DlqItem {
+            job_id: "0192f5a0-0000-7000-8000-000000000001".parse().unwrap(),
+            key: ItemKey::from(key),
+            data,
+            first_failure: t(10),
+            last_failure: t(20),
+            failure_count: 2,
+            error_class: class,
+            signature: sig.into(),
+            last_message: msg.into(),
+            reprocessable: true,
+            manual_review: false,
+        }
+    }
+
+    fn attempt(key: &str, n: u32, start: i64, secs: i64, ok: bool) -> Attempt {
+        Attempt {
+            key: ItemKey::from(key),
+            attempt: n,
+            started_at: t(start),
+            finished_at: Some(t(start + secs)),
+            success: Some(ok),
+            exit_code: Some(if ok { 0 } else { 2 }),
+            error_class: (!ok).then_some(ErrorClass::CommandFailed),
+            signature: None,
+            message: (!ok).then(|| format!("lint failed for {key}\n3 problems")),
+            log_path: Some(format!("/state/logs/{key}.log")),
+            worktree: None,
+            branch: None,
+            commit: None,
+        }
+    }
+
+    fn counts(total: u64, succeeded: u64, failed: u64) -> ItemCounts {
+        ItemCounts {
+            total,
+            succeeded,
+            failed,
+            merged: succeeded,
+            dlq: failed,
+            ..ItemCounts::default()
+        }
+    }
+
+    #[test]
+    fn facts_come_from_the_job_snapshot() {
+        let f = WorkflowFacts::from_job(&job(JobStatus::Running, Phase::Map, None));
+        assert_eq!(
+            f,
+            WorkflowFacts {
+                name: "lint-fix".into(),
+                path: ".prodigy/lint.yml".into(),
+                agent_template_line: Some(6),
+                failures_acceptable: false,
+            }
+        );
+        assert_eq!(check_run_name(&f.name), "prodigy: lint-fix");
+    }
+
+    #[test]
+    fn progress_output_shows_phase_and_counts() {
+        let c = ItemCounts {
+            total: 120,
+            succeeded: 40,
+            failed: 3,
+            running: 8,
+            pending: 69,
+            merged: 38,
+            dlq: 3,
+        };
+        let out = progress_output(job(JobStatus::Running, Phase::Map, None).id, Phase::Map, &c);
+        insta::assert_snapshot!(out.title, @"Map: 40 of 120 items succeeded, 3 failed, 77 to go");
+        insta::assert_snapshot!(out.summary, @r"
+        Job `0192f5a0-0000-7000-8000-000000000001` is in the **map** phase.
+
+        | items | count |
+        |---|---:|
+        | total | 120 |
+        | succeeded | 40 |
+        | merged | 38 |
+        | failed | 3 |
+        | running | 8 |
+        | pending | 69 |
+        | in the DLQ | 3 |
+        ");
+        let setup = progress_output(
+            job(JobStatus::Running, Phase::Setup, None).id,
+            Phase::Setup,
+            &ItemCounts::default(),
+        );
+        assert_eq!(setup.title, "Setup running");
+        assert!(
+            !setup.summary.contains("| total"),
+            "no table before items exist"
+        );
+    }
+
+    #[test]
+    fn conclusions() {
+        let ok = counts(10, 10, 0);
+        let bad = counts(10, 7, 3);
+        assert_eq!(
+            conclusion(JobStatus::Succeeded, &ok, false, false),
+            CheckConclusion::Success
+        );
+        assert_eq!(
+            conclusion(JobStatus::Succeeded, &bad, true, false),
+            CheckConclusion::Neutral
+        );
+        // Succeeded with failures but no policy allowing them: not quietly a success.
+        assert_eq!(
+            conclusion(JobStatus::Succeeded, &bad, false, false),
+            CheckConclusion::Failure
+        );
+        assert_eq!(
+            conclusion(JobStatus::Failed, &bad, false, false),
+            CheckConclusion::Failure
+        );
+        // Setup or reduce failed: no item failed, still a failure.
+        assert_eq!(
+            conclusion(JobStatus::Failed, &ok, true, false),
+            CheckConclusion::Failure
+        );
+        assert_eq!(
+            conclusion(JobStatus::Failed, &ok, false, true),
+            CheckConclusion::Cancelled
+        );
+        assert_eq!(
+            conclusion(JobStatus::Cancelled, &ok, false, false),
+            CheckConclusion::Cancelled
+        );
+        assert_eq!(
+            conclusion(JobStatus::Running, &ok, false, false),
+            CheckConclusion::Failure
+        );
+    }
+
+    #[test]
+    fn item_locations_follow_the_documented_mapping() {
+        let root = "/srv/repo";
+        let loc = |v: Value| item_location(&v, root);
+        assert_eq!(
+            loc(
+                json!({"location": {"file": "src/a.rs", "line": 12, "end_line": 14}, "file": "other.rs"})
+            ),
+            Some(("src/a.rs".into(), 12, 14))
+        );
+        assert_eq!(
+            loc(json!({"file": "./src/b.rs", "line": "7"})),
+            Some(("src/b.rs".into(), 7, 7))
+        );
+        assert_eq!(
+            loc(json!({"path": "docs/x.md"})),
+            Some(("docs/x.md".into(), 1, 1))
+        );
+        assert_eq!(
+            loc(json!({"file": "/srv/repo/src/c.rs", "start_line": 3, "end_line": 1})),
+            Some(("src/c.rs".into(), 3, 3))
+        );
+        assert_eq!(loc(json!({"file": "/etc/passwd"})), None);
+        assert_eq!(loc(json!({"file": "../outside.rs"})), None);
+        assert_eq!(loc(json!({"file": 42})), None);
+        assert_eq!(
+            loc(json!({"file": "src/d.rs", "line": 0})),
+            Some(("src/d.rs".into(), 1, 1))
+        );
+        assert_eq!(loc(json!({"id": "x"})), None);
+    }
+
+    #[test]
+    fn annotation_of_a_dlq_row() {
+        let facts = WorkflowFacts::from_job(&job(JobStatus::Failed, Phase::Done, None));
+        let row = dlq_row(
+            "item-3",
+            json!({"id": "item-3", "file": "src/lib.rs", "line": 42}),
+            ErrorClass::CommandFailed,
+            "sig-a",
+            "running lint\nlint failed for item-3\n3 problems",
+        );
+        let a1 = attempt("item-3", 1, 10, 2, false);
+        let a2 = attempt("item-3", 2, 15, 3, false);
+        let a = annotation(&row, &[&a1, &a2], &facts, "/srv/repo");
+        assert_eq!(
+            (a.path.as_str(), a.start_line, a.end_line),
+            ("src/lib.rs", 42, 42)
+        );
+        assert_eq!(a.annotation_level, AnnotationLevel::Failure);
+        insta::assert_snapshot!(a.title.unwrap(), @"command_failed: item-3");
+        insta::assert_snapshot!(a.message, @r"
+        running lint
+        lint failed for item-3
+        3 problems
+
+        (2 failed attempts)
+        ");
+        insta::assert_snapshot!(a.raw_details.unwrap(), @r"
+        attempt 1 at 2027-01-15 08:00:10 UTC, 2.0 s: command_failed (exit 2)
+            lint failed for item-3
+            3 problems
+            log: /state/logs/item-3.log
+        attempt 2 at 2027-01-15 08:00:15 UTC, 3.0 s: command_failed (exit 2)
+            lint failed for item-3
+            3 problems
+            log: /state/logs/item-3.log
+        ");
+        // No file in the item: the workflow's agent_template line.
+        let row = dlq_row(
+            "item-4",
+            json!({"id": "item-4"}),
+            ErrorClass::Timeout,
+            "sig-b",
+            "timed out",
+        );
+        let a = annotation(&row, &[], &facts, "/srv/repo");
+        assert_eq!((a.path.as_str(), a.start_line), (".prodigy/lint.yml", 6));
+        assert!(a.raw_details.unwrap().starts_with("2 failures between"));
+    }
+
+    #[test]
+    fn huge_messages_stay_within_limits() {
+        let facts = WorkflowFacts::from_job(&job(JobStatus::Failed, Phase::Done, None));
+        let long = "x".repeat(200_000);
+        let row = dlq_row(&"k".repeat(400), json!({}), ErrorClass::Unknown, "s", &long);
+        let a = annotation(&row, &[], &facts, "/srv/repo");
+        assert_eq!(a, a.clone().within_limits());
+        assert!(a.title.unwrap().chars().count() <= 255);
+        assert!(a.message.len() <= 64 * 1024);
+    }
+
+    #[test]
+    fn buttons_follow_what_is_left() {
+        let ids = |b: Vec<CheckRunButton>| b.into_iter().map(|b| b.identifier).collect::<Vec<_>>();
+        assert_eq!(
+            ids(buttons(Phase::Done, &counts(10, 10, 0))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(buttons(Phase::Done, &counts(10, 7, 3))),
+            ["retry_failed"]
+        );
+        assert_eq!(
+            ids(buttons(Phase::Map, &counts(10, 7, 3))),
+            ["resume", "retry_failed"]
+        );
+        assert_eq!(ids(buttons(Phase::Reduce, &counts(10, 10, 0))), ["resume"]);
+        for b in buttons(Phase::Map, &counts(10, 7, 3)) {
+            assert!(b.identifier.chars().count() <= 20);
+            assert!(b.label.chars().count() <= 20);
+            assert!(b.description.chars().count() <= 40, "{}", b.description);
+        }
+    }
+
+    #[test]
+    fn final_summary_text() {
+        let j = job(
+            JobStatus::Failed,
+            Phase::Done,
+            Some(
+                "2 of 6 items failed (see `prodigy dlq list 0192f5a0-0000-7000-8000-000000000001`)",
+            ),
+        );
+        let facts = WorkflowFacts::from_job(&j);
+        let dlq = vec![
+            dlq_row(
+                "item-1",
+                json!({}),
+                ErrorClass::CommandFailed,
+                "sig-lint",
+                "lint failed for item-1\n3 problems",
+            ),
+            dlq_row(
+                "item-5",
+                json!({}),
+                ErrorClass::CommandFailed,
+                "sig-lint",
+                "lint failed for item-5\n3 problems",
+            ),
+            dlq_row(
+                "item|6",
+                json!({}),
+                ErrorClass::Timeout,
+                "sig-time",
+                "agent timed out after 300 s",
+            ),
+        ];
+        let attempts = vec![
+            attempt("item-1", 1, 0, 5, false),
+            attempt("item-2", 1, 0, 40, true),
+            attempt("item-3", 1, 0, 7, true),
+            attempt("item-4", 1, 0, 1, true),
+            attempt("item-4", 2, 0, 90, true),
+        ];
+        let input = FinalInput {
+            job: &j,
+            facts: &facts,
+            counts: counts(6, 3, 3),
+            dlq: &dlq,
+            attempts: &attempts,
+            cancelled: false,
+        };
+        assert_eq!(input.conclusion(), CheckConclusion::Failure);
+        insta::assert_snapshot!(final_summary(&input), @r"
+        **Failed: 3 of 6 items succeeded, 3 failed** for job `0192f5a0-0000-7000-8000-000000000001` (workflow `.prodigy/lint.yml`, phase done).
+
+        ```
+        2 of 6 items failed (see `prodigy dlq list 0192f5a0-0000-7000-8000-000000000001`)
+        ```
+
+        | items | count |
+        |---|---:|
+        | total | 6 |
+        | succeeded | 3 |
+        | merged | 3 |
+        | failed | 3 |
+        | running | 0 |
+        | pending | 0 |
+        | in the DLQ | 3 |
+
+        ### Slowest items
+
+        | item | longest attempt | attempts |
+        |---|---:|---:|
+        | `item-4` | 1 min 30 s | 2 |
+        | `item-2` | 40 s | 1 |
+        | `item-3` | 7.0 s | 1 |
+        | `item-1` | 5.0 s | 1 |
+
+        ### Dead-letter queue: 3 items, 2 distinct errors
+
+        **2 × `command_failed`** (signature `sig-lint`)
+
+        > 3 problems
+
+        Items: `item-1`, `item-5`
+
+        **1 × `timeout`** (signature `sig-time`)
+
+        > agent timed out after 300 s
+
+        Items: `item¦6`
+
+        Run the failed items again with the **Retry failed** button, `/prodigy retry job=0192f5a0` on the pull request, or `prodigy dlq retry 0192f5a0-0000-7000-8000-000000000001`.
+        ");
+    }
+
+    #[test]
+    fn completion_splits_annotations_into_batches_of_50_and_caps_them() {
+        let j = job(JobStatus::Failed, Phase::Done, Some("items failed"));
+        let facts = WorkflowFacts::from_job(&j);
+        let dlq: Vec<DlqItem> = (0..620)
+            .map(|i| {
+                dlq_row(
+                    &format!("item-{i:04}"),
+                    json!({"file": format!("src/f{i}.rs")}),
+                    ErrorClass::CommandFailed,
+                    &format!("sig-{}", i % 7),
+                    &format!("failure number {i}\n{}", "detail line\n".repeat(20)),
+                )
+            })
+            .collect();
+        let input = FinalInput {
+            job: &j,
+            facts: &facts,
+            counts: counts(700, 80, 620),
+            dlq: &dlq,
+            attempts: &[],
+            cancelled: false,
+        };
+        let updates = completion_updates(&input);
+        assert_eq!(
+            updates.len(),
+            ANNOTATION_CAP / 50,
+            "500 annotations in batches of 50"
+        );
+        let first = &updates[0];
+        assert_eq!(first.status, Some(CheckStatus::Completed));
+        assert_eq!(first.conclusion, Some(CheckConclusion::Failure));
+        assert_eq!(first.actions.as_ref().unwrap().len(), 1);
+        for u in &updates[1..] {
+            assert_eq!(
+                (u.status, u.conclusion, &u.actions),
+                (None, None, &None),
+                "appending only"
+            );
+        }
+        let all: Vec<&Annotation> = updates
+            .iter()
+            .flat_map(|u| &u.output.as_ref().unwrap().annotations)
+            .collect();
+        assert!(
+            updates
+                .iter()
+                .all(|u| u.output.as_ref().unwrap().annotations.len() <= 50)
+        );
+        assert_eq!(all.len(), ANNOTATION_CAP);
+        assert_eq!(all[0].title.as_deref(), Some("command_failed: item-0000"));
+        assert_eq!(all[499].title.as_deref(), Some("command_failed: item-0499"));
+        let summary = &first.output.as_ref().unwrap().summary;
+        assert!(
+            summary.contains("120 DLQ rows beyond the first 500 have no annotation"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn a_summary_over_the_limit_is_cut_cleanly() {
+        let j = job(JobStatus::Failed, Phase::Done, Some("items failed"));
+        let facts = WorkflowFacts::from_job(&j);
+        // Every row its own signature with a long message: far more than 65,535 characters.
+        let dlq: Vec<DlqItem> = (0..3000)
+            .map(|i| {
+                dlq_row(
+                    &format!("item-{i}"),
+                    json!({}),
+                    ErrorClass::CommandFailed,
+                    &format!("signature-{i:05}"),
+                    &format!("error {i}: {}", "y".repeat(150)),
+                )
+            })
+            .collect();
+        let input = FinalInput {
+            job: &j,
+            facts: &facts,
+            counts: counts(3000, 0, 3000),
+            dlq: &dlq,
+            attempts: &[],
+            cancelled: false,
+        };
+        let summary = final_summary(&input);
+        assert!(summary.chars().count() <= MAX_OUTPUT_TEXT_CHARS);
+        assert!(
+            summary.ends_with("show everything._"),
+            "{}",
+            &summary[summary.len() - 300..]
+        );
+        // Cut between blocks, not inside an item list line.
+        let before_note = summary.rsplit_once("\n\n_Summary cut").unwrap().0;
+        assert!(!before_note.ends_with(','), "cut mid-line");
+        assert!(summary.starts_with("**Failed: 0 of 3000 items succeeded"));
+    }
+
+    #[test]
+    fn inline_code_survives_backticks() {
+        assert_eq!(inline_code("a`b"), "`` a`b ``");
+        assert_eq!(inline_code("plain"), "`plain`");
+        assert_eq!(one_line("a\nb|c", 10), "a b¦c");
+        assert_eq!(human_duration(1_234), "1.2 s");
+        assert_eq!(human_duration(3_723_000), "1 h 2 min");
+    }
+}

@@ -1,0 +1,541 @@
+//! The check-run reporter: an engine [`Reporter`] whose `report` only queues the event; a
+//! background task turns the events into check-run requests (create on start, throttled progress,
+//! completion with annotations and buttons at the end).
+//!
+//! One reporter follows one engine invocation (`run`, `resume` or `retry`): give each job's
+//! engine clone its own. Await [`CheckRunReporter::finish`] after the engine returns, so the final
+//! state reaches GitHub before the process exits or the request is marked done.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::render::{self, FinalInput, WorkflowFacts};
+use super::sink::CheckRunSink;
+use crate::engine::{Progress, Reporter};
+use crate::github::{
+    CheckConclusion, CheckRunId, CheckRunOutput, CheckRunUpdate, CheckStatus, CommitSha,
+    NewCheckRun,
+};
+use crate::store::{ItemCounts, Job, Store};
+use crate::types::{JobId, Phase};
+
+/// How the reporter behaves; `Default` is what production wants.
+#[derive(Debug, Clone)]
+pub struct ReporterConfig {
+    /// The check run's "Details" link; `{job}` is replaced by the job id (the server's job page,
+    /// or the Action's run URL as is).
+    pub details_url: Option<String>,
+    /// The commit the check run is attached to. Default: the job's `head_sha`, else its base commit.
+    pub head_sha: Option<String>,
+    /// At most one progress update per this interval (phase changes are sent at once).
+    pub min_interval: Duration,
+    /// Tries of each final request (the completion and each annotation batch), beyond the
+    /// client's own retries: losing the final state leaves a check run spinning forever.
+    pub final_attempts: u32,
+    /// Pause between those tries.
+    pub final_retry_delay: Duration,
+    /// The run's cancellation token: fired means the conclusion is `cancelled`, not `failure`.
+    pub cancel: Option<CancellationToken>,
+}
+
+impl Default for ReporterConfig {
+    fn default() -> Self {
+        ReporterConfig {
+            details_url: None,
+            head_sha: None,
+            min_interval: Duration::from_secs(10),
+            final_attempts: 3,
+            final_retry_delay: Duration::from_secs(5),
+            cancel: None,
+        }
+    }
+}
+
+/// Requests the reporter made, by kind (each counted once however often the client retried it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub creates: u32,
+    pub progress_updates: u32,
+    /// The completion and the appending annotation batches.
+    pub final_updates: u32,
+    /// Requests that failed after the client's retries.
+    pub failed: u32,
+}
+
+impl CallCounts {
+    pub fn total(&self) -> u32 {
+        self.creates + self.progress_updates + self.final_updates
+    }
+}
+
+/// What the reporter has done so far; [`CheckRunReporter::finish`] returns the final one.
+#[derive(Debug, Clone, Default)]
+pub struct ReportState {
+    pub job: Option<JobId>,
+    pub check_run: Option<CheckRunId>,
+    /// Set when the completion reached GitHub.
+    pub conclusion: Option<CheckConclusion>,
+    /// Annotations delivered.
+    pub annotations: usize,
+    pub calls: CallCounts,
+    /// The last request error, for logs and the caller.
+    pub last_error: Option<String>,
+}
+
+enum Msg {
+    Event(Progress),
+    Finish(oneshot::Sender<()>),
+}
+
+/// The reporter handle. Cheap to clone; clones feed the same task.
+#[derive(Clone)]
+pub struct CheckRunReporter {
+    tx: mpsc::UnboundedSender<Msg>,
+    state: Arc<Mutex<ReportState>>,
+}
+
+impl Reporter for CheckRunReporter {
+    fn report(&self, event: &Progress) {
+        // Unbounded: the engine must never wait on GitHub. Events are small and the task drains
+        // them in batches, so the queue stays short.
+        let _ = self.tx.send(Msg::Event(event.clone()));
+    }
+}
+
+impl CheckRunReporter {
+    /// Starts the background task (call inside a tokio runtime). `store` is read for the job's
+    /// head commit, counts, DLQ rows and attempts, and gets the check-run id.
+    pub fn spawn<S: CheckRunSink>(sink: S, store: Store, config: ReporterConfig) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = Arc::new(Mutex::new(ReportState::default()));
+        let task = Task {
+            sink,
+            store,
+            config,
+            state: state.clone(),
+            started: None,
+            check_run: None,
+            phase: Phase::Setup,
+            dirty: false,
+            phase_changed: false,
+            last_sent: None,
+            finalized: false,
+        };
+        let span = tracing::info_span!("check_run", job = tracing::field::Empty);
+        tokio::spawn(task.run(rx).instrument(span));
+        CheckRunReporter { tx, state }
+    }
+
+    /// The check run's id, once created.
+    pub fn check_run_id(&self) -> Option<CheckRunId> {
+        self.state().check_run
+    }
+
+    pub fn state(&self) -> ReportState {
+        self.state.lock().expect("report state lock").clone()
+    }
+
+    /// Sends the final state (if the engine's `JobFinished` has not already) and waits until it
+    /// is delivered or given up on. Call it once the engine has returned, whatever it returned:
+    /// a run that ended in an error without `JobFinished` is completed from the store's record.
+    pub async fn finish(&self) -> ReportState {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send(Msg::Finish(done_tx)).is_ok() {
+            // An error means the task already ended, having finished.
+            let _ = done_rx.await;
+        }
+        self.state()
+    }
+}
+
+/// The job the reporter follows, from `JobStarted`.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    job: JobId,
+    lease_epoch: i64,
+}
+
+struct Task<S> {
+    sink: S,
+    store: Store,
+    config: ReporterConfig,
+    state: Arc<Mutex<ReportState>>,
+    started: Option<Started>,
+    check_run: Option<CheckRunId>,
+    phase: Phase,
+    /// Something changed since the last progress update.
+    dirty: bool,
+    phase_changed: bool,
+    last_sent: Option<Instant>,
+    finalized: bool,
+}
+
+impl<S: CheckRunSink> Task<S> {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut waiting = Vec::new();
+        loop {
+            let due = self.progress_due();
+            let first = tokio::select! {
+                biased;
+                m = rx.recv() => m,
+                () = sleep_until(due) => {
+                    self.send_progress().await;
+                    continue;
+                }
+            };
+            // Take everything queued: a burst (the last items, reduce, done, finished) becomes
+            // one request instead of one per event.
+            let mut batch = vec![first];
+            while let Ok(m) = rx.try_recv() {
+                batch.push(Some(m));
+            }
+            let mut closing = false;
+            for m in batch {
+                match m {
+                    None => closing = true,
+                    Some(Msg::Finish(done)) => {
+                        waiting.push(done);
+                        closing = true;
+                    }
+                    Some(Msg::Event(p)) => self.apply(p).await,
+                }
+            }
+            if closing {
+                self.finalize().await;
+                for w in waiting {
+                    let _ = w.send(());
+                }
+                return;
+            }
+            if self.phase_changed && !self.finalized {
+                self.send_progress().await;
+            }
+        }
+    }
+
+    fn progress_due(&self) -> Option<Instant> {
+        if !self.dirty || self.finalized || self.started.is_none() {
+            return None;
+        }
+        Some(
+            self.last_sent
+                .map_or_else(Instant::now, |t| t + self.config.min_interval),
+        )
+    }
+
+    async fn apply(&mut self, event: Progress) {
+        match event {
+            Progress::JobStarted {
+                job, lease_epoch, ..
+            } => {
+                if let Some(prev) = self.started
+                    && prev.job != job
+                {
+                    tracing::warn!(%prev.job, %job, "one reporter got two jobs; finishing the first");
+                    self.finalize().await;
+                    self.finalized = false;
+                    self.check_run = None;
+                    self.dirty = false;
+                    self.phase_changed = false;
+                }
+                tracing::Span::current().record("job", tracing::field::display(job));
+                self.started = Some(Started { job, lease_epoch });
+                self.state().job = Some(job);
+                self.create_in_progress().await;
+            }
+            Progress::PhaseStarted { phase } => {
+                self.phase = phase;
+                // "Done" is followed at once by the completion, which says more.
+                self.phase_changed = phase != Phase::Done;
+                self.dirty = true;
+            }
+            Progress::ItemsPlanned { .. }
+            | Progress::ItemStarted { .. }
+            | Progress::ItemSucceeded { .. }
+            | Progress::ItemFailed { .. }
+            | Progress::ItemMerged { .. } => self.dirty = true,
+            Progress::Note(_) => {}
+            Progress::JobFinished { .. } => self.finalize().await,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ReportState> {
+        self.state.lock().expect("report state lock")
+    }
+
+    /// Records a failure; `request` says whether it was a GitHub request (counted in `calls`).
+    fn note_error(&self, what: &str, e: &anyhow::Error, request: bool) {
+        tracing::warn!(error = %format!("{e:#}"), "check run: {what} failed");
+        let mut s = self.state();
+        if request {
+            s.calls.failed += 1;
+        }
+        s.last_error = Some(format!("{what}: {e:#}"));
+    }
+
+    async fn read_job(&self, id: JobId) -> Option<(Job, ItemCounts)> {
+        let read = async {
+            let job = self.store.get_job(id).await?;
+            let counts = self.store.item_counts(id).await?;
+            Ok::<_, crate::store::StoreError>((job, counts))
+        };
+        match read.await {
+            Ok(x) => Some(x),
+            Err(e) => {
+                self.note_error("reading the job", &e.into(), false);
+                None
+            }
+        }
+    }
+
+    fn new_check_run(&self, job: &Job, output: CheckRunOutput) -> Option<NewCheckRun> {
+        let sha = self
+            .config
+            .head_sha
+            .clone()
+            .or_else(|| job.head_sha.clone())
+            .or_else(|| job.refs.base_commit.clone());
+        let Some(sha) = sha else {
+            tracing::warn!(job = %job.id, "no commit to attach a check run to; not reporting");
+            return None;
+        };
+        Some(NewCheckRun {
+            name: render::check_run_name(&job.workflow_name),
+            head_sha: CommitSha(sha),
+            external_id: Some(job.id.to_string()),
+            details_url: self
+                .config
+                .details_url
+                .as_ref()
+                .map(|u| u.replace("{job}", &job.id.to_string())),
+            status: Some(CheckStatus::InProgress),
+            conclusion: None,
+            output: Some(output),
+            actions: Vec::new(),
+        })
+    }
+
+    async fn create_in_progress(&mut self) {
+        let Some(started) = self.started else { return };
+        let Some((job, counts)) = self.read_job(started.job).await else {
+            return;
+        };
+        self.phase = job.phase;
+        let output = render::progress_output(job.id, job.phase, &counts);
+        if let Some(run) = self.new_check_run(&job, output) {
+            self.create(&run).await;
+        }
+        self.last_sent = Some(Instant::now());
+    }
+
+    async fn create(&mut self, run: &NewCheckRun) -> bool {
+        self.state().calls.creates += 1;
+        match self.sink.create(run).await {
+            Ok(id) => {
+                self.adopt(id).await;
+                true
+            }
+            Err(e) => {
+                self.note_error("creating the check run", &e, true);
+                false
+            }
+        }
+    }
+
+    /// Remembers the created check run, here and on the job (where re-runs look for it).
+    async fn adopt(&mut self, id: CheckRunId) {
+        self.check_run = Some(id);
+        self.state().check_run = Some(id);
+        let (Some(started), Ok(stored)) = (self.started, i64::try_from(id.0)) else {
+            return;
+        };
+        if let Err(e) = self
+            .store
+            .set_check_run_id_at_epoch(started.job, started.lease_epoch, stored)
+            .await
+        {
+            // The check run works without it; only re-runs from GitHub need the job to point here.
+            tracing::warn!(job = %started.job, error = %e, "could not record the check-run id on the job");
+        }
+    }
+
+    async fn send_progress(&mut self) {
+        self.dirty = false;
+        self.phase_changed = false;
+        self.last_sent = Some(Instant::now());
+        let Some(started) = self.started else { return };
+        let counts = match self.store.item_counts(started.job).await {
+            Ok(c) => c,
+            Err(e) => return self.note_error("reading item counts", &e.into(), false),
+        };
+        let output = render::progress_output(started.job, self.phase, &counts);
+        let Some(id) = self.check_run else {
+            // Creating failed at the start: try again now, with the current state.
+            if let Some((job, _)) = self.read_job(started.job).await
+                && let Some(run) = self.new_check_run(&job, output)
+            {
+                self.create(&run).await;
+            }
+            return;
+        };
+        let update = CheckRunUpdate {
+            status: Some(CheckStatus::InProgress),
+            output: Some(output),
+            ..CheckRunUpdate::default()
+        };
+        self.state().calls.progress_updates += 1;
+        if let Err(e) = self.sink.update(id, &update).await {
+            // The next update carries the whole state again; nothing to catch up on.
+            self.note_error("progress update", &e, true);
+        }
+    }
+
+    async fn finalize(&mut self) {
+        if self.finalized {
+            return;
+        }
+        self.finalized = true;
+        let Some(started) = self.started else { return };
+        let updates = match self.final_updates(started.job).await {
+            Ok(u) => u,
+            Err(e) => {
+                self.note_error("reading the final state", &e, false);
+                vec![unreadable_final_state(started.job, &e)]
+            }
+        };
+        let mut updates = updates.into_iter();
+        let completion = updates.next().expect("a completion update");
+        let delivered = match self.check_run {
+            Some(id) => {
+                self.final_request(FinalRequest::Update(id, &completion))
+                    .await
+            }
+            None => {
+                let Some((job, _)) = self.read_job(started.job).await else {
+                    return;
+                };
+                let Some(run) = self.completed_check_run(&job, &completion) else {
+                    return;
+                };
+                self.final_request(FinalRequest::Create(&run)).await
+            }
+        };
+        if !delivered {
+            return;
+        }
+        self.record_delivered(&completion);
+        let Some(id) = self.check_run else { return };
+        for update in updates {
+            if !self.final_request(FinalRequest::Update(id, &update)).await {
+                return;
+            }
+            self.record_delivered(&update);
+        }
+    }
+
+    fn record_delivered(&self, update: &CheckRunUpdate) {
+        let mut s = self.state();
+        if let Some(c) = update.conclusion {
+            s.conclusion = Some(c);
+        }
+        s.annotations += update.output.as_ref().map_or(0, |o| o.annotations.len());
+    }
+
+    async fn final_updates(&self, job_id: JobId) -> anyhow::Result<Vec<CheckRunUpdate>> {
+        let job = self.store.get_job(job_id).await?;
+        let counts = self.store.item_counts(job_id).await?;
+        let dlq = self.store.dlq(Some(job_id)).await?;
+        let attempts = self.store.job_attempts(job_id).await?;
+        let facts = WorkflowFacts::from_job(&job);
+        let cancelled = self
+            .config
+            .cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled);
+        Ok(render::completion_updates(&FinalInput {
+            job: &job,
+            facts: &facts,
+            counts,
+            dlq: &dlq,
+            attempts: &attempts,
+            cancelled,
+        }))
+    }
+
+    /// The check run created already completed (creating it at the start failed).
+    fn completed_check_run(&self, job: &Job, completion: &CheckRunUpdate) -> Option<NewCheckRun> {
+        let output = completion.output.clone()?;
+        let mut run = self.new_check_run(job, output)?;
+        run.status = Some(CheckStatus::Completed);
+        run.conclusion = completion.conclusion;
+        run.actions = completion.actions.clone().unwrap_or_default();
+        Some(run)
+    }
+
+    /// Sends one final request, up to `final_attempts` times.
+    async fn final_request(&mut self, request: FinalRequest<'_>) -> bool {
+        let attempts = self.config.final_attempts.max(1);
+        for attempt in 1..=attempts {
+            self.state().calls.final_updates += 1;
+            let result = match request {
+                FinalRequest::Create(run) => self.sink.create(run).await.map(Some),
+                FinalRequest::Update(id, update) => {
+                    self.sink.update(id, update).await.map(|()| None)
+                }
+            };
+            match result {
+                Ok(created) => {
+                    if let Some(id) = created {
+                        self.adopt(id).await;
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    self.note_error("final update", &e, true);
+                    if attempt < attempts {
+                        tokio::time::sleep(self.config.final_retry_delay).await;
+                    }
+                }
+            }
+        }
+        tracing::error!("check run: the final state could not be delivered; it stays as it was");
+        false
+    }
+}
+
+#[derive(Clone, Copy)]
+enum FinalRequest<'a> {
+    /// Creating at the start failed: create the run completed.
+    Create(&'a NewCheckRun),
+    Update(CheckRunId, &'a CheckRunUpdate),
+}
+
+/// The completion when the store cannot be read: the run ended, its outcome is unknown here.
+fn unreadable_final_state(job: JobId, e: &anyhow::Error) -> CheckRunUpdate {
+    CheckRunUpdate {
+        status: Some(CheckStatus::Completed),
+        conclusion: Some(CheckConclusion::Failure),
+        output: Some(CheckRunOutput {
+            title: "Outcome unknown".into(),
+            summary: format!(
+                "prodigy could not read the final state of job `{job}`: {e:#}\n\n\
+                 `prodigy status {job}` shows it once the database is reachable."
+            ),
+            text: None,
+            annotations: Vec::new(),
+        }),
+        ..CheckRunUpdate::default()
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
