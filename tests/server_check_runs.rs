@@ -269,13 +269,22 @@ async fn rerun_on_a_failed_check_run_resumes_the_job_once_fixed() {
     assert_eq!(items.len(), 2);
     assert!(ctx.server.store.dlq(Some(job)).await.unwrap().is_empty());
 
-    // Re-run of the complete job: a fresh job at the same commit, with its own check run.
-    let (status, _) = ctx
-        .deliver("check_run", check_run_payload(job, second.id, &sha, None))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    // Re-run of the complete job, clicked twice: one fresh job at the same commit, with its own
+    // check run; the other click is answered.
+    let click = || ctx.deliver("check_run", check_run_payload(job, second.id, &sha, None));
+    let (one, two) = tokio::join!(click(), click());
+    assert_eq!((one.0, two.0), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    let answer = wait_until("the answer to the second click", WAIT, || async {
+        answers(&ctx, 3).pop()
+    })
+    .await;
+    assert!(
+        answer.contains("was already run again as job") || answer.contains("is being started by"),
+        "{answer}"
+    );
     let runs = completed_check_runs(&ctx, &sha, 3).await;
     ctx.wait_idle().await;
+    assert_eq!(answers(&ctx, 3).len(), 1);
     let fresh: JobId = runs[2].external_id.as_deref().unwrap().parse().unwrap();
     assert_ne!(fresh, job);
     let fresh_job = ctx.server.store.get_job(fresh).await.unwrap();
@@ -308,7 +317,8 @@ async fn rerun_on_a_failed_check_run_resumes_the_job_once_fixed() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let answer = wait_until("the answer to the button", WAIT, || async {
-        answers(&ctx, 3).pop()
+        let mut a = answers(&ctx, 3);
+        (a.len() == 2).then(|| a.pop()).flatten()
     })
     .await;
     assert!(answer.contains("has no failed items to retry"), "{answer}");
@@ -368,6 +378,17 @@ async fn twenty_reruns(ctx: &Ctx, others: &[&prodigy::server::RunningServer]) {
     ctx.wait_idle().await;
 
     assert_eq!(answered.len(), 19, "{answered:#?}");
+    // A redelivery of a click is recognised and answers nothing more.
+    let (status, _) = ctx
+        .deliver_as(
+            &ctx.server,
+            "check_run",
+            "rerun-click-7",
+            check_run_payload(job, first.id, &sha, None),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    ctx.wait_idle().await;
     assert_eq!(answers(ctx, 5).len(), 19, "each loser is answered once");
     for a in &answered {
         assert!(

@@ -553,7 +553,10 @@ impl Runner {
                     workflow,
                     error: format!("{e:#}"),
                 },
-                Ok(Started::Rerun(_)) => unreachable!("a workflow start is not a re-run"),
+                Ok(Started::Rerun(_)) => WorkflowStart::Failed {
+                    workflow,
+                    error: "the job task answered as a re-run".into(),
+                },
                 Err(_) => WorkflowStart::Failed {
                     workflow,
                     error: "the job task stopped unexpectedly".into(),
