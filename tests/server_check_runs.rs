@@ -442,3 +442,58 @@ async fn twenty_concurrent_reruns_over_two_instances_run_once_on_postgres() {
     b.stop().await;
     ctx.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closing_the_pull_request_concludes_its_check_run_cancelled() {
+    let db = common::sqlite_db();
+    let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
+    let sha = ctx.push_pr(7, &[("items.json", &items(&[("w", "wait")]))], false);
+    ctx.open_pr(7, &sha).await;
+    let job = job_of_pr(&ctx, 7).await;
+    wait_until("the check run to be created", WAIT, || async {
+        let runs = ctx.gh.check_runs_for(REPO, &sha);
+        (runs.len() == 1 && runs[0].status == "in_progress").then_some(())
+    })
+    .await;
+    let (status, text) = ctx
+        .deliver("pull_request", ctx.pr_payload(7, &sha, "closed", false))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    wait_status(&ctx, job, JobStatus::Cancelled).await;
+    let runs = completed_check_runs(&ctx, &sha, 1).await;
+    assert_eq!(
+        runs[0].conclusion.as_deref(),
+        Some("cancelled"),
+        "{:?}",
+        runs[0]
+    );
+    ctx.wait_idle().await;
+    ctx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_resumed_after_a_restart_reports_to_a_new_check_run() {
+    let db = common::sqlite_db();
+    let mut ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
+    let sha = ctx.push_pr(8, &[("items.json", &items(&[("w", "wait")]))], false);
+    ctx.open_pr(8, &sha).await;
+    let job = job_of_pr(&ctx, 8).await;
+    wait_until("the check run to be created", WAIT, || async {
+        (ctx.gh.check_runs_for(REPO, &sha).len() == 1).then_some(())
+    })
+    .await;
+    // A deploy: the stopped run's check run is completed before the process lets go of it.
+    ctx.restart("a", 2).await;
+    let stopped = &ctx.gh.check_runs_for(REPO, &sha)[0];
+    assert_eq!(stopped.status, "completed", "{stopped:?}");
+    ctx.open_gate();
+    wait_status(&ctx, job, JobStatus::Succeeded).await;
+    let runs = completed_check_runs(&ctx, &sha, 2).await;
+    assert_eq!(
+        runs[1].external_id.as_deref(),
+        Some(job.to_string().as_str())
+    );
+    assert_eq!(runs[1].conclusion.as_deref(), Some("success"));
+    ctx.wait_idle().await;
+    ctx.finish().await;
+}
