@@ -54,8 +54,8 @@ pub struct JobContext {
     pub links: PageLinks,
 }
 
-/// Builds the reporter of one job run. The check-run reporter (issue 6) is plugged in here:
-/// `serve` takes any factory, the default only logs.
+/// Builds the reporter of one job run: `prodigy serve` uses check runs
+/// ([`super::CheckRunReporters`]); [`LogReporters`] only logs.
 pub trait ReporterFactory: Send + Sync {
     fn reporter(&self, job: &JobContext) -> Arc<dyn Reporter>;
 
