@@ -123,6 +123,8 @@ async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
                 repo_name: Some(RepoName::new(REPO)),
                 pr_number: Some(3),
                 head_sha: Some(sha.clone()),
+                base_commit: None,
+                workflow_text: None,
             })
             .await
             .unwrap();

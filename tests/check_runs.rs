@@ -130,6 +130,8 @@ impl World {
                 repo_name: Some(RepoName::new(REPO)),
                 pr_number: Some(7),
                 head_sha: Some(self.sha.clone()),
+                base_commit: None,
+                workflow_text: None,
             })
             .await
             .expect("the engine runs the job");

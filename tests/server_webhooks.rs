@@ -174,8 +174,15 @@ async fn every_payload_example_is_routed_or_ignored() {
                 head["full_name"] = REPO.into();
             }
             let action = v["action"].as_str().unwrap_or("").to_string();
-            let queued = event == "pull_request"
-                && ["opened", "reopened", "synchronize", "closed"].contains(&action.as_str());
+            let queued = match event.as_str() {
+                "pull_request" => {
+                    ["opened", "reopened", "synchronize", "closed"].contains(&action.as_str())
+                }
+                // "Re-run all checks" from an installation; the check_run examples carry no
+                // prodigy job id (`external_id`), so their re-runs are not prodigy's.
+                "check_suite" => action == "rerequested" && v.get("installation").is_some(),
+                _ => false,
+            };
             let (status, text) = ctx.deliver(&event, serde_json::to_vec(&v).unwrap()).await;
             let want = if queued {
                 StatusCode::ACCEPTED

@@ -166,6 +166,7 @@ fn event_and_action(work: &Work) -> (&'static str, Option<&str>) {
         Work::PullRequest(w) => ("pull_request", Some(w.action.as_str())),
         Work::PullRequestClosed { .. } => ("pull_request", Some("closed")),
         Work::Comment(_) => ("issue_comment", Some("created")),
+        Work::CheckRerun(w) => w.event_and_action(),
     }
 }
 

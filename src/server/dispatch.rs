@@ -23,6 +23,8 @@ pub enum Work {
     PullRequestClosed { repo: RepoName, number: u64 },
     /// A PR comment with at least one command line.
     Comment(CommentWork),
+    /// A re-run or button press on a check run, or a check suite's re-run.
+    CheckRerun(super::check_runs::CheckRerunWork),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +55,7 @@ impl Work {
             Work::PullRequest(_) => "pull_request",
             Work::PullRequestClosed { .. } => "pull_request_closed",
             Work::Comment(_) => "comment",
+            Work::CheckRerun(_) => "check_rerun",
         }
     }
 }
@@ -140,10 +143,8 @@ pub fn route(event: &WebhookEvent, rules: &RouteRules<'_>) -> Route {
             Route::Forget(i.installation_id)
         }
         WebhookEvent::Installation(_) => ignore("installation event other than deleted"),
-        // Check-run re-runs and buttons belong to the check-run reporter (issue 6), which
-        // plugs in here.
         WebhookEvent::CheckRun(_) | WebhookEvent::CheckSuite(_) => {
-            ignore("check runs are not handled by this server yet")
+            super::check_runs::route_check_event(event)
         }
         WebhookEvent::Ping => ignore("ping"),
         WebhookEvent::Ignored { event, action } => Route::Ignore(match action {

@@ -30,12 +30,15 @@ use crate::github::{CommentId, GitHubClient, InstallationId, PrNumber, Reaction}
 use crate::store::{Holder, Job, LockOutcome, Request, Store, StoreError};
 use crate::types::{ItemKey, JobId, JobStatus, RepoName};
 
+use super::check_runs::RunReporter;
 use super::commands::{Command, JobRef, parse_comment};
 use super::dispatch::{CommentWork, PullRequestWork, Work};
 use super::pages::PageLinks;
 use super::replies::{self, CancelReply, JobLink, StatusRow, WorkflowStart};
 use super::repo_config::{CONFIG_PATH, RepoConfig};
 use super::repos::RepoCache;
+
+mod reruns;
 
 /// What a per-job reporter is told about the job it reports on.
 #[derive(Debug, Clone)]
@@ -51,10 +54,16 @@ pub struct JobContext {
     pub links: PageLinks,
 }
 
-/// Builds the reporter of one job run. The check-run reporter (issue 6) is plugged in here:
-/// `serve` takes any factory, the default only logs.
+/// Builds the reporter of one job run: `prodigy serve` uses check runs
+/// ([`super::CheckRunReporters`]); [`LogReporters`] only logs.
 pub trait ReporterFactory: Send + Sync {
     fn reporter(&self, job: &JobContext) -> Arc<dyn Reporter>;
+
+    /// The reporter of one run, told the run's cancel token, with what the runner awaits once
+    /// the engine returned (the check run's final state). Default: `reporter`, nothing to await.
+    fn run_reporter(&self, job: &JobContext, _cancel: &CancellationToken) -> RunReporter {
+        RunReporter::immediate(self.reporter(job))
+    }
 }
 
 /// Logs each transition with the job's repository and pull request.
@@ -121,12 +130,16 @@ struct Inner {
 enum Started {
     Running(JobId),
     Ended(anyhow::Result<Resumed>),
+    /// A re-run that started nothing: answered, or asking for a fresh job.
+    Rerun(crate::checks::rerun::RerunOutcome),
 }
 
 enum JobAction {
     Run(Box<NewRun>),
     Resume(JobId, ResumeRequest),
     Retry(JobId, RetryRequest),
+    /// A check-run re-run or button: `checks::rerun::handle`, under the job lock.
+    Rerun(Box<crate::checks::rerun::RerunRequest>),
 }
 
 /// The job slot of the request being handled; further jobs of the same request wait for more.
@@ -273,7 +286,7 @@ impl Runner {
                 Ok(Started::Ended(other)) => {
                     tracing::info!(job = %job.id, outcome = ?other.map(|_| ()), "orphan not resumed")
                 }
-                Err(_) => {}
+                Ok(Started::Rerun(_)) | Err(_) => {}
             }
         }
     }
@@ -315,6 +328,10 @@ impl Runner {
                 Work::PullRequest(w) => self.on_pull_request(w, &mut slots).await,
                 Work::PullRequestClosed { repo, number } => self.on_closed(&repo, number).await,
                 Work::Comment(w) => self.on_comment(w, &mut slots).await,
+                Work::CheckRerun(w) => {
+                    self.on_check_rerun(w, request.enqueued_at, &mut slots)
+                        .await
+                }
             }
         }
         .instrument(span)
@@ -568,6 +585,10 @@ impl Runner {
                     workflow,
                     error: format!("{e:#}"),
                 },
+                Ok(Started::Rerun(_)) => WorkflowStart::Failed {
+                    workflow,
+                    error: "the job task answered as a re-run".into(),
+                },
                 Err(_) => WorkflowStart::Failed {
                     workflow,
                     error: "the job task stopped unexpectedly".into(),
@@ -611,8 +632,9 @@ impl Runner {
         tokio::spawn(async move {
             let shutdown = this.p().engine.cancel.clone();
             let cancel = shutdown.child_token();
+            let run_reporter = this.p().reporters.run_reporter(&ctx, &cancel);
             let tracker = Arc::new(Tracker {
-                inner: this.p().reporters.reporter(&ctx),
+                inner: run_reporter.reporter.clone(),
                 started: Mutex::new(Some(tx)),
                 job: Mutex::new(None),
                 runner: Arc::downgrade(&this.inner),
@@ -627,6 +649,18 @@ impl Runner {
                 JobAction::Run(run) => engine.run(&run).await.map(Resumed::Ran),
                 JobAction::Resume(id, req) => engine.resume(id, &req).await,
                 JobAction::Retry(id, req) => engine.retry(id, &req).await,
+                JobAction::Rerun(req) => match reruns::handle(&engine, &req).await {
+                    Ok(Ok(resumed)) => Ok(resumed),
+                    Ok(Err(not_run)) => {
+                        if let Some(tx) = tracker.started.lock().expect("tracker").take() {
+                            let _ = tx.send(Started::Rerun(not_run));
+                        }
+                        // Nothing ran: nothing below applies (no job registered here).
+                        drop(permit);
+                        return;
+                    }
+                    Err(e) => Err(e),
+                },
             };
             let job = *tracker.job.lock().expect("tracker");
             if let Some(job) = job {
@@ -651,6 +685,8 @@ impl Runner {
             if let Err(e) = &result {
                 tracing::warn!(job = ?job, error = %format!("{e:#}"), "job run failed");
             }
+            // After the status is final (cancelled, orphaned), and before the slot is free.
+            run_reporter.finish().await;
             if let Some(tx) = tracker.started.lock().expect("tracker").take() {
                 let _ = tx.send(Started::Ended(result));
             }
@@ -1050,7 +1086,9 @@ impl Runner {
                     Ok(Started::Ended(Err(e))) => {
                         replies::command_failed(command.name(), &format!("{e:#}"))
                     }
-                    Err(_) => replies::command_failed(command.name(), "the job task stopped"),
+                    Ok(Started::Rerun(_)) | Err(_) => {
+                        replies::command_failed(command.name(), "the job task stopped")
+                    }
                 })
             }
         }

@@ -13,10 +13,11 @@ use crate::github::{AppAuth, GitHubClient, RetryPolicy};
 use crate::store::Store;
 
 use super::app::{AppState, router};
+use super::check_runs::CheckRunReporters;
 use super::config::{ServeConfig, Settings};
 use super::pages::PageLinks;
 use super::repos::RepoCache;
-use super::runner::{LogReporters, ReporterFactory, Runner, RunnerParts};
+use super::runner::{ReporterFactory, Runner, RunnerParts};
 
 /// A started server: its address, its store and its router (tests send requests to either).
 pub struct RunningServer {
@@ -79,7 +80,8 @@ pub async fn serve(
     claude_bin: &str,
 ) -> anyhow::Result<()> {
     let settings = config.settings(database_url, claude_bin)?;
-    let mut server = start(settings, Arc::new(LogReporters)).await?;
+    // Every job reports to a check run on its pull request's head commit, as the App.
+    let mut server = start_with_check_runs(settings).await?;
     let stop = server.stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -105,10 +107,26 @@ async fn shutdown_signal() {
 }
 
 /// Opens the database, binds the listener and starts the HTTP server and the runner.
-/// `reporters` builds each job's progress reporter (the check-run reporter plugs in here).
+/// `reporters` builds each job's progress reporter (e.g. [`super::LogReporters`]).
 pub async fn start(
     settings: Settings,
     reporters: Arc<dyn ReporterFactory>,
+) -> anyhow::Result<RunningServer> {
+    start_with(settings, move |_, _| reporters).await
+}
+
+/// [`start`] with a check run per job run ([`CheckRunReporters`]), what `prodigy serve` does.
+pub async fn start_with_check_runs(settings: Settings) -> anyhow::Result<RunningServer> {
+    start_with(settings, |store, github| {
+        Arc::new(CheckRunReporters::new(github.clone(), store.clone()))
+    })
+    .await
+}
+
+/// [`start`] with the reporter factory built from the server's store and GitHub client.
+pub async fn start_with(
+    settings: Settings,
+    reporters: impl FnOnce(&Store, &GitHubClient) -> Arc<dyn ReporterFactory>,
 ) -> anyhow::Result<RunningServer> {
     let store = Store::open(&settings.database_url).await.with_context(|| {
         format!(
@@ -148,7 +166,7 @@ pub async fn start(
         github: github.clone(),
         repos: RepoCache::new(settings.checkout_dir.clone(), &settings.git_base_url),
         links: links.clone(),
-        reporters,
+        reporters: reporters(&store, &github),
         instance: settings.instance.clone(),
         app_slug: settings.app_slug.clone(),
         max_jobs: settings.max_jobs,

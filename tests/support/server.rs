@@ -84,6 +84,8 @@ pub struct Ctx {
     pub gate: PathBuf,
     pub claude: PathBuf,
     pub db_url: String,
+    /// Jobs report to check runs (`start_with_check_runs`) instead of the log.
+    pub check_runs: bool,
     secret: WebhookSecret,
     deliveries: AtomicU64,
     comment_ids: AtomicU64,
@@ -131,6 +133,15 @@ impl Ctx {
     }
 
     pub async fn with_instance(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
+        Ctx::with_options(db_url, instance, max_jobs, false).await
+    }
+
+    /// A world whose server reports each job run to a check run, as `prodigy serve` does.
+    pub async fn with_check_runs(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
+        Ctx::with_options(db_url, instance, max_jobs, true).await
+    }
+
+    async fn with_options(db_url: &str, instance: &str, max_jobs: usize, check_runs: bool) -> Ctx {
         let tmp = tempfile::tempdir().unwrap();
         let remote = tmp.path().join("remotes").join(format!("{REPO}.git"));
         std::fs::create_dir_all(&remote).unwrap();
@@ -169,7 +180,8 @@ impl Ctx {
         gh.set_permission(REPO, STRANGER, "read");
         let secret = WebhookSecret::new(SecretString::from(SECRET.to_string())).unwrap();
         let mut ctx = Ctx {
-            server: start_server(&tmp, &gh, db_url, instance, max_jobs, &claude).await,
+            server: start_server(&tmp, &gh, db_url, instance, max_jobs, &claude, check_runs).await,
+            check_runs,
             gh,
             remote,
             work,
@@ -194,6 +206,7 @@ impl Ctx {
             instance,
             max_jobs,
             &self.claude,
+            self.check_runs,
         )
         .await
     }
@@ -400,6 +413,7 @@ async fn start_server(
     instance: &str,
     max_jobs: usize,
     claude: &Path,
+    check_runs: bool,
 ) -> RunningServer {
     let key = tmp.path().join("app-key.pem");
     std::fs::write(
@@ -427,7 +441,10 @@ async fn start_server(
     let settings = config
         .settings(Some(db_url), &claude.display().to_string())
         .expect("test settings are valid");
-    prodigy::server::start(settings, Arc::new(LogReporters))
-        .await
-        .expect("the server starts")
+    let started = if check_runs {
+        prodigy::server::start_with_check_runs(settings).await
+    } else {
+        prodigy::server::start(settings, Arc::new(LogReporters)).await
+    };
+    started.expect("the server starts")
 }
