@@ -7,10 +7,15 @@
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Accepted, NewDelivery, Store};
+use std::sync::Arc;
+
+use crate::store::{Accepted, BackendKind, NewDelivery, Store};
 
 /// At most this many deliveries per transaction.
 const MAX_BATCH: usize = 256;
+
+/// Concurrent writer transactions on PostgreSQL.
+const POSTGRES_WRITERS: usize = 4;
 
 /// Deliveries waiting for the writer; beyond this, handlers wait for room (backpressure).
 const QUEUE: usize = 4096;
@@ -34,7 +39,16 @@ impl Ingest {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Store) -> Ingest {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, rx));
+        // SQLite has one writer whatever we do; PostgreSQL commits several transactions at
+        // once, and a batch's statements are round trips that one writer would serialize.
+        let writers = match store.backend() {
+            BackendKind::Sqlite => 1,
+            BackendKind::Postgres => POSTGRES_WRITERS,
+        };
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..writers {
+            tokio::spawn(write_batches(store.clone(), rx.clone()));
+        }
         Ingest { tx }
     }
 
@@ -66,14 +80,18 @@ impl Ingest {
     }
 }
 
-async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>) {
+async fn write_batches(store: Store, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
             }
         }
         let deliveries: Vec<NewDelivery<'_>> = batch
