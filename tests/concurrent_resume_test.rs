@@ -20,7 +20,7 @@ fn a_second_resume_is_refused_at_once_naming_the_holder() {
         let r = Resumable::new(db.as_ref().map(|d| d.url()), 12);
         let job = interrupted_job(&r, 2);
 
-        let first = r.start(&["resume", &job], &[("AGENT_SLEEP", "0.5")]);
+        let first = r.start(&["resume", &job], &[("AGENT_SLEEP", "2")]);
         r.repo
             .wait_for_events(&job, "the first resume to start", |ev| {
                 count(ev, "job_resumed") >= 1

@@ -48,10 +48,11 @@ fn moments() -> Vec<Moment> {
 fn sigkill_at_ten_moments_then_resume_completes_exactly_once() {
     for (name, db) in backends() {
         let r = Resumable::new(db.as_ref().map(|d| d.url()), ITEMS);
+        // Setup and reduce sleep long enough that a loaded machine still sees them running.
         let slow = [
             ("AGENT_SLEEP", "0.05"),
-            ("SETUP_SLEEP", "1"),
-            ("REDUCE_SLEEP", "1"),
+            ("SETUP_SLEEP", "3"),
+            ("REDUCE_SLEEP", "3"),
         ];
         let mut job: Option<String> = None;
         let mut kills = 0;

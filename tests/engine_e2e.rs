@@ -47,7 +47,7 @@ map:
   input: items.json
   json_path: "$[*]"
   max_parallel: 4
-  agent_timeout_secs: 2
+  agent_timeout_secs: 6
   agent_template:
     - claude: "/process ${item.id}"
     - shell: "./agent.sh ${item.kind} ${item.id}"

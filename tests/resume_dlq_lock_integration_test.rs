@@ -21,7 +21,7 @@ fn crash_then_concurrent_resumes_finish_everything_once() {
         assert_eq!(dlq.as_array().unwrap().len(), 1, "{name}: {dlq}");
 
         r.unfail("item-4");
-        let a = r.start(&["resume", &job], &[("AGENT_SLEEP", "0.3")]);
+        let a = r.start(&["resume", &job], &[("AGENT_SLEEP", "1.5")]);
         r.repo
             .wait_for_events(&job, "the resume to take the job", |ev| {
                 count(ev, "job_resumed") >= 1
