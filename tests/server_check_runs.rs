@@ -158,6 +158,12 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
     // One annotation per DLQ row, naming its item; the Retry failed button.
     let dlq = ctx.server.store.dlq(Some(job)).await.unwrap();
     assert_eq!(dlq.len(), 52);
+    // The completion carries the first 50; the last batch is appended right after it.
+    let run = wait_until("every DLQ row as an annotation", WAIT, || async {
+        let run = ctx.gh.check_runs_for(REPO, &sha).remove(0);
+        (run.annotations.len() >= dlq.len()).then_some(run)
+    })
+    .await;
     assert_eq!(run.annotations.len(), dlq.len());
     for row in &dlq {
         assert!(
