@@ -420,6 +420,8 @@ async fn twenty_reruns(ctx: &Ctx, others: &[&prodigy::server::RunningServer]) {
         .unwrap();
     let reruns: Vec<_> = done.iter().filter(|r| r.kind == "check_rerun").collect();
     assert_eq!(reruns.len(), 20);
+    // Each process fetched one installation token and reused it for every call.
+    assert_eq!(ctx.gh.count(Op::CreateAccessToken), servers.len());
     if others.is_empty() {
         return;
     }
