@@ -215,6 +215,11 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
         .count();
     assert!(progress >= 1, "progress is reported while the job runs");
     let batches = dlq.len().div_ceil(50);
+    println!(
+        "check-run calls: {} ({progress} progress updates) for {} DLQ rows; {tokens} token",
+        check_requests.len(),
+        dlq.len()
+    );
     assert!(
         check_requests.len() <= 3 + batches + progress,
         "{} check-run calls for {} DLQ rows and {progress} progress updates",
