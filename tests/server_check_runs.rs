@@ -158,6 +158,12 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
     // One annotation per DLQ row, naming its item; the Retry failed button.
     let dlq = ctx.server.store.dlq(Some(job)).await.unwrap();
     assert_eq!(dlq.len(), 52);
+    // The completion carries the first 50; the last batch is appended right after it.
+    let run = wait_until("every DLQ row as an annotation", WAIT, || async {
+        let run = ctx.gh.check_runs_for(REPO, &sha).remove(0);
+        (run.annotations.len() >= dlq.len()).then_some(run)
+    })
+    .await;
     assert_eq!(run.annotations.len(), dlq.len());
     for row in &dlq {
         assert!(
@@ -209,6 +215,11 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
         .count();
     assert!(progress >= 1, "progress is reported while the job runs");
     let batches = dlq.len().div_ceil(50);
+    println!(
+        "check-run calls: {} ({progress} progress updates) for {} DLQ rows; {tokens} token",
+        check_requests.len(),
+        dlq.len()
+    );
     assert!(
         check_requests.len() <= 3 + batches + progress,
         "{} check-run calls for {} DLQ rows and {progress} progress updates",
@@ -414,6 +425,8 @@ async fn twenty_reruns(ctx: &Ctx, others: &[&prodigy::server::RunningServer]) {
         .unwrap();
     let reruns: Vec<_> = done.iter().filter(|r| r.kind == "check_rerun").collect();
     assert_eq!(reruns.len(), 20);
+    // Each process fetched one installation token and reused it for every call.
+    assert_eq!(ctx.gh.count(Op::CreateAccessToken), servers.len());
     if others.is_empty() {
         return;
     }
