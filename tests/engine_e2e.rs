@@ -15,7 +15,7 @@ case "$kind" in
     mkdir -p out && echo "$id" > "out/$id.txt"
     git add "out/$id.txt" && git commit -q -m "item $id" ;;
   fail) echo "error: widget exploded in /tmp/work/$id/src/lib.rs:42" >&2; exit 3 ;;
-  slow) sleep 30 & sleep 30 ; echo never ;;
+  slow) sleep 41 & sleep 41 ; echo never ;;
   conflict)
     echo "shared line written by $id" > shared.txt
     git add shared.txt && git commit -q -m "item $id edits shared.txt" ;;
@@ -153,7 +153,8 @@ fn mapreduce_job_with_failures_timeouts_commits_and_a_conflict() {
 
     // No sleeping agent survived its timeout.
     let ps = std::process::Command::new("sh")
-        .args(["-c", "ps -eo args | grep -c '[s]leep 30' || true"])
+        // `sleep 41` is this test's own marker: other tests sleep too, at the same time.
+        .args(["-c", "ps -eo args | grep -c '[s]leep 41' || true"])
         .output()
         .unwrap();
     assert_eq!(
