@@ -27,7 +27,7 @@ use crate::engine::{
     DlqMode, Engine, NewRun, Progress, Reporter, ResumeRequest, Resumed, RetryRequest, RunOutcome,
 };
 use crate::github::{CommentId, GitHubClient, InstallationId, PrNumber, Reaction};
-use crate::store::{Holder, Job, LockOutcome, Request, Store, StoreError};
+use crate::store::{Holder, Job, JobLock, LockOutcome, Request, Store, StoreError};
 use crate::types::{ItemKey, JobId, JobStatus, RepoName};
 
 use super::check_runs::RunReporter;
@@ -748,31 +748,8 @@ impl Runner {
         let holder = Holder::this_process(Some(self.p().instance.clone()));
         match self.p().store.try_lock(job.id, &holder).await? {
             LockOutcome::Acquired(lock) => {
-                let current = self.p().store.get_job(job.id).await?;
-                let result = async {
-                    if !current.status.is_finished() {
-                        self.p()
-                            .store
-                            .set_job_state(
-                                lock.proof(),
-                                JobStatus::Cancelled,
-                                current.phase,
-                                Some(reason),
-                            )
-                            .await?;
-                        self.p()
-                            .store
-                            .append_event(lock.proof(), "cancelled", &json!({"reason": reason}))
-                            .await?;
-                    }
-                    if cleanup {
-                        self.remove_worktrees(&current).await;
-                    }
-                    anyhow::Ok(())
-                }
-                .await;
-                lock.release().await?;
-                result?;
+                self.cancel_locked(lock, job.id, reason, cleanup, |s| s.is_finished())
+                    .await?;
                 Ok(CancelOutcome::Cancelled)
             }
             // Another instance runs it; its watcher sees the request within a poll interval.
@@ -805,9 +782,23 @@ impl Runner {
         let LockOutcome::Acquired(lock) = self.p().store.try_lock(job, &holder).await? else {
             return Ok(());
         };
+        self.cancel_locked(lock, job, reason, cleanup, |s| s == JobStatus::Succeeded)
+            .await
+    }
+
+    /// Under `lock`: records the job as cancelled (unless `stands(status)` says its status is
+    /// final), removes its worktrees when asked, and releases the lock whatever happened.
+    async fn cancel_locked(
+        &self,
+        lock: JobLock,
+        job: JobId,
+        reason: &str,
+        cleanup: bool,
+        stands: fn(JobStatus) -> bool,
+    ) -> anyhow::Result<()> {
         let result = async {
             let current = self.p().store.get_job(job).await?;
-            if current.status != JobStatus::Succeeded {
+            if !stands(current.status) {
                 self.p()
                     .store
                     .set_job_state(
