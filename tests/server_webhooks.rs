@@ -314,6 +314,7 @@ async fn queue_claims_by_kind_and_accepts_each_delivery_once() {
     for (backend, db) in common::test_stores().await {
         let store = db.store().await;
         let payload = serde_json::json!({"n": 1});
+        let raw = serde_json::value::to_raw_value(&payload).unwrap();
         let pr = store
             .accept_delivery(
                 "d1",
@@ -371,7 +372,7 @@ async fn queue_claims_by_kind_and_accepts_each_delivery_once() {
             event: "pull_request",
             action: None,
             kind: "pull_request",
-            payload: &payload,
+            payload: &raw,
         };
         let answers = store
             .accept_deliveries(&[d("b1"), d("b1"), d("d1"), d("b2")])
@@ -387,13 +388,28 @@ async fn queue_claims_by_kind_and_accepts_each_delivery_once() {
             matches!(answers[3], Accepted::Queued(_)),
             "{backend}: {answers:?}"
         );
+        let queued = store
+            .requests_with_status(RequestStatus::Queued)
+            .await
+            .unwrap();
+        let delivered: Vec<_> = queued.iter().map(|r| r.delivery_id.as_deref()).collect();
+        assert_eq!(delivered, [Some("b1"), Some("b2")], "{backend}");
+        let (Accepted::Queued(b1), Accepted::Queued(b2)) = (answers[0], answers[3]) else {
+            unreachable!()
+        };
         assert_eq!(
-            store
-                .requests_with_status(RequestStatus::Queued)
-                .await
-                .unwrap()
-                .len(),
-            2,
+            queued.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [b1, b2],
+            "{backend}: each delivery is answered with its own request"
+        );
+        // A delivery recorded before requests carried their delivery id is a duplicate too.
+        store
+            .record_delivery("legacy", "pull_request", Some("opened"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.accept_deliveries(&[d("legacy")]).await.unwrap(),
+            [Accepted::Duplicate],
             "{backend}"
         );
     }

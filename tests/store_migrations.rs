@@ -1,5 +1,5 @@
-//! Migrations are applied one by one onto a database that already holds data written under the
-//! previous one, on both backends; and both backends end with the same tables and columns.
+//! Migrations are applied one by one, each onto a database that already holds data written under
+//! the previous ones, on both backends; and both backends end with the same tables and columns.
 
 mod common;
 
@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{TestDb, test_stores};
 use prodigy::store::{
-    AttemptOutcome, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, LockOutcome, NewItem,
-    NewJob, Store,
+    Accepted, AttemptOutcome, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, LockOutcome,
+    NewItem, NewJob, Store,
 };
 use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use serde_json::json;
@@ -38,12 +38,12 @@ async fn apply_one_by_one(db: &TestDb) {
             store.applied_migrations().await.unwrap(),
             versions[..=i].to_vec()
         );
-        // What earlier versions wrote is still there and still works ...
-        seeded.verify(&store).await;
-        // ... and this version's tables take data of their own.
+        // This version's tables take data of their own, written under this schema. (Reading
+        // it back waits for the last version: the code reads the newest schema.)
         seeded.seed(&store, version).await;
-        seeded.verify(&store).await;
     }
+    // What every version wrote survived the later migrations and still works.
+    seeded.verify(&store).await;
     assert!(
         store.migrate().await.unwrap().is_empty(),
         "nothing left to apply"
@@ -58,6 +58,8 @@ struct Seeded {
     job: Option<JobId>,
     delivery: Option<String>,
     request: Option<i64>,
+    /// A request queued by a delivery, and that delivery's id.
+    queued_delivery: Option<(i64, String)>,
 }
 
 impl Seeded {
@@ -133,6 +135,26 @@ impl Seeded {
                 );
                 self.delivery = Some(id);
             }
+            3 => {
+                // A delivery recorded before requests knew their delivery is still a duplicate.
+                let legacy = self.delivery.clone().expect("seeded by version 2");
+                let payload = json!({"pr": 3});
+                assert_eq!(
+                    store
+                        .accept_delivery(&legacy, "pull_request", None, "pull_request", &payload)
+                        .await
+                        .unwrap(),
+                    Accepted::Duplicate
+                );
+                let Accepted::Queued(id) = store
+                    .accept_delivery("d-3", "pull_request", None, "pull_request", &payload)
+                    .await
+                    .unwrap()
+                else {
+                    panic!("a new delivery is queued");
+                };
+                self.queued_delivery = Some((id, "d-3".into()));
+            }
             other => panic!(
                 "migration {other} has no seed data in this test: add rows for its tables to Seeded::seed"
             ),
@@ -175,6 +197,17 @@ impl Seeded {
             assert_eq!(
                 store.record_delivery(delivery, "ping", None).await.unwrap(),
                 DeliveryOutcome::Duplicate
+            );
+        }
+        if let Some((id, delivery)) = &self.queued_delivery {
+            let request = store.get_request(*id).await.unwrap().unwrap();
+            assert_eq!(request.delivery_id.as_deref(), Some(delivery.as_str()));
+            assert_eq!(
+                store
+                    .accept_delivery(delivery, "pull_request", None, "pull_request", &json!({}))
+                    .await
+                    .unwrap(),
+                Accepted::Duplicate
             );
         }
         if let Some(request) = self.request {

@@ -4,7 +4,7 @@
 //! 202 still means "recorded and queued"; with no burst, a batch is one delivery and nothing
 //! waits.
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
@@ -25,7 +25,7 @@ struct Pending {
     event: &'static str,
     action: Option<String>,
     kind: &'static str,
-    payload: Value,
+    payload: Box<RawValue>,
     reply: oneshot::Sender<Result<Accepted, String>>,
 }
 
@@ -59,7 +59,7 @@ impl Ingest {
         event: &'static str,
         action: Option<&str>,
         kind: &'static str,
-        payload: Value,
+        payload: Box<RawValue>,
     ) -> Result<Accepted, String> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {

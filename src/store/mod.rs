@@ -328,6 +328,9 @@ struct SqliteDb {
     /// and makes tail latency under contention seconds long). Other processes still meet the
     /// busy timeout.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// One connection (opened on first use) for webhook ingest: the same connection every
+    /// time keeps its page cache, where the pool's would be stale after the others' writes.
+    ingest: SqlitePool,
 }
 
 /// The write queue of each SQLite file this process has open (see [`SqliteDb::writer`]).
@@ -588,13 +591,25 @@ impl Store {
             } else {
                 options.get_filename().to_path_buf()
             };
+            // A connection to a local file does not go stale: no ping before each use (each
+            // would be a round trip to the connection's thread).
             let pool = SqlitePoolOptions::new()
                 .max_connections(if in_memory { 1 } else { 8 })
-                .connect_with(options)
+                .test_before_acquire(false)
+                .connect_with(options.clone())
                 .await?;
+            let ingest = if in_memory {
+                pool.clone()
+            } else {
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .test_before_acquire(false)
+                    .connect_lazy_with(options)
+            };
             Pool::Sqlite(SqliteDb {
                 writer: sqlite_writer(&file),
                 pool,
+                ingest,
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?;
@@ -634,6 +649,9 @@ impl Store {
 
     /// Closes the pool's connections (waits for checked-out ones to come back).
     pub async fn close(&self) {
+        if let Pool::Sqlite(db) = &self.pool {
+            db.ingest.close().await;
+        }
         on_pool!(self, pool => pool.close().await)
     }
 

@@ -1,12 +1,15 @@
 //! State of `prodigy serve`: webhook deliveries (recorded once, so a redelivery is a no-op) and
 //! the request queue between the webhook handler and the runners.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::FromRow;
+use serde_json::value::RawValue;
+use sqlx::{FromRow, QueryBuilder};
 
-use super::{Pool, PoolExt, Result, Store, now};
+use super::{Pool, PoolExt, Result, Store, StoreError, now};
 
 /// The answer of [`Store::record_delivery`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct Request {
     pub id: i64,
     pub kind: String,
     pub payload: Value,
+    /// The webhook delivery (`X-GitHub-Delivery`) that queued it, if one did.
+    pub delivery_id: Option<String>,
     pub status: RequestStatus,
     pub claimed_by: Option<String>,
     pub message: Option<String>,
@@ -73,6 +78,7 @@ struct RequestRow {
     id: i64,
     kind: String,
     payload: Value,
+    delivery_id: Option<String>,
     status: String,
     claimed_by: Option<String>,
     message: Option<String>,
@@ -89,6 +95,7 @@ impl TryFrom<RequestRow> for Request {
             id: r.id,
             kind: r.kind,
             payload: r.payload,
+            delivery_id: r.delivery_id,
             status: r
                 .status
                 .parse()
@@ -105,7 +112,7 @@ impl TryFrom<RequestRow> for Request {
 
 macro_rules! request_columns {
     () => {
-        "id, kind, payload, status, claimed_by, message, attempts, enqueued_at, claimed_at, finished_at"
+        "id, kind, payload, delivery_id, status, claimed_by, message, attempts, enqueued_at, claimed_at, finished_at"
     };
 }
 
@@ -307,7 +314,7 @@ pub struct NewDelivery<'a> {
     pub action: Option<&'a str>,
     /// The queued request's kind and payload.
     pub kind: &'a str,
-    pub payload: &'a Value,
+    pub payload: &'a RawValue,
 }
 
 /// The answer of [`Store::accept_delivery`].
@@ -320,8 +327,8 @@ pub enum Accepted {
 }
 
 impl Store {
-    /// Records a delivery and queues its request in one transaction, so a delivery is either
-    /// recorded with its work queued or not recorded at all (and GitHub's redelivery is handled).
+    /// Records a delivery and queues its request, so a delivery is either recorded with its
+    /// work queued or not at all (and GitHub's redelivery is handled).
     pub async fn accept_delivery(
         &self,
         delivery_id: &str,
@@ -330,76 +337,110 @@ impl Store {
         kind: &str,
         payload: &Value,
     ) -> Result<Accepted> {
-        let at = now();
-        Ok(on_db!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
-                 VALUES ($1, $2, $3, $4, 'queued') ON CONFLICT (delivery_id) DO NOTHING",
-            )
-            .bind(delivery_id)
-            .bind(event)
-            .bind(action)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                tx.rollback().await?;
-                Accepted::Duplicate
-            } else {
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO requests (kind, payload, status, enqueued_at) \
-                     VALUES ($1, $2, 'queued', $3) RETURNING id",
-                )
-                .bind(kind)
-                .bind(payload)
-                .bind(at)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Accepted::Queued(id)
-            }
-        }))
+        let payload = serde_json::value::to_raw_value(payload)
+            .map_err(|e| StoreError::Db(sqlx::Error::Encode(e.into())))?;
+        let one = NewDelivery {
+            delivery_id,
+            event,
+            action,
+            kind,
+            payload: &payload,
+        };
+        let answers = self.accept_deliveries(&[one]).await?;
+        Ok(answers[0])
     }
 
-    /// [`Store::accept_delivery`] for many deliveries in one transaction (one disk flush for
-    /// all), answered in order. A delivery id repeated within the batch is a duplicate too.
+    /// [`Store::accept_delivery`] for many deliveries at once, answered in order. A crash can
+    /// never queue a delivery twice nor record it without its work:
+    /// - PostgreSQL: one statement records the deliveries and queues the work of those it
+    ///   recorded (one round trip, atomic).
+    /// - SQLite: one call to the connection's thread runs two autocommit statements: the
+    ///   first queues the work of every delivery neither recorded before nor queued (the unique
+    ///   `requests.delivery_id` decides), the second records the deliveries.
+    ///
+    /// A delivery id repeated within the batch is queued at its first place only.
     pub async fn accept_deliveries(&self, batch: &[NewDelivery<'_>]) -> Result<Vec<Accepted>> {
+        let mut seen = HashSet::with_capacity(batch.len());
+        let firsts: Vec<&NewDelivery<'_>> = batch
+            .iter()
+            .filter(|d| seen.insert(d.delivery_id))
+            .collect();
+        if firsts.is_empty() {
+            return Ok(Vec::new());
+        }
         let at = now();
-        let mut out = Vec::with_capacity(batch.len());
-        on_db!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            for d in batch {
-                let inserted = sqlx::query(
-                    "INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
-                     VALUES ($1, $2, $3, $4, 'queued') ON CONFLICT (delivery_id) DO NOTHING",
-                )
-                .bind(d.delivery_id)
-                .bind(d.event)
-                .bind(d.action)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    out.push(Accepted::Duplicate);
-                    continue;
-                }
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO requests (kind, payload, status, enqueued_at) \
-                     VALUES ($1, $2, 'queued', $3) RETURNING id",
-                )
-                .bind(d.kind)
-                .bind(d.payload)
-                .bind(at)
-                .fetch_one(&mut *tx)
-                .await?;
-                out.push(Accepted::Queued(id));
+        let queued: Vec<(i64, String)> = match &self.pool {
+            Pool::Sqlite(db) => {
+                let mut q = QueryBuilder::new("WITH v (delivery_id, kind, payload) AS (");
+                q.push_values(&firsts, |mut row, d| {
+                    row.push_bind(d.delivery_id)
+                        .push_bind(d.kind)
+                        .push_bind(d.payload.get());
+                });
+                q.push(
+                    ") INSERT INTO requests (delivery_id, kind, payload, status, enqueued_at) \
+                     SELECT delivery_id, kind, payload, 'queued', ",
+                );
+                q.push_bind(at);
+                q.push(
+                    " FROM v WHERE NOT EXISTS \
+                     (SELECT 1 FROM webhook_deliveries d WHERE d.delivery_id = v.delivery_id) \
+                     ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id; \
+                     INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) ",
+                );
+                q.push_values(&firsts, |mut row, d| {
+                    row.push_bind(d.delivery_id)
+                        .push_bind(d.event)
+                        .push_bind(d.action)
+                        .push_bind(at)
+                        .push_bind("queued");
+                });
+                q.push(" ON CONFLICT (delivery_id) DO NOTHING");
+                // Two autocommit statements in one call to the connection's thread: the first
+                // alone decides (see the doc above), so they need no transaction around them.
+                let _queued = db.writer.lock().await;
+                q.build_query_as().fetch_all(&db.ingest).await?
             }
-            tx.commit().await?;
-        });
-        Ok(out)
+            Pool::Postgres(pool) => {
+                let ids: Vec<&str> = firsts.iter().map(|d| d.delivery_id).collect();
+                let events: Vec<&str> = firsts.iter().map(|d| d.event).collect();
+                let actions: Vec<Option<&str>> = firsts.iter().map(|d| d.action).collect();
+                let kinds: Vec<&str> = firsts.iter().map(|d| d.kind).collect();
+                let payloads: Vec<&str> = firsts.iter().map(|d| d.payload.get()).collect();
+                sqlx::query_as(
+                    // The deliveries insert decides what is new (its RETURNING), with index
+                    // lookups whatever the plan; an anti-join against the whole table would
+                    // grow with it.
+                    "WITH v AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+                     $5::text[]) AS t (delivery_id, event, action, kind, payload)), \
+                     d AS (INSERT INTO webhook_deliveries (delivery_id, event, action, received_at, outcome) \
+                     SELECT delivery_id, event, action, $6, 'queued' FROM v \
+                     ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id) \
+                     INSERT INTO requests (delivery_id, kind, payload, status, enqueued_at) \
+                     SELECT v.delivery_id, v.kind, v.payload::jsonb, 'queued', $6 FROM v JOIN d USING (delivery_id) \
+                     ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id",
+                )
+                .bind(&ids)
+                .bind(&events)
+                .bind(&actions)
+                .bind(&kinds)
+                .bind(&payloads)
+                .bind(at)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        let mut ids: HashMap<String, i64> = queued
+            .into_iter()
+            .map(|(id, delivery)| (delivery, id))
+            .collect();
+        Ok(batch
+            .iter()
+            .map(|d| match ids.remove(d.delivery_id) {
+                Some(id) => Accepted::Queued(id),
+                None => Accepted::Duplicate,
+            })
+            .collect())
     }
 
     /// Answers when the database takes a query (for readiness probes).
