@@ -1,6 +1,8 @@
 //! Two `prodigy serve` instances on one PostgreSQL database share the queue: each pull request
-//! is handled by exactly one of them, once, and a delivery sent to both is handled once.
-//! Skipped (with a message) when no PostgreSQL is reachable, unless PRODIGY_REQUIRE_POSTGRES=1.
+//! is handled by exactly one of them, once, and a delivery sent to both is handled once. A
+//! web-only instance (`--no-runner`) queues what a runner instance runs, on both backends.
+//! PostgreSQL tests are skipped (with a message) when no PostgreSQL is reachable, unless
+//! PRODIGY_REQUIRE_POSTGRES=1.
 
 mod common;
 mod support;
@@ -87,4 +89,59 @@ async fn two_instances_process_one_pull_request_each_without_overlap() {
     ctx.gh.assert_no_violations();
     b.stop().await;
     ctx.finish().await;
+}
+
+/// `--no-runner`: a web-only instance answers and queues but runs nothing; a runner instance
+/// on the same database runs the queued work, once.
+async fn web_only_instance_queues_what_a_runner_instance_runs(db_url: &str) {
+    let ctx = Ctx::web_only(db_url, "web").await;
+    let sha = ctx.push_pr(1, &[("items.json", &items(&[("one", "ok")]))], false);
+    let body = ctx.pr_payload(1, &sha, "opened", false);
+    let (status, text) = ctx
+        .deliver_as(&ctx.server, "pull_request", "web-only-1", body)
+        .await;
+    assert_eq!(status.as_u16(), 202, "{text}");
+    // Several runner poll periods pass: nothing is claimed, nothing is said on the PR.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let store = &ctx.server.store;
+    let queued = store
+        .requests_with_status(RequestStatus::Queued)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].delivery_id.as_deref(), Some("web-only-1"));
+    assert!(ctx.gh.comments_on(REPO, 1).is_empty());
+
+    let mut worker = ctx.another_instance("worker", 1).await;
+    let comments = ctx.wait_for_comments(1, 1).await;
+    let job = job_id_of(&job_links(&comments[0])[0]);
+    ctx.open_gate();
+    wait_until(&format!("job {job} to succeed"), WAIT, || async {
+        (store.get_job(job).await.ok()?.status == JobStatus::Succeeded).then_some(())
+    })
+    .await;
+    let done = wait_until("the request to be done", WAIT, || async {
+        let done = store.requests_with_status(RequestStatus::Done).await.ok()?;
+        (!done.is_empty()).then_some(done)
+    })
+    .await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].claimed_by.as_deref(), Some("worker"));
+    assert_eq!(done[0].attempts, 1);
+    worker.stop().await;
+    ctx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn web_only_instance_on_sqlite() {
+    let db = common::sqlite_db();
+    web_only_instance_queues_what_a_runner_instance_runs(db.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn web_only_instance_on_postgres() {
+    let Some(db) = common::postgres_db().await else {
+        return;
+    };
+    web_only_instance_queues_what_a_runner_instance_runs(db.url()).await;
 }

@@ -69,6 +69,11 @@ pub struct ServeConfig {
     /// by this process wakes it at once.
     #[arg(long, env = "PRODIGY_POLL_MS", default_value_t = 1000)]
     pub poll_ms: u64,
+    /// Accept and queue webhooks but run nothing here: a web-only replica in front of
+    /// runner replicas on the same PostgreSQL database. With SQLite, queued work waits until
+    /// a `prodigy serve` without this flag starts on the same database file.
+    #[arg(long, env = "PRODIGY_NO_RUNNER")]
+    pub no_runner: bool,
 }
 
 /// Secrets stay out of debug output (clap's error paths and `-vv` logs print it).
@@ -93,6 +98,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("instance", &self.instance)
             .field("allow_repos", &self.allow_repos)
             .field("poll_ms", &self.poll_ms)
+            .field("no_runner", &self.no_runner)
             .finish()
     }
 }
@@ -117,6 +123,8 @@ pub struct Settings {
     pub allow_repos: Vec<RepoName>,
     pub poll: std::time::Duration,
     pub claude_bin: String,
+    /// Whether this process claims and runs queued work (`--no-runner` turns it off).
+    pub runner: bool,
 }
 
 impl ServeConfig {
@@ -208,6 +216,7 @@ impl ServeConfig {
             allow_repos,
             poll: std::time::Duration::from_millis(self.poll_ms.max(10)),
             claude_bin: claude_bin.to_string(),
+            runner: !self.no_runner,
         })
     }
 }

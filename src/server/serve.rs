@@ -198,7 +198,12 @@ pub async fn start_with(
                 .await
         })
     };
-    let runner = tokio::spawn(runner.run(stop.clone()));
+    let runner = if settings.runner {
+        Some(tokio::spawn(runner.run(stop.clone())))
+    } else {
+        tracing::info!("--no-runner: this process queues work; other replicas run it");
+        None
+    };
     Ok(RunningServer {
         addr,
         store,
@@ -208,7 +213,7 @@ pub async fn start_with(
         stop,
         jobs,
         http: Some(http),
-        runner: Some(runner),
+        runner,
         job_slots,
         max_jobs: settings.max_jobs,
     })

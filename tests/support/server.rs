@@ -133,15 +133,26 @@ impl Ctx {
     }
 
     pub async fn with_instance(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
-        Ctx::with_options(db_url, instance, max_jobs, false).await
+        Ctx::with_options(db_url, instance, max_jobs, false, true).await
     }
 
     /// A world whose server reports each job run to a check run, as `prodigy serve` does.
     pub async fn with_check_runs(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
-        Ctx::with_options(db_url, instance, max_jobs, true).await
+        Ctx::with_options(db_url, instance, max_jobs, true, true).await
     }
 
-    async fn with_options(db_url: &str, instance: &str, max_jobs: usize, check_runs: bool) -> Ctx {
+    /// A world whose server only queues work (`--no-runner`); see [`Ctx::another_instance`].
+    pub async fn web_only(db_url: &str, instance: &str) -> Ctx {
+        Ctx::with_options(db_url, instance, 1, false, false).await
+    }
+
+    async fn with_options(
+        db_url: &str,
+        instance: &str,
+        max_jobs: usize,
+        check_runs: bool,
+        runner: bool,
+    ) -> Ctx {
         let tmp = tempfile::tempdir().unwrap();
         let remote = tmp.path().join("remotes").join(format!("{REPO}.git"));
         std::fs::create_dir_all(&remote).unwrap();
@@ -180,7 +191,10 @@ impl Ctx {
         gh.set_permission(REPO, STRANGER, "read");
         let secret = WebhookSecret::new(SecretString::from(SECRET.to_string())).unwrap();
         let mut ctx = Ctx {
-            server: start_server(&tmp, &gh, db_url, instance, max_jobs, &claude, check_runs).await,
+            server: start_server(
+                &tmp, &gh, db_url, instance, max_jobs, &claude, check_runs, runner,
+            )
+            .await,
             check_runs,
             gh,
             remote,
@@ -197,7 +211,8 @@ impl Ctx {
         ctx
     }
 
-    /// Another server instance on the same database (own state and checkout directories).
+    /// Another server instance, with a runner, on the same database (own state and checkout
+    /// directories).
     pub async fn another_instance(&self, instance: &str, max_jobs: usize) -> RunningServer {
         start_server(
             &self.tmp,
@@ -207,6 +222,7 @@ impl Ctx {
             max_jobs,
             &self.claude,
             self.check_runs,
+            true,
         )
         .await
     }
@@ -406,6 +422,7 @@ pub fn job_id_of(link: &str) -> prodigy::types::JobId {
     id.parse().unwrap()
 }
 
+#[allow(clippy::too_many_arguments)] // test wiring: each is one knob of the server under test
 async fn start_server(
     tmp: &TempDir,
     gh: &FakeGitHub,
@@ -414,6 +431,7 @@ async fn start_server(
     max_jobs: usize,
     claude: &Path,
     check_runs: bool,
+    runner: bool,
 ) -> RunningServer {
     let key = tmp.path().join("app-key.pem");
     std::fs::write(
@@ -437,6 +455,7 @@ async fn start_server(
         instance: Some(instance.into()),
         allow_repos: vec![REPO.into()],
         poll_ms: 50,
+        no_runner: !runner,
     };
     let settings = config
         .settings(Some(db_url), &claude.display().to_string())
