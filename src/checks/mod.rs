@@ -29,6 +29,6 @@ pub mod reporter;
 pub mod rerun;
 pub mod sink;
 
-pub use render::{RESUME_ACTION, RETRY_FAILED_ACTION, WorkflowFacts};
-pub use reporter::{CallCounts, CheckRunReporter, ReportState, ReporterConfig};
-pub use sink::{AppCheckRuns, CheckRunSink};
+pub use render::{Face, RESUME_ACTION, RETRY_FAILED_ACTION, WorkflowFacts};
+pub use reporter::{CallCounts, CheckRunReporter, FinalRecord, ReportState, ReporterConfig};
+pub use sink::{AppCheckRuns, CheckRunSink, Refused};
