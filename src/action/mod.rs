@@ -280,33 +280,35 @@ async fn choose_start(
                 .store
                 .find_jobs_by_commit(&step.env.repository, &step.event.head_sha)
                 .await?;
-            let Some(job) = plan::unfinished_job(&jobs, workflow) else {
-                return Ok(Start::New);
-            };
-            let branch_here = git::branch_exists(repo, &job_branch(job.id)).await?;
-            match plan::cannot_continue_here(job, repo, branch_here) {
-                None => {
-                    eprintln!(
-                        "resume: auto: continuing job {} (unfinished, phase {}) of this workflow at this commit",
-                        job.id, job.phase
-                    );
-                    Ok(Start::Resume(job.id))
-                }
-                Some(why) => {
-                    println!(
-                        "{}",
-                        commands::warning(
-                            "prodigy: starting a new job",
-                            &format!(
-                                "job {} of this workflow at this commit is unfinished, but {why}; \
-                                 a new job starts instead",
-                                job.id
-                            ),
-                        )
-                    );
-                    Ok(Start::New)
+            let mut first_refusal = None;
+            for job in plan::unfinished_jobs(&jobs, workflow) {
+                let branch_here = git::branch_exists(repo, &job_branch(job.id)).await?;
+                match plan::cannot_continue_here(job, repo, branch_here) {
+                    None => {
+                        eprintln!(
+                            "resume: auto: continuing job {} (unfinished, phase {}) of this workflow at this commit",
+                            job.id, job.phase
+                        );
+                        return Ok(Start::Resume(job.id));
+                    }
+                    Some(why) => {
+                        first_refusal.get_or_insert((job.id, why));
+                    }
                 }
             }
+            if let Some((job, why)) = first_refusal {
+                println!(
+                    "{}",
+                    commands::warning(
+                        "prodigy: starting a new job",
+                        &format!(
+                            "job {job} of this workflow at this commit is unfinished, but {why}; \
+                             a new job starts instead"
+                        ),
+                    )
+                );
+            }
+            Ok(Start::New)
         }
     }
 }

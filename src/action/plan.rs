@@ -2,8 +2,8 @@
 //! and git).
 //!
 //! `resume: auto` (the default) continues the most recent unfinished job (its phase is not
-//! `done`) of the same repository, workflow file and commit, when it can continue here: it ran
-//! in this checkout's directory and, past setup, its branch `prodigy/<job>` is in this checkout.
+//! `done`) of the same repository, workflow file and commit that can continue here: it ran in
+//! this checkout's directory and, past setup, its branch `prodigy/<job>` is in this checkout.
 //! Otherwise a new job starts. `resume: new` always starts one; `resume: <job id>` continues
 //! that job or fails saying why it cannot.
 
@@ -66,14 +66,16 @@ pub fn repo_relative(path: &Path, repo: &Path) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
-/// The most recent unfinished job of `workflow` (repository-relative) among `jobs` (most recent
-/// first, all at the step's commit).
-pub fn unfinished_job<'a>(jobs: &'a [Job], workflow: &str) -> Option<&'a Job> {
-    jobs.iter().find(|j| {
-        j.phase != Phase::Done
-            && repo_relative(Path::new(&j.workflow_path), Path::new(&j.repo_path)).as_deref()
-                == Some(workflow)
-    })
+/// The unfinished jobs of `workflow` (repository-relative) among `jobs` (most recent first, all
+/// at the step's commit), in that order.
+pub fn unfinished_jobs<'a>(jobs: &'a [Job], workflow: &str) -> Vec<&'a Job> {
+    jobs.iter()
+        .filter(|j| {
+            j.phase != Phase::Done
+                && repo_relative(Path::new(&j.workflow_path), Path::new(&j.repo_path)).as_deref()
+                    == Some(workflow)
+        })
+        .collect()
 }
 
 /// Why `job` cannot continue in the checkout at `repo`, if it cannot. `branch_here` is whether
@@ -159,16 +161,19 @@ mod tests {
     }
 
     #[test]
-    fn the_most_recent_unfinished_job_of_the_workflow() {
+    fn the_unfinished_jobs_of_the_workflow_most_recent_first() {
         let jobs = vec![
             job("/w/repo/.prodigy/other.yml", Phase::Map),
             job("/w/repo/.prodigy/review.yml", Phase::Done),
             job("/w/repo/.prodigy/review.yml", Phase::Map),
             job(".prodigy/review.yml", Phase::Reduce),
         ];
-        let found = unfinished_job(&jobs, ".prodigy/review.yml").unwrap();
-        assert_eq!(found.id, jobs[2].id);
-        assert!(unfinished_job(&jobs[..2], ".prodigy/review.yml").is_none());
+        let found: Vec<JobId> = unfinished_jobs(&jobs, ".prodigy/review.yml")
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(found, [jobs[2].id, jobs[3].id]);
+        assert!(unfinished_jobs(&jobs[..2], ".prodigy/review.yml").is_empty());
     }
 
     #[test]
