@@ -577,3 +577,57 @@ async fn resume_auto_on(db_url: Option<&str>) {
     );
     step.fake.assert_no_violations();
 }
+
+/// `action.yml` maps every output the step writes, passes every input to the step, and runs
+/// `prodigy action` from the action's own source.
+#[test]
+fn action_yml_matches_the_binary() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("action.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let yml: Value = serde_saphyr::from_str(&text).unwrap();
+    let outputs: Vec<&str> = yml["outputs"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut written = prodigy::action::report::OUTPUTS.to_vec();
+    written.sort_unstable();
+    let mut mapped = outputs.clone();
+    mapped.sort_unstable();
+    assert_eq!(mapped, written);
+    for name in outputs {
+        assert_eq!(
+            yml["outputs"][name]["value"],
+            format!("${{{{ steps.run.outputs.{name} }}}}"),
+            "output {name}"
+        );
+    }
+    assert_eq!(yml["runs"]["using"], "composite");
+    let steps = yml["runs"]["steps"].as_array().unwrap();
+    let scripts: String = steps.iter().map(|s| s.to_string()).collect();
+    for input in yml["inputs"].as_object().unwrap().keys() {
+        assert!(
+            scripts.contains(&format!("inputs.{input}")),
+            "input {input} is not used"
+        );
+    }
+    assert_eq!(yml["inputs"]["token"]["default"], "${{ github.token }}");
+    assert!(
+        scripts.contains("cargo install --locked --path"),
+        "{scripts}"
+    );
+    let run = steps.iter().find(|s| s["id"] == "run").unwrap();
+    assert!(
+        run["run"]
+            .as_str()
+            .unwrap()
+            .contains("\"$PRODIGY_BIN\" action")
+    );
+    // Inputs reach the script through `env`, never spliced into its text.
+    assert!(
+        !run["run"].as_str().unwrap().contains("${{"),
+        "{}",
+        run["run"]
+    );
+}

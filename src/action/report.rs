@@ -7,17 +7,21 @@ use crate::checks::render::{self, FinalInput};
 use crate::engine::worktree::job_branch;
 use crate::github::CheckConclusion;
 
-/// The step's outputs, in the order they are written.
+/// The names of the step's outputs (`action.yml` maps each one).
+pub const OUTPUTS: [&str; 6] = ["job-id", "status", "succeeded", "failed", "dlq", "branch"];
+
+/// The step's outputs, in the order of [`OUTPUTS`].
 pub fn outputs(record: &FinalRecord) -> Vec<(&'static str, String)> {
     let c = &record.counts;
-    vec![
-        ("job-id", record.job.id.to_string()),
-        ("status", record.job.status.to_string()),
-        ("succeeded", c.succeeded.to_string()),
-        ("failed", c.failed.to_string()),
-        ("dlq", c.dlq.to_string()),
-        ("branch", job_branch(record.job.id)),
-    ]
+    let values = [
+        record.job.id.to_string(),
+        record.job.status.to_string(),
+        c.succeeded.to_string(),
+        c.failed.to_string(),
+        c.dlq.to_string(),
+        job_branch(record.job.id),
+    ];
+    OUTPUTS.into_iter().zip(values).collect()
 }
 
 /// `$GITHUB_OUTPUT` text for `outputs` under one delimiter.
