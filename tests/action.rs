@@ -480,6 +480,36 @@ async fn a_missing_or_broken_event_file_is_named_and_exits_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_workflow_file_or_unknown_job_is_named_and_exits_2() {
+    let step = Step::new(None, false, true).await;
+    let ran = step
+        .run(&[("PRODIGY_RESUME", "0192f5a0-0000-7000-8000-00000000dead")])
+        .await;
+    assert_eq!(ran.code(), Some(2), "{}", text(&ran.out));
+    assert!(
+        ran.stderr().contains(
+            "the action's `resume` input names job `0192f5a0-0000-7000-8000-00000000dead`, but no job matches"
+        ),
+        "{}",
+        text(&ran.out)
+    );
+    assert!(ran.stderr().contains("database-url"), "{}", text(&ran.out));
+
+    std::fs::remove_file(step.repo.path.join(WORKFLOW_FILE)).unwrap();
+    let ran = step.run(&[]).await;
+    assert_eq!(ran.code(), Some(2), "{}", text(&ran.out));
+    assert!(
+        ran.stderr().contains(&format!(
+            "the workflow file {WORKFLOW_FILE} does not exist (the action's `workflow` input is relative to its `working-directory`"
+        )),
+        "{}",
+        text(&ran.out)
+    );
+    assert!(ran.outputs.is_empty());
+    assert!(step.fake.world().requests.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_auto_continues_an_unfinished_job_at_the_same_commit() {
     let pg = harness::common::postgres_db().await;
     let backends = [("sqlite", None)]
