@@ -1,5 +1,6 @@
 //! prodigy: reproducible AI-agent pipelines, run from the CLI, a GitHub App or a GitHub Action.
 
+pub mod action;
 pub mod checks;
 pub mod engine;
 pub mod github;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prodigy::github::{
     Annotation, AnnotationLevel, CheckConclusion, CheckRunButton, CheckRunOutput, CheckRunUpdate,
     CheckStatus, CommentId, CommitSha, GitHubClient, InstallationId, NewCheckRun, Permission,
-    PrNumber, Reaction,
+    PrNumber, Reaction, TOKEN_INSTALLATION,
 };
 use prodigy::types::RepoName;
 use support::fake_github::{self, FakeGitHub, Op};
@@ -256,6 +256,92 @@ async fn plain_forbidden_is_not_retried() {
         .unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(403));
     assert_eq!(fake.count(Op::CreateComment), 1);
+}
+
+#[tokio::test]
+async fn plain_forbidden_is_a_refusal_but_an_exhausted_rate_limit_is_not() {
+    let (fake, client) = setup().await;
+    fake.fail_next(Op::CreateComment, 1, 403, &[]);
+    let err = client
+        .create_comment(inst(), &repo(), PrNumber(1), "x")
+        .await
+        .unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+    fake.fail_next(Op::CreateComment, 4, 403, &[("retry-after", "0")]);
+    let err = client
+        .create_comment(inst(), &repo(), PrNumber(1), "x")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(403));
+    assert!(!err.is_refusal(), "a rate limit passes: {err}");
+    fake.fail_next(Op::CreateComment, 1, 502, &[]);
+    let err = client
+        .create_comment(inst(), &repo(), PrNumber(1), "x")
+        .await;
+    assert!(err.is_ok(), "a 502 is retried: {err:?}");
+}
+
+/// The Action's client: the workflow token on every call, no App JWT, no installation token.
+#[tokio::test]
+async fn a_token_client_sends_its_token_and_never_acts_as_the_app() {
+    let fake = FakeGitHub::start(INSTALLATION, &[REPO]).await;
+    let token = fake.issue_workflow_token(REPO, true);
+    let client = GitHubClient::with_token(
+        &fake.base_url(),
+        secrecy::SecretString::from(token.clone()),
+        fake_github::test_retry_policy(),
+    )
+    .unwrap();
+    assert!(client.app().is_none());
+    assert!(!format!("{client:?}").contains(&token), "token in Debug");
+    let run = client
+        .create_check_run(TOKEN_INSTALLATION, &repo(), &new_run())
+        .await
+        .unwrap();
+    client
+        .update_check_run(TOKEN_INSTALLATION, &repo(), run, &annotations_update(0..3))
+        .await
+        .unwrap();
+    assert_eq!(fake.check_runs_for(REPO, SHA)[0].annotations.len(), 3);
+    // Installation tokens are the App's business; the token client answers with its own.
+    let err = client
+        .create_comment(
+            TOKEN_INSTALLATION,
+            &RepoName::new("elsewhere/repo"),
+            PrNumber(1),
+            "x",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+    assert_eq!(fake.count(Op::CreateAccessToken), 0, "no App JWT was used");
+    fake.assert_no_violations();
+}
+
+#[tokio::test]
+async fn a_workflow_token_without_checks_write_is_refused_once_not_retried() {
+    let fake = FakeGitHub::start(INSTALLATION, &[REPO]).await;
+    let token = fake.issue_workflow_token(REPO, false);
+    let client = GitHubClient::with_token(
+        &fake.base_url(),
+        secrecy::SecretString::from(token),
+        fake_github::test_retry_policy(),
+    )
+    .unwrap();
+    let err = client
+        .create_check_run(TOKEN_INSTALLATION, &repo(), &new_run())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(403));
+    assert!(err.is_refusal(), "{err}");
+    assert!(err.to_string().contains("Resource not accessible"), "{err}");
+    assert_eq!(fake.count(Op::CreateCheckRun), 1);
+    // Other calls with the same token still work.
+    client
+        .create_comment(TOKEN_INSTALLATION, &repo(), PrNumber(1), "hello")
+        .await
+        .unwrap();
+    fake.assert_no_violations();
 }
 
 #[tokio::test]

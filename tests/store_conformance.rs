@@ -188,6 +188,35 @@ async fn check_jobs(db: &TestDb) {
             .unwrap()
             .is_empty()
     );
+
+    let elsewhere = store
+        .create_job(&NewJob {
+            head_sha: Some("f".repeat(40)),
+            ..new_job("d")
+        })
+        .await
+        .unwrap();
+    let at_commit = |repo: &str, sha: &str| {
+        let (store, repo, sha) = (store.clone(), RepoName::new(repo), sha.to_string());
+        async move {
+            store
+                .find_jobs_by_commit(&repo, &sha)
+                .await
+                .unwrap()
+                .iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        at_commit("OCTO/Hello", "0123456789abcdef0123456789abcdef01234567").await,
+        vec![c.id, b.id, a.id]
+    );
+    assert_eq!(
+        at_commit("octo/hello", &"f".repeat(40)).await,
+        vec![elsewhere.id]
+    );
+    assert!(at_commit("octo/other", &"f".repeat(40)).await.is_empty());
 }
 
 async fn check_job_state(db: &TestDb) {

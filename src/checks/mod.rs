@@ -1,6 +1,7 @@
 //! Check runs: one per job run, showing progress while it runs and, at the end, the conclusion,
 //! a summary, one annotation per DLQ row and buttons to act. One reporter serves both faces: the
-//! server (App token, [`AppCheckRuns`]) and the Action (any [`CheckRunSink`]).
+//! server (App token, [`AppCheckRuns`]) and the Action (the workflow token,
+//! [`crate::action::TokenCheckRuns`], with [`Face::Action`]: no buttons).
 //!
 //! - [`render`]: pure functions from the job's recorded state to request bodies;
 //! - [`reporter`]: the engine [`crate::engine::Reporter`] that sends them, off the engine's path;
@@ -29,6 +30,6 @@ pub mod reporter;
 pub mod rerun;
 pub mod sink;
 
-pub use render::{RESUME_ACTION, RETRY_FAILED_ACTION, WorkflowFacts};
-pub use reporter::{CallCounts, CheckRunReporter, ReportState, ReporterConfig};
-pub use sink::{AppCheckRuns, CheckRunSink};
+pub use render::{Face, RESUME_ACTION, RETRY_FAILED_ACTION, WorkflowFacts};
+pub use reporter::{CallCounts, CheckRunReporter, FinalRecord, ReportState, ReporterConfig};
+pub use sink::{AppCheckRuns, CheckRunSink, Refused};

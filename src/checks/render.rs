@@ -33,6 +33,16 @@ const MESSAGE_TAIL_LINES: usize = 30;
 pub const RESUME_ACTION: &str = "resume";
 pub const RETRY_FAILED_ACTION: &str = "retry_failed";
 
+/// Which face runs the job, so the check run names the next steps that exist there: the App has
+/// buttons and `/prodigy` comments; a check run made by the Action's workflow token can have no
+/// working buttons (their clicks would go to GitHub Actions, not to prodigy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Face {
+    #[default]
+    App,
+    Action,
+}
+
 /// What the workflow file says that the check run needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkflowFacts {
@@ -130,6 +140,7 @@ pub struct FinalInput<'a> {
     /// Every attempt of the job (`Store::job_attempts`).
     pub attempts: &'a [Attempt],
     pub cancelled: bool,
+    pub face: Face,
 }
 
 impl FinalInput<'_> {
@@ -205,27 +216,45 @@ pub fn final_summary(input: &FinalInput) -> String {
             ));
         }
     }
-    if job.phase != Phase::Done || input.counts.pending + input.counts.running > 0 {
-        out.push_str(&format!(
-            "Continue with the **Resume** button, `/prodigy resume job={}` on the pull request, or \
-             `prodigy resume {}`.\n",
-            job.id.short(),
-            job.id
-        ));
-    } else if !input.dlq.is_empty() {
-        out.push_str(&format!(
-            "Run the failed items again with the **Retry failed** button, `/prodigy retry job={}` on \
-             the pull request, or `prodigy dlq retry {}`.\n",
-            job.id.short(),
-            job.id
-        ));
-    }
+    out.push_str(&next_steps(input));
     let note = format!(
         "_Summary cut at GitHub's limit of {MAX_OUTPUT_TEXT_CHARS} characters; \
          `prodigy status {}` and `prodigy dlq list {}` show everything._",
         job.id, job.id
     );
     truncate_markdown(out.trim_end(), MAX_OUTPUT_TEXT_CHARS, &note)
+}
+
+/// How to continue an unfinished job or retry its DLQ, on the face that ran it.
+fn next_steps(input: &FinalInput) -> String {
+    let job = input.job;
+    let unfinished = job.phase != Phase::Done || input.counts.pending + input.counts.running > 0;
+    match (input.face, unfinished) {
+        (Face::App, true) => format!(
+            "Continue with the **Resume** button, `/prodigy resume job={}` on the pull request, or \
+             `prodigy resume {}`.\n",
+            job.id.short(),
+            job.id
+        ),
+        (Face::App, false) if !input.dlq.is_empty() => format!(
+            "Run the failed items again with the **Retry failed** button, `/prodigy retry job={}` on \
+             the pull request, or `prodigy dlq retry {}`.\n",
+            job.id.short(),
+            job.id
+        ),
+        (Face::Action, true) => format!(
+            "Continue by re-running this workflow at the same commit (the action's default \
+             `resume: auto` picks the job up when its database and branch are at hand), with \
+             `resume: {}`, or with `prodigy resume {}`.\n",
+            job.id, job.id
+        ),
+        (Face::Action, false) if !input.dlq.is_empty() => format!(
+            "Run the failed items again with `prodigy dlq retry {}` on the job's database; \
+             re-running this workflow starts a new job.\n",
+            job.id
+        ),
+        _ => String::new(),
+    }
 }
 
 fn counts_table(c: &ItemCounts) -> String {
@@ -485,8 +514,8 @@ pub fn buttons(phase: Phase, counts: &ItemCounts) -> Vec<CheckRunButton> {
     out
 }
 
-/// The requests that complete a check run: the completion (conclusion, summary, buttons and the
-/// first 50 annotations), then one appending update per further 50.
+/// The requests that complete a check run: the completion (conclusion, summary, buttons on the
+/// App's check runs, and the first 50 annotations), then one appending update per further 50.
 pub fn completion_updates(input: &FinalInput) -> Vec<CheckRunUpdate> {
     let title = final_title(input);
     let summary = final_summary(input);
@@ -502,7 +531,10 @@ pub fn completion_updates(input: &FinalInput) -> Vec<CheckRunUpdate> {
         status: Some(CheckStatus::Completed),
         conclusion: Some(input.conclusion()),
         output: Some(output(batches.next().unwrap_or_default())),
-        actions: Some(buttons(input.job.phase, &input.counts)),
+        actions: match input.face {
+            Face::App => Some(buttons(input.job.phase, &input.counts)),
+            Face::Action => None,
+        },
         ..CheckRunUpdate::default()
     }];
     out.extend(batches.map(|batch| CheckRunUpdate {
@@ -931,6 +963,7 @@ mod tests {
             dlq: &dlq,
             attempts: &attempts,
             cancelled: false,
+            face: Face::App,
         };
         assert_eq!(input.conclusion(), CheckConclusion::Failure);
         insta::assert_snapshot!(final_summary(&input), @r"
@@ -978,6 +1011,52 @@ mod tests {
     }
 
     #[test]
+    fn the_action_face_names_its_own_next_steps_and_has_no_buttons() {
+        let dlq = vec![dlq_row(
+            "item-1",
+            json!({"file": "src/lib.rs", "line": 4}),
+            ErrorClass::CommandFailed,
+            "sig-lint",
+            "lint failed",
+        )];
+        let finished = job(JobStatus::Failed, Phase::Done, None);
+        let facts = WorkflowFacts::from_job(&finished);
+        let input = |job, face| FinalInput {
+            job,
+            facts: &facts,
+            counts: counts(2, 1, 1),
+            dlq: &dlq,
+            attempts: &[],
+            cancelled: false,
+            face,
+        };
+        let action = input(&finished, Face::Action);
+        let summary = final_summary(&action);
+        assert!(
+            summary.ends_with(
+                "Run the failed items again with `prodigy dlq retry \
+                 0192f5a0-0000-7000-8000-000000000001` on the job's database; re-running this \
+                 workflow starts a new job."
+            ),
+            "{summary}"
+        );
+        assert!(!summary.contains("/prodigy"), "{summary}");
+        let updates = completion_updates(&action);
+        assert_eq!(
+            updates[0].actions, None,
+            "no buttons on the Action's check run"
+        );
+        assert_eq!(updates[0].output.as_ref().unwrap().annotations.len(), 1);
+        // The App's check run of the same job keeps its button.
+        let app = completion_updates(&input(&finished, Face::App));
+        assert_eq!(app[0].actions.as_ref().map(Vec::len), Some(1));
+
+        let stopped = job(JobStatus::Failed, Phase::Map, None);
+        let summary = final_summary(&input(&stopped, Face::Action));
+        insta::assert_snapshot!(summary.lines().last().unwrap(), @"Continue by re-running this workflow at the same commit (the action's default `resume: auto` picks the job up when its database and branch are at hand), with `resume: 0192f5a0-0000-7000-8000-000000000001`, or with `prodigy resume 0192f5a0-0000-7000-8000-000000000001`.");
+    }
+
+    #[test]
     fn completion_splits_annotations_into_batches_of_50_and_caps_them() {
         let j = job(JobStatus::Failed, Phase::Done, Some("items failed"));
         let facts = WorkflowFacts::from_job(&j);
@@ -999,6 +1078,7 @@ mod tests {
             dlq: &dlq,
             attempts: &[],
             cancelled: false,
+            face: Face::App,
         };
         let updates = completion_updates(&input);
         assert_eq!(
@@ -1059,6 +1139,7 @@ mod tests {
             dlq: &dlq,
             attempts: &[],
             cancelled: false,
+            face: Face::App,
         };
         let summary = final_summary(&input);
         assert!(summary.chars().count() <= MAX_OUTPUT_TEXT_CHARS);

@@ -14,14 +14,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::render::{self, FinalInput, WorkflowFacts};
-use super::sink::CheckRunSink;
+use super::render::{self, Face, FinalInput, WorkflowFacts};
+use super::sink::{CheckRunSink, Refused};
 use crate::engine::{Progress, Reporter};
 use crate::github::{
     CheckConclusion, CheckRunId, CheckRunOutput, CheckRunUpdate, CheckStatus, CommitSha,
     NewCheckRun,
 };
-use crate::store::{ItemCounts, Job, Store};
+use crate::store::{Attempt, DlqItem, ItemCounts, Job, Store};
 use crate::types::{JobId, Phase};
 
 /// How the reporter behaves; `Default` is what production wants.
@@ -41,6 +41,8 @@ pub struct ReporterConfig {
     pub final_retry_delay: Duration,
     /// The run's cancellation token: fired means the conclusion is `cancelled`, not `failure`.
     pub cancel: Option<CancellationToken>,
+    /// The face the check run speaks for: its buttons and the next steps in its summary.
+    pub face: Face,
 }
 
 impl Default for ReporterConfig {
@@ -52,6 +54,7 @@ impl Default for ReporterConfig {
             final_attempts: 3,
             final_retry_delay: Duration::from_secs(5),
             cancel: None,
+            face: Face::App,
         }
     }
 }
@@ -85,6 +88,8 @@ pub struct ReportState {
     pub calls: CallCounts,
     /// The last request error, for logs and the caller.
     pub last_error: Option<String>,
+    /// The sink refused a request for good ([`Refused`]): why. Nothing was sent after it.
+    pub refused: Option<String>,
 }
 
 enum Msg {
@@ -219,7 +224,7 @@ impl<S: CheckRunSink> Task<S> {
     }
 
     fn progress_due(&self) -> Option<Instant> {
-        if !self.dirty || self.finalized || self.started.is_none() {
+        if !self.dirty || self.finalized || self.started.is_none() || self.refused() {
             return None;
         }
         Some(
@@ -268,14 +273,28 @@ impl<S: CheckRunSink> Task<S> {
         self.state.lock().expect("report state lock")
     }
 
+    /// Whether the sink refused for good; nothing more is sent then.
+    fn refused(&self) -> bool {
+        self.state().refused.is_some()
+    }
+
     /// Records a failure; `request` says whether it was a GitHub request (counted in `calls`).
     fn note_error(&self, what: &str, e: &anyhow::Error, request: bool) {
-        tracing::warn!(error = %format!("{e:#}"), "check run: {what} failed");
+        let refused = e.downcast_ref::<Refused>();
+        if refused.is_some() {
+            // The sink has told the user; one line in the log says the reporter stops.
+            tracing::info!(error = %format!("{e:#}"), "check run: {what} refused; reporting stops");
+        } else {
+            tracing::warn!(error = %format!("{e:#}"), "check run: {what} failed");
+        }
         let mut s = self.state();
         if request {
             s.calls.failed += 1;
         }
         s.last_error = Some(format!("{what}: {e:#}"));
+        if let Some(r) = refused {
+            s.refused.get_or_insert_with(|| r.to_string());
+        }
     }
 
     async fn read_job(&self, id: JobId) -> Option<(Job, ItemCounts)> {
@@ -334,6 +353,9 @@ impl<S: CheckRunSink> Task<S> {
     }
 
     async fn create(&mut self, run: &NewCheckRun) -> bool {
+        if self.refused() {
+            return false;
+        }
         self.state().calls.creates += 1;
         match self.sink.create(run).await {
             Ok(id) => {
@@ -369,6 +391,9 @@ impl<S: CheckRunSink> Task<S> {
         self.phase_changed = false;
         self.last_sent = Some(Instant::now());
         let Some(started) = self.started else { return };
+        if self.refused() {
+            return;
+        }
         let counts = match self.store.item_counts(started.job).await {
             Ok(c) => c,
             Err(e) => return self.note_error("reading item counts", &e.into(), false),
@@ -401,6 +426,9 @@ impl<S: CheckRunSink> Task<S> {
         }
         self.finalized = true;
         let Some(started) = self.started else { return };
+        if self.refused() {
+            return;
+        }
         let updates = match self.final_updates(started.job).await {
             Ok(u) => u,
             Err(e) => {
@@ -447,24 +475,15 @@ impl<S: CheckRunSink> Task<S> {
     }
 
     async fn final_updates(&self, job_id: JobId) -> anyhow::Result<Vec<CheckRunUpdate>> {
-        let job = self.store.get_job(job_id).await?;
-        let counts = self.store.item_counts(job_id).await?;
-        let dlq = self.store.dlq(Some(job_id)).await?;
-        let attempts = self.store.job_attempts(job_id).await?;
-        let facts = WorkflowFacts::from_job(&job);
+        let record = FinalRecord::load(&self.store, job_id).await?;
         let cancelled = self
             .config
             .cancel
             .as_ref()
             .is_some_and(CancellationToken::is_cancelled);
-        Ok(render::completion_updates(&FinalInput {
-            job: &job,
-            facts: &facts,
-            counts,
-            dlq: &dlq,
-            attempts: &attempts,
-            cancelled,
-        }))
+        Ok(render::completion_updates(
+            &record.input(cancelled, self.config.face),
+        ))
     }
 
     /// The check run created already completed (creating it at the start failed).
@@ -497,6 +516,9 @@ impl<S: CheckRunSink> Task<S> {
                 }
                 Err(e) => {
                     self.note_error("final update", &e, true);
+                    if self.refused() {
+                        break;
+                    }
                     if attempt < attempts {
                         tokio::time::sleep(self.config.final_retry_delay).await;
                     }
@@ -505,6 +527,47 @@ impl<S: CheckRunSink> Task<S> {
         }
         tracing::error!("check run: the final state could not be delivered; it stays as it was");
         false
+    }
+}
+
+/// A finished run's recorded state, as the final report is made from it (the check run's
+/// completion here; the Action's step summary and annotations too).
+#[derive(Debug, Clone)]
+pub struct FinalRecord {
+    pub job: Job,
+    pub facts: WorkflowFacts,
+    pub counts: ItemCounts,
+    pub dlq: Vec<DlqItem>,
+    pub attempts: Vec<Attempt>,
+}
+
+impl FinalRecord {
+    pub async fn load(store: &Store, job: JobId) -> anyhow::Result<FinalRecord> {
+        let job = store.get_job(job).await?;
+        let counts = store.item_counts(job.id).await?;
+        let dlq = store.dlq(Some(job.id)).await?;
+        let attempts = store.job_attempts(job.id).await?;
+        let facts = WorkflowFacts::from_job(&job);
+        Ok(FinalRecord {
+            job,
+            facts,
+            counts,
+            dlq,
+            attempts,
+        })
+    }
+
+    /// The renderer's input; `cancelled` says whether the run was stopped on purpose.
+    pub fn input(&self, cancelled: bool, face: Face) -> FinalInput<'_> {
+        FinalInput {
+            job: &self.job,
+            facts: &self.facts,
+            counts: self.counts,
+            dlq: &self.dlq,
+            attempts: &self.attempts,
+            cancelled,
+            face,
+        }
     }
 }
 

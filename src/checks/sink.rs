@@ -8,7 +8,8 @@ use crate::types::RepoName;
 
 /// Creates and updates check runs of one repository. Implementations retry transient failures
 /// themselves (GitHub's client does, through its `RetryPolicy`); an error here is final for that
-/// request.
+/// request. An error that is a [`Refused`] is final for every request: the reporter stops
+/// sending.
 pub trait CheckRunSink: Send + Sync + 'static {
     fn create(&self, run: &NewCheckRun) -> impl Future<Output = anyhow::Result<CheckRunId>> + Send;
 
@@ -18,6 +19,12 @@ pub trait CheckRunSink: Send + Sync + 'static {
         update: &CheckRunUpdate,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
+
+/// A sink's error saying that every further request would be refused the same way (a token
+/// without `checks: write`), so the reporter stops instead of trying each update again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 /// Check runs as the GitHub App, on one installation's repository.
 #[derive(Debug, Clone)]

@@ -130,6 +130,8 @@ pub enum Command {
     Migrate,
     /// Run the GitHub App server: webhooks in, jobs per pull request, `/prodigy` comment commands.
     Serve(Box<prodigy::server::ServeConfig>),
+    /// Run a workflow as a GitHub Actions step: a check run, the step's outputs and summary.
+    Action(Box<prodigy::action::ActionConfig>),
     /// Try to take a job's lock and hold it (for operators and tests).
     #[command(hide = true)]
     DebugLock {
@@ -304,6 +306,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             prodigy::server::serve(&config, g.database_url.as_deref(), &g.claude_bin).await?;
             Ok(0)
         }
+        Command::Action(config) => action(g, &config).await,
         Command::Migrate => {
             let url = store_url(g).await?;
             let store = Store::open_without_migrating(&url)
@@ -385,6 +388,29 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(u8::try_from(code).unwrap_or(EXIT_FAILED))
         }
     }
+}
+
+/// `prodigy action`: bad input (the runner's variables, the event file, the inputs) is exit code
+/// 2, and every error is also an `::error` the workflow run shows.
+async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::Result<u8> {
+    use prodigy::action::{InputError, Step, commands};
+    let result = async {
+        let step = Step::from_process()?;
+        let store = open_store(g).await?;
+        let eng = engine(g, store, &g.repo).await?;
+        let run = prodigy::action::run(&eng, &step, config, &g.repo).await?;
+        Ok::<_, anyhow::Error>(output::resumed(&eng, run.job, run.resumed, false, "action").await)
+    }
+    .await;
+    result.or_else(|e| {
+        println!("{}", commands::error("prodigy", &format!("{e:#}")));
+        if e.downcast_ref::<InputError>().is_some() {
+            eprintln!("error: {e:#}");
+            Ok(EXIT_USAGE)
+        } else {
+            Err(e)
+        }
+    })
 }
 
 async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {

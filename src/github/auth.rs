@@ -27,6 +27,10 @@ pub enum AuthError {
     BadKey(jsonwebtoken::errors::Error),
     #[error("could not sign the App JWT: {0}")]
     Sign(jsonwebtoken::errors::Error),
+    #[error(
+        "this GitHub client has a plain token, not App credentials: App calls (installation tokens) need `prodigy serve`'s App id and key"
+    )]
+    NotAnApp,
 }
 
 #[derive(Serialize)]

@@ -1,5 +1,6 @@
 //! The one GitHub client prodigy uses: typed calls over octocrab's raw transport, authenticated as
-//! an installation, each call through the [`RetryPolicy`].
+//! an App installation (the server) or with one given token (the Action's workflow token), each
+//! call through the [`RetryPolicy`].
 //!
 //! octocrab's typed builders are not used: prodigy needs its own token cache (shared with git
 //! clones), its own retry policy on every call, and request bodies it controls exactly (the tests'
@@ -38,6 +39,9 @@ pub enum GitHubError {
         path: String,
         status: StatusCode,
         message: String,
+        /// The retry policy found the answer worth retrying (a rate limit, a 5xx) and ran out of
+        /// attempts; `false` means GitHub's answer was final on the first look.
+        gave_up: bool,
     },
     #[error("{method} {path}: could not reach GitHub: {reason}")]
     Transport {
@@ -63,7 +67,22 @@ impl GitHubError {
             _ => None,
         }
     }
+
+    /// GitHub refused the credentials for this call, and asking again will not change that: 401,
+    /// 404 (a repository the token cannot see) or a 403 that is not a rate limit (a token
+    /// without the permission, e.g. a workflow token without `checks: write`).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            GitHubError::Status { status, gave_up: false, .. }
+                if matches!(*status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND)
+        )
+    }
 }
+
+/// The `installation` argument of the repository calls of a [`GitHubClient::with_token`] client:
+/// its token already says who it acts as, so the argument is not used.
+pub const TOKEN_INSTALLATION: InstallationId = InstallationId(0);
 
 /// A repository permission, from the collaborator-permission API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -192,21 +211,32 @@ enum Auth {
     Installation(InstallationId),
 }
 
+/// Who the client acts as.
+#[derive(Clone)]
+enum Credentials {
+    /// A GitHub App: JWTs for its own calls, installation tokens (cached) for the rest.
+    App { app: AppAuth, tokens: TokenCache },
+    /// One token sent as is on every call (a GitHub Actions workflow token): no JWT, nothing to
+    /// refresh.
+    Token(SecretString),
+}
+
 /// The GitHub client. Cheap to clone; clones share the token cache.
 #[derive(Clone)]
 pub struct GitHubClient {
     octo: Octocrab,
-    app: AppAuth,
-    tokens: TokenCache,
+    credentials: Credentials,
     retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for GitHubClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitHubClient")
-            .field("app", &self.app)
-            .field("retry", &self.retry)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("GitHubClient");
+        match &self.credentials {
+            Credentials::App { app, .. } => d.field("app", app),
+            Credentials::Token(_) => d.field("token", &"[REDACTED]"),
+        };
+        d.field("retry", &self.retry).finish_non_exhaustive()
     }
 }
 
@@ -214,6 +244,29 @@ impl GitHubClient {
     /// `base_url` is `https://api.github.com` for github.com, `https://HOST/api/v3` for GitHub
     /// Enterprise, or a test server's address.
     pub fn new(base_url: &str, app: AppAuth, retry: RetryPolicy) -> Result<Self, GitHubError> {
+        let credentials = Credentials::App {
+            app,
+            tokens: TokenCache::new(),
+        };
+        Self::with_credentials(base_url, credentials, retry)
+    }
+
+    /// A client that sends `token` on every call, e.g. the `GITHUB_TOKEN` of a GitHub Actions
+    /// run. Its repository calls ignore their `installation` argument (pass
+    /// [`TOKEN_INSTALLATION`]), and [`GitHubClient::installation_token`] answers with the token.
+    pub fn with_token(
+        base_url: &str,
+        token: SecretString,
+        retry: RetryPolicy,
+    ) -> Result<Self, GitHubError> {
+        Self::with_credentials(base_url, Credentials::Token(token), retry)
+    }
+
+    fn with_credentials(
+        base_url: &str,
+        credentials: Credentials,
+        retry: RetryPolicy,
+    ) -> Result<Self, GitHubError> {
         let bad = |reason: String| GitHubError::BaseUrl {
             url: base_url.to_string(),
             reason,
@@ -230,29 +283,48 @@ impl GitHubClient {
             .map_err(|e| bad(e.to_string()))?;
         Ok(GitHubClient {
             octo,
-            app,
-            tokens: TokenCache::new(),
+            credentials,
             retry,
         })
     }
 
-    pub fn app(&self) -> &AppAuth {
-        &self.app
+    /// The App's identity; `None` for a [`GitHubClient::with_token`] client.
+    pub fn app(&self) -> Option<&AppAuth> {
+        match &self.credentials {
+            Credentials::App { app, .. } => Some(app),
+            Credentials::Token(_) => None,
+        }
     }
 
     /// Drops the cached token of an installation (on `installation.deleted`).
     pub fn forget_installation(&self, installation: InstallationId) {
-        self.tokens.forget(installation);
+        if let Credentials::App { tokens, .. } = &self.credentials {
+            tokens.forget(installation);
+        }
     }
 
-    /// The installation's access token (cached), e.g. for cloning over HTTPS.
+    /// The installation's access token (cached), e.g. for cloning over HTTPS. A token client
+    /// answers with its token.
     pub async fn installation_token(
         &self,
         installation: InstallationId,
     ) -> Result<SecretString, GitHubError> {
-        self.tokens
-            .get_or_fetch(installation, || self.fetch_installation_token(installation))
-            .await
+        match &self.credentials {
+            Credentials::App { tokens, .. } => {
+                tokens
+                    .get_or_fetch(installation, || self.fetch_installation_token(installation))
+                    .await
+            }
+            Credentials::Token(token) => Ok(token.clone()),
+        }
+    }
+
+    /// A JWT for the App's own calls.
+    fn app_jwt(&self) -> Result<SecretString, GitHubError> {
+        match &self.credentials {
+            Credentials::App { app, .. } => Ok(app.jwt(SystemTime::now())?),
+            Credentials::Token(_) => Err(AuthError::NotAnApp.into()),
+        }
     }
 
     async fn fetch_installation_token(
@@ -488,7 +560,7 @@ impl GitHubClient {
         loop {
             attempt += 1;
             let bearer = match auth {
-                Auth::App => self.app.jwt(SystemTime::now())?,
+                Auth::App => self.app_jwt()?,
                 Auth::Installation(id) => self.installation_token(id).await?,
             };
             let outcome = self.send_once(&method, path, &bearer, body.clone()).await;
@@ -496,10 +568,11 @@ impl GitHubClient {
                 Ok((status, headers, _)) => {
                     if *status == StatusCode::UNAUTHORIZED
                         && let Auth::Installation(id) = auth
+                        && let Credentials::App { tokens, .. } = &self.credentials
                         && !refreshed_token
                     {
                         refreshed_token = true;
-                        self.tokens.forget(id);
+                        tokens.forget(id);
                         continue;
                     }
                     self.retry
@@ -524,7 +597,7 @@ impl GitHubClient {
                     });
                 }
                 (_, Ok((status, _, bytes))) if status.is_success() => return Ok(bytes),
-                (_, Ok((status, _, bytes))) => {
+                (decision, Ok((status, _, bytes))) => {
                     let message = serde_json::from_slice::<WireMessage>(&bytes)
                         .map(|m| m.message)
                         .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
@@ -533,6 +606,7 @@ impl GitHubClient {
                         path: path.to_string(),
                         status,
                         message,
+                        gave_up: decision == RetryDecision::GiveUp,
                     });
                 }
             }

@@ -1,5 +1,6 @@
-//! Talking to GitHub as an App: identifiers, App/installation authentication, the retry policy and
-//! the typed client used by the server and the check-run reporter.
+//! Talking to GitHub as an App (or with the Action's workflow token): identifiers,
+//! App/installation authentication, the retry policy and the typed client used by the server, the
+//! Action and the check-run reporter.
 
 pub mod auth;
 pub mod checks;
@@ -12,6 +13,8 @@ pub use checks::{
     Annotation, AnnotationLevel, CheckConclusion, CheckRunButton, CheckRunOutput, CheckRunUpdate,
     CheckStatus, NewCheckRun, truncate_markdown,
 };
-pub use client::{GitHubClient, GitHubError, Permission, PullRequestInfo, Reaction};
+pub use client::{
+    GitHubClient, GitHubError, Permission, PullRequestInfo, Reaction, TOKEN_INSTALLATION,
+};
 pub use ids::{AppId, CheckRunId, CommentId, CommitSha, InstallationId, PrNumber};
 pub use retry::{RetryDecision, RetryPolicy};

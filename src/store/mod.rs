@@ -820,6 +820,20 @@ impl Store {
         }))
     }
 
+    /// Jobs of one repository at one commit (`head_sha`), most recent first (the Action's
+    /// `resume: auto` looks here for an unfinished run of its workflow).
+    pub async fn find_jobs_by_commit(&self, repo: &RepoName, head_sha: &str) -> Result<Vec<Job>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(select_jobs!(
+                "WHERE repo = $1 AND head_sha = $2 ORDER BY created_at DESC, id DESC"
+            ))
+            .bind(repo)
+            .bind(head_sha)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     pub async fn item_counts(&self, job: JobId) -> Result<ItemCounts> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(

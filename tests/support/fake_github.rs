@@ -138,6 +138,8 @@ pub struct IssuedToken {
     pub installation: u64,
     pub expires_at: DateTime<Utc>,
     pub revoked: bool,
+    /// `checks: write`; without it check-run calls are answered 403, as GitHub does.
+    pub checks_write: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -381,6 +383,25 @@ impl FakeGitHub {
             .filter(|r| r.repo == repo && r.head_sha == head_sha)
             .cloned()
             .collect()
+    }
+
+    /// A GitHub Actions workflow token (`GITHUB_TOKEN`) for `repo`: an installation token of its
+    /// own installation covering only that repository, valid for the test, with or without
+    /// `checks: write` (`permissions:` in the workflow decide that on GitHub).
+    pub fn issue_workflow_token(&self, repo: &str, checks_write: bool) -> String {
+        let mut w = self.world();
+        let installation = w.next_id();
+        w.installations
+            .insert(installation, vec![repo.to_ascii_lowercase()]);
+        let token = format!("ghs_workflow{}", uuid::Uuid::now_v7().simple());
+        w.tokens.push(IssuedToken {
+            token: token.clone(),
+            installation,
+            expires_at: Utc::now() + chrono::Duration::hours(6),
+            revoked: false,
+            checks_write,
+        });
+        token
     }
 
     /// Every token issued so far stops working (as when GitHub revokes them).
@@ -636,8 +657,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .or_else(|| value.strip_prefix("token "))
 }
 
-/// The installation token must be live and cover `repo`.
-fn authorize_repo(world: &World, headers: &HeaderMap, repo: &str) -> Result<(), Response> {
+/// The installation token must be live, cover `repo` and, for check runs, hold `checks: write`.
+fn authorize_repo(world: &World, op: Op, headers: &HeaderMap, repo: &str) -> Result<(), Response> {
     let Some(token) = bearer(headers) else {
         return Err(error(StatusCode::UNAUTHORIZED, "Requires authentication"));
     };
@@ -655,6 +676,13 @@ fn authorize_repo(world: &World, headers: &HeaderMap, repo: &str) -> Result<(), 
         .is_some_and(|repos| repos.iter().any(|r| r == repo));
     if !covered {
         return Err(error(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    if matches!(op, Op::CreateCheckRun | Op::UpdateCheckRun) && !issued.checks_write {
+        // GitHub's answer to a token without the permission: a 403 without rate-limit headers.
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "Resource not accessible by integration",
+        ));
     }
     Ok(())
 }
@@ -734,6 +762,7 @@ async fn create_access_token(
         installation: id,
         expires_at,
         revoked: false,
+        checks_write: true,
     });
     (
         StatusCode::CREATED,
@@ -758,7 +787,7 @@ fn repo_call(
     body: &Bytes,
 ) -> Result<Option<Value>, Response> {
     let parsed = admit(w, op, method, path, headers, body)?;
-    if let Err(r) = authorize_repo(w, headers, repo) {
+    if let Err(r) = authorize_repo(w, op, headers, repo) {
         w.requests.last_mut().unwrap().status = r.status();
         return Err(r);
     }

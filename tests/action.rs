@@ -1,0 +1,663 @@
+//! `prodigy action` end to end: the real binary as a GitHub Actions step, with the runner's
+//! variables pointing at the fake GitHub (every request validated against GitHub's schema), an
+//! event file made from GitHub's `pull_request.opened` example, a real git repository and the
+//! runner's output and summary files.
+//!
+//! - a pull request's job reports a check run on the PR's head commit (not the merge commit in
+//!   GITHUB_SHA) with its conclusion and a DLQ annotation, and writes outputs, summary, `::error`;
+//! - a token without `checks: write` warns once, makes no further check-run calls, and the step
+//!   still writes its outputs and summary;
+//! - a missing or broken event file is named in a clear error, exit code 2;
+//! - `resume: auto` continues an unfinished job at the same commit (SQLite and PostgreSQL), starts
+//!   a new one once it finished or when the job cannot continue in this checkout.
+
+mod harness;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use harness::{Repo, text};
+use serde_json::{Value, json};
+use support::fake_github::{FakeGitHub, Op};
+use support::webhook::fixture_payload;
+
+const REPO: &str = "octo-org/pipelines";
+/// The App installation the fake starts with; the Action never uses it.
+const INSTALLATION: u64 = 31;
+/// GITHUB_SHA of a `pull_request` run: the merge commit GitHub made, not the PR's head.
+const MERGE_SHA: &str = "4a7c0ffee00000000000000000000000000000d1";
+const WORKFLOW_FILE: &str = ".prodigy/review.yml";
+
+/// Items whose id is in `$FLAGS/fail-<id>` fail with exit code 3; the others commit a file.
+/// `continue_on_failure: false` with one agent at a time stops the map phase at a failure.
+fn workflow(stop_on_failure: bool) -> String {
+    let policy = if stop_on_failure {
+        "error_policy:\n  continue_on_failure: false\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"name: review
+mode: mapreduce
+{policy}map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 1
+  agent_template:
+    - shell: |
+        if [ -f "$FLAGS/fail-${{item.id}}" ]; then echo "review: ${{item.id}} has 2 problems" >&2; exit 3; fi
+        echo "${{item.id}}" > "out-${{item.id}}.txt" && git add . && git commit -q -m "item ${{item.id}}"
+"#
+    )
+}
+
+const ITEMS: &str = r#"[
+  {"id": "alpha"},
+  {"id": "beta", "file": "src/beta.rs", "line": 4},
+  {"id": "gamma"}
+]"#;
+
+/// The runner's variables a test may leave out; removed so the test's own environment (say,
+/// a real GitHub Actions job) never leaks in.
+const RUNNER_VARS: &[&str] = &[
+    "GITHUB_EVENT_PATH",
+    "GITHUB_EVENT_NAME",
+    "GITHUB_REPOSITORY",
+    "GITHUB_SHA",
+    "GITHUB_WORKSPACE",
+    "GITHUB_API_URL",
+    "GITHUB_SERVER_URL",
+    "GITHUB_RUN_ID",
+    "GITHUB_TOKEN",
+    "GITHUB_OUTPUT",
+    "GITHUB_STEP_SUMMARY",
+    "PRODIGY_RESUME",
+    "PRODIGY_WORKFLOW",
+    "PRODIGY_MAX_PARALLEL",
+];
+
+struct Step {
+    fake: FakeGitHub,
+    repo: Repo,
+    /// The pull request's head commit: the repository's HEAD.
+    head: String,
+    token: String,
+    flags: tempfile::TempDir,
+    runner: tempfile::TempDir,
+}
+
+/// What one run of the step left.
+struct Ran {
+    out: Output,
+    outputs: BTreeMap<String, String>,
+    summary: String,
+}
+
+impl Ran {
+    fn code(&self) -> Option<i32> {
+        self.out.status.code()
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    fn output(&self, name: &str) -> &str {
+        self.outputs.get(name).unwrap_or_else(|| {
+            panic!(
+                "no output `{name}`: {:?}\n{}",
+                self.outputs,
+                text(&self.out)
+            )
+        })
+    }
+}
+
+impl Step {
+    async fn new(db_url: Option<&str>, stop_on_failure: bool, checks_write: bool) -> Step {
+        let fake = FakeGitHub::start(INSTALLATION, &[REPO]).await;
+        let token = fake.issue_workflow_token(REPO, checks_write);
+        let repo = Repo::new(db_url);
+        repo.write(WORKFLOW_FILE, &workflow(stop_on_failure));
+        repo.write("items.json", ITEMS);
+        repo.commit_all("review workflow");
+        let head = repo.git(&["rev-parse", "HEAD"]);
+        let step = Step {
+            fake,
+            repo,
+            head,
+            token,
+            flags: tempfile::tempdir().unwrap(),
+            runner: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(step.event_path(), step.event()).unwrap();
+        step
+    }
+
+    fn event_path(&self) -> PathBuf {
+        self.runner.path().join("event.json")
+    }
+
+    /// GitHub's `pull_request.opened` example, about our repository and its HEAD.
+    fn event(&self) -> Vec<u8> {
+        let mut v: Value =
+            serde_json::from_slice(&fixture_payload("pull_request/opened.payload.json")).unwrap();
+        v["pull_request"]["head"]["sha"] = json!(self.head);
+        v["pull_request"]["head"]["repo"]["full_name"] = json!(REPO);
+        v["pull_request"]["base"]["repo"]["full_name"] = json!(REPO);
+        v["repository"]["full_name"] = json!(REPO);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn fail(&self, id: &str) {
+        std::fs::write(self.flags.path().join(format!("fail-{id}")), "").unwrap();
+    }
+
+    fn unfail(&self, id: &str) {
+        std::fs::remove_file(self.flags.path().join(format!("fail-{id}"))).unwrap();
+    }
+
+    /// The runner's variables for a `pull_request` run in `workspace`.
+    fn vars(&self, workspace: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            ("GITHUB_EVENT_PATH", self.event_path().display().to_string()),
+            ("GITHUB_EVENT_NAME", "pull_request".into()),
+            ("GITHUB_REPOSITORY", REPO.into()),
+            ("GITHUB_SHA", MERGE_SHA.into()),
+            ("GITHUB_WORKSPACE", workspace.display().to_string()),
+            ("GITHUB_API_URL", self.fake.base_url()),
+            ("GITHUB_SERVER_URL", "https://github.example".into()),
+            ("GITHUB_RUN_ID", "4242".into()),
+            ("GITHUB_TOKEN", self.token.clone()),
+        ]
+    }
+
+    /// Runs `prodigy action` in the repository with its variables, `extra` overriding them
+    /// (an empty value removes one).
+    async fn run(&self, extra: &[(&str, &str)]) -> Ran {
+        self.run_in(&self.repo.path, extra).await
+    }
+
+    async fn run_in(&self, workspace: &Path, extra: &[(&str, &str)]) -> Ran {
+        let output_file = self
+            .runner
+            .path()
+            .join(format!("output-{}", uuid::Uuid::now_v7()));
+        let summary_file = self
+            .runner
+            .path()
+            .join(format!("summary-{}", uuid::Uuid::now_v7()));
+        let mut cmd = self.repo.command(&["action", WORKFLOW_FILE]);
+        cmd.current_dir(workspace).env("FLAGS", self.flags.path());
+        for var in RUNNER_VARS {
+            cmd.env_remove(var);
+        }
+        let mut vars = self.vars(workspace);
+        vars.push(("GITHUB_OUTPUT", output_file.display().to_string()));
+        vars.push(("GITHUB_STEP_SUMMARY", summary_file.display().to_string()));
+        for (k, v) in extra {
+            vars.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                vars.push((k, v.to_string()));
+            }
+        }
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        // The fake answers on this test's runtime while the step runs.
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("prodigy runs"))
+            .await
+            .unwrap();
+        let outputs = std::fs::read_to_string(&output_file)
+            .map(|t| parse_outputs(&t))
+            .unwrap_or_default();
+        let summary = std::fs::read_to_string(&summary_file).unwrap_or_default();
+        Ran {
+            out,
+            outputs,
+            summary,
+        }
+    }
+
+    fn check_runs_on_head(&self) -> Vec<support::fake_github::CheckRun> {
+        self.fake.check_runs_for(REPO, &self.head)
+    }
+}
+
+/// `$GITHUB_OUTPUT` in the runner's multiline form (`name<<DELIM` ... `DELIM`); each name once.
+fn parse_outputs(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let (name, delimiter) = line
+            .split_once("<<")
+            .unwrap_or_else(|| panic!("not a multiline output line: {line:?} in\n{text}"));
+        let mut value = Vec::new();
+        for l in lines.by_ref() {
+            if l == delimiter {
+                break;
+            }
+            value.push(l);
+        }
+        let previous = out.insert(name.to_string(), value.join("\n"));
+        assert!(previous.is_none(), "output `{name}` written twice:\n{text}");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_run_reports_a_check_run_outputs_summary_and_annotations() {
+    let step = Step::new(None, false, true).await;
+    step.fail("beta");
+    let ran = step.run(&[]).await;
+    assert_eq!(
+        ran.code(),
+        Some(1),
+        "a failed job fails the step\n{}",
+        text(&ran.out)
+    );
+
+    let job = ran.output("job-id").to_string();
+    assert_eq!(ran.output("status"), "failed");
+    assert_eq!(ran.output("succeeded"), "2");
+    assert_eq!(ran.output("failed"), "1");
+    assert_eq!(ran.output("dlq"), "1");
+    assert_eq!(ran.output("branch"), format!("prodigy/{job}"));
+    assert_eq!(ran.outputs.len(), 6, "{:?}", ran.outputs);
+
+    // One check run, on the pull request's head commit, none on the merge commit.
+    assert!(step.fake.check_runs_for(REPO, MERGE_SHA).is_empty());
+    let runs = step.check_runs_on_head();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = &runs[0];
+    assert_eq!(run.name, "prodigy: review");
+    assert_eq!(run.external_id.as_deref(), Some(job.as_str()));
+    assert_eq!(
+        run.details_url.as_deref(),
+        Some("https://github.example/octo-org/pipelines/actions/runs/4242")
+    );
+    assert_eq!(
+        (run.status.as_str(), run.conclusion.as_deref()),
+        ("completed", Some("failure"))
+    );
+    assert_eq!(run.annotations.len(), 1, "{:#?}", run.annotations);
+    let a = &run.annotations[0];
+    assert_eq!(a["path"], "src/beta.rs");
+    assert_eq!(
+        (a["start_line"].as_u64(), a["end_line"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(a["annotation_level"], "failure");
+    assert_eq!(a["title"], "command_failed: beta");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap()
+            .contains("review: beta has 2 problems"),
+        "{a:#}"
+    );
+    assert!(
+        run.actions.is_empty(),
+        "no buttons on the Action's check run: {:?}",
+        run.actions
+    );
+    let summary = run.summary.as_deref().unwrap();
+    assert!(
+        summary.contains(&format!("`prodigy dlq retry {job}`")),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("/prodigy"),
+        "the App's commands do not apply: {summary}"
+    );
+    // Created in progress first, then completed.
+    {
+        let world = step.fake.world();
+        let create = world
+            .requests
+            .iter()
+            .find(|r| r.op == Op::CreateCheckRun)
+            .unwrap();
+        let body = create.body.as_ref().unwrap();
+        assert_eq!(body["status"], "in_progress");
+        assert_eq!(body["head_sha"], step.head.as_str());
+    }
+    assert_eq!(step.fake.count(Op::CreateCheckRun), 1);
+    assert_eq!(
+        step.fake.count(Op::CreateAccessToken),
+        0,
+        "the workflow token, no App JWT"
+    );
+    step.fake.assert_no_violations();
+
+    // The step summary is the check run's final summary under a heading.
+    assert!(
+        ran.summary.starts_with("## prodigy: review\n\n"),
+        "{}",
+        ran.summary
+    );
+    assert!(ran.summary.contains(summary), "{}", ran.summary);
+    assert!(
+        ran.summary
+            .contains("**Failed: 2 of 3 items succeeded, 1 failed**")
+    );
+
+    // The DLQ row as an error annotation of the step, escaped for a workflow command.
+    let stdout = ran.stdout();
+    let errors: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("::error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stdout}");
+    assert!(
+        errors[0].starts_with(
+            "::error file=src/beta.rs,line=4,endLine=4,title=command_failed%3A beta::"
+        ),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].contains("review: beta has 2 problems%0A"),
+        "{}",
+        errors[0]
+    );
+
+    // The job is recorded at the pull request's head commit, with its number.
+    let status = step.repo.json(&["status", &job]);
+    assert_eq!(status["job"]["head_sha"], step.head.as_str());
+    assert_eq!(status["job"]["pr_number"], 2);
+    assert_eq!(status["job"]["repo"], REPO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_checks_write_warns_once_and_the_step_still_reports() {
+    let step = Step::new(None, false, false).await;
+    let ran = step.run(&[]).await;
+    assert_eq!(ran.code(), Some(0), "the job succeeded\n{}", text(&ran.out));
+    assert_eq!(ran.output("status"), "succeeded");
+    assert_eq!(ran.output("succeeded"), "3");
+    assert_eq!(ran.output("dlq"), "0");
+    assert!(
+        ran.summary
+            .contains("**Succeeded: 3 of 3 items succeeded, 0 failed**"),
+        "{}",
+        ran.summary
+    );
+    assert!(
+        ran.summary.contains("> **No check run:** GitHub refused"),
+        "{}",
+        ran.summary
+    );
+    assert!(ran.summary.contains("checks: write"), "{}", ran.summary);
+
+    let stdout = ran.stdout();
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("::warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "warned once: {stdout}");
+    assert!(
+        warnings[0].starts_with("::warning title=prodigy%3A no check run::"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[0].contains("permissions: { checks: write }"),
+        "{}",
+        warnings[0]
+    );
+
+    // One refused create and nothing after it: no progress updates, no final retries.
+    let calls: Vec<(Op, u16)> = step
+        .fake
+        .world()
+        .requests
+        .iter()
+        .map(|r| (r.op, r.status.as_u16()))
+        .collect();
+    assert_eq!(calls, vec![(Op::CreateCheckRun, 403)]);
+    assert!(step.check_runs_on_head().is_empty());
+    step.fake.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_broken_event_file_is_named_and_exits_2() {
+    let step = Step::new(None, false, true).await;
+    let ran = step.run(&[("GITHUB_EVENT_PATH", "")]).await;
+    assert_eq!(ran.code(), Some(2), "{}", text(&ran.out));
+    assert!(
+        ran.stderr().contains("error: GITHUB_EVENT_PATH is not set"),
+        "{}",
+        text(&ran.out)
+    );
+    assert!(
+        ran.stdout()
+            .starts_with("::error title=prodigy::GITHUB_EVENT_PATH is not set"),
+        "{}",
+        text(&ran.out)
+    );
+
+    let broken = step.runner.path().join("broken.json");
+    std::fs::write(&broken, "{\"action\": \"opened\", ").unwrap();
+    let ran = step
+        .run(&[("GITHUB_EVENT_PATH", broken.to_str().unwrap())])
+        .await;
+    assert_eq!(ran.code(), Some(2), "{}", text(&ran.out));
+    let err = ran.stderr();
+    assert!(
+        err.contains(&format!(
+            "the event file {} named by GITHUB_EVENT_PATH",
+            broken.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("not JSON"), "{err}");
+
+    let gone = step.runner.path().join("gone.json");
+    let ran = step
+        .run(&[("GITHUB_EVENT_PATH", gone.to_str().unwrap())])
+        .await;
+    assert_eq!(ran.code(), Some(2), "{}", text(&ran.out));
+    assert!(
+        ran.stderr().contains(&format!(
+            "cannot read the event file {} named by GITHUB_EVENT_PATH",
+            gone.display()
+        )),
+        "{}",
+        text(&ran.out)
+    );
+
+    // Nothing ran, nothing was written, GitHub was not called.
+    assert!(ran.outputs.is_empty() && ran.summary.is_empty());
+    assert_eq!(step.repo.json(&["jobs"]), json!([]));
+    assert!(step.fake.world().requests.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_workflow_file_or_unknown_job_is_named_and_exits_2() {
+    let step = Step::new(None, false, true).await;
+    let ran = step
+        .run(&[("PRODIGY_RESUME", "0192f5a0-0000-7000-8000-00000000dead")])
+        .await;
+    assert_eq!(ran.code(), Some(2), "{}", text(&ran.out));
+    assert!(
+        ran.stderr().contains(
+            "the action's `resume` input names job `0192f5a0-0000-7000-8000-00000000dead`, but no job matches"
+        ),
+        "{}",
+        text(&ran.out)
+    );
+    assert!(ran.stderr().contains("database-url"), "{}", text(&ran.out));
+
+    std::fs::remove_file(step.repo.path.join(WORKFLOW_FILE)).unwrap();
+    let ran = step.run(&[]).await;
+    assert_eq!(ran.code(), Some(2), "{}", text(&ran.out));
+    assert!(
+        ran.stderr().contains(&format!(
+            "the workflow file {WORKFLOW_FILE} does not exist (the action's `workflow` input is relative to its `working-directory`"
+        )),
+        "{}",
+        text(&ran.out)
+    );
+    assert!(ran.outputs.is_empty());
+    assert!(step.fake.world().requests.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_auto_continues_an_unfinished_job_at_the_same_commit() {
+    let pg = harness::common::postgres_db().await;
+    let backends = [("sqlite", None)]
+        .into_iter()
+        .chain(pg.as_ref().map(|db| ("postgres", Some(db.url()))));
+    for (backend, url) in backends {
+        eprintln!("-- on {backend}");
+        resume_auto_on(url).await;
+    }
+}
+
+async fn resume_auto_on(db_url: Option<&str>) {
+    let step = Step::new(db_url, true, true).await;
+    step.fail("beta");
+    let first = step.run(&[]).await;
+    assert_eq!(first.code(), Some(1), "{}", text(&first.out));
+    let job = first.output("job-id").to_string();
+    assert_eq!(first.output("status"), "failed");
+    assert!(
+        first.summary.contains(&format!("`resume: {job}`")),
+        "an unfinished job says how to continue it: {}",
+        first.summary
+    );
+
+    // Another checkout of the same commit (another runner) sharing the database: the job's
+    // work is not there, so a new job starts, with a warning saying why.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let clone = elsewhere.path().join("checkout");
+    step.repo
+        .git(&["clone", "-q", ".", clone.to_str().unwrap()]);
+    let other = step.run_in(&clone, &[]).await;
+    assert_eq!(other.code(), Some(1), "{}", text(&other.out));
+    assert_ne!(other.output("job-id"), job);
+    assert!(
+        other.stdout().lines().any(|l| l
+            .starts_with("::warning title=prodigy%3A starting a new job::")
+            && l.contains(&format!(
+                "job {job} of this workflow at this commit is unfinished, but it ran in"
+            ))),
+        "{}",
+        text(&other.out)
+    );
+    // Naming the job there is refused, saying why.
+    let named = step.run_in(&clone, &[("PRODIGY_RESUME", &job)]).await;
+    assert_eq!(named.code(), Some(2), "{}", text(&named.out));
+    assert!(
+        named.stderr().contains(&format!(
+            "the action's `resume` input names job `{job}`, but job {job} cannot continue here"
+        )),
+        "{}",
+        text(&named.out)
+    );
+
+    // Here, with beta fixed, the re-run continues the first job to the end.
+    step.unfail("beta");
+    let second = step.run(&[]).await;
+    assert_eq!(second.code(), Some(0), "{}", text(&second.out));
+    assert_eq!(second.output("job-id"), job);
+    assert_eq!(second.output("status"), "succeeded");
+    assert_eq!(second.output("succeeded"), "3");
+    assert!(
+        second
+            .stderr()
+            .contains(&format!("resume: auto: continuing job {job}")),
+        "{}",
+        text(&second.out)
+    );
+    for id in ["alpha", "beta", "gamma"] {
+        assert_eq!(step.repo.show(&format!("prodigy/{job}:out-{id}.txt")), id);
+    }
+    // Each run has its own check run: failure, then success.
+    let mut ours: Vec<_> = step
+        .check_runs_on_head()
+        .into_iter()
+        .filter(|r| r.external_id.as_deref() == Some(job.as_str()))
+        .collect();
+    ours.sort_by_key(|r| r.id);
+    let conclusions: Vec<Option<&str>> = ours.iter().map(|r| r.conclusion.as_deref()).collect();
+    assert_eq!(conclusions, [Some("failure"), Some("success")]);
+
+    // A finished job is not resumed: the next run is a new job; naming it says it finished.
+    let third = step.run(&[]).await;
+    assert_eq!(third.code(), Some(0), "{}", text(&third.out));
+    assert_ne!(third.output("job-id"), job);
+    let finished = step.run(&[("PRODIGY_RESUME", &job)]).await;
+    assert_eq!(finished.code(), Some(0), "{}", text(&finished.out));
+    assert_eq!(finished.output("job-id"), job);
+    assert_eq!(finished.output("status"), "succeeded");
+    assert!(
+        finished
+            .summary
+            .contains("had already finished; nothing was run"),
+        "{}",
+        finished.summary
+    );
+    step.fake.assert_no_violations();
+}
+
+/// `action.yml` maps every output the step writes, passes every input to the step, and runs
+/// `prodigy action` from the action's own source.
+#[test]
+fn action_yml_matches_the_binary() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("action.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let yml: Value = serde_saphyr::from_str(&text).unwrap();
+    let outputs: Vec<&str> = yml["outputs"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut written = prodigy::action::report::OUTPUTS.to_vec();
+    written.sort_unstable();
+    let mut mapped = outputs.clone();
+    mapped.sort_unstable();
+    assert_eq!(mapped, written);
+    for name in outputs {
+        assert_eq!(
+            yml["outputs"][name]["value"],
+            format!("${{{{ steps.run.outputs.{name} }}}}"),
+            "output {name}"
+        );
+    }
+    assert_eq!(yml["runs"]["using"], "composite");
+    let steps = yml["runs"]["steps"].as_array().unwrap();
+    let scripts: String = steps.iter().map(|s| s.to_string()).collect();
+    for input in yml["inputs"].as_object().unwrap().keys() {
+        assert!(
+            scripts.contains(&format!("inputs.{input}")),
+            "input {input} is not used"
+        );
+    }
+    assert_eq!(yml["inputs"]["token"]["default"], "${{ github.token }}");
+    assert!(
+        scripts.contains("cargo install --locked --path"),
+        "{scripts}"
+    );
+    let run = steps.iter().find(|s| s["id"] == "run").unwrap();
+    assert!(
+        run["run"]
+            .as_str()
+            .unwrap()
+            .contains("\"$PRODIGY_BIN\" action")
+    );
+    // Inputs reach the script through `env`, never spliced into its text.
+    assert!(
+        !run["run"].as_str().unwrap().contains("${{"),
+        "{}",
+        run["run"]
+    );
+}
