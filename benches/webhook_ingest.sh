@@ -10,10 +10,11 @@
 # are deduplicated by id. Two runs per target: as fast as wrk can (CONNECTIONS connections),
 # and paced at 500 requests/s (10 connections, one request per 20 ms each) for the latency goal.
 #
-# The server's runner works the queue meanwhile, as in production: each request fails fast
-# (its repository remote does not exist) and is marked failed, so the database sees the claim
-# and completion writes too. PostgreSQL comes from DATABASE_URL (default
-# postgres://postgres@127.0.0.1:5432/postgres); a scratch database is created and dropped.
+# Targets: the bare handler; the floor (verify + parse of deliveries for a repository not on
+# the allow-list, nothing stored); ingest by a web-only `prodigy serve --no-runner`; ingest by
+# a server whose runner works off the queue meanwhile (each request fails fast: its repository
+# remote does not exist). Each on SQLite and PostgreSQL; PostgreSQL comes from DATABASE_URL
+# (default postgres://postgres@127.0.0.1:5432/postgres), in a scratch database dropped after.
 set -euo pipefail
 DURATION="${1:-10}"
 CONNS="${2:-64}"
@@ -109,14 +110,22 @@ wait_port() {
   return 1
 }
 
-serve() { # $1 = port, $2 = database URL, $3 = state dir
-  PRODIGY_WEBHOOK_SECRET="$SECRET" "$BIN" --database-url "$2" serve \
+serve() { # $1 = port, $2 = database URL, $3 = state dir, $4 = allow-list, then extra flags
+  local port="$1" url="$2" dir="$3" allow="$4"
+  shift 4
+  PRODIGY_WEBHOOK_SECRET="$SECRET" "$BIN" --database-url "$url" serve \
     --app-id 1 --private-key "$ROOT/tests/fixtures/test-app-key.TEST-ONLY.pem" \
-    --listen "127.0.0.1:$1" --allow-repos octo/bench --state-dir "$3" \
+    --listen "127.0.0.1:$port" --allow-repos "$allow" --state-dir "$dir" \
     --github-api-url http://127.0.0.1:9 --git-base-url "file://$WORK/no-remotes" \
-    --max-jobs 2 >"$3.log" 2>&1 &
+    --max-jobs 2 "$@" >"$dir.log" 2>&1 &
   PIDS+=($!)
-  wait_port "$1"
+  SERVE_PID=$!
+  wait_port "$port"
+}
+
+stop_serve() {
+  kill "$SERVE_PID" 2>/dev/null || true
+  wait "$SERVE_PID" 2>/dev/null || true
 }
 
 measure() { # $1 = name, $2 = port
@@ -136,18 +145,39 @@ echo "| target                     | max req/s | p50 ms | p99 ms | errors | pace
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 
 "$BARE" 127.0.0.1:39100 &
-PIDS+=($!)
+BARE_PID=$!
+PIDS+=($BARE_PID)
 wait_port 39100
 measure "bare axum 200" 39100
+kill "$BARE_PID"; wait "$BARE_PID" 2>/dev/null || true
 
-mkdir -p "$WORK/sqlite"
-serve 39101 "sqlite://$WORK/sqlite/prodigy.db" "$WORK/sqlite"
-measure "prodigy serve, SQLite" 39101
+# The floor: the same deliveries for a repository not on the allow-list are verified, parsed
+# and answered 200 without touching the database.
+mkdir -p "$WORK/floor"
+serve 39101 "sqlite://$WORK/floor/prodigy.db" "$WORK/floor" octo/elsewhere
+measure "verify+parse, nothing stored" 39101
+stop_serve
 
-if psql "$PG_SERVER" -qc "CREATE DATABASE $PG_DB" >/dev/null 2>&1; then
-  mkdir -p "$WORK/pg"
-  serve 39102 "${PG_SERVER%/*}/$PG_DB" "$WORK/pg"
-  measure "prodigy serve, PostgreSQL" 39102
-else
-  echo "| prodigy serve, PostgreSQL  | skipped: cannot create a database at $PG_SERVER |"
-fi
+# Ingest as the issue defines it (verify, dedup, persist, answer), by a web-only instance
+# (--no-runner), then by an instance whose runner works off the queue meanwhile: every request
+# fails fast (its repository remote does not exist), the worst case for the runner's writes.
+PG_OK=""
+if psql "$PG_SERVER" -qc "CREATE DATABASE $PG_DB" >/dev/null 2>&1; then PG_OK=1; fi
+n=0
+for runner in --no-runner ""; do
+  label="serve"; [ -n "$runner" ] && label="serve --no-runner"
+  n=$((n + 1))
+  mkdir -p "$WORK/sqlite$n"
+  serve 39102 "sqlite://$WORK/sqlite$n/prodigy.db" "$WORK/sqlite$n" octo/bench $runner
+  measure "$label, SQLite" 39102
+  stop_serve
+  if [ -n "$PG_OK" ]; then
+    psql "$PG_SERVER" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" -c "CREATE DATABASE $PG_DB" >/dev/null
+    mkdir -p "$WORK/pg$n"
+    serve 39103 "${PG_SERVER%/*}/$PG_DB" "$WORK/pg$n" octo/bench $runner
+    measure "$label, PostgreSQL" 39103
+    stop_serve
+  else
+    echo "| $label, PostgreSQL | skipped: cannot create a database at $PG_SERVER |"
+  fi
+done
