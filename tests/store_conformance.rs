@@ -200,7 +200,7 @@ async fn check_jobs(db: &TestDb) {
         let (store, repo, sha) = (store.clone(), RepoName::new(repo), sha.to_string());
         async move {
             store
-                .find_jobs_by_commit(&repo, &sha)
+                .find_jobs_by_head_sha(&repo, &sha)
                 .await
                 .unwrap()
                 .iter()

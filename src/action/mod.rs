@@ -278,7 +278,7 @@ async fn choose_start(
         ResumeMode::Auto => {
             let jobs = engine
                 .store
-                .find_jobs_by_commit(&step.env.repository, &step.event.head_sha)
+                .find_jobs_by_head_sha(&step.env.repository, &step.event.head_sha)
                 .await?;
             let mut first_refusal = None;
             for job in plan::unfinished_jobs(&jobs, workflow) {

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use prodigy::engine::{DlqMode, Engine, NewRun, ResumeRequest, RetryRequest, git};
-use prodigy::store::Store;
+use prodigy::store::{Store, redact_url};
 use prodigy::types::{ErrorClass, ItemKey, JobStatus};
 
 /// The job ran and failed (items failed, a phase failed) or the command failed.
@@ -258,21 +258,7 @@ async fn open_store(global: &Global) -> anyhow::Result<Store> {
     let url = store_url(global).await?;
     Store::open(&url)
         .await
-        .with_context(|| format!("cannot open the database {}", redact(&url)))
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))
 }
 
 async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<Engine> {
@@ -311,12 +297,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let url = store_url(g).await?;
             let store = Store::open_without_migrating(&url)
                 .await
-                .with_context(|| format!("cannot open the database {}", redact(&url)))?;
+                .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
             let applied = store.migrate().await?;
             let known = store.known_migrations();
             println!(
                 "database {} is at migration {} ({} applied now: {:?})",
-                redact(&url),
+                redact_url(&url),
                 known.last().copied().unwrap_or(0),
                 applied.len(),
                 applied

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, Silent};
 use crate::github::{AppAuth, GitHubClient, RetryPolicy};
-use crate::store::Store;
+use crate::store::{Store, redact_url};
 
 use super::app::{AppState, router};
 use super::check_runs::CheckRunReporters;
@@ -131,7 +131,7 @@ pub async fn start_with(
     let store = Store::open(&settings.database_url).await.with_context(|| {
         format!(
             "cannot open the database {}",
-            redact(&settings.database_url)
+            redact_url(&settings.database_url)
         )
     })?;
     if settings.allow_repos.is_empty() {
@@ -217,18 +217,4 @@ pub async fn start_with(
         job_slots,
         max_jobs: settings.max_jobs,
     })
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }

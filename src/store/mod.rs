@@ -337,7 +337,17 @@ struct SqliteDb {
 fn sqlite_writer(file: &Path) -> Arc<tokio::sync::Mutex<()>> {
     static WRITERS: LazyLock<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
         LazyLock::new(Default::default);
-    let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    // Keyed by the canonical directory: the file itself may not exist yet on the first open.
+    let key = match (file.parent(), file.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+        .map(|dir| dir.join(name))
+        .unwrap_or_else(|_| file.to_path_buf()),
+        _ => file.to_path_buf(),
+    };
     let mut writers = WRITERS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -550,6 +560,20 @@ fn lease_from_env() -> Duration {
         .unwrap_or(DEFAULT_LOCK_LEASE)
 }
 
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 impl Store {
     /// Opens `sqlite://PATH` (created if missing; WAL, busy timeout) or `postgres://...`, and
     /// applies pending migrations.
@@ -591,6 +615,11 @@ impl Store {
             } else {
                 options.get_filename().to_path_buf()
             };
+            let writer = sqlite_writer(&file);
+            // The first connection to a fresh file switches it to WAL, which takes the file
+            // exclusively and is refused at once ("database is locked") to a concurrent open:
+            // queue it with this process's writers.
+            let first_open = writer.lock().await;
             // A connection to a local file does not go stale: no ping before each use (each
             // would be a round trip to the connection's thread).
             let pool = SqlitePoolOptions::new()
@@ -598,6 +627,7 @@ impl Store {
                 .test_before_acquire(false)
                 .connect_with(options.clone())
                 .await?;
+            drop(first_open);
             let ingest = if in_memory {
                 pool.clone()
             } else {
@@ -607,7 +637,7 @@ impl Store {
                     .connect_lazy_with(options)
             };
             Pool::Sqlite(SqliteDb {
-                writer: sqlite_writer(&file),
+                writer,
                 pool,
                 ingest,
             })
@@ -669,15 +699,30 @@ impl Store {
 
     /// Versions already applied to the database, in order.
     pub async fn applied_migrations(&self) -> Result<Vec<i64>> {
+        match &self.pool {
+            Pool::Postgres(pool) => self.applied_on(pool).await,
+            Pool::Sqlite(db) => {
+                // Creating the bookkeeping table is a write: queue with this process's writers.
+                let _queued = db.writer.lock().await;
+                self.applied_on(&db.pool).await
+            }
+        }
+    }
+
+    async fn applied_on<DB>(&self, pool: &sqlx::Pool<DB>) -> Result<Vec<i64>>
+    where
+        DB: sqlx::Database,
+        DB::Connection: sqlx::migrate::Migrate,
+    {
         let table = &self.migrator().table_name;
-        let mut versions = on_pool!(self, pool => {
-            let mut conn = pool.acquire().await?;
-            conn.ensure_migrations_table(table).await?;
-            conn.list_applied_migrations(table).await?
-        })
-        .into_iter()
-        .map(|m| m.version)
-        .collect::<Vec<_>>();
+        let mut conn = pool.acquire().await?;
+        conn.ensure_migrations_table(table).await?;
+        let mut versions: Vec<i64> = conn
+            .list_applied_migrations(table)
+            .await?
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
         versions.sort_unstable();
         Ok(versions)
     }
@@ -689,16 +734,20 @@ impl Store {
 
     /// Applies pending migrations up to and including `version`; returns the versions applied now.
     pub async fn migrate_up_to(&self, version: i64) -> Result<Vec<i64>> {
-        let before = self.applied_migrations().await?;
         let migrator = self.migrator();
-        match &self.pool {
+        let (before, after) = match &self.pool {
             // PostgreSQL: sqlx serialises migrators with an advisory lock.
-            Pool::Postgres(pool) => migrator.run_to(version, pool).await?,
-            // SQLite has no such lock: queue behind this process's writers, and when another
-            // process applied the same migration first (ours then fails on "table already
-            // exists"), look again at what is applied and go on from there.
+            Pool::Postgres(pool) => {
+                let before = self.applied_on(pool).await?;
+                migrator.run_to(version, pool).await?;
+                (before, self.applied_on(pool).await?)
+            }
+            // SQLite has no such lock: queue behind this process's writers for the whole of it,
+            // and when another process applied the same migration first (ours then fails on
+            // "table already exists"), look again at what is applied and go on from there.
             Pool::Sqlite(db) => {
                 let _queued = db.writer.lock().await;
+                let before = self.applied_on(&db.pool).await?;
                 let mut tries = 0;
                 loop {
                     match migrator.run_to(version, &db.pool).await {
@@ -713,9 +762,9 @@ impl Store {
                         Err(e) => return Err(e.into()),
                     }
                 }
+                (before, self.applied_on(&db.pool).await?)
             }
-        }
-        let after = self.applied_migrations().await?;
+        };
         Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
 
@@ -815,20 +864,6 @@ impl Store {
             ))
             .bind(repo)
             .bind(pr)
-            .fetch_all(pool)
-            .await?
-        }))
-    }
-
-    /// Jobs of one repository at one commit (`head_sha`), most recent first (the Action's
-    /// `resume: auto` looks here for an unfinished run of its workflow).
-    pub async fn find_jobs_by_commit(&self, repo: &RepoName, head_sha: &str) -> Result<Vec<Job>> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as(select_jobs!(
-                "WHERE repo = $1 AND head_sha = $2 ORDER BY created_at DESC, id DESC"
-            ))
-            .bind(repo)
-            .bind(head_sha)
             .fetch_all(pool)
             .await?
         }))
@@ -998,6 +1033,22 @@ fn hyphenated_prefix(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_lose_only_their_password() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/prodigy"),
+            "postgres://app:***@db:5432/prodigy"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/prodigy"),
+            "postgres://app@db/prodigy"
+        );
+        assert_eq!(
+            redact_url("sqlite:///srv/a@b/state.db"),
+            "sqlite:///srv/a@b/state.db"
+        );
+    }
 
     #[test]
     fn prefixes_match_the_hyphenated_form() {

@@ -40,7 +40,7 @@ impl Store {
     }
 
     /// Jobs of one commit of a repository, most recent first (`check_suite.rerequested` names the
-    /// commit, not the job).
+    /// commit, not the job; the Action's `resume: auto` looks for an unfinished run here).
     pub async fn find_jobs_by_head_sha(&self, repo: &RepoName, head_sha: &str) -> Result<Vec<Job>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(select_jobs!(

@@ -189,49 +189,24 @@ impl Store {
     /// the database write lock).
     #[tracing::instrument(level = "debug", skip_all, fields(worker))]
     pub async fn claim_request(&self, worker: &str) -> Result<Option<Request>> {
-        let at = now();
-        let row: Option<RequestRow> = match &self.pool {
-            Pool::Postgres(pool) => {
-                sqlx::query_as(concat!(
-                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
-                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
-                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
-                    request_columns!()
-                ))
-                .bind(worker)
-                .bind(at)
-                .fetch_optional(pool)
-                .await?
-            }
-            Pool::Sqlite(db) => {
-                let mut tx = db.begin_write().await?;
-                let row = sqlx::query_as(concat!(
-                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
-                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
-                     ORDER BY id LIMIT 1) RETURNING ",
-                    request_columns!()
-                ))
-                .bind(worker)
-                .bind(at)
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                row
-            }
-        };
-        Ok(row.map(Request::try_from).transpose()?)
+        self.claim(worker, None).await
     }
 
     /// Claims the oldest queued request of one kind (a runner without a free job slot still
     /// answers comments).
     pub async fn claim_request_of_kind(&self, worker: &str, kind: &str) -> Result<Option<Request>> {
+        self.claim(worker, Some(kind)).await
+    }
+
+    async fn claim(&self, worker: &str, kind: Option<&str>) -> Result<Option<Request>> {
         let at = now();
         let row: Option<RequestRow> = match &self.pool {
             Pool::Postgres(pool) => {
                 sqlx::query_as(concat!(
                     "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
                      attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
-                     AND kind = $3 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
+                     AND ($3::text IS NULL OR kind = $3) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING ",
                     request_columns!()
                 ))
                 .bind(worker)
@@ -240,12 +215,12 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
             }
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin_write().await?;
+            Pool::Sqlite(db) => {
+                let mut tx = db.begin_write().await?;
                 let row = sqlx::query_as(concat!(
                     "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
                      attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
-                     AND kind = $3 ORDER BY id LIMIT 1) RETURNING ",
+                     AND ($3 IS NULL OR kind = $3) ORDER BY id LIMIT 1) RETURNING ",
                     request_columns!()
                 ))
                 .bind(worker)
