@@ -41,14 +41,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# shared/fixtures sits above the crate (its place differs between worktrees and CI).
-FIXTURES=""
-dir="$ROOT"
-while [ "$dir" != "/" ]; do
-  if [ -d "$dir/shared/fixtures" ]; then FIXTURES="$dir/shared/fixtures"; break; fi
-  dir="$(dirname "$dir")"
-done
-[ -n "$FIXTURES" ] || { echo "no shared/fixtures above $ROOT" >&2; exit 1; }
+# The repository's own copy of GitHub's payload examples (tests/fixtures/README.md).
+FIXTURES="$ROOT/tests/fixtures"
 
 SECRET="bench-secret"
 BODY="$WORK/body.json"

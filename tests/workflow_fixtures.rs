@@ -10,17 +10,7 @@ use prodigy::workflow::{
 };
 
 fn fixtures_dir() -> PathBuf {
-    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        let candidate = dir.join("shared/fixtures/prodigy-workflows");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!(
-        "no shared/fixtures/prodigy-workflows found above {}; the fixtures must sit beside the repository",
-        start.display()
-    );
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prodigy-workflows")
 }
 
 fn load(name: &str) -> Parsed {

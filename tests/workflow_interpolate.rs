@@ -1,6 +1,6 @@
 //! Placeholder resolution, shell safety (run for real with `sh -c`), conditions, static checks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use prodigy::types::ItemKey;
@@ -9,6 +9,11 @@ use prodigy::workflow::{
     render_text,
 };
 use serde_json::json;
+
+/// Upstream Prodigy's own example workflows, kept in the repository (see tests/fixtures/README.md).
+fn upstream_workflows() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prodigy-workflows")
+}
 
 fn ctx() -> Context {
     Context::new()
@@ -298,25 +303,15 @@ fn static_check_finds_placeholders_that_cannot_resolve() {
         "minimal-mapreduce.yml",
         "capture-conditional-flow.yml",
     ] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .map(|d| d.join("shared/fixtures/prodigy-workflows"))
-            .find(|d| d.is_dir())
-            .expect("shared/fixtures above the crate");
-        let p = workflow::load(&dir.join(name)).unwrap();
+        let p = workflow::load(&upstream_workflows().join(name)).unwrap();
         assert_eq!(check_workflow(&p.workflow), vec![], "{name}");
     }
 }
 
 #[test]
 fn no_upstream_fixture_uses_an_undefined_placeholder() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|d| d.join("shared/fixtures/prodigy-workflows"))
-        .find(|d| d.is_dir())
-        .unwrap();
     let mut checked = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
+    for e in std::fs::read_dir(upstream_workflows()).unwrap() {
         let p = e.unwrap().path();
         if let Ok(w) = workflow::load(&p) {
             assert_eq!(check_workflow(&w.workflow), vec![], "{}", p.display());

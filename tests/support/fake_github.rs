@@ -3,7 +3,7 @@
 //! It serves the REST endpoints prodigy's client uses, authenticates like GitHub (App JWT verified
 //! with the test App's public key -> installation tokens -> repository calls), records every
 //! request, can be told to fail the next calls of an endpoint, and validates every request body
-//! against GitHub's OpenAPI schema (`shared/fixtures/github/rest/checks-and-comments.openapi.json`).
+//! against GitHub's OpenAPI schema (`tests/fixtures/github/rest/checks-and-comments.openapi.json`).
 //! A body that does not match is answered 422 and recorded in `schema_violations`, which a test
 //! asserts is empty at its end (`FakeGitHub::assert_no_violations`).
 
@@ -30,27 +30,14 @@ use serde_json::{Value, json};
 /// The test App's id.
 pub const TEST_APP_ID: u64 = 4242;
 
-/// Finds `shared/fixtures` by walking up from the crate root (worktrees and CI place it differently).
+/// The repository's test fixtures (`tests/fixtures`: GitHub's payloads and schemas, upstream
+/// Prodigy's workflows; provenance and licences in `tests/fixtures/README.md`).
 pub fn fixtures_dir() -> PathBuf {
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared/fixtures");
-        if candidate.is_dir() {
-            return candidate;
-        }
-        if !dir.pop() {
-            panic!(
-                "no shared/fixtures above {}: the GitHub fixtures are needed",
-                env!("CARGO_MANIFEST_DIR")
-            );
-        }
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn test_key_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    fixtures_dir().join(name)
 }
 
 /// The test App's private key (test-only, see tests/fixtures/README.md).

@@ -1,4 +1,4 @@
-//! Signed webhook deliveries built from the payload examples in `shared/fixtures/github/webhooks/`.
+//! Signed webhook deliveries built from the payload examples in `tests/fixtures/github/webhooks/`.
 
 use axum::body::Body;
 use axum::http::Request;
