@@ -313,9 +313,9 @@ async fn a_wrong_checksum_is_refused_and_nothing_is_extracted_or_run() {
     .await;
     assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stderr.contains(&format!(
+        run.stderr.contains(
             "checksum mismatch for prodigy-v1.2.3-x86_64-unknown-linux-musl.tar.gz of release v1.2.3"
-        )) && run.stderr.contains(&format!("got {actual}"))
+        ) && run.stderr.contains(&format!("got {actual}"))
             && run.stderr.contains("nothing was extracted or run"),
         "{}",
         run.stderr
