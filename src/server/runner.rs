@@ -106,7 +106,8 @@ struct RunningJob {
     /// Remove the job's worktrees once it stopped (the pull request was closed).
     cleanup: Arc<AtomicBool>,
     reason: Arc<Mutex<Option<String>>>,
-    /// Cancel requests older than this were for an earlier run.
+    /// Cancel requests older than this were for an earlier run: when this run was asked for,
+    /// so one written while the engine created the job and took its lock still counts.
     started: DateTime<Utc>,
     /// The last event seen by the watcher.
     seen_seq: i64,
@@ -629,6 +630,7 @@ impl Runner {
             let _ = outer_tx.send(started);
         });
         let this = self.clone();
+        let asked = Utc::now();
         tokio::spawn(async move {
             let shutdown = this.p().engine.cancel.clone();
             let cancel = shutdown.child_token();
@@ -641,6 +643,7 @@ impl Runner {
                 cancel: cancel.clone(),
                 cleanup: Arc::new(AtomicBool::new(false)),
                 reason: Arc::default(),
+                asked,
             });
             let mut engine = this.p().engine.clone();
             engine.reporter = tracker.clone();
@@ -1166,6 +1169,8 @@ struct Tracker {
     cancel: CancellationToken,
     cleanup: Arc<AtomicBool>,
     reason: Arc<Mutex<Option<String>>>,
+    /// When the runner was asked to start this run.
+    asked: DateTime<Utc>,
 }
 
 impl Reporter for Tracker {
@@ -1179,7 +1184,7 @@ impl Reporter for Tracker {
                         cancel: self.cancel.clone(),
                         cleanup: self.cleanup.clone(),
                         reason: self.reason.clone(),
-                        started: Utc::now(),
+                        started: self.asked,
                         seen_seq: 0,
                     },
                 );
