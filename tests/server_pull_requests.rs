@@ -193,6 +193,36 @@ async fn a_new_push_cancels_the_older_job_and_closing_cleans_up() {
     ctx.finish().await;
 }
 
+/// A push delivered right after `opened`, before the first job exists, still supersedes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_right_after_opening_supersedes_the_first_job() {
+    let db = common::sqlite_db();
+    let ctx = Ctx::with_instance(db.url(), "a", 4).await;
+    let first = ctx.push_pr(4, &[("items.json", &items(&[("slow", "wait")]))], false);
+    let second = ctx.push_pr(4, &[("items.json", &items(&[("quick", "ok")]))], false);
+    ctx.open_pr(4, &first).await;
+    let (status, text) = ctx
+        .deliver(
+            "pull_request",
+            ctx.pr_payload(4, &second, "synchronize", false),
+        )
+        .await;
+    assert_eq!(status, 202, "{text}");
+    let c = ctx.wait_for_comments(4, 2).await;
+    let jobs: Vec<_> = c.iter().map(|c| job_id_of(&job_links(c)[0])).collect();
+    let store = &ctx.server.store;
+    let mut by_head = std::collections::HashMap::new();
+    for job in jobs {
+        let j = store.get_job(job).await.unwrap();
+        by_head.insert(j.head_sha.clone().unwrap(), job);
+    }
+    // The first job waits on the gate: only the cancel can end it.
+    ctx.wait_status(by_head[&first], JobStatus::Cancelled).await;
+    ctx.wait_status(by_head[&second], JobStatus::Succeeded)
+        .await;
+    ctx.finish().await;
+}
+
 /// Jobs of one repository share its cached clone: their `git worktree add/remove/prune` must not
 /// trip over each other's half-made worktrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

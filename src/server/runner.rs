@@ -124,6 +124,8 @@ struct Inner {
     /// Requests handled at once (comments are claimed even when every job slot is taken).
     handlers: Arc<Semaphore>,
     running: Mutex<HashMap<JobId, RunningJob>>,
+    /// One per pull request: see [`Runner::lock_pr`].
+    pr_locks: Mutex<HashMap<(RepoName, u64), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What a job run tells its starter: it started (the job id is known), or it ended before
@@ -172,6 +174,7 @@ impl Runner {
                 parts,
                 slots,
                 running: Mutex::default(),
+                pr_locks: Mutex::default(),
             }),
         }
     }
@@ -326,8 +329,14 @@ impl Runner {
             let work: Work = serde_json::from_value(request.payload.clone())
                 .with_context(|| format!("request {} has an unreadable payload", request.id))?;
             match work {
-                Work::PullRequest(w) => self.on_pull_request(w, &mut slots).await,
-                Work::PullRequestClosed { repo, number } => self.on_closed(&repo, number).await,
+                Work::PullRequest(w) => {
+                    let _pr = self.lock_pr(&w.repo, w.number, &mut slots).await;
+                    self.on_pull_request(w, &mut slots).await
+                }
+                Work::PullRequestClosed { repo, number } => {
+                    let _pr = self.lock_pr(&repo, number, &mut slots).await;
+                    self.on_closed(&repo, number).await
+                }
                 Work::Comment(w) => self.on_comment(w, &mut slots).await,
                 Work::CheckRerun(w) => {
                     self.on_check_rerun(w, request.enqueued_at, &mut slots)
@@ -351,6 +360,32 @@ impl Runner {
             .await
         {
             tracing::warn!(request = request.id, error = %e, "cannot mark the request complete");
+        }
+    }
+
+    /// Requests that cancel and start a pull request's jobs (a push, a close, `/prodigy run`)
+    /// are handled one at a time per pull request in this process: otherwise a push right after
+    /// `opened` lists the pull request's jobs before the first handler created its job, and that
+    /// job is never superseded (or a close misses a job still starting). A request that must
+    /// wait gives its job slot back meanwhile, so the one it waits for can start its jobs.
+    async fn lock_pr(
+        &self,
+        repo: &RepoName,
+        number: u64,
+        slots: &mut Slots,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.inner.pr_locks.lock().expect("pull request locks");
+            // A lock only the map holds guards nothing: forget it, so the map stays small.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry((repo.clone(), number)).or_default().clone()
+        };
+        match lock.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                slots.spare = None;
+                lock.lock_owned().await
+            }
         }
     }
 
@@ -974,6 +1009,7 @@ impl Runner {
                     ));
                 }
                 // An explicit command supersedes older jobs as a push does.
+                let _pr = self.lock_pr(&w.repo, w.number, slots).await;
                 let reason = format!("superseded by `/prodigy run` on {}", short(&sha));
                 for job in self.jobs_of_pr(&w.repo, w.number).await? {
                     let same_workflow = selected.contains(&job.workflow_path);
