@@ -125,8 +125,10 @@ struct Inner {
     handlers: Arc<Semaphore>,
     running: Mutex<HashMap<JobId, RunningJob>>,
     /// One per pull request: see [`Runner::lock_pr`].
-    pr_locks: Mutex<HashMap<(RepoName, u64), Arc<tokio::sync::Mutex<()>>>>,
+    pr_locks: Mutex<HashMap<(RepoName, u64), PrLock>>,
 }
+
+type PrLock = Arc<tokio::sync::Mutex<()>>;
 
 /// What a job run tells its starter: it started (the job id is known), or it ended before
 /// (contention, nothing to do, an error).
