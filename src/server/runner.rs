@@ -11,9 +11,12 @@
 //! (`cancel_requested`), and every runner watches the events of the jobs it runs.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -124,11 +127,52 @@ struct Inner {
     /// Requests handled at once (comments are claimed even when every job slot is taken).
     handlers: Arc<Semaphore>,
     running: Mutex<HashMap<JobId, RunningJob>>,
-    /// One per pull request: see [`Runner::lock_pr`].
+    /// One per pull request: see [`PrTurn`].
     pr_locks: Mutex<HashMap<(RepoName, u64), PrLock>>,
 }
 
 type PrLock = Arc<tokio::sync::Mutex<()>>;
+type PrGuard = tokio::sync::OwnedMutexGuard<()>;
+
+/// A place in one pull request's line. Requests that cancel and start a pull request's jobs
+/// (a push, a close, `/prodigy run`) are handled one at a time per pull request in this process,
+/// in the order they joined: otherwise a push right after `opened` lists the pull request's jobs
+/// before the first handler created its job, and that job is never superseded (or a close
+/// misses a job still starting). Tokio's mutex serves waiters in the order they first polled,
+/// so joining polls once.
+enum PrTurn {
+    Mine(PrGuard),
+    Waiting(Pin<Box<dyn Future<Output = PrGuard> + Send>>),
+}
+
+impl PrTurn {
+    async fn join(lock: PrLock) -> PrTurn {
+        let mut waiting = Box::pin(lock.lock_owned());
+        match std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await {
+            Poll::Ready(guard) => PrTurn::Mine(guard),
+            Poll::Pending => PrTurn::Waiting(waiting),
+        }
+    }
+
+    /// A request that must wait gives its job slot back meanwhile, so the one it waits for can
+    /// start its jobs.
+    async fn wait(self, slots: &mut Slots) -> PrGuard {
+        match self {
+            PrTurn::Mine(guard) => guard,
+            PrTurn::Waiting(waiting) => {
+                slots.spare = None;
+                waiting.await
+            }
+        }
+    }
+}
+
+async fn wait_turn(turn: Option<PrTurn>, slots: &mut Slots) -> Option<PrGuard> {
+    match turn {
+        Some(turn) => Some(turn.wait(slots).await),
+        None => None,
+    }
+}
 
 /// What a job run tells its starter: it started (the job id is known), or it ended before
 /// (contention, nothing to do, an error).
@@ -218,8 +262,10 @@ impl Runner {
                 Ok(Some(request)) => {
                     let this = self.clone();
                     let handler = handler.expect("claimed only with a handler slot");
+                    // Joined here, in the order requests are claimed, not when the task runs.
+                    let turn = self.pr_turn(&request).await;
                     tokio::spawn(async move {
-                        this.handle(request, slot).await;
+                        this.handle(request, slot, turn).await;
                         drop(handler);
                     });
                     continue;
@@ -321,7 +367,12 @@ impl Runner {
             .contains_key(&job)
     }
 
-    async fn handle(self, request: Request, permit: Option<OwnedSemaphorePermit>) {
+    async fn handle(
+        self,
+        request: Request,
+        permit: Option<OwnedSemaphorePermit>,
+        turn: Option<PrTurn>,
+    ) {
         let span = tracing::info_span!("request", id = request.id, kind = %request.kind);
         let mut slots = Slots {
             spare: permit,
@@ -332,11 +383,11 @@ impl Runner {
                 .with_context(|| format!("request {} has an unreadable payload", request.id))?;
             match work {
                 Work::PullRequest(w) => {
-                    let _pr = self.lock_pr(&w.repo, w.number, &mut slots).await;
+                    let _turn = wait_turn(turn, &mut slots).await;
                     self.on_pull_request(w, &mut slots).await
                 }
                 Work::PullRequestClosed { repo, number } => {
-                    let _pr = self.lock_pr(&repo, number, &mut slots).await;
+                    let _turn = wait_turn(turn, &mut slots).await;
                     self.on_closed(&repo, number).await
                 }
                 Work::Comment(w) => self.on_comment(w, &mut slots).await,
@@ -365,30 +416,22 @@ impl Runner {
         }
     }
 
-    /// Requests that cancel and start a pull request's jobs (a push, a close, `/prodigy run`)
-    /// are handled one at a time per pull request in this process: otherwise a push right after
-    /// `opened` lists the pull request's jobs before the first handler created its job, and that
-    /// job is never superseded (or a close misses a job still starting). A request that must
-    /// wait gives its job slot back meanwhile, so the one it waits for can start its jobs.
-    async fn lock_pr(
-        &self,
-        repo: &RepoName,
-        number: u64,
-        slots: &mut Slots,
-    ) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.inner.pr_locks.lock().expect("pull request locks");
-            // A lock only the map holds guards nothing: forget it, so the map stays small.
-            locks.retain(|_, l| Arc::strong_count(l) > 1);
-            locks.entry((repo.clone(), number)).or_default().clone()
+    /// The line of `repo#number`'s requests.
+    fn pr_lock(&self, repo: &RepoName, number: u64) -> PrLock {
+        let mut locks = self.inner.pr_locks.lock().expect("pull request locks");
+        // A lock only the map holds guards nothing: forget it, so the map stays small.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry((repo.clone(), number)).or_default().clone()
+    }
+
+    /// A place in its pull request's line for a push or a close (None for other requests).
+    async fn pr_turn(&self, request: &Request) -> Option<PrTurn> {
+        let (repo, number) = match serde_json::from_value(request.payload.clone()).ok()? {
+            Work::PullRequest(w) => (w.repo, w.number),
+            Work::PullRequestClosed { repo, number } => (repo, number),
+            Work::Comment(_) | Work::CheckRerun(_) => return None,
         };
-        match lock.clone().try_lock_owned() {
-            Ok(guard) => guard,
-            Err(_) => {
-                slots.spare = None;
-                lock.lock_owned().await
-            }
-        }
+        Some(PrTurn::join(self.pr_lock(&repo, number)).await)
     }
 
     async fn token_for_git(
@@ -1011,7 +1054,8 @@ impl Runner {
                     ));
                 }
                 // An explicit command supersedes older jobs as a push does.
-                let _pr = self.lock_pr(&w.repo, w.number, slots).await;
+                let turn = PrTurn::join(self.pr_lock(&w.repo, w.number)).await;
+                let _turn = turn.wait(slots).await;
                 let reason = format!("superseded by `/prodigy run` on {}", short(&sha));
                 for job in self.jobs_of_pr(&w.repo, w.number).await? {
                     let same_workflow = selected.contains(&job.workflow_path);
