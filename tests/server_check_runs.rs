@@ -88,14 +88,6 @@ async fn job_of_pr(ctx: &Ctx, pr: u64) -> JobId {
     job_id_of(&job_links(&comments[0])[0])
 }
 
-async fn wait_status(ctx: &Ctx, job: JobId, want: JobStatus) {
-    let store = &ctx.server.store;
-    wait_until(&format!("job {job} to be {want}"), WAIT, || async {
-        (store.get_job(job).await.ok()?.status == want).then_some(())
-    })
-    .await
-}
-
 /// Waits until `n` check runs exist on `sha` and all are completed; returns them, oldest first.
 async fn completed_check_runs(ctx: &Ctx, sha: &str, n: usize) -> Vec<CheckRun> {
     wait_until(
@@ -135,7 +127,7 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
     );
     ctx.open_pr(1, &sha).await;
     let job = job_of_pr(&ctx, 1).await;
-    wait_status(&ctx, job, JobStatus::Failed).await;
+    ctx.wait_status(job, JobStatus::Failed).await;
     let runs = completed_check_runs(&ctx, &sha, 1).await;
     ctx.wait_idle().await;
     let run = &runs[0];
@@ -250,7 +242,7 @@ async fn rerun_on_a_failed_check_run_resumes_the_job_once_fixed() {
     );
     ctx.open_pr(3, &sha).await;
     let job = job_of_pr(&ctx, 3).await;
-    wait_status(&ctx, job, JobStatus::Failed).await;
+    ctx.wait_status(job, JobStatus::Failed).await;
     let first = completed_check_runs(&ctx, &sha, 1).await.remove(0);
     assert_eq!(first.conclusion.as_deref(), Some("failure"));
     ctx.wait_idle().await;
@@ -261,7 +253,7 @@ async fn rerun_on_a_failed_check_run_resumes_the_job_once_fixed() {
         .deliver("check_run", check_run_payload(job, first.id, &sha, None))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{text}");
-    wait_status(&ctx, job, JobStatus::Succeeded).await;
+    ctx.wait_status(job, JobStatus::Succeeded).await;
     let runs = completed_check_runs(&ctx, &sha, 2).await;
     let second = &runs[1];
     assert_ne!(second.id, first.id, "a re-run reports on a new check run");
@@ -354,7 +346,7 @@ async fn twenty_reruns(ctx: &Ctx, others: &[&prodigy::server::RunningServer]) {
     );
     ctx.open_pr(5, &sha).await;
     let job = job_of_pr(ctx, 5).await;
-    wait_status(ctx, job, JobStatus::Failed).await;
+    ctx.wait_status(job, JobStatus::Failed).await;
     let first = completed_check_runs(ctx, &sha, 1).await.remove(0);
     ctx.wait_idle().await;
 
@@ -384,7 +376,7 @@ async fn twenty_reruns(ctx: &Ctx, others: &[&prodigy::server::RunningServer]) {
     })
     .await;
     std::fs::write(dir.join("go"), "").unwrap();
-    wait_status(ctx, job, JobStatus::Succeeded).await;
+    ctx.wait_status(job, JobStatus::Succeeded).await;
     let runs = completed_check_runs(ctx, &sha, 2).await;
     ctx.wait_idle().await;
 
@@ -472,7 +464,7 @@ async fn closing_the_pull_request_concludes_its_check_run_cancelled() {
         .deliver("pull_request", ctx.pr_payload(7, &sha, "closed", false))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{text}");
-    wait_status(&ctx, job, JobStatus::Cancelled).await;
+    ctx.wait_status(job, JobStatus::Cancelled).await;
     let runs = completed_check_runs(&ctx, &sha, 1).await;
     assert_eq!(
         runs[0].conclusion.as_deref(),
@@ -500,7 +492,7 @@ async fn a_job_resumed_after_a_restart_reports_to_a_new_check_run() {
     let stopped = &ctx.gh.check_runs_for(REPO, &sha)[0];
     assert_eq!(stopped.status, "completed", "{stopped:?}");
     ctx.open_gate();
-    wait_status(&ctx, job, JobStatus::Succeeded).await;
+    ctx.wait_status(job, JobStatus::Succeeded).await;
     let runs = completed_check_runs(&ctx, &sha, 2).await;
     assert_eq!(
         runs[1].external_id.as_deref(),

@@ -10,15 +10,6 @@ use support::server::{
     Ctx, MAINTAINER, REPO, SLUG, STRANGER, WAIT, items, job_id_of, job_links, wait_until,
 };
 
-async fn wait_status(ctx: &Ctx, job: JobId, want: JobStatus) {
-    let store = &ctx.server.store;
-    wait_until(&format!("job {job} to be {want}"), WAIT, || async {
-        let j = store.get_job(job).await.ok()?;
-        (j.status == want).then_some(())
-    })
-    .await
-}
-
 /// Waits until no one holds the job's lock (the run wrote its last state and let go).
 async fn wait_unlocked(ctx: &Ctx, job: JobId) {
     use prodigy::store::{Holder, LockOutcome};
@@ -62,7 +53,7 @@ async fn help_and_status_work_for_everyone_with_one_reply_each() {
     let db = common::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let job = pr_with_job(&ctx, 1, &[("a", "ok")]).await;
-    wait_status(&ctx, job, JobStatus::Succeeded).await;
+    ctx.wait_status(job, JobStatus::Succeeded).await;
 
     let id = ctx
         .comment(1, STRANGER, "/prodigy help\n@prodigy-test status")
@@ -165,7 +156,7 @@ async fn resume_of_a_running_job_names_its_holder_and_cancel_stops_it() {
     // One job slot, taken by the job: commands are still answered at once.
     let ctx = Ctx::with_instance(db.url(), "a", 1).await;
     let job = pr_with_job(&ctx, 5, &[("slow", "wait")]).await;
-    wait_status(&ctx, job, JobStatus::Running).await;
+    ctx.wait_status(job, JobStatus::Running).await;
 
     ctx.comment(5, MAINTAINER, "/prodigy resume\n/prodigy status")
         .await;
@@ -191,7 +182,7 @@ async fn resume_of_a_running_job_names_its_holder_and_cancel_stops_it() {
     .await;
     let c = ctx.wait_for_comments(5, 4).await;
     assert!(c[3].starts_with("Cancelling job"), "{}", c[3]);
-    wait_status(&ctx, job, JobStatus::Cancelled).await;
+    ctx.wait_status(job, JobStatus::Cancelled).await;
 
     // Cancelling a finished job says so.
     ctx.comment(5, MAINTAINER, "/prodigy cancel").await;
@@ -209,7 +200,7 @@ async fn resume_and_retry_of_a_failed_job() {
     let db = common::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let job = pr_with_job(&ctx, 6, &[("good", "ok"), ("bad", "fail")]).await;
-    wait_status(&ctx, job, JobStatus::Failed).await;
+    ctx.wait_status(job, JobStatus::Failed).await;
     wait_unlocked(&ctx, job).await;
     let dlq = ctx.server.store.dlq(Some(job)).await.unwrap();
     assert_eq!(dlq.len(), 1);

@@ -8,15 +8,6 @@ use prodigy::store::ItemFilter;
 use prodigy::types::{JobStatus, RepoName};
 use support::server::{Ctx, MAINTAINER, REPO, WAIT, git, items, job_id_of, job_links, wait_until};
 
-async fn wait_status(ctx: &Ctx, job: prodigy::types::JobId, want: JobStatus) {
-    let store = &ctx.server.store;
-    wait_until(&format!("job {job} to be {want}"), WAIT, || async {
-        let j = store.get_job(job).await.ok()?;
-        (j.status == want).then_some(())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn opened_pull_request_runs_its_workflow_and_links_the_page() {
     let db = common::sqlite_db();
@@ -46,7 +37,7 @@ async fn opened_pull_request_runs_its_workflow_and_links_the_page() {
         "links use the public URL: {reply}"
     );
     let job = job_id_of(&links[0]);
-    wait_status(&ctx, job, JobStatus::Succeeded).await;
+    ctx.wait_status(job, JobStatus::Succeeded).await;
 
     // The job ran at the PR's head commit, for this PR, on the PR's items.
     let stored = ctx.server.store.get_job(job).await.unwrap();
@@ -124,7 +115,7 @@ async fn fork_is_not_run_automatically_but_runs_on_a_maintainers_command() {
     let comments = ctx.wait_for_comments(2, 2).await;
     assert!(comments[1].contains("started job"), "{comments:?}");
     let job = job_id_of(&job_links(&comments[1])[0]);
-    wait_status(&ctx, job, JobStatus::Succeeded).await;
+    ctx.wait_status(job, JobStatus::Succeeded).await;
     assert_eq!(
         ctx.server
             .store
@@ -147,7 +138,7 @@ async fn a_new_push_cancels_the_older_job_and_closing_cleans_up() {
     ctx.open_pr(3, &first).await;
     let c = ctx.wait_for_comments(3, 1).await;
     let old = job_id_of(&job_links(&c[0])[0]);
-    wait_status(&ctx, old, JobStatus::Running).await;
+    ctx.wait_status(old, JobStatus::Running).await;
 
     let second = ctx.push_pr(3, &[("items.json", &items(&[("quick", "ok")]))], false);
     let (status, text) = ctx
@@ -157,10 +148,10 @@ async fn a_new_push_cancels_the_older_job_and_closing_cleans_up() {
         )
         .await;
     assert_eq!(status, 202, "{text}");
-    wait_status(&ctx, old, JobStatus::Cancelled).await;
+    ctx.wait_status(old, JobStatus::Cancelled).await;
     let c = ctx.wait_for_comments(3, 2).await;
     let new = job_id_of(&job_links(&c[1])[0]);
-    wait_status(&ctx, new, JobStatus::Succeeded).await;
+    ctx.wait_status(new, JobStatus::Succeeded).await;
     let old_job = ctx.server.store.get_job(old).await.unwrap();
     assert!(
         old_job
@@ -180,7 +171,7 @@ async fn a_new_push_cancels_the_older_job_and_closing_cleans_up() {
     .await;
     let c = ctx.wait_for_comments(3, 3).await;
     let last = job_id_of(&job_links(&c[2])[0]);
-    wait_status(&ctx, last, JobStatus::Running).await;
+    ctx.wait_status(last, JobStatus::Running).await;
     let worktrees = ctx
         .tmp
         .path()
@@ -194,11 +185,102 @@ async fn a_new_push_cancels_the_older_job_and_closing_cleans_up() {
         .deliver("pull_request", ctx.pr_payload(3, &third, "closed", false))
         .await;
     assert_eq!(status, 202, "{text}");
-    wait_status(&ctx, last, JobStatus::Cancelled).await;
+    ctx.wait_status(last, JobStatus::Cancelled).await;
     wait_until("the worktrees to be removed", WAIT, || async {
         (!worktrees.exists()).then_some(())
     })
     .await;
+    ctx.finish().await;
+}
+
+/// A push delivered right after `opened`, before the first job exists, still supersedes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_right_after_opening_supersedes_the_first_job() {
+    let db = common::sqlite_db();
+    let ctx = Ctx::with_instance(db.url(), "a", 4).await;
+    let first = ctx.push_pr(4, &[("items.json", &items(&[("slow", "wait")]))], false);
+    let second = ctx.push_pr(4, &[("items.json", &items(&[("quick", "ok")]))], false);
+    ctx.open_pr(4, &first).await;
+    let (status, text) = ctx
+        .deliver(
+            "pull_request",
+            ctx.pr_payload(4, &second, "synchronize", false),
+        )
+        .await;
+    assert_eq!(status, 202, "{text}");
+    let c = ctx.wait_for_comments(4, 2).await;
+    let jobs: Vec<_> = c.iter().map(|c| job_id_of(&job_links(c)[0])).collect();
+    let store = &ctx.server.store;
+    let mut by_head = std::collections::HashMap::new();
+    for job in jobs {
+        let j = store.get_job(job).await.unwrap();
+        by_head.insert(j.head_sha.clone().unwrap(), job);
+    }
+    // The first job waits on the gate: only the cancel can end it.
+    ctx.wait_status(by_head[&first], JobStatus::Cancelled).await;
+    ctx.wait_status(by_head[&second], JobStatus::Succeeded)
+        .await;
+    ctx.finish().await;
+}
+
+/// Jobs of one repository share its cached clone: their `git worktree add/remove/prune` must not
+/// trip over each other's half-made worktrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pull_requests_opened_together_all_run_in_one_clone() {
+    let db = common::sqlite_db();
+    let ctx = Ctx::with_instance(db.url(), "a", 6).await;
+    let prs = [11, 12, 13, 14];
+    let shas: Vec<String> = prs
+        .iter()
+        .map(|&pr| {
+            let kinds = [("p", "ok"), ("q", "ok"), ("r", "ok")];
+            let list: Vec<(String, &str)> = kinds
+                .iter()
+                .map(|(k, v)| (format!("{k}{pr}"), *v))
+                .collect();
+            let list: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            ctx.push_pr(pr, &[("items.json", &items(&list))], false)
+        })
+        .collect();
+    tokio::join!(
+        ctx.open_pr(prs[0], &shas[0]),
+        ctx.open_pr(prs[1], &shas[1]),
+        ctx.open_pr(prs[2], &shas[2]),
+        ctx.open_pr(prs[3], &shas[3]),
+    );
+    let mut jobs = Vec::new();
+    for pr in prs {
+        let c = ctx.wait_for_comments(pr, 1).await;
+        let links = job_links(&c[0]);
+        assert_eq!(links.len(), 1, "#{pr}: {c:?}");
+        jobs.push(job_id_of(&links[0]));
+    }
+    for &job in &jobs {
+        ctx.wait_status(job, JobStatus::Succeeded).await;
+    }
+    // Each job's work is on its own branch, and every worktree is gone once its job is done.
+    for (&job, pr) in jobs.iter().zip(prs) {
+        let stored = ctx.server.store.get_job(job).await.unwrap();
+        let clone = std::path::Path::new(&stored.repo_path);
+        let files = git(
+            clone,
+            &["ls-tree", "--name-only", &format!("prodigy/{job}")],
+        );
+        for k in ["p", "q", "r"] {
+            let f = format!("out-{k}{pr}.txt");
+            assert!(files.lines().any(|l| l == f), "{f} missing: {files}");
+        }
+        // Removed just after the final status is written.
+        wait_until(
+            &format!("the worktrees of {job} to be removed"),
+            WAIT,
+            || async {
+                let list = git(clone, &["worktree", "list", "--porcelain"]);
+                (!list.contains(&job.to_string())).then_some(())
+            },
+        )
+        .await;
+    }
     ctx.finish().await;
 }
 
@@ -233,7 +315,7 @@ async fn a_restarted_server_resumes_the_jobs_it_was_running() {
     })
     .await;
     ctx.open_gate();
-    wait_status(&ctx, job, JobStatus::Succeeded).await;
+    ctx.wait_status(job, JobStatus::Succeeded).await;
     // `done` ran once: resume never runs a merged item again.
     let attempts = store.attempts(job, &"done".into()).await.unwrap();
     assert_eq!(attempts.len(), 1, "{attempts:?}");

@@ -4,8 +4,16 @@
 //! `max_parallel` worktrees is created once per run, serially (so worktree creation can never
 //! race), and each slot is reset to the job's start commit between items, which touches only
 //! the files the previous item changed.
+//!
+//! Jobs of one repository share its `.git/worktrees`, and git does not make `worktree add`,
+//! `remove` and `prune` safe against each other: a prune deletes another job's worktree that
+//! `add` has made the directory of but not yet filled, and an `add` reading the list fails on a
+//! half-written one. Every such command runs under [`RepoLock`], one per repository, across jobs
+//! and processes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::git::{self, GitError};
 use crate::types::JobId;
@@ -57,6 +65,7 @@ impl Workspace {
         }
         // A directory without a worktree link (or a worktree git forgot) is left over from a
         // crash mid-creation: start over.
+        let _lock = RepoLock::acquire(&self.repo).await?;
         git::git(&self.repo, &["worktree", "prune"]).await?;
         if self.job_dir.exists() {
             remove_dir(&self.job_dir)?;
@@ -78,7 +87,8 @@ impl Workspace {
     /// Creates `n` agent worktrees at `start`, one after another. Slots left by an earlier,
     /// interrupted run of this job are removed first.
     pub async fn create_pool(&self, n: usize, start: &str) -> Result<Vec<Slot>> {
-        self.remove_pool().await?;
+        let _lock = RepoLock::acquire(&self.repo).await?;
+        self.remove_pool_locked().await?;
         let mut slots = Vec::with_capacity(n);
         for index in 0..n {
             let slot = Slot {
@@ -108,6 +118,12 @@ impl Workspace {
 
     /// Removes every agent worktree and agent branch of this job (also those a crash left).
     pub async fn remove_pool(&self) -> Result<()> {
+        let _lock = RepoLock::acquire(&self.repo).await?;
+        self.remove_pool_locked().await
+    }
+
+    /// [`Self::remove_pool`], for a caller that holds the repository's [`RepoLock`].
+    async fn remove_pool_locked(&self) -> Result<()> {
         if let Ok(entries) = std::fs::read_dir(&self.root) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -144,7 +160,8 @@ impl Workspace {
 
     /// Removes the job worktree (the job branch stays) and the job's directory.
     pub async fn remove_all(&self) -> Result<()> {
-        self.remove_pool().await?;
+        let _lock = RepoLock::acquire(&self.repo).await?;
+        self.remove_pool_locked().await?;
         if self.job_dir.exists() {
             let d = self.job_dir.to_string_lossy().to_string();
             if git::git(
@@ -185,6 +202,54 @@ impl Slot {
         git::git(&self.dir, &["reset", "--hard", "-q", start]).await?;
         git::git(&self.dir, &["clean", "-q", "-ffdx"]).await?;
         Ok(())
+    }
+}
+
+/// Held while a command adds, removes or prunes worktrees of a repository (or lists them, as
+/// `git branch -D` does): an async mutex per repository for the jobs of this process, and an
+/// exclusive lock on `<common git dir>/prodigy-worktrees.lock` for other prodigy processes.
+struct RepoLock {
+    _file: std::fs::File,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl RepoLock {
+    async fn acquire(repo: &Path) -> Result<RepoLock> {
+        // Any work tree of a repository names the same common directory.
+        let common = git::common_dir(repo).await?;
+        let local = {
+            static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+                OnceLock::new();
+            let mut locks = LOCKS
+                .get_or_init(Mutex::default)
+                .lock()
+                .expect("worktree lock map");
+            locks.entry(common.clone()).or_default().clone()
+        };
+        let local = local.lock_owned().await;
+        let path = common.join("prodigy-worktrees.lock");
+        // Only one task of this process waits here at a time (it holds the mutex); a blocking
+        // thread waits for another process, and the lock goes with the file if this is dropped.
+        let file = tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_error(&path, e))?;
+            file.lock().map_err(|e| io_error(&path, e))?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| GitError {
+            args: "(lock worktrees)".into(),
+            dir: common.clone(),
+            message: format!("the locking task failed: {e}"),
+        })??;
+        Ok(RepoLock {
+            _file: file,
+            _local: local,
+        })
     }
 }
 

@@ -11,9 +11,12 @@
 //! (`cancel_requested`), and every runner watches the events of the jobs it runs.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -106,7 +109,8 @@ struct RunningJob {
     /// Remove the job's worktrees once it stopped (the pull request was closed).
     cleanup: Arc<AtomicBool>,
     reason: Arc<Mutex<Option<String>>>,
-    /// Cancel requests older than this were for an earlier run.
+    /// Cancel requests older than this were for an earlier run: when this run was asked for,
+    /// so one written while the engine created the job and took its lock still counts.
     started: DateTime<Utc>,
     /// The last event seen by the watcher.
     seen_seq: i64,
@@ -123,6 +127,51 @@ struct Inner {
     /// Requests handled at once (comments are claimed even when every job slot is taken).
     handlers: Arc<Semaphore>,
     running: Mutex<HashMap<JobId, RunningJob>>,
+    /// One per pull request: see [`PrTurn`].
+    pr_locks: Mutex<HashMap<(RepoName, u64), PrLock>>,
+}
+
+type PrLock = Arc<tokio::sync::Mutex<()>>;
+type PrGuard = tokio::sync::OwnedMutexGuard<()>;
+
+/// A place in one pull request's line. Requests that cancel and start a pull request's jobs
+/// (a push, a close, `/prodigy run`) are handled one at a time per pull request in this process,
+/// in the order they joined: otherwise a push right after `opened` lists the pull request's jobs
+/// before the first handler created its job, and that job is never superseded (or a close
+/// misses a job still starting). Tokio's mutex serves waiters in the order they first polled,
+/// so joining polls once.
+enum PrTurn {
+    Mine(PrGuard),
+    Waiting(Pin<Box<dyn Future<Output = PrGuard> + Send>>),
+}
+
+impl PrTurn {
+    async fn join(lock: PrLock) -> PrTurn {
+        let mut waiting = Box::pin(lock.lock_owned());
+        match std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await {
+            Poll::Ready(guard) => PrTurn::Mine(guard),
+            Poll::Pending => PrTurn::Waiting(waiting),
+        }
+    }
+
+    /// A request that must wait gives its job slot back meanwhile, so the one it waits for can
+    /// start its jobs.
+    async fn wait(self, slots: &mut Slots) -> PrGuard {
+        match self {
+            PrTurn::Mine(guard) => guard,
+            PrTurn::Waiting(waiting) => {
+                slots.spare = None;
+                waiting.await
+            }
+        }
+    }
+}
+
+async fn wait_turn(turn: Option<PrTurn>, slots: &mut Slots) -> Option<PrGuard> {
+    match turn {
+        Some(turn) => Some(turn.wait(slots).await),
+        None => None,
+    }
 }
 
 /// What a job run tells its starter: it started (the job id is known), or it ended before
@@ -171,6 +220,7 @@ impl Runner {
                 parts,
                 slots,
                 running: Mutex::default(),
+                pr_locks: Mutex::default(),
             }),
         }
     }
@@ -212,8 +262,10 @@ impl Runner {
                 Ok(Some(request)) => {
                     let this = self.clone();
                     let handler = handler.expect("claimed only with a handler slot");
+                    // Joined here, in the order requests are claimed, not when the task runs.
+                    let turn = self.pr_turn(&request).await;
                     tokio::spawn(async move {
-                        this.handle(request, slot).await;
+                        this.handle(request, slot, turn).await;
                         drop(handler);
                     });
                     continue;
@@ -315,7 +367,12 @@ impl Runner {
             .contains_key(&job)
     }
 
-    async fn handle(self, request: Request, permit: Option<OwnedSemaphorePermit>) {
+    async fn handle(
+        self,
+        request: Request,
+        permit: Option<OwnedSemaphorePermit>,
+        turn: Option<PrTurn>,
+    ) {
         let span = tracing::info_span!("request", id = request.id, kind = %request.kind);
         let mut slots = Slots {
             spare: permit,
@@ -325,8 +382,14 @@ impl Runner {
             let work: Work = serde_json::from_value(request.payload.clone())
                 .with_context(|| format!("request {} has an unreadable payload", request.id))?;
             match work {
-                Work::PullRequest(w) => self.on_pull_request(w, &mut slots).await,
-                Work::PullRequestClosed { repo, number } => self.on_closed(&repo, number).await,
+                Work::PullRequest(w) => {
+                    let _turn = wait_turn(turn, &mut slots).await;
+                    self.on_pull_request(w, &mut slots).await
+                }
+                Work::PullRequestClosed { repo, number } => {
+                    let _turn = wait_turn(turn, &mut slots).await;
+                    self.on_closed(&repo, number).await
+                }
                 Work::Comment(w) => self.on_comment(w, &mut slots).await,
                 Work::CheckRerun(w) => {
                     self.on_check_rerun(w, request.enqueued_at, &mut slots)
@@ -351,6 +414,24 @@ impl Runner {
         {
             tracing::warn!(request = request.id, error = %e, "cannot mark the request complete");
         }
+    }
+
+    /// The line of `repo#number`'s requests.
+    fn pr_lock(&self, repo: &RepoName, number: u64) -> PrLock {
+        let mut locks = self.inner.pr_locks.lock().expect("pull request locks");
+        // A lock only the map holds guards nothing: forget it, so the map stays small.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry((repo.clone(), number)).or_default().clone()
+    }
+
+    /// A place in its pull request's line for a push or a close (None for other requests).
+    async fn pr_turn(&self, request: &Request) -> Option<PrTurn> {
+        let (repo, number) = match serde_json::from_value(request.payload.clone()).ok()? {
+            Work::PullRequest(w) => (w.repo, w.number),
+            Work::PullRequestClosed { repo, number } => (repo, number),
+            Work::Comment(_) | Work::CheckRerun(_) => return None,
+        };
+        Some(PrTurn::join(self.pr_lock(&repo, number)).await)
     }
 
     async fn token_for_git(
@@ -629,6 +710,7 @@ impl Runner {
             let _ = outer_tx.send(started);
         });
         let this = self.clone();
+        let asked = Utc::now();
         tokio::spawn(async move {
             let shutdown = this.p().engine.cancel.clone();
             let cancel = shutdown.child_token();
@@ -641,6 +723,7 @@ impl Runner {
                 cancel: cancel.clone(),
                 cleanup: Arc::new(AtomicBool::new(false)),
                 reason: Arc::default(),
+                asked,
             });
             let mut engine = this.p().engine.clone();
             engine.reporter = tracker.clone();
@@ -971,6 +1054,8 @@ impl Runner {
                     ));
                 }
                 // An explicit command supersedes older jobs as a push does.
+                let turn = PrTurn::join(self.pr_lock(&w.repo, w.number)).await;
+                let _turn = turn.wait(slots).await;
                 let reason = format!("superseded by `/prodigy run` on {}", short(&sha));
                 for job in self.jobs_of_pr(&w.repo, w.number).await? {
                     let same_workflow = selected.contains(&job.workflow_path);
@@ -1166,6 +1251,8 @@ struct Tracker {
     cancel: CancellationToken,
     cleanup: Arc<AtomicBool>,
     reason: Arc<Mutex<Option<String>>>,
+    /// When the runner was asked to start this run.
+    asked: DateTime<Utc>,
 }
 
 impl Reporter for Tracker {
@@ -1179,7 +1266,7 @@ impl Reporter for Tracker {
                         cancel: self.cancel.clone(),
                         cleanup: self.cleanup.clone(),
                         reason: self.reason.clone(),
-                        started: Utc::now(),
+                        started: self.asked,
                         seen_seq: 0,
                     },
                 );

@@ -368,6 +368,41 @@ impl Ctx {
         .await
     }
 
+    /// Waits until `job` has status `want`. On a time-out the panic tells what the job did
+    /// instead (its status, error and last events), so a flaky run says why it hung.
+    pub async fn wait_status(&self, job: prodigy::types::JobId, want: prodigy::types::JobStatus) {
+        let store = &self.server.store;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(j) = store.get_job(job).await
+                && j.status == want
+            {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let job_now = store.get_job(job).await;
+                let events = store.events(job, 0, 10_000).await.unwrap_or_default();
+                let tail: Vec<String> = events
+                    .iter()
+                    .rev()
+                    .take(15)
+                    .rev()
+                    .map(|e| format!("  {} {} {}", e.seq, e.kind, e.data))
+                    .collect();
+                let (status, error) = match &job_now {
+                    Ok(j) => (j.status.to_string(), j.error.clone().unwrap_or_default()),
+                    Err(e) => ("unreadable".into(), e.to_string()),
+                };
+                panic!(
+                    "timed out after {WAIT:?} waiting for job {job} to be {want}: it is {status} \
+                     (error: {error:?}); its last events:\n{}",
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until every request in the queue is done or failed (the runner is idle).
     pub async fn wait_idle(&self) {
         use prodigy::store::RequestStatus;
