@@ -22,8 +22,50 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::dispatch(args)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render_error(&e));
             ExitCode::from(cli::EXIT_FAILED)
         }
+    }
+}
+
+/// The error and its causes, each said once: many errors (sqlx's among them) repeat their
+/// source in their own message, and printing the whole chain would say it two or three times.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_error;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database error: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::other("TLS upgrade required");
+        let e = anyhow::Error::new(Repeats(io)).context("cannot open the database");
+        assert_eq!(
+            render_error(&e),
+            "cannot open the database: database error: TLS upgrade required"
+        );
+    }
+
+    #[test]
+    fn causes_that_add_something_are_kept() {
+        let e = anyhow::anyhow!("no such file").context("cannot read items.json");
+        assert_eq!(render_error(&e), "cannot read items.json: no such file");
     }
 }

@@ -300,8 +300,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
             let applied = store.migrate().await?;
             let known = store.known_migrations();
+            // Says whether TLS is in use: without sslmode, libpq's `prefer` falls back to plain
+            // text silently, and this is where a user can see which one they got.
+            let transport = match store.encrypted().await? {
+                Some(true) => ", connected over TLS",
+                Some(false) => ", connected without TLS",
+                None => "",
+            };
             println!(
-                "database {} is at migration {} ({} applied now: {:?})",
+                "database {} is at migration {} ({} applied now: {:?}{transport})",
                 redact_url(&url),
                 known.last().copied().unwrap_or(0),
                 applied.len(),

@@ -1,16 +1,20 @@
 //! The repository cache: one clone per repository under `<checkout dir>/<owner>/<name>`, reused
-//! across jobs and fetched with git2 (over HTTPS with the installation token as the password of
-//! `x-access-token`, as GitHub documents for Apps).
+//! across jobs. Clones and fetches run the git CLI (over HTTPS with the installation token as
+//! the password of `x-access-token`, as GitHub documents for Apps); git2 reads commits and
+//! files in process. The git CLI brings its own TLS, so the binary links no OpenSSL.
 //!
 //! A job needs only its commit in the clone: the engine starts the job branch at that commit in
 //! its own worktree, so the clone's working tree is never checked out per job and jobs of
 //! different pull requests run side by side. Fetches of one repository are serialized by an
-//! async mutex per repository, since libgit2 does not expect two fetches into one clone.
+//! async mutex per repository: two fetches into one clone race for the same ref locks.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64_STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::github::PrNumber;
@@ -145,28 +149,61 @@ impl RepoCache {
     }
 }
 
-fn fetch_options(token: Option<&SecretString>) -> git2::FetchOptions<'_> {
-    let mut callbacks = git2::RemoteCallbacks::new();
-    let mut asked = 0;
-    callbacks.credentials(move |_url, _user, _allowed| {
-        asked += 1;
-        // libgit2 asks again after a refused credential; asking forever would hang the job.
-        match token {
-            Some(token) if asked == 1 => {
-                git2::Cred::userpass_plaintext("x-access-token", token.expose_secret())
+/// A git command for the cache. The installation token travels as an HTTP header through
+/// git's environment (`GIT_CONFIG_COUNT`, git 2.31 or later), so it never appears in an
+/// argument list (`ps` shows those), in a clone's `.git/config` or in a URL an error repeats.
+fn git_command(cwd: &Path, token: Option<&SecretString>) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(cwd)
+        .stdin(Stdio::null())
+        // A refused token must fail the fetch, never wait for someone to type a password.
+        .env("GIT_TERMINAL_PROMPT", "0")
+        // A stalled transfer (under 1 KB/s for a minute) fails instead of holding the job.
+        .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
+        .env("GIT_HTTP_LOW_SPEED_TIME", "60");
+    if let Some(token) = token {
+        let basic = BASE64_STANDARD.encode(format!("x-access-token:{}", token.expose_secret()));
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                format!("Authorization: Basic {basic}"),
+            );
+    }
+    cmd
+}
+
+/// Runs a git command; on failure, git's own words with the token blanked out (git does not
+/// print headers, but a message must not be the one place that ever does), plus what to do
+/// when the remote refused the credentials.
+fn run_git(mut cmd: Command, token: Option<&SecretString>) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run git (is it installed and on PATH?): {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if let Some(token) = token {
+        message = message.replace(token.expose_secret(), "***");
+    }
+    let refused = [
+        "could not read Username",
+        "Authentication failed",
+        "returned error: 401",
+        "returned error: 403",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    if refused {
+        message.push_str(match token {
+            Some(_) => {
+                "; the installation token was refused: does the App have `contents: read` on this repository?"
             }
-            Some(_) => Err(git2::Error::from_str(
-                "the installation token was refused; does the App have `contents: read` on this repository?",
-            )),
-            None => Err(git2::Error::from_str(
-                "the remote asks for credentials, but no installation token is available",
-            )),
-        }
-    });
-    let mut options = git2::FetchOptions::new();
-    options.remote_callbacks(callbacks);
-    options.download_tags(git2::AutotagOption::None);
-    options
+            None => "; the remote asks for credentials, but no installation token is available",
+        });
+    }
+    Err(message)
 }
 
 /// Agents and the merge queue commit in worktrees of this clone; a server's account often has
@@ -183,6 +220,37 @@ fn has_commit(repo: &git2::Repository, sha: &str) -> bool {
         .ok()
         .and_then(|oid| repo.find_commit(oid).ok())
         .is_some()
+}
+
+/// The refspec that brings `sha` into the clone: the pull request's head, else the branches.
+fn refspec_for(pr: Option<PrNumber>) -> String {
+    match pr {
+        Some(n) => format!("+refs/pull/{n}/head:refs/prodigy/pull/{n}"),
+        None => "+refs/heads/*:refs/remotes/origin/*".to_string(),
+    }
+}
+
+fn clone_command(dir: &Path, url: &str, token: Option<&SecretString>) -> Command {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let mut cmd = git_command(parent, token);
+    cmd.args(["clone", "--quiet", "--no-tags", "--", url])
+        .arg(dir);
+    cmd
+}
+
+fn fetch_command(dir: &Path, url: &str, refspec: &str, token: Option<&SecretString>) -> Command {
+    let mut cmd = git_command(dir, token);
+    // The URL, not the `origin` remote: the fetch does not depend on what the clone stored.
+    cmd.args([
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-write-fetch-head",
+        "--",
+        url,
+        refspec,
+    ]);
+    cmd
 }
 
 fn prepare_blocking(
@@ -209,14 +277,15 @@ fn prepare_blocking(
                     message: e.to_string(),
                 })?;
             }
-            let repo = git2::build::RepoBuilder::new()
-                .fetch_options(fetch_options(token))
-                .clone(url, dir)
-                .map_err(|e| RepoError::Clone {
-                    url: url.to_string(),
-                    dir: dir.to_path_buf(),
-                    message: e.message().to_string(),
-                })?;
+            run_git(clone_command(dir, url, token), token).map_err(|message| RepoError::Clone {
+                url: url.to_string(),
+                dir: dir.to_path_buf(),
+                message,
+            })?;
+            let repo = git2::Repository::open(dir).map_err(|e| RepoError::Cache {
+                dir: dir.to_path_buf(),
+                message: format!("git cloned, but the clone does not open: {}", e.message()),
+            })?;
             set_identity(&repo).map_err(|e| RepoError::Cache {
                 dir: dir.to_path_buf(),
                 message: format!("cannot set the committer identity: {}", e.message()),
@@ -227,19 +296,14 @@ fn prepare_blocking(
     if has_commit(&repo, sha) {
         return Ok(());
     }
-    let refspec = match pr {
-        Some(n) => format!("+refs/pull/{n}/head:refs/prodigy/pull/{n}"),
-        None => "+refs/heads/*:refs/remotes/origin/*".to_string(),
-    };
-    let fetch_err = |e: git2::Error| RepoError::Fetch {
-        url: url.to_string(),
-        refspec: refspec.clone(),
-        message: e.message().to_string(),
-    };
-    let mut remote = repo.remote_anonymous(url).map_err(fetch_err)?;
-    remote
-        .fetch(&[refspec.as_str()], Some(&mut fetch_options(token)), None)
-        .map_err(fetch_err)?;
+    let refspec = refspec_for(pr);
+    run_git(fetch_command(dir, url, &refspec, token), token).map_err(|message| {
+        RepoError::Fetch {
+            url: url.to_string(),
+            refspec: refspec.clone(),
+            message,
+        }
+    })?;
     if !has_commit(&repo, sha) {
         return Err(RepoError::MissingCommit {
             repo: name.clone(),
@@ -276,4 +340,72 @@ fn read_file_blocking(dir: &Path, sha: &str, path: &str) -> Result<Option<String
     String::from_utf8(blob.content().to_vec())
         .map(Some)
         .map_err(|_| err("is not UTF-8 text".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    const TOKEN: &str = "ghs_unit-test-token";
+
+    fn env_of<'a>(cmd: &'a Command, key: &str) -> Option<&'a OsStr> {
+        cmd.get_envs()
+            .find(|(k, _)| *k == OsStr::new(key))
+            .and_then(|(_, v)| v)
+    }
+
+    #[test]
+    fn the_token_travels_in_the_environment_never_in_the_arguments() {
+        let token = SecretString::from(TOKEN);
+        let url = "https://github.com/octo/widgets.git";
+        for cmd in [
+            clone_command(Path::new("/cache/octo/widgets"), url, Some(&token)),
+            fetch_command(
+                Path::new("/cache/octo/widgets"),
+                url,
+                "+refs/pull/1/head:x",
+                Some(&token),
+            ),
+        ] {
+            let encoded = BASE64_STANDARD.encode(format!("x-access-token:{TOKEN}"));
+            for arg in cmd.get_args() {
+                let arg = arg.to_string_lossy();
+                assert!(!arg.contains(TOKEN) && !arg.contains(&encoded), "{arg}");
+            }
+            assert_eq!(env_of(&cmd, "GIT_CONFIG_COUNT"), Some(OsStr::new("1")));
+            assert_eq!(
+                env_of(&cmd, "GIT_CONFIG_KEY_0"),
+                Some(OsStr::new("http.extraHeader"))
+            );
+            let header = format!("Authorization: Basic {encoded}");
+            assert_eq!(
+                env_of(&cmd, "GIT_CONFIG_VALUE_0"),
+                Some(OsStr::new(&header))
+            );
+            assert_eq!(env_of(&cmd, "GIT_TERMINAL_PROMPT"), Some(OsStr::new("0")));
+        }
+    }
+
+    #[test]
+    fn without_a_token_no_header_is_configured() {
+        let cmd = fetch_command(
+            Path::new("/c"),
+            "file:///r.git",
+            "+refs/heads/*:refs/x/*",
+            None,
+        );
+        assert_eq!(env_of(&cmd, "GIT_CONFIG_COUNT"), None);
+        assert_eq!(env_of(&cmd, "GIT_CONFIG_VALUE_0"), None);
+    }
+
+    #[test]
+    fn refspecs_fetch_the_pull_request_head_or_the_branches() {
+        assert_eq!(
+            refspec_for(Some(PrNumber(12))),
+            "+refs/pull/12/head:refs/prodigy/pull/12"
+        );
+        assert_eq!(refspec_for(None), "+refs/heads/*:refs/remotes/origin/*");
+    }
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -41,6 +41,11 @@ pub enum StoreError {
     ItemNotFound { job: JobId, key: ItemKey },
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
     BadUrl(String),
+    #[error("the database URL {url}: {message}")]
+    BadPostgresUrl { url: String, message: String },
+    /// The TLS handshake failed; `detail` is sqlx's (and rustls's) words, `hint` what to do.
+    #[error("cannot connect to PostgreSQL over TLS: {detail}; {hint}")]
+    Tls { detail: String, hint: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -501,6 +506,7 @@ impl PoolExt for PgPool {
 
 mod debug;
 mod lock;
+mod pg_tls;
 mod sql_types;
 mod writes;
 
@@ -642,14 +648,16 @@ impl Store {
                 ingest,
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?;
+            let (options, tls) = pg_tls::connect_options(url)?;
+            let host = options.get_host().to_string();
             let pool = PgPoolOptions::new()
                 .max_connections(10)
                 // Keeps a connection ready after a job lock detaches one from the pool.
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
-                .await?;
+                .await
+                .map_err(|e| pg_tls::connect_error(e, &tls, &host))?;
             Pool::Postgres(pool)
         } else {
             return Err(StoreError::BadUrl(url.to_string()));
@@ -674,6 +682,21 @@ impl Store {
         match self.pool {
             Pool::Sqlite(_) => BackendKind::Sqlite,
             Pool::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Whether the connection to PostgreSQL is encrypted (`pg_stat_ssl`, as the server sees
+    /// it); `None` for SQLite, which has no connection to encrypt.
+    pub async fn encrypted(&self) -> Result<Option<bool>> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(None),
+            Pool::Postgres(pool) => {
+                let ssl: Option<bool> =
+                    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                        .fetch_optional(pool)
+                        .await?;
+                Ok(Some(ssl.unwrap_or(false)))
+            }
         }
     }
 
