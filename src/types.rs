@@ -171,6 +171,14 @@ string_enum! {
         ResourceExhausted => "resource_exhausted",
         CommitValidationFailed => "commit_validation_failed",
         CommandFailed => "command_failed",
+        // The AI API refused the key or the account (401/403, billing): every item would fail.
+        ApiAuth => "api_auth",
+        // The AI API rate-limited or was overloaded after the CLI's own retries.
+        ApiRateLimited => "api_rate_limited",
+        // Another error of the AI API (5xx, invalid request).
+        ApiError => "api_error",
+        // The agent used all of its `max_turns`.
+        MaxTurns => "max_turns",
         Unknown => "unknown",
     }
 }

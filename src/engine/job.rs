@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::agent::AgentScope;
 use super::classify::{self, FailureFacts, FailureStage};
 use super::git;
 use super::plan::{self, Candidate, DlqMode};
@@ -366,6 +367,7 @@ impl<'a> JobRun<'a> {
         ctx: &mut Context,
     ) -> anyhow::Result<Result<(), PhaseFailure>> {
         let log = self.logs.join(format!("{name}.log"));
+        let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
         let env = StepEnv {
             cwd: &self.ws.job_dir,
             log: &log,
@@ -374,6 +376,7 @@ impl<'a> JobRun<'a> {
             cancel: &self.cancel,
             deadline: phase.timeout.map(|t| Instant::now() + t),
             secrets: &self.secrets,
+            agent: &scope,
         };
         self.event(
             "phase_steps_started",
@@ -665,6 +668,7 @@ impl<'a> JobRun<'a> {
             .join("items")
             .join(sanitize_ref(&key.0))
             .join(format!("attempt-{attempt}.log"));
+        let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
         self.event(
             "item_started",
             json!({"key": key, "attempt": attempt, "worktree": slot.dir, "log": log}),
@@ -704,6 +708,7 @@ impl<'a> JobRun<'a> {
                     cancel: &self.cancel,
                     deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
                     secrets: &self.secrets,
+                    agent: &scope,
                 };
                 step::run_steps(&mr.map.agent_template, &mut ctx, &env)
                     .await

@@ -1,0 +1,121 @@
+//! `claude:` steps driven by the real AI CLI against the fake Anthropic API, through the real
+//! `prodigy` binary: agents commit in their worktrees, their commits merge, transcripts and usage
+//! are recorded. Skips when the CLI is not installed (see `real_claude`).
+
+#[path = "support/fake_anthropic.rs"]
+mod fake_anthropic;
+mod harness;
+
+use fake_anthropic::{FakeAnthropic, Turn, Usage, first_user_text, real_claude};
+use harness::{Repo, job_id, text};
+use serde_json::Value;
+
+const ITEMS: &[&str] = &["alpha", "beta", "gamma"];
+
+/// Each item's agent: one Bash call that writes `out/<item>.txt` and commits, then a final text.
+fn script_items(fake: &FakeAnthropic) {
+    for (i, item) in ITEMS.iter().enumerate() {
+        let n = i as u64 + 1;
+        fake.script(
+            item,
+            vec![
+                Turn::bash(&format!(
+                    "mkdir -p out && echo {item} > out/{item}.txt && git add out && git commit -q -m 'agent: {item}'"
+                ))
+                .with_usage(Usage {
+                    input_tokens: 1000 * n,
+                    output_tokens: 50,
+                    cache_creation_input_tokens: 200,
+                    cache_read_input_tokens: 0,
+                }),
+                Turn::text(format!("{item} is done")).with_usage(Usage {
+                    input_tokens: 1100 * n,
+                    output_tokens: 30,
+                    cache_creation_input_tokens: 0,
+                    cache_read_input_tokens: 200,
+                }),
+            ],
+        );
+    }
+    fake.route_by(|body| {
+        let asked = first_user_text(body);
+        ITEMS
+            .iter()
+            .find(|i| asked.contains(&format!("item {i}")))
+            .map(|i| i.to_string())
+            .unwrap_or_default()
+    });
+}
+
+const WORKFLOW: &str = r#"
+name: real-agents
+mode: mapreduce
+agent:
+  model: claude-sonnet-4-5
+  max_turns: 10
+setup:
+  - shell: "printf '[{\"id\":\"alpha\"},{\"id\":\"beta\"},{\"id\":\"gamma\"}]' > items.json"
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 2
+  agent_template:
+    - claude:
+        prompt: "Handle item ${item.id}"
+        allowed_tools: [Bash, Edit, Write, Read]
+      commit_required: true
+    - shell: "test '${claude.output}' = '${item.id} is done'"
+"#;
+
+fn real_repo(fake: &FakeAnthropic) -> Option<Repo> {
+    let claude = real_claude()?;
+    let repo = Repo::new(None);
+    let cli_home = repo.home.join("cli-home");
+    std::fs::create_dir_all(&cli_home).unwrap();
+    repo.use_real_claude(&claude, fake.cli_env(&cli_home));
+    Some(repo)
+}
+
+#[test]
+fn real_agents_commit_in_their_worktrees_and_their_commits_merge() {
+    let fake = FakeAnthropic::empty();
+    let Some(repo) = real_repo(&fake) else { return };
+    script_items(&fake);
+    repo.write("wf.yml", WORKFLOW);
+    repo.commit_all("workflow");
+
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    let branch = format!("prodigy/{job}");
+    for item in ITEMS {
+        assert_eq!(repo.show(&format!("{branch}:out/{item}.txt")), *item);
+    }
+    for item in ITEMS {
+        assert_eq!(
+            fake.remaining(item),
+            0,
+            "{item}'s agent played its whole script"
+        );
+    }
+    // Every conversation request carried the step's model and the test key.
+    for r in fake.conversation() {
+        assert_eq!(r.body["model"], "claude-sonnet-4-5");
+        assert_eq!(r.api_key.as_deref(), Some(fake_anthropic::TEST_API_KEY));
+    }
+
+    // Each attempt has a transcript beside its log, with the CLI's init and result lines.
+    let logs = repo.home.join("logs").join(&job).join("items");
+    for item in ITEMS {
+        let t = logs.join(item).join("attempt-1.claude-1.jsonl");
+        let lines: Vec<Value> = std::fs::read_to_string(&t)
+            .unwrap_or_else(|e| panic!("{}: {e}", t.display()))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["subtype"], "init");
+        let last = lines.last().unwrap();
+        assert_eq!(last["type"], "result");
+        assert_eq!(last["result"], format!("{item} is done"));
+    }
+}
