@@ -119,3 +119,70 @@ fn real_agents_commit_in_their_worktrees_and_their_commits_merge() {
         assert_eq!(last["result"], format!("{item} is done"));
     }
 }
+
+#[test]
+fn usage_in_status_is_the_sum_the_fake_model_reported_priced_as_the_cli_prices_it() {
+    let fake = FakeAnthropic::empty();
+    let Some(repo) = real_repo(&fake) else { return };
+    script_items(&fake);
+    repo.write("wf.yml", WORKFLOW);
+    repo.commit_all("workflow");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+
+    let status = repo.json(&["status", &job]);
+    let total = &status["usage"]["total"];
+    // What the fake reported, summed over the three items' two turns each.
+    let (input, output, cache_write, cache_read) = (2100 * (1 + 2 + 3), 80 * 3, 200 * 3, 200 * 3);
+    assert_eq!(total["input_tokens"], input, "{status}");
+    assert_eq!(total["output_tokens"], output);
+    assert_eq!(total["cache_creation_tokens"], cache_write);
+    assert_eq!(total["cache_read_tokens"], cache_read);
+    assert_eq!(total["turns"], 6);
+    // The cost is the CLI's own: the sum of the result lines' total_cost_usd ...
+    let logs = repo.home.join("logs").join(&job).join("items");
+    let cli_cost: f64 = ITEMS
+        .iter()
+        .map(|item| {
+            let t =
+                std::fs::read_to_string(logs.join(item).join("attempt-1.claude-1.jsonl")).unwrap();
+            let last: Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
+            last["total_cost_usd"].as_f64().unwrap()
+        })
+        .sum();
+    let cost = total["cost_usd"].as_f64().unwrap();
+    assert!((cost - cli_cost).abs() < 1e-9, "{cost} vs {cli_cost}");
+    // ... which is the model's list price for these tokens.
+    let list = (input as f64 * 3.0
+        + output as f64 * 15.0
+        + cache_write as f64 * 3.75
+        + cache_read as f64 * 0.3)
+        / 1e6;
+    assert!((cost - list).abs() < 1e-9, "{cost} vs {list}");
+    assert_eq!(status["usage"]["by_phase"]["map"]["turns"], 6);
+    assert_eq!(status["usage"]["by_item"].as_object().unwrap().len(), 3);
+
+    // The human forms show it too.
+    let human = repo.prodigy(&["status", &job]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains(&format!("${cost:.4}")),
+        "{}",
+        text(&human)
+    );
+    let jobs = repo.prodigy(&["jobs"]);
+    assert!(
+        String::from_utf8_lossy(&jobs.stdout).contains(&format!("${cost:.4}")),
+        "{}",
+        text(&jobs)
+    );
+    let listed = repo.json(&["jobs"]);
+    assert!((listed[0]["usage"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9);
+    // And each agent's usage is an event.
+    let events = repo.prodigy(&["events", &job, "--json"]);
+    let finished = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .filter(|l| l.contains("\"agent_finished\""))
+        .count();
+    assert_eq!(finished, 3);
+}

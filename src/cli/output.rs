@@ -254,14 +254,14 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
         return Ok(0);
     }
     println!(
-        "{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  workflow",
-        "job", "status", "phase", "items", "merged", "failed", "dlq", "created"
+        "{:<36}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  workflow",
+        "job", "status", "phase", "items", "merged", "failed", "dlq", "cost", "created"
     );
     for s in list {
         let j = &s.job;
         let c = &s.counts;
         println!(
-            "{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  {}",
+            "{:<36}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  {}",
             j.id,
             j.status,
             j.phase,
@@ -269,6 +269,7 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
             c.merged,
             c.failed,
             c.dlq,
+            format!("${:.4}", s.usage.cost_usd),
             j.created_at.format("%Y-%m-%d %H:%M:%S"),
             j.workflow_name
         );
@@ -278,10 +279,11 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
 
 pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u8> {
     let counts = store.item_counts(job.id).await?;
+    let usage = store.job_usage(job.id).await?;
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"job": job, "counts": counts}))?
+            serde_json::to_string_pretty(&json!({"job": job, "counts": counts, "usage": usage}))?
         );
         return Ok(0);
     }
@@ -308,7 +310,40 @@ pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u
         counts.merged,
         counts.dlq
     );
+    print_usage(&usage);
     Ok(0)
+}
+
+/// Tokens and cost of a job's agents: the total, per phase, and the most expensive items.
+fn print_usage(u: &prodigy::store::JobUsage) {
+    if u.runs == 0 {
+        return;
+    }
+    println!("usage     {}", usage_line(&u.total));
+    for (phase, p) in &u.by_phase {
+        println!("  {phase:<8}{}", usage_line(p));
+    }
+    let top = u.most_expensive(5);
+    if !top.is_empty() {
+        println!("most expensive items:");
+        for (key, p) in top {
+            println!("  {key:<24}  {}", usage_line(p));
+        }
+    }
+}
+
+pub fn usage_line(u: &prodigy::types::Usage) -> String {
+    format!(
+        "${:.4}, {} tokens ({} in, {} out, {} cache write, {} cache read), {} turns, {:.1}s API",
+        u.cost_usd,
+        u.tokens(),
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_creation_tokens,
+        u.cache_read_tokens,
+        u.turns,
+        u.api_ms as f64 / 1000.0
+    )
 }
 
 pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> anyhow::Result<u8> {
@@ -428,6 +463,12 @@ pub async fn dlq_show(
             println!("signature   {}", r.signature);
             println!("first/last  {} / {}", r.first_failure, r.last_failure);
             println!("data        {}", r.data);
+            if let Some(t) = &r.json_log_location {
+                println!("transcript  {t}");
+            }
+            if let Some(s) = &r.session_id {
+                println!("session     {s}");
+            }
         }
         None => println!("item        {key} (not in the DLQ)"),
     }

@@ -15,11 +15,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::classify::AgentFailure;
+pub use crate::types::Usage;
 use crate::workflow::{AgentSettings, Budget, PermissionMode};
 
 /// Tools allowed when neither the step, the workflow nor the operator says otherwise: what an
@@ -173,16 +174,22 @@ impl AgentScope {
         }
     }
 
-    /// A fresh transcript path for the next run.
+    /// A fresh transcript path for the next run (a phase run again on resume skips the
+    /// numbers its earlier runs took).
     pub fn next_transcript(&self) -> PathBuf {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let mut name = self
-            .transcript_prefix
-            .file_name()
-            .map(|f| f.to_os_string())
-            .unwrap_or_default();
-        name.push(format!(".claude-{n}.jsonl"));
-        self.transcript_prefix.with_file_name(name)
+        loop {
+            let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let mut name = self
+                .transcript_prefix
+                .file_name()
+                .map(|f| f.to_os_string())
+                .unwrap_or_default();
+            name.push(format!(".claude-{n}.jsonl"));
+            let path = self.transcript_prefix.with_file_name(name);
+            if !path.exists() {
+                return path;
+            }
+        }
     }
 
     pub fn record(&self, run: AgentRun) {
@@ -201,44 +208,6 @@ impl AgentScope {
             total.add(&r.usage);
         }
         total
-    }
-}
-
-/// Tokens, cost and time of one or more agent runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_creation_tokens: u64,
-    pub cache_read_tokens: u64,
-    /// As the CLI computed it (`total_cost_usd`).
-    pub cost_usd: f64,
-    pub turns: u64,
-    /// Time spent waiting on the API (`duration_api_ms`).
-    pub api_ms: u64,
-    /// Wall time of the runs (`duration_ms`).
-    pub duration_ms: u64,
-}
-
-impl Usage {
-    /// Every token the runs used, of every kind.
-    pub fn tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens + self.cache_creation_tokens + self.cache_read_tokens
-    }
-
-    pub fn add(&mut self, o: &Usage) {
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cache_creation_tokens += o.cache_creation_tokens;
-        self.cache_read_tokens += o.cache_read_tokens;
-        self.cost_usd += o.cost_usd;
-        self.turns += o.turns;
-        self.api_ms += o.api_ms;
-        self.duration_ms += o.duration_ms;
-    }
-
-    pub fn is_zero(&self) -> bool {
-        *self == Usage::default()
     }
 }
 

@@ -21,7 +21,8 @@ use super::step::{self, StepEnv, StepFailure};
 use super::worktree::{Slot, Workspace, sanitize_ref};
 use super::{Engine, RetryRequest};
 use crate::store::{
-    AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobRefs, LockProof, NewItem, Store,
+    AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobRefs, LockProof, NewAgentRun,
+    NewItem, Store,
 };
 use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use crate::workflow::interpolate::Context;
@@ -383,7 +384,9 @@ impl<'a> JobRun<'a> {
             json!({"phase": name, "steps": phase.commands.len(), "log": log}),
         )
         .await?;
-        match step::run_steps(&phase.commands, ctx, &env).await {
+        let result = step::run_steps(&phase.commands, ctx, &env).await;
+        self.record_agent_runs(name, None, &scope).await?;
+        match result {
             Ok(()) => {
                 self.event("phase_steps_finished", json!({"phase": name}))
                     .await?;
@@ -715,6 +718,8 @@ impl<'a> JobRun<'a> {
                     .map(|()| ctx)
             }
         };
+        self.record_agent_runs("map", Some((key, attempt)), &scope)
+            .await?;
 
         match result {
             Err(f) if f.cancelled() => Ok(false), // left running; reconciled on resume
@@ -956,6 +961,47 @@ impl<'a> JobRun<'a> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Stores the agent runs of a phase or an attempt and announces their usage.
+    async fn record_agent_runs(
+        &self,
+        phase: &str,
+        item: Option<(&ItemKey, u32)>,
+        scope: &AgentScope,
+    ) -> anyhow::Result<()> {
+        for run in scope.runs() {
+            self.store
+                .record_agent_run(
+                    self.proof,
+                    &NewAgentRun {
+                        phase: phase.to_string(),
+                        key: item.map(|(k, _)| k.clone()),
+                        attempt: item.map(|(_, a)| a),
+                        session_id: run.session_id.clone(),
+                        model: run.model.clone(),
+                        transcript: run.transcript.display().to_string(),
+                        subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                        usage: run.usage,
+                    },
+                )
+                .await?;
+            self.event(
+                "agent_finished",
+                json!({
+                    "phase": phase,
+                    "key": item.map(|(k, _)| k),
+                    "attempt": item.map(|(_, a)| a),
+                    "session_id": run.session_id,
+                    "model": run.model,
+                    "json_log_location": run.transcript,
+                    "subtype": run.result.as_ref().map(|r| r.subtype.clone()),
+                    "usage": run.usage,
+                }),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Workflow env, the process environment and what setup captured.
