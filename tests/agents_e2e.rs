@@ -186,3 +186,146 @@ fn usage_in_status_is_the_sum_the_fake_model_reported_priced_as_the_cli_prices_i
         .count();
     assert_eq!(finished, 3);
 }
+
+/// A workflow whose items run one at a time, so "after the first failure" is well defined.
+const SERIAL: &str = r#"
+name: serial-agents
+mode: mapreduce
+setup:
+  - shell: "printf '[{\"id\":\"alpha\"},{\"id\":\"beta\"},{\"id\":\"gamma\"}]' > items.json"
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 1
+  agent_template:
+    - claude: "Handle item ${item.id}"
+      commit_required: true
+"#;
+
+/// The real CLI with its own API retries off, so one scripted error reaches prodigy.
+fn no_cli_retries(repo: &Repo) {
+    repo.extra_env
+        .borrow_mut()
+        .push(("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()));
+    repo.extra_env
+        .borrow_mut()
+        .push(("PRODIGY_API_BACKOFF_MS".into(), "50".into()));
+}
+
+#[test]
+fn an_invalid_key_stops_the_job_after_the_first_failure_with_one_clear_error() {
+    let fake = FakeAnthropic::empty();
+    let Some(repo) = real_repo(&fake) else { return };
+    no_cli_retries(&repo);
+    repo.extra_env
+        .borrow_mut()
+        .push(("ANTHROPIC_API_KEY".into(), "sk-wrong-key".into()));
+    script_items(&fake);
+    repo.write("wf.yml", SERIAL);
+    repo.commit_all("workflow");
+
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    let status = repo.json(&["status", &job]);
+    let error = status["job"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ANTHROPIC_API_KEY"), "{status}");
+    assert_eq!(status["counts"]["failed"], 1, "{status}");
+    assert_eq!(
+        status["counts"]["pending"], 2,
+        "nothing more was dispatched: {status}"
+    );
+    let dlq = repo.json(&["dlq", "list", &job]);
+    assert_eq!(dlq[0]["error_class"], "api_auth", "{dlq}");
+    // Every request the CLI made carried the wrong key and was refused.
+    assert!(fake.requests().iter().all(|r| r.status == 401));
+}
+
+#[test]
+fn rate_limited_and_overloaded_items_succeed_after_back_off_without_using_attempts() {
+    let fake = FakeAnthropic::empty();
+    let Some(repo) = real_repo(&fake) else { return };
+    no_cli_retries(&repo);
+    fake.script("alpha", vec![Turn::rate_limited(1)]);
+    fake.script("beta", vec![Turn::overloaded()]);
+    script_items(&fake);
+    repo.write("wf.yml", SERIAL);
+    repo.commit_all("workflow");
+
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    for item in ITEMS {
+        assert_eq!(repo.show(&format!("prodigy/{job}:out/{item}.txt")), *item);
+        let shown = repo.json(&["dlq", "show", &job, item]);
+        assert_eq!(
+            shown["attempts"].as_array().unwrap().len(),
+            1,
+            "{item}: {shown}"
+        );
+    }
+    let events =
+        String::from_utf8_lossy(&repo.prodigy(&["events", &job, "--json"]).stdout).to_string();
+    assert_eq!(events.matches("\"agent_backoff\"").count(), 2, "{events}");
+    assert!(fake.requests().iter().any(|r| r.status == 429));
+    assert!(fake.requests().iter().any(|r| r.status == 529));
+}
+
+#[test]
+fn max_turns_is_its_own_class_and_the_dlq_row_names_the_transcript_and_session() {
+    let fake = FakeAnthropic::empty();
+    let Some(repo) = real_repo(&fake) else { return };
+    fake.script(
+        "",
+        vec![
+            Turn::bash("echo one"),
+            Turn::bash("echo two"),
+            Turn::bash("echo three"),
+        ],
+    );
+    fake.fallback_text("never reached");
+    repo.write(
+        "wf.yml",
+        r#"
+mode: mapreduce
+setup:
+  - shell: "echo '[{\"id\":\"only\"}]' > items.json"
+map:
+  input: items.json
+  json_path: "$[*]"
+  agent_template:
+    - claude:
+        prompt: "Loop forever on ${item.id}"
+        max_turns: 2
+"#,
+    );
+    repo.commit_all("workflow");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    let dlq = repo.json(&["dlq", "list", &job]);
+    let row = &dlq[0];
+    assert_eq!(row["error_class"], "max_turns", "{dlq}");
+    let transcript = row["json_log_location"].as_str().expect("a transcript");
+    assert!(
+        transcript.ends_with("items/only/attempt-1.claude-1.jsonl"),
+        "{transcript}"
+    );
+    let session = row["session_id"].as_str().expect("a session");
+    let last: Value = serde_json::from_str(
+        std::fs::read_to_string(transcript)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["subtype"], "error_max_turns");
+    assert_eq!(last["session_id"], session);
+    let human = repo.prodigy(&["dlq", "show", &job, "only"]);
+    let shown = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        shown.contains(transcript) && shown.contains(session),
+        "{shown}"
+    );
+}

@@ -53,6 +53,7 @@ fn engine(store: Store, repo: &Repo, instance: &str, reporter: CheckRunReporter)
         state_dir: repo.home.join("state"),
         claude_bin: "claude".into(),
         agent: Default::default(),
+        api_backoff: Default::default(),
         instance: Some(instance.into()),
         reporter: Arc::new(reporter),
         cancel: CancellationToken::new(),

@@ -279,6 +279,7 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
         state_dir: state_dir(global, repo).await?,
         claude_bin: global.claude_bin.clone(),
         agent: Default::default(),
+        api_backoff: Default::default(),
         instance: None,
         reporter: Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
         cancel,

@@ -61,6 +61,47 @@ pub struct AgentPolicy {
     pub forbid_bypass_permissions: bool,
 }
 
+/// Back-off for items whose agent hit an API rate limit or overload after the CLI's own retries:
+/// exponential with full jitter, never shorter than the delay the CLI last chose (it honours the
+/// API's `retry-after`), and not counted as an attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiBackoff {
+    pub base: std::time::Duration,
+    pub max: std::time::Duration,
+    /// Back-offs per attempt before the failure counts like any other.
+    pub max_retries: u32,
+}
+
+impl Default for ApiBackoff {
+    fn default() -> Self {
+        // PRODIGY_API_BACKOFF_MS scales the base (tests use a few milliseconds).
+        let base_ms = std::env::var("PRODIGY_API_BACKOFF_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(5_000);
+        ApiBackoff {
+            base: std::time::Duration::from_millis(base_ms),
+            max: std::time::Duration::from_millis(base_ms.saturating_mul(60)),
+            max_retries: 5,
+        }
+    }
+}
+
+impl ApiBackoff {
+    /// The wait before back-off number `n` (1-based); `hint_ms` is the CLI's last retry delay.
+    pub fn delay(&self, n: u32, hint_ms: Option<u64>) -> std::time::Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(self.max);
+        // Full jitter: anywhere in [ceiling/2, ceiling], so agents that failed together spread.
+        let jitter = (uuid::Uuid::now_v7().as_u128() & 0xffff) as f64 / 65535.0;
+        let d = ceiling.mul_f64(0.5 + 0.5 * jitter);
+        let floor = std::time::Duration::from_millis(hint_ms.unwrap_or(0)).min(self.max);
+        d.max(floor)
+    }
+}
+
 /// The settings one `claude:` step runs with: step <- workflow <- operator <- prodigy defaults,
 /// with the operator's caps applied.
 pub fn resolve(
@@ -574,6 +615,21 @@ mod tests {
         assert_eq!(s.model.as_deref(), Some("wf-model"));
         assert_eq!(s.max_turns, Some(20), "the operator cap wins over the step");
         assert_eq!(s.disallowed_tools, Some(vec!["WebFetch".to_string()]));
+    }
+
+    #[test]
+    fn back_off_grows_stays_capped_and_honours_the_clis_delay() {
+        let b = ApiBackoff {
+            base: std::time::Duration::from_millis(100),
+            max: std::time::Duration::from_millis(1000),
+            max_retries: 5,
+        };
+        for n in 1..=8 {
+            let d = b.delay(n, None).as_millis();
+            let ceiling = (100u128 << (n - 1)).min(1000);
+            assert!(d >= ceiling / 2 && d <= ceiling, "try {n}: {d} ms");
+        }
+        assert!(b.delay(1, Some(700)).as_millis() >= 700);
     }
 
     #[test]

@@ -601,6 +601,7 @@ impl<'a> JobRun<'a> {
             failed: AtomicUsize::new(0),
             processed: AtomicUsize::new(0),
             stop: Mutex::new(None),
+            first: Mutex::new(Vec::new()),
             merge_lock: tokio::sync::Mutex::new(()),
             start,
         };
@@ -684,39 +685,80 @@ impl<'a> JobRun<'a> {
         } else {
             sched.start.clone()
         };
-        let result = match slot.prepare(&start).await {
-            Err(e) => Err(StepFailure {
-                line: mr.map.agent_template_line,
-                what: "prepare the agent worktree".into(),
-                facts: FailureFacts {
-                    exit_code: None,
-                    signal: None,
-                    timed_out: false,
-                    message: e.to_string(),
-                    stage: FailureStage::Worktree,
-                },
-            }),
-            Ok(()) => {
-                let mut ctx = self.base_context(&Value::Null).with_item(
-                    &c.data,
-                    c.position as usize,
-                    sched.total,
-                    key,
+        // Rate limits and overload are the API's state, not the item's: the item runs again
+        // after a back-off, in the same attempt.
+        let mut transient = 0u32;
+        let result = loop {
+            let tried = match slot.prepare(&start).await {
+                Err(e) => Err(StepFailure {
+                    line: mr.map.agent_template_line,
+                    what: "prepare the agent worktree".into(),
+                    facts: FailureFacts {
+                        exit_code: None,
+                        signal: None,
+                        timed_out: false,
+                        message: e.to_string(),
+                        stage: FailureStage::Worktree,
+                    },
+                }),
+                Ok(()) => {
+                    let mut ctx = self.base_context(&Value::Null).with_item(
+                        &c.data,
+                        c.position as usize,
+                        sched.total,
+                        key,
+                    );
+                    let env = StepEnv {
+                        cwd: &slot.dir,
+                        log: &log,
+                        env: &self.env,
+                        claude_bin: &self.engine.claude_bin,
+                        cancel: &self.cancel,
+                        deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
+                        secrets: &self.secrets,
+                        agent: &scope,
+                    };
+                    step::run_steps(&mr.map.agent_template, &mut ctx, &env)
+                        .await
+                        .map(|()| ctx)
+                }
+            };
+            if let Err(f) = &tried
+                && let FailureStage::Agent(a) = f.facts.stage
+                && a.is_transient()
+                && transient < self.engine.api_backoff.max_retries
+                && !self.cancel.is_cancelled()
+            {
+                transient += 1;
+                let hint = scope.runs().last().and_then(|r| r.last_retry_delay_ms);
+                let delay = self.engine.api_backoff.delay(transient, hint);
+                step::append_log(
+                    &log,
+                    &format!(
+                        "== the AI API is {} ({}); running the item again in {:.1}s (back-off {transient} of {}), \
+                         which does not count as an attempt\n",
+                        if a == classify::AgentFailure::RateLimited {
+                            "rate-limiting"
+                        } else {
+                            "overloaded"
+                        },
+                        f.facts.message.lines().next().unwrap_or(""),
+                        delay.as_secs_f64(),
+                        self.engine.api_backoff.max_retries
+                    ),
                 );
-                let env = StepEnv {
-                    cwd: &slot.dir,
-                    log: &log,
-                    env: &self.env,
-                    claude_bin: &self.engine.claude_bin,
-                    cancel: &self.cancel,
-                    deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
-                    secrets: &self.secrets,
-                    agent: &scope,
-                };
-                step::run_steps(&mr.map.agent_template, &mut ctx, &env)
-                    .await
-                    .map(|()| ctx)
+                self.event(
+                    "agent_backoff",
+                    json!({"key": key, "attempt": attempt, "try": transient, "delay_ms": delay.as_millis() as u64}),
+                )
+                .await?;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = self.cancel.cancelled() => {}
+                }
+                continue;
             }
+            break tried;
         };
         self.record_agent_runs("map", Some((key, attempt)), &scope)
             .await?;
@@ -724,6 +766,26 @@ impl<'a> JobRun<'a> {
         match result {
             Err(f) if f.cancelled() => Ok(false), // left running; reconciled on resume
             Err(f) => {
+                if let FailureStage::Agent(a) = f.facts.stage
+                    && a.stops_the_job()
+                {
+                    sched.stop_with(format!(
+                        "the AI API refused this job's credentials ({}): every item would fail the \
+                         same way, so nothing more is dispatched. Check ANTHROPIC_API_KEY (and the \
+                         account's billing), then `prodigy resume {}`. Item {key}: {}",
+                        if a == classify::AgentFailure::Billing {
+                            "billing"
+                        } else {
+                            "authentication"
+                        },
+                        self.job.id,
+                        f.facts.message.lines().next().unwrap_or("")
+                    ));
+                }
+                sched.finished(
+                    mr,
+                    Some((f.class(), classify::signature(f.class(), &f.facts.message))),
+                );
                 self.fail_item(
                     mr,
                     ItemRun {
@@ -739,6 +801,7 @@ impl<'a> JobRun<'a> {
                 Ok(true)
             }
             Ok(ctx) => {
+                sched.finished(mr, None);
                 let head = git::head(&slot.dir).await?;
                 let commit = (head != start).then_some(head);
                 let dirty = !git::is_clean(&slot.dir).await.unwrap_or(true);
@@ -1105,6 +1168,8 @@ struct Scheduler {
     failed: AtomicUsize,
     processed: AtomicUsize,
     stop: Mutex<Option<String>>,
+    /// How the first attempts of this run ended (None: success), for the circuit breaker.
+    first: Mutex<Vec<Option<(ErrorClass, String)>>>,
     /// Merges into the job worktree happen one at a time: the merge queue.
     merge_lock: tokio::sync::Mutex<()>,
     /// The commit every agent starts from.
@@ -1120,5 +1185,32 @@ impl Scheduler {
     }
     fn stop_with(&self, why: String) {
         self.stop.lock().expect("stop lock").get_or_insert(why);
+    }
+
+    /// Notes how an attempt ended; opens the circuit when the first N all failed alike.
+    fn finished(&self, mr: &MapReduce, failure: Option<(ErrorClass, String)>) {
+        let Some(n) = mr.error_policy.circuit_breaker else {
+            return;
+        };
+        let mut first = self.first.lock().expect("first lock");
+        if first.len() >= n {
+            return;
+        }
+        first.push(failure);
+        if first.len() == n
+            && let Some(Some((class, sig))) = first.first()
+            && first
+                .iter()
+                .all(|f| f.as_ref().is_some_and(|(_, s)| s == sig))
+        {
+            let why = format!(
+                "circuit breaker open: the first {n} finished attempts all failed the same way \
+                 ({class}, signature {}), so nothing more is dispatched; fix the cause, then \
+                 `prodigy resume`",
+                &sig[..sig.len().min(12)]
+            );
+            drop(first);
+            self.stop_with(why);
+        }
     }
 }

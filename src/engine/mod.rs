@@ -39,6 +39,8 @@ pub struct Engine {
     pub claude_bin: String,
     /// The operator's agent defaults and caps.
     pub agent: agent::AgentPolicy,
+    /// How items hit by API rate limits or overload are run again.
+    pub api_backoff: agent::ApiBackoff,
     /// A server instance name for lock holder messages (None for the CLI).
     pub instance: Option<String>,
     pub reporter: Arc<dyn Reporter>,

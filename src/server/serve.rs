@@ -157,6 +157,7 @@ pub async fn start_with(
         state_dir: settings.state_dir.clone(),
         claude_bin: settings.claude_bin.clone(),
         agent: Default::default(),
+        api_backoff: Default::default(),
         instance: Some(settings.instance.clone()),
         reporter: Arc::new(Silent),
         cancel: jobs.clone(),

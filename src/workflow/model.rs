@@ -226,6 +226,9 @@ pub struct ErrorPolicy {
     pub max_retries: u32,
     /// When true, failed items do not fail the job (check-run conclusion neutral).
     pub failures_acceptable: bool,
+    /// `circuit_breaker.failure_threshold`: when the first N finished attempts of the map phase
+    /// all failed with the same signature, stop dispatching (the cause is not the items).
+    pub circuit_breaker: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

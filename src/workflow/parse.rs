@@ -151,10 +151,6 @@ const NO_EFFECT: &[(&str, &str)] = &[
     ("clear_env", "steps always inherit the workflow environment"),
     ("name", "steps are identified by their line in the file"),
     ("description", "it is documentation only"),
-    (
-        "circuit_breaker",
-        "use `max_failures` or `failure_threshold` to stop a failing map phase",
-    ),
     ("backoff", "retries happen on resume, not after a delay"),
     (
         "retry_on",
@@ -824,6 +820,7 @@ impl<'a> Parser<'a> {
             failure_threshold: None,
             max_retries: 2,
             failures_acceptable: false,
+            circuit_breaker: None,
         };
         // Top-level shortcuts first, then `error_policy:` (upstream merges them the same way).
         self.error_policy_fields(root, &mut policy)?;
@@ -840,9 +837,46 @@ impl<'a> Parser<'a> {
                     "max_retries",
                     "retry_config",
                     "failures_acceptable",
+                    "circuit_breaker",
                 ],
             );
             self.error_policy_fields(n, &mut policy)?;
+            if let Some(cb) = n.get("circuit_breaker") {
+                self.expect_map(cb, "circuit_breaker")?;
+                self.check_keys(
+                    cb,
+                    "circuit_breaker",
+                    &[
+                        "failure_threshold",
+                        "success_threshold",
+                        "timeout",
+                        "half_open_requests",
+                    ],
+                );
+                for k in ["success_threshold", "timeout", "half_open_requests"] {
+                    if let Some(key) = cb.key(k) {
+                        self.warn(
+                            key.line,
+                            key.column,
+                            format!(
+                                "circuit_breaker.{k} has no effect in prodigy: an open circuit \
+                                 stops the run, and `prodigy resume` closes it"
+                            ),
+                        );
+                    }
+                }
+                if let Some(t) = cb.get("failure_threshold") {
+                    let v = self.uint(t, "circuit_breaker.failure_threshold")?;
+                    if v == 0 {
+                        return self.err_at(
+                            t,
+                            "circuit_breaker.failure_threshold must be at least 1".into(),
+                            "write how many identical first failures open the circuit, e.g. 3",
+                        );
+                    }
+                    policy.circuit_breaker = Some(v as usize);
+                }
+            }
             if let Some(b) = n.get("failures_acceptable") {
                 policy.failures_acceptable = self.bool(b, "failures_acceptable")?;
             }
