@@ -118,6 +118,26 @@ fn real_agents_commit_in_their_worktrees_and_their_commits_merge() {
         assert_eq!(last["type"], "result");
         assert_eq!(last["result"], format!("{item} is done"));
     }
+
+    // `prodigy logs` renders a transcript for people, `--raw` gives the NDJSON.
+    let shown = repo.prodigy(&["logs", &job, "alpha"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("-> Bash {\"command\":\"mkdir -p out && echo alpha"),
+        "{shown}"
+    );
+    assert!(shown.contains("assistant: alpha is done"), "{shown}");
+    assert!(shown.contains("= success after 2 turns: $"), "{shown}");
+    let raw = repo.prodigy(&["logs", &job, "alpha", "--attempt", "1", "--raw"]);
+    let file =
+        std::fs::read_to_string(logs.join("alpha").join("attempt-1.claude-1.jsonl")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&raw.stdout), file);
+    let all = String::from_utf8_lossy(&repo.prodigy(&["logs", &job]).stdout).to_string();
+    assert_eq!(all.matches("=== ").count(), 3, "{all}");
+    let none = repo.prodigy(&["logs", &job, "alpha", "--attempt", "2"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no agent transcripts"));
 }
 
 #[test]
