@@ -171,7 +171,53 @@ string_enum! {
         ResourceExhausted => "resource_exhausted",
         CommitValidationFailed => "commit_validation_failed",
         CommandFailed => "command_failed",
+        // The AI API refused the key or the account (401/403, billing): every item would fail.
+        ApiAuth => "api_auth",
+        // The AI API rate-limited or was overloaded after the CLI's own retries.
+        ApiRateLimited => "api_rate_limited",
+        // Another error of the AI API (5xx, invalid request).
+        ApiError => "api_error",
+        // The agent used all of its `max_turns`.
+        MaxTurns => "max_turns",
         Unknown => "unknown",
+    }
+}
+
+/// Tokens, cost and time of one or more agent runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_tokens: u64,
+    pub cache_read_tokens: u64,
+    /// As the CLI computed it (`total_cost_usd`).
+    pub cost_usd: f64,
+    pub turns: u64,
+    /// Time spent waiting on the API (`duration_api_ms`).
+    pub api_ms: u64,
+    /// Wall time of the runs (`duration_ms`).
+    pub duration_ms: u64,
+}
+
+impl Usage {
+    /// Every token the runs used, of every kind.
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_creation_tokens + self.cache_read_tokens
+    }
+
+    pub fn add(&mut self, o: &Usage) {
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cache_creation_tokens += o.cache_creation_tokens;
+        self.cache_read_tokens += o.cache_read_tokens;
+        self.cost_usd += o.cost_usd;
+        self.turns += o.turns;
+        self.api_ms += o.api_ms;
+        self.duration_ms += o.duration_ms;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
     }
 }
 

@@ -52,6 +52,8 @@ fn engine(store: Store, repo: &Repo, instance: &str, reporter: CheckRunReporter)
         store,
         state_dir: repo.home.join("state"),
         claude_bin: "claude".into(),
+        agent: Default::default(),
+        api_backoff: Default::default(),
         instance: Some(instance.into()),
         reporter: Arc::new(reporter),
         cancel: CancellationToken::new(),

@@ -117,6 +117,8 @@ impl World {
             store: self.store.clone(),
             state_dir: self.repo.home.join("state"),
             claude_bin: "claude".into(),
+            agent: Default::default(),
+            api_backoff: Default::default(),
             instance: None,
             reporter: Arc::new(reporter.clone()),
             cancel,

@@ -60,6 +60,8 @@ struct Seeded {
     request: Option<i64>,
     /// A request queued by a delivery, and that delivery's id.
     queued_delivery: Option<(i64, String)>,
+    /// An agent run recorded (version 4).
+    agent_run: bool,
 }
 
 impl Seeded {
@@ -155,6 +157,42 @@ impl Seeded {
                 };
                 self.queued_delivery = Some((id, "d-3".into()));
             }
+            4 => {
+                // An agent run of the failed item; its DLQ row (written before this version)
+                // keeps working with the new columns empty.
+                let job = self.job.expect("seeded by version 1");
+                let LockOutcome::Acquired(lock) = store
+                    .try_lock(job, &Holder::this_process(None))
+                    .await
+                    .unwrap()
+                else {
+                    panic!("the job is free");
+                };
+                store
+                    .record_agent_run(
+                        lock.proof(),
+                        &prodigy::store::NewAgentRun {
+                            phase: "map".into(),
+                            key: Some(ItemKey::from("k1")),
+                            attempt: Some(1),
+                            session_id: Some("s-1".into()),
+                            model: Some("m".into()),
+                            transcript: "/logs/k1/attempt-1.claude-1.jsonl".into(),
+                            subtype: Some("success".into()),
+                            usage: prodigy::types::Usage {
+                                input_tokens: 10,
+                                output_tokens: 2,
+                                cost_usd: 0.25,
+                                turns: 1,
+                                ..Default::default()
+                            },
+                        },
+                    )
+                    .await
+                    .unwrap();
+                lock.release().await.unwrap();
+                self.agent_run = true;
+            }
             other => panic!(
                 "migration {other} has no seed data in this test: add rows for its tables to Seeded::seed"
             ),
@@ -162,6 +200,14 @@ impl Seeded {
     }
 
     async fn verify(&self, store: &Store) {
+        if let Some(job) = self.job
+            && self.agent_run
+        {
+            let usage = store.job_usage(job).await.unwrap();
+            assert_eq!(usage.total.tokens(), 12);
+            assert_eq!(usage.total.cost_usd, 0.25);
+            assert_eq!(usage.by_item[&ItemKey::from("k1")].turns, 1);
+        }
         if let Some(job) = self.job {
             let got = store.get_job(job).await.unwrap();
             assert_eq!((got.status, got.phase), (JobStatus::Running, Phase::Map));

@@ -158,6 +158,8 @@ mod tests {
                 last_message: format!("check failed for item-{i}"),
                 reprocessable: true,
                 manual_review: false,
+                json_log_location: None,
+                session_id: None,
             })
             .collect();
         FinalRecord {

@@ -676,6 +676,8 @@ mod tests {
             last_message: msg.into(),
             reprocessable: true,
             manual_review: false,
+            json_log_location: None,
+            session_id: None,
         }
     }
 

@@ -124,6 +124,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// An agent transcript for people: what the AI said, the tools it called, the result and
+    /// its usage. Without ITEM: every agent run of the job (setup, items, reduce) in order.
+    Logs {
+        job: String,
+        /// A work item's key.
+        item: Option<String>,
+        /// Only this attempt of the item (default: every attempt).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Keep printing new transcript lines until the job stops running (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+        /// The NDJSON lines as the AI CLI printed them.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Check a workflow file: errors with file:line:col, warnings for unknown keys.
     Validate { workflow: PathBuf },
     /// Apply pending database migrations and exit.
@@ -278,6 +294,8 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
         store,
         state_dir: state_dir(global, repo).await?,
         claude_bin: global.claude_bin.clone(),
+        agent: Default::default(),
+        api_backoff: Default::default(),
         instance: None,
         reporter: Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
         cancel,
@@ -373,6 +391,27 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
             output::events(&store, job.id, follow, json).await
+        }
+        Command::Logs {
+            job,
+            item,
+            attempt,
+            follow,
+            raw,
+        } => {
+            let store = open_store(g).await?;
+            let job = store.find_job(&job).await?;
+            let logs = state_dir(g, Path::new(&job.repo_path))
+                .await?
+                .join("logs")
+                .join(job.id.to_string());
+            let req = output::LogsRequest {
+                item: item.map(ItemKey),
+                attempt,
+                follow,
+                raw,
+            };
+            output::logs(&store, &job, &logs, &req).await
         }
         Command::DebugLock { job, hold_secs } => {
             let url = store_url(g).await?;

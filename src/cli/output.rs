@@ -254,14 +254,14 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
         return Ok(0);
     }
     println!(
-        "{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  workflow",
-        "job", "status", "phase", "items", "merged", "failed", "dlq", "created"
+        "{:<36}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  workflow",
+        "job", "status", "phase", "items", "merged", "failed", "dlq", "cost", "created"
     );
     for s in list {
         let j = &s.job;
         let c = &s.counts;
         println!(
-            "{:<36}  {:<10}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:<19}  {}",
+            "{:<36}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  {}",
             j.id,
             j.status,
             j.phase,
@@ -269,6 +269,7 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
             c.merged,
             c.failed,
             c.dlq,
+            format!("${:.4}", s.usage.cost_usd),
             j.created_at.format("%Y-%m-%d %H:%M:%S"),
             j.workflow_name
         );
@@ -278,10 +279,11 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
 
 pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u8> {
     let counts = store.item_counts(job.id).await?;
+    let usage = store.job_usage(job.id).await?;
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"job": job, "counts": counts}))?
+            serde_json::to_string_pretty(&json!({"job": job, "counts": counts, "usage": usage}))?
         );
         return Ok(0);
     }
@@ -308,7 +310,40 @@ pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u
         counts.merged,
         counts.dlq
     );
+    print_usage(&usage);
     Ok(0)
+}
+
+/// Tokens and cost of a job's agents: the total, per phase, and the most expensive items.
+fn print_usage(u: &prodigy::store::JobUsage) {
+    if u.runs == 0 {
+        return;
+    }
+    println!("usage     {}", usage_line(&u.total));
+    for (phase, p) in &u.by_phase {
+        println!("  {phase:<8}{}", usage_line(p));
+    }
+    let top = u.most_expensive(5);
+    if !top.is_empty() {
+        println!("most expensive items:");
+        for (key, p) in top {
+            println!("  {key:<24}  {}", usage_line(p));
+        }
+    }
+}
+
+pub fn usage_line(u: &prodigy::types::Usage) -> String {
+    format!(
+        "${:.4}, {} tokens ({} in, {} out, {} cache write, {} cache read), {} turns, {:.1}s API",
+        u.cost_usd,
+        u.tokens(),
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_creation_tokens,
+        u.cache_read_tokens,
+        u.turns,
+        u.api_ms as f64 / 1000.0
+    )
 }
 
 pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> anyhow::Result<u8> {
@@ -428,6 +463,12 @@ pub async fn dlq_show(
             println!("signature   {}", r.signature);
             println!("first/last  {} / {}", r.first_failure, r.last_failure);
             println!("data        {}", r.data);
+            if let Some(t) = &r.json_log_location {
+                println!("transcript  {t}");
+            }
+            if let Some(s) = &r.session_id {
+                println!("session     {s}");
+            }
         }
         None => println!("item        {key} (not in the DLQ)"),
     }
@@ -498,6 +539,119 @@ pub async fn dlq_export(store: &Store, job: JobId, format: ExportFormat) -> anyh
                 println!("{}", serde_json::to_string(&v)?);
             }
         }
+    }
+    Ok(0)
+}
+
+/// What `prodigy logs` shows.
+pub struct LogsRequest {
+    pub item: Option<ItemKey>,
+    pub attempt: Option<u32>,
+    pub follow: bool,
+    pub raw: bool,
+}
+
+/// The transcripts under a job's log directory that the request names, oldest first. Files, not
+/// the store: a running agent's transcript is there before its run is recorded.
+fn transcripts(logs: &Path, req: &LogsRequest) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.to_string_lossy().ends_with(".jsonl") {
+                out.push(p);
+            }
+        }
+    }
+    let root = match &req.item {
+        Some(key) => logs
+            .join("items")
+            .join(prodigy::engine::worktree::sanitize_ref(&key.0)),
+        None => logs.to_path_buf(),
+    };
+    let mut found = Vec::new();
+    walk(&root, &mut found);
+    if let Some(n) = req.attempt {
+        let prefix = format!("attempt-{n}.");
+        found.retain(|p| {
+            p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with(&prefix))
+        });
+    }
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    found.sort_by(|a, b| modified(a).cmp(&modified(b)).then(a.cmp(b)));
+    found
+}
+
+pub async fn logs(store: &Store, job: &Job, logs: &Path, req: &LogsRequest) -> anyhow::Result<u8> {
+    use std::collections::HashMap;
+    use std::io::{BufRead, Seek};
+    // Bytes of each transcript already printed (for --follow).
+    let mut printed: HashMap<std::path::PathBuf, u64> = HashMap::new();
+    let mut any = false;
+    loop {
+        for path in transcripts(logs, req) {
+            let offset = printed.entry(path.clone()).or_insert(0);
+            let Ok(mut file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            if *offset == 0 {
+                if !req.raw {
+                    println!("=== {}", path.display());
+                }
+                any = true;
+            }
+            file.seek(std::io::SeekFrom::Start(*offset))?;
+            let mut reader = std::io::BufReader::new(file);
+            let mut line = String::new();
+            // Only whole lines: a line still being written is read on the next round.
+            while reader.read_line(&mut line)? > 0 && line.ends_with('\n') {
+                *offset += line.len() as u64;
+                if req.raw {
+                    print!("{line}");
+                } else if let Some(text) = prodigy::engine::agent::render_line(line.trim_end()) {
+                    println!("{text}");
+                }
+                line.clear();
+            }
+        }
+        if !req.follow {
+            break;
+        }
+        let running = store.get_job(job.id).await?.status == prodigy::types::JobStatus::Running;
+        if !running || store.lock_holder(job.id).await?.is_none() {
+            if req.follow && !any {
+                break;
+            }
+            // One more round for lines written as the job stopped.
+            let before: u64 = printed.values().sum();
+            let after: u64 = transcripts(logs, req)
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+                .sum();
+            if after == before {
+                break;
+            }
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    if !any && !req.follow {
+        let what = match &req.item {
+            Some(k) => format!("item '{k}'"),
+            None => "this job".to_string(),
+        };
+        eprintln!(
+            "no agent transcripts for {what} of job {} under {} (claude: steps write them; see `prodigy status {}`)",
+            job.id,
+            logs.display(),
+            job.id
+        );
+        return Ok(EXIT_USAGE);
     }
     Ok(0)
 }

@@ -24,6 +24,41 @@ pub enum FailureStage {
     CommitCheck,
     /// The workflow's validation of the agent's work failed.
     Validation,
+    /// The AI CLI reported why it stopped (its `result` message or an API error).
+    Agent(AgentFailure),
+}
+
+/// Why the AI CLI stopped, from its stream-json output (see `engine::agent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentFailure {
+    /// The API refused the key (401/403).
+    Auth,
+    /// The account cannot pay (402, `billing_error`).
+    Billing,
+    /// 429 after the CLI's own retries.
+    RateLimited,
+    /// 529/503 after the CLI's own retries.
+    Overloaded,
+    /// Another API error.
+    Api,
+    /// `error_max_turns`.
+    MaxTurns,
+    /// `error_max_budget_usd`: the CLI's own spending limit.
+    Budget,
+    /// `error_during_execution` or an error result with no API cause.
+    Execution,
+}
+
+impl AgentFailure {
+    /// Auth and billing failures: no other item can succeed either, so the job stops at once.
+    pub fn stops_the_job(self) -> bool {
+        matches!(self, AgentFailure::Auth | AgentFailure::Billing)
+    }
+
+    /// Rate limits and overload: transient, retried after a back-off without using an attempt.
+    pub fn is_transient(self) -> bool {
+        matches!(self, AgentFailure::RateLimited | AgentFailure::Overloaded)
+    }
 }
 
 /// What is known about one failed attempt.
@@ -102,6 +137,15 @@ pub fn classify(f: &FailureFacts) -> ErrorClass {
         FailureStage::Worktree => return ErrorClass::WorktreeError,
         FailureStage::CommitCheck => return ErrorClass::CommitValidationFailed,
         FailureStage::Validation => return ErrorClass::ValidationFailed,
+        FailureStage::Agent(a) => {
+            return match a {
+                AgentFailure::Auth | AgentFailure::Billing => ErrorClass::ApiAuth,
+                AgentFailure::RateLimited | AgentFailure::Overloaded => ErrorClass::ApiRateLimited,
+                AgentFailure::Api => ErrorClass::ApiError,
+                AgentFailure::MaxTurns => ErrorClass::MaxTurns,
+                AgentFailure::Budget | AgentFailure::Execution => ErrorClass::CommandFailed,
+            };
+        }
         FailureStage::Command => {}
     }
     // SIGKILL that our timeout did not send: on Linux almost always the OOM killer.

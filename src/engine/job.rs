@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::agent::AgentScope;
 use super::classify::{self, FailureFacts, FailureStage};
 use super::git;
 use super::plan::{self, Candidate, DlqMode};
@@ -20,7 +21,8 @@ use super::step::{self, StepEnv, StepFailure};
 use super::worktree::{Slot, Workspace, sanitize_ref};
 use super::{Engine, RetryRequest};
 use crate::store::{
-    AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobRefs, LockProof, NewItem, Store,
+    AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobRefs, LockProof, NewAgentRun,
+    NewItem, Store,
 };
 use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use crate::workflow::interpolate::Context;
@@ -366,6 +368,7 @@ impl<'a> JobRun<'a> {
         ctx: &mut Context,
     ) -> anyhow::Result<Result<(), PhaseFailure>> {
         let log = self.logs.join(format!("{name}.log"));
+        let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
         let env = StepEnv {
             cwd: &self.ws.job_dir,
             log: &log,
@@ -374,13 +377,16 @@ impl<'a> JobRun<'a> {
             cancel: &self.cancel,
             deadline: phase.timeout.map(|t| Instant::now() + t),
             secrets: &self.secrets,
+            agent: &scope,
         };
         self.event(
             "phase_steps_started",
             json!({"phase": name, "steps": phase.commands.len(), "log": log}),
         )
         .await?;
-        match step::run_steps(&phase.commands, ctx, &env).await {
+        let result = step::run_steps(&phase.commands, ctx, &env).await;
+        self.record_agent_runs(name, None, &scope).await?;
+        match result {
             Ok(()) => {
                 self.event("phase_steps_finished", json!({"phase": name}))
                     .await?;
@@ -595,6 +601,7 @@ impl<'a> JobRun<'a> {
             failed: AtomicUsize::new(0),
             processed: AtomicUsize::new(0),
             stop: Mutex::new(None),
+            first: Mutex::new(Vec::new()),
             merge_lock: tokio::sync::Mutex::new(()),
             start,
         };
@@ -665,6 +672,7 @@ impl<'a> JobRun<'a> {
             .join("items")
             .join(sanitize_ref(&key.0))
             .join(format!("attempt-{attempt}.log"));
+        let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
         self.event(
             "item_started",
             json!({"key": key, "attempt": attempt, "worktree": slot.dir, "log": log}),
@@ -677,43 +685,107 @@ impl<'a> JobRun<'a> {
         } else {
             sched.start.clone()
         };
-        let result = match slot.prepare(&start).await {
-            Err(e) => Err(StepFailure {
-                line: mr.map.agent_template_line,
-                what: "prepare the agent worktree".into(),
-                facts: FailureFacts {
-                    exit_code: None,
-                    signal: None,
-                    timed_out: false,
-                    message: e.to_string(),
-                    stage: FailureStage::Worktree,
-                },
-            }),
-            Ok(()) => {
-                let mut ctx = self.base_context(&Value::Null).with_item(
-                    &c.data,
-                    c.position as usize,
-                    sched.total,
-                    key,
+        // Rate limits and overload are the API's state, not the item's: the item runs again
+        // after a back-off, in the same attempt.
+        let mut transient = 0u32;
+        let result = loop {
+            let tried = match slot.prepare(&start).await {
+                Err(e) => Err(StepFailure {
+                    line: mr.map.agent_template_line,
+                    what: "prepare the agent worktree".into(),
+                    facts: FailureFacts {
+                        exit_code: None,
+                        signal: None,
+                        timed_out: false,
+                        message: e.to_string(),
+                        stage: FailureStage::Worktree,
+                    },
+                }),
+                Ok(()) => {
+                    let mut ctx = self.base_context(&Value::Null).with_item(
+                        &c.data,
+                        c.position as usize,
+                        sched.total,
+                        key,
+                    );
+                    let env = StepEnv {
+                        cwd: &slot.dir,
+                        log: &log,
+                        env: &self.env,
+                        claude_bin: &self.engine.claude_bin,
+                        cancel: &self.cancel,
+                        deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
+                        secrets: &self.secrets,
+                        agent: &scope,
+                    };
+                    step::run_steps(&mr.map.agent_template, &mut ctx, &env)
+                        .await
+                        .map(|()| ctx)
+                }
+            };
+            if let Err(f) = &tried
+                && let FailureStage::Agent(a) = f.facts.stage
+                && a.is_transient()
+                && transient < self.engine.api_backoff.max_retries
+                && !self.cancel.is_cancelled()
+            {
+                transient += 1;
+                let hint = scope.runs().last().and_then(|r| r.last_retry_delay_ms);
+                let delay = self.engine.api_backoff.delay(transient, hint);
+                step::append_log(
+                    &log,
+                    &format!(
+                        "== the AI API is {} ({}); running the item again in {:.1}s (back-off {transient} of {}), \
+                         which does not count as an attempt\n",
+                        if a == classify::AgentFailure::RateLimited {
+                            "rate-limiting"
+                        } else {
+                            "overloaded"
+                        },
+                        f.facts.message.lines().next().unwrap_or(""),
+                        delay.as_secs_f64(),
+                        self.engine.api_backoff.max_retries
+                    ),
                 );
-                let env = StepEnv {
-                    cwd: &slot.dir,
-                    log: &log,
-                    env: &self.env,
-                    claude_bin: &self.engine.claude_bin,
-                    cancel: &self.cancel,
-                    deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
-                    secrets: &self.secrets,
-                };
-                step::run_steps(&mr.map.agent_template, &mut ctx, &env)
-                    .await
-                    .map(|()| ctx)
+                self.event(
+                    "agent_backoff",
+                    json!({"key": key, "attempt": attempt, "try": transient, "delay_ms": delay.as_millis() as u64}),
+                )
+                .await?;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = self.cancel.cancelled() => {}
+                }
+                continue;
             }
+            break tried;
         };
+        self.record_agent_runs("map", Some((key, attempt)), &scope)
+            .await?;
 
         match result {
             Err(f) if f.cancelled() => Ok(false), // left running; reconciled on resume
             Err(f) => {
+                if let FailureStage::Agent(a) = f.facts.stage
+                    && a.stops_the_job()
+                {
+                    sched.stop_with(format!(
+                        "the AI API refused this job's credentials ({}): every item would fail the \
+                         same way, so nothing more is dispatched. Check ANTHROPIC_API_KEY (and the \
+                         account's billing), then `prodigy resume {}`. Item {key}: {}",
+                        if a == classify::AgentFailure::Billing {
+                            "billing"
+                        } else {
+                            "authentication"
+                        },
+                        self.job.id,
+                        f.facts.message.lines().next().unwrap_or("")
+                    ));
+                }
+                sched.finished(
+                    mr,
+                    Some((f.class(), classify::signature(f.class(), &f.facts.message))),
+                );
                 self.fail_item(
                     mr,
                     ItemRun {
@@ -729,6 +801,7 @@ impl<'a> JobRun<'a> {
                 Ok(true)
             }
             Ok(ctx) => {
+                sched.finished(mr, None);
                 let head = git::head(&slot.dir).await?;
                 let commit = (head != start).then_some(head);
                 let dirty = !git::is_clean(&slot.dir).await.unwrap_or(true);
@@ -953,6 +1026,47 @@ impl<'a> JobRun<'a> {
         Ok(Ok(()))
     }
 
+    /// Stores the agent runs of a phase or an attempt and announces their usage.
+    async fn record_agent_runs(
+        &self,
+        phase: &str,
+        item: Option<(&ItemKey, u32)>,
+        scope: &AgentScope,
+    ) -> anyhow::Result<()> {
+        for run in scope.runs() {
+            self.store
+                .record_agent_run(
+                    self.proof,
+                    &NewAgentRun {
+                        phase: phase.to_string(),
+                        key: item.map(|(k, _)| k.clone()),
+                        attempt: item.map(|(_, a)| a),
+                        session_id: run.session_id.clone(),
+                        model: run.model.clone(),
+                        transcript: run.transcript.display().to_string(),
+                        subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                        usage: run.usage,
+                    },
+                )
+                .await?;
+            self.event(
+                "agent_finished",
+                json!({
+                    "phase": phase,
+                    "key": item.map(|(k, _)| k),
+                    "attempt": item.map(|(_, a)| a),
+                    "session_id": run.session_id,
+                    "model": run.model,
+                    "json_log_location": run.transcript,
+                    "subtype": run.result.as_ref().map(|r| r.subtype.clone()),
+                    "usage": run.usage,
+                }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Workflow env, the process environment and what setup captured.
     fn base_context(&self, _extra: &Value) -> Context {
         let mut ctx = Context::new().with_process_env();
@@ -1054,6 +1168,8 @@ struct Scheduler {
     failed: AtomicUsize,
     processed: AtomicUsize,
     stop: Mutex<Option<String>>,
+    /// How the first attempts of this run ended (None: success), for the circuit breaker.
+    first: Mutex<Vec<Option<(ErrorClass, String)>>>,
     /// Merges into the job worktree happen one at a time: the merge queue.
     merge_lock: tokio::sync::Mutex<()>,
     /// The commit every agent starts from.
@@ -1069,5 +1185,32 @@ impl Scheduler {
     }
     fn stop_with(&self, why: String) {
         self.stop.lock().expect("stop lock").get_or_insert(why);
+    }
+
+    /// Notes how an attempt ended; opens the circuit when the first N all failed alike.
+    fn finished(&self, mr: &MapReduce, failure: Option<(ErrorClass, String)>) {
+        let Some(n) = mr.error_policy.circuit_breaker else {
+            return;
+        };
+        let mut first = self.first.lock().expect("first lock");
+        if first.len() >= n {
+            return;
+        }
+        first.push(failure);
+        if first.len() == n
+            && let Some(Some((class, sig))) = first.first()
+            && first
+                .iter()
+                .all(|f| f.as_ref().is_some_and(|(_, s)| s == sig))
+        {
+            let why = format!(
+                "circuit breaker open: the first {n} finished attempts all failed the same way \
+                 ({class}, signature {}), so nothing more is dispatched; fix the cause, then \
+                 `prodigy resume`",
+                &sig[..sig.len().min(12)]
+            );
+            drop(first);
+            self.stop_with(why);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! classification, DLQ records and resume planning. Every state change goes to the store, under
 //! the job lock, as it happens.
 
+pub mod agent;
 pub mod classify;
 pub mod git;
 mod job;
@@ -36,6 +37,10 @@ pub struct Engine {
     pub state_dir: PathBuf,
     /// The AI CLI run by `claude:` steps.
     pub claude_bin: String,
+    /// The operator's agent defaults and caps.
+    pub agent: agent::AgentPolicy,
+    /// How items hit by API rate limits or overload are run again.
+    pub api_backoff: agent::ApiBackoff,
     /// A server instance name for lock holder messages (None for the CLI).
     pub instance: Option<String>,
     pub reporter: Arc<dyn Reporter>,

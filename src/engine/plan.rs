@@ -357,6 +357,8 @@ mod tests {
             last_message: String::new(),
             reprocessable: crate::engine::classify::is_reprocessable(class),
             manual_review,
+            json_log_location: None,
+            session_id: None,
         }
     }
 

@@ -52,6 +52,9 @@ pub struct CommandSpec {
     /// Secret values: replaced by `***` in the log and in the captured output. A secret split
     /// across two reads of a pipe reaches the log unmasked; the captured output is always masked.
     pub redact: Vec<String>,
+    /// When set, stdout goes here chunk by chunk as it arrives (with back-pressure) instead of
+    /// to the log and the captured output: the AI CLI's transcript, which has its own file.
+    pub stdout_tap: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 impl CommandSpec {
@@ -65,6 +68,7 @@ impl CommandSpec {
             log: None,
             stdin: None,
             redact: Vec::new(),
+            stdout_tap: None,
         }
     }
 
@@ -234,7 +238,14 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
 
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     let (status, end) = {
-        let pump = pump(stdout, stderr, stdin, &mut out, &mut err, log.as_mut());
+        let pump = pump(
+            stdout,
+            stderr,
+            stdin,
+            (&mut out, spec.stdout_tap.clone()),
+            &mut err,
+            log.as_mut(),
+        );
         tokio::pin!(pump);
         let mut pumped = false;
 
@@ -449,7 +460,7 @@ async fn pump(
     mut stdout: ChildStdout,
     mut stderr: ChildStderr,
     stdin: Option<(ChildStdin, &[u8])>,
-    out: &mut Capture,
+    (out, tap): (&mut Capture, Option<tokio::sync::mpsc::Sender<Vec<u8>>>),
     err: &mut Capture,
     mut log: Option<&mut LogSink>,
 ) {
@@ -470,12 +481,18 @@ async fn pump(
         tokio::select! {
             r = stdout.read(&mut obuf), if out_open => match r {
                 Ok(0) | Err(_) => out_open = false,
-                Ok(n) => {
-                    out.push(&obuf[..n]);
-                    if let Some(log) = log.as_deref_mut() {
-                        log.write(&obuf[..n]).await;
+                Ok(n) => match &tap {
+                    // A reader that went away loses the rest; the command still runs to its end.
+                    Some(tap) => {
+                        let _ = tap.send(obuf[..n].to_vec()).await;
                     }
-                }
+                    None => {
+                        out.push(&obuf[..n]);
+                        if let Some(log) = log.as_deref_mut() {
+                            log.write(&obuf[..n]).await;
+                        }
+                    }
+                },
             },
             r = stderr.read(&mut ebuf), if err_open => match r {
                 Ok(0) | Err(_) => err_open = false,

@@ -9,13 +9,15 @@ use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::agent::{self, AgentScope};
 use super::classify::{FailureFacts, FailureStage, classify};
 use super::git;
 use super::process::{self, CommandOutput, CommandSpec};
 use crate::types::ErrorClass;
 use crate::workflow::interpolate::{self, Context};
 use crate::workflow::{
-    Action, CaptureFormat, Foreach, ForeachInput, OnFailure, Step, Validate, WriteFile, WriteFormat,
+    Action, CaptureFormat, ClaudeCommand, Foreach, ForeachInput, OnFailure, Step, Validate,
+    WriteFile, WriteFormat,
 };
 
 /// Where and how steps run.
@@ -32,6 +34,8 @@ pub struct StepEnv<'a> {
     pub deadline: Option<Instant>,
     /// Values of secret env vars, masked in logs and captured output.
     pub secrets: &'a [String],
+    /// Settings and tallies shared by the `claude:` steps.
+    pub agent: &'a AgentScope,
 }
 
 /// Why a step failed, with what classification needs.
@@ -132,7 +136,7 @@ pub fn describe(step: &Step) -> String {
     }
     match &step.action {
         Action::Shell(c) => format!("shell `{}`", short(c)),
-        Action::Claude(c) => format!("claude `{}`", short(c)),
+        Action::Claude(c) => format!("claude `{}`", short(&c.prompt)),
         Action::WriteFile(w) => format!("write_file `{}`", w.path),
         Action::Foreach(_) => "foreach".to_string(),
     }
@@ -273,26 +277,106 @@ async fn attempt_step(step: &Step, ctx: &mut Context, env: &StepEnv<'_>) -> Step
                 interpolate::render_shell(template, ctx).map_err(|e| render_error(step, e))?;
             let mut vars: Vec<(String, String)> = script.env.clone();
             vars.extend(step_env(step, ctx)?);
-            let out = run_command(step, env, "sh", vec!["-c".into(), script.script], vars).await?;
+            let out = run_command(
+                step,
+                env,
+                "sh",
+                vec!["-c".into(), script.script],
+                vars,
+                None,
+            )
+            .await?;
             record_output(step, ctx, "shell", &out)?;
             check_output(step, &out)
         }
-        Action::Claude(template) => {
-            let command =
-                interpolate::render_text(template, ctx).map_err(|e| render_error(step, e))?;
-            let args = vec![
-                "--print".to_string(),
-                "--dangerously-skip-permissions".to_string(),
-                command.trim().to_string(),
-            ];
-            let mut vars = vec![("PRODIGY_AUTOMATION".to_string(), "true".to_string())];
-            vars.extend(step_env(step, ctx)?);
-            let out = run_command(step, env, env.claude_bin, args, vars).await?;
-            record_output(step, ctx, "claude", &out)?;
-            check_output(step, &out)
-        }
+        Action::Claude(cmd) => run_claude(step, cmd, ctx, env).await,
         Action::WriteFile(w) => write_file(step, w, ctx, env),
         Action::Foreach(f) => run_foreach(step, f, ctx, env).await,
+    }
+}
+
+/// Runs the AI CLI in streaming JSON mode: the transcript goes to its own file as it arrives,
+/// `claude.output` is the result text, and the run's usage is recorded in the scope.
+async fn run_claude(
+    step: &Step,
+    cmd: &ClaudeCommand,
+    ctx: &mut Context,
+    env: &StepEnv<'_>,
+) -> StepResult {
+    let prompt = interpolate::render_text(&cmd.prompt, ctx).map_err(|e| render_error(step, e))?;
+    let settings = agent::resolve(&cmd.settings, &env.agent.workflow, &env.agent.policy);
+    agent::check_runnable(&settings, &env.agent.policy, agent::running_as_root())
+        .map_err(|m| StepFailure::new(step, FailureStage::Validation, m))?;
+    let args = agent::args(&settings, prompt.trim());
+    let mut vars = vec![("PRODIGY_AUTOMATION".to_string(), "true".to_string())];
+    vars.extend(step_env(step, ctx)?);
+    let transcript = env.agent.next_transcript();
+    // Bounded: a slow disk slows the reader, which slows the CLI, instead of filling memory.
+    let (tap, chunks) = tokio::sync::mpsc::channel(64);
+    let (out, run) = tokio::join!(
+        run_command(step, env, env.claude_bin, args, vars, Some(tap)),
+        agent::consume(chunks, &transcript, env.secrets),
+    );
+    let out = out?;
+    let run = run.map_err(|e| {
+        StepFailure::new(
+            step,
+            FailureStage::Command,
+            format!("cannot write the transcript {}: {e}", transcript.display()),
+        )
+    })?;
+    append_log(
+        env.log,
+        &format!(
+            "== claude session {} ({}): {} tokens, ${:.4}, {} turns; transcript {}\n",
+            run.session_id.as_deref().unwrap_or("unknown"),
+            run.result
+                .as_ref()
+                .map_or("no result", |r| r.subtype.as_str()),
+            run.usage.tokens(),
+            run.usage.cost_usd,
+            run.usage.turns,
+            transcript.display()
+        ),
+    );
+    let failure = run.failure(out.success());
+    let mut shown = out.clone();
+    shown.stdout = run
+        .result
+        .as_ref()
+        .map(|r| r.text.clone())
+        .unwrap_or_default();
+    ctx.set_var("claude.session_id", json!(run.session_id));
+    ctx.set_var("claude.json_log_location", json!(transcript));
+    ctx.set_var("claude.cost_usd", json!(run.usage.cost_usd));
+    env.agent.record(run.clone());
+    record_output(step, ctx, "claude", &shown)?;
+    match failure {
+        Some(a) if !out.timed_out => {
+            let mut message = run.describe_failure();
+            let tail = out.stderr_tail(10);
+            if !tail.trim().is_empty() {
+                message.push('\n');
+                message.push_str(&tail);
+            }
+            Err(StepFailure {
+                line: step.line,
+                what: describe(step),
+                facts: FailureFacts {
+                    exit_code: out.exit_code,
+                    signal: out.signal,
+                    timed_out: false,
+                    message,
+                    stage: FailureStage::Agent(a),
+                },
+            })
+        }
+        _ if !out.success() && !out.timed_out && out.stderr.trim().is_empty() => {
+            let mut f = StepFailure::from_output(step, &out);
+            f.facts.message = run.describe_failure();
+            Err(f)
+        }
+        _ => check_output(step, &out),
     }
 }
 
@@ -321,6 +405,7 @@ async fn run_command(
     program: &str,
     args: Vec<String>,
     vars: Vec<(String, String)>,
+    stdout_tap: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
 ) -> Result<CommandOutput, StepFailure> {
     let cwd = match &step.working_dir {
         Some(dir) => {
@@ -357,6 +442,7 @@ async fn run_command(
         log: Some(env.log.to_path_buf()),
         stdin: None,
         redact: env.secrets.to_vec(),
+        stdout_tap,
     };
     let out = process::run(&spec, env.cancel).await.map_err(|e| {
         StepFailure::new(
@@ -539,6 +625,7 @@ async fn run_foreach(step: &Step, f: &Foreach, ctx: &mut Context, env: &StepEnv<
                 "sh",
                 vec!["-c".into(), script.script],
                 script.env,
+                None,
             )
             .await?;
             check_output(step, &out)?;

@@ -156,6 +156,8 @@ pub async fn start_with(
         store: store.clone(),
         state_dir: settings.state_dir.clone(),
         claude_bin: settings.claude_bin.clone(),
+        agent: Default::default(),
+        api_backoff: Default::default(),
         instance: Some(settings.instance.clone()),
         reporter: Arc::new(Silent),
         cancel: jobs.clone(),

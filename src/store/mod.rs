@@ -112,6 +112,8 @@ pub struct JobRefs {
 pub struct JobSummary {
     pub job: Job,
     pub counts: ItemCounts,
+    /// What the job's agents used so far.
+    pub usage: crate::types::Usage,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -215,6 +217,11 @@ pub struct DlqItem {
     pub last_message: String,
     pub reprocessable: bool,
     pub manual_review: bool,
+    /// The transcript of the agent run of the failing attempt (upstream's name for it).
+    #[sqlx(default)]
+    pub json_log_location: Option<String>,
+    #[sqlx(default)]
+    pub session_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -523,6 +530,21 @@ pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
 /// How long a SQLite connection waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The transcript and session of a DLQ row's failing attempt (its item's last attempt), as the
+/// columns `json_log_location` and `session_id`; `d` is the `dlq_items` row.
+macro_rules! dlq_agent_run {
+    () => {
+        concat!(
+            "(SELECT a.transcript FROM agent_runs a WHERE a.job_id = d.job_id AND a.item_key = d.key ",
+            "AND a.attempt = (SELECT MAX(t.attempt) FROM attempts t WHERE t.job_id = d.job_id AND t.key = d.key) ",
+            "ORDER BY a.finished_at DESC, a.transcript DESC LIMIT 1) AS json_log_location, ",
+            "(SELECT a.session_id FROM agent_runs a WHERE a.job_id = d.job_id AND a.item_key = d.key ",
+            "AND a.attempt = (SELECT MAX(t.attempt) FROM attempts t WHERE t.job_id = d.job_id AND t.key = d.key) ",
+            "ORDER BY a.finished_at DESC, a.transcript DESC LIMIT 1) AS session_id"
+        )
+    };
+}
+
 /// `SELECT <job columns> FROM jobs` followed by the given literal tail.
 macro_rules! select_jobs {
     ($tail:literal) => {
@@ -538,6 +560,9 @@ macro_rules! select_jobs {
 // After `select_jobs!`, which they use.
 mod reporting;
 mod server;
+mod usage;
+
+pub use usage::{AgentRunRow, JobUsage, NewAgentRun};
 
 /// The current time at the precision both backends keep (microseconds), so a value written and
 /// read back compares equal.
@@ -874,7 +899,8 @@ impl Store {
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
             let counts = self.item_counts(job.id).await?;
-            out.push(JobSummary { job, counts });
+            let usage = self.job_usage(job.id).await?.total;
+            out.push(JobSummary { job, counts, usage });
         }
         Ok(out)
     }
@@ -994,18 +1020,20 @@ impl Store {
     pub async fn dlq(&self, job: Option<JobId>) -> Result<Vec<DlqItem>> {
         Ok(on_pool!(self, pool => {
             match job {
-                Some(job) => sqlx::query_as(
+                Some(job) => sqlx::query_as(concat!(
                     "SELECT job_id, key, data, first_failure, last_failure, failure_count, error_class, \
-                     signature, last_message, reprocessable, manual_review FROM dlq_items \
-                     WHERE job_id = $1 ORDER BY first_failure, key",
+                     signature, last_message, reprocessable, manual_review, ",
+                    dlq_agent_run!(),
+                    " FROM dlq_items d WHERE job_id = $1 ORDER BY first_failure, key"),
                 )
                 .bind(job)
                 .fetch_all(pool)
                 .await?,
-                None => sqlx::query_as(
+                None => sqlx::query_as(concat!(
                     "SELECT job_id, key, data, first_failure, last_failure, failure_count, error_class, \
-                     signature, last_message, reprocessable, manual_review FROM dlq_items \
-                     ORDER BY first_failure, job_id, key",
+                     signature, last_message, reprocessable, manual_review, ",
+                    dlq_agent_run!(),
+                    " FROM dlq_items d ORDER BY first_failure, job_id, key"),
                 )
                 .fetch_all(pool)
                 .await?,

@@ -1287,7 +1287,7 @@ impl Checker {
         }
         match &step.action {
             Action::Shell(s) => self.text(line, s, &local, "shell"),
-            Action::Claude(s) => self.text(line, s, &local, "claude"),
+            Action::Claude(s) => self.text(line, &s.prompt, &local, "claude"),
             Action::WriteFile(w) => {
                 self.text(line, &w.path, &local, "write_file.path");
                 self.text(line, &w.content, &local, "write_file.content");

@@ -14,6 +14,137 @@ pub struct Workflow {
     /// Workflow-level environment, applied to every step (secrets are masked in logs).
     pub env: Vec<EnvVar>,
     pub kind: WorkflowKind,
+    /// `agent:`: defaults for every `claude:` step (a step's own settings win).
+    pub agent: AgentSettings,
+    /// `budget:`: limits on what the job's agents may spend.
+    pub budget: Budget,
+}
+
+/// How the AI CLI is run. Every field is optional: unset means "inherit" (step <- workflow <-
+/// operator defaults <- prodigy's defaults, see `engine::agent`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentSettings {
+    pub model: Option<String>,
+    pub allowed_tools: Option<Vec<String>>,
+    pub disallowed_tools: Option<Vec<String>>,
+    pub max_turns: Option<u32>,
+    pub permission_mode: Option<PermissionMode>,
+    pub append_system_prompt: Option<String>,
+    /// Passed to the CLI before prodigy's own flags.
+    pub extra_args: Option<Vec<String>>,
+}
+
+impl AgentSettings {
+    /// `self` where set, else `base`.
+    pub fn or(&self, base: &AgentSettings) -> AgentSettings {
+        AgentSettings {
+            model: self.model.clone().or_else(|| base.model.clone()),
+            allowed_tools: self
+                .allowed_tools
+                .clone()
+                .or_else(|| base.allowed_tools.clone()),
+            disallowed_tools: self
+                .disallowed_tools
+                .clone()
+                .or_else(|| base.disallowed_tools.clone()),
+            max_turns: self.max_turns.or(base.max_turns),
+            permission_mode: self.permission_mode.or(base.permission_mode),
+            append_system_prompt: self
+                .append_system_prompt
+                .clone()
+                .or_else(|| base.append_system_prompt.clone()),
+            extra_args: self.extra_args.clone().or_else(|| base.extra_args.clone()),
+        }
+    }
+}
+
+/// The AI CLI's `--permission-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermissionMode {
+    AcceptEdits,
+    Auto,
+    BypassPermissions,
+    Default,
+    DontAsk,
+    Manual,
+    Plan,
+}
+
+impl PermissionMode {
+    pub const ALL: [PermissionMode; 7] = [
+        PermissionMode::AcceptEdits,
+        PermissionMode::Auto,
+        PermissionMode::BypassPermissions,
+        PermissionMode::Default,
+        PermissionMode::DontAsk,
+        PermissionMode::Manual,
+        PermissionMode::Plan,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PermissionMode::AcceptEdits => "acceptEdits",
+            PermissionMode::Auto => "auto",
+            PermissionMode::BypassPermissions => "bypassPermissions",
+            PermissionMode::Default => "default",
+            PermissionMode::DontAsk => "dontAsk",
+            PermissionMode::Manual => "manual",
+            PermissionMode::Plan => "plan",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PermissionMode> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// `budget:`: when any limit is reached the job dispatches nothing new and ends
+/// `budget_exhausted`, resumable with a raised budget.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Budget {
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
+    /// Wall time of the job, counted from its first start.
+    pub max_duration: Option<Duration>,
+}
+
+impl Budget {
+    pub fn is_empty(&self) -> bool {
+        self.max_cost_usd.is_none() && self.max_tokens.is_none() && self.max_duration.is_none()
+    }
+
+    /// The tighter of two budgets, limit by limit (an operator cap over a workflow's budget).
+    pub fn min(&self, other: &Budget) -> Budget {
+        fn pick<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(x), Some(y)) => Some(if y < x { y } else { x }),
+                (x, y) => x.or(y),
+            }
+        }
+        Budget {
+            max_cost_usd: pick(self.max_cost_usd, other.max_cost_usd),
+            max_tokens: pick(self.max_tokens, other.max_tokens),
+            max_duration: pick(self.max_duration, other.max_duration),
+        }
+    }
+}
+
+/// A `claude:` step: the prompt (often a slash command such as `/fix-file src/a.rs`) and the
+/// step's own agent settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaudeCommand {
+    pub prompt: String,
+    pub settings: AgentSettings,
+}
+
+/// A prompt with no settings of its own (`claude: "/cmd"`).
+impl From<&str> for ClaudeCommand {
+    fn from(prompt: &str) -> Self {
+        ClaudeCommand {
+            prompt: prompt.to_string(),
+            settings: AgentSettings::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +226,9 @@ pub struct ErrorPolicy {
     pub max_retries: u32,
     /// When true, failed items do not fail the job (check-run conclusion neutral).
     pub failures_acceptable: bool,
+    /// `circuit_breaker.failure_threshold`: when the first N finished attempts of the map phase
+    /// all failed with the same signature, stop dispatching (the cause is not the items).
+    pub circuit_breaker: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,8 +269,8 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Shell(String),
-    /// The AI CLI's slash command and arguments, e.g. `/fix-file src/a.rs`.
-    Claude(String),
+    /// The AI CLI's prompt (e.g. `/fix-file src/a.rs`) and the step's agent settings.
+    Claude(ClaudeCommand),
     WriteFile(WriteFile),
     Foreach(Foreach),
 }

@@ -151,10 +151,6 @@ const NO_EFFECT: &[(&str, &str)] = &[
     ("clear_env", "steps always inherit the workflow environment"),
     ("name", "steps are identified by their line in the file"),
     ("description", "it is documentation only"),
-    (
-        "circuit_breaker",
-        "use `max_failures` or `failure_threshold` to stop a failing map phase",
-    ),
     ("backoff", "retries happen on resume, not after a delay"),
     (
         "retry_on",
@@ -339,6 +335,8 @@ impl<'a> Parser<'a> {
                 kind: WorkflowKind::Standard {
                     commands: self.steps(root, "workflow")?,
                 },
+                agent: AgentSettings::default(),
+                budget: Budget::default(),
             }),
             Value::Map(_) => {
                 let name = match root.get("name") {
@@ -384,7 +382,9 @@ impl<'a> Parser<'a> {
                     self.check_keys(
                         root,
                         "a standard workflow",
-                        &["name", "mode", "env", "secrets", "commands"],
+                        &[
+                            "name", "mode", "env", "secrets", "commands", "agent", "budget",
+                        ],
                     );
                     let Some(commands) = root.get("commands") else {
                         return self.err_at(
@@ -400,7 +400,21 @@ impl<'a> Parser<'a> {
                         commands: self.steps(commands, "commands")?,
                     }
                 };
-                Ok(Workflow { name, env, kind })
+                let agent = match root.get("agent") {
+                    Some(n) => self.agent_settings(n, "agent", &[])?,
+                    None => AgentSettings::default(),
+                };
+                let budget = match root.get("budget") {
+                    Some(n) => self.budget(n)?,
+                    None => Budget::default(),
+                };
+                Ok(Workflow {
+                    name,
+                    env,
+                    kind,
+                    agent,
+                    budget,
+                })
             }
             Value::Null => self.err_at(
                 root,
@@ -513,6 +527,8 @@ impl<'a> Parser<'a> {
                 "failure_threshold",
                 "max_retries",
                 "retry_config",
+                "agent",
+                "budget",
             ],
         );
         let setup = match root.get("setup") {
@@ -804,6 +820,7 @@ impl<'a> Parser<'a> {
             failure_threshold: None,
             max_retries: 2,
             failures_acceptable: false,
+            circuit_breaker: None,
         };
         // Top-level shortcuts first, then `error_policy:` (upstream merges them the same way).
         self.error_policy_fields(root, &mut policy)?;
@@ -820,9 +837,46 @@ impl<'a> Parser<'a> {
                     "max_retries",
                     "retry_config",
                     "failures_acceptable",
+                    "circuit_breaker",
                 ],
             );
             self.error_policy_fields(n, &mut policy)?;
+            if let Some(cb) = n.get("circuit_breaker") {
+                self.expect_map(cb, "circuit_breaker")?;
+                self.check_keys(
+                    cb,
+                    "circuit_breaker",
+                    &[
+                        "failure_threshold",
+                        "success_threshold",
+                        "timeout",
+                        "half_open_requests",
+                    ],
+                );
+                for k in ["success_threshold", "timeout", "half_open_requests"] {
+                    if let Some(key) = cb.key(k) {
+                        self.warn(
+                            key.line,
+                            key.column,
+                            format!(
+                                "circuit_breaker.{k} has no effect in prodigy: an open circuit \
+                                 stops the run, and `prodigy resume` closes it"
+                            ),
+                        );
+                    }
+                }
+                if let Some(t) = cb.get("failure_threshold") {
+                    let v = self.uint(t, "circuit_breaker.failure_threshold")?;
+                    if v == 0 {
+                        return self.err_at(
+                            t,
+                            "circuit_breaker.failure_threshold must be at least 1".into(),
+                            "write how many identical first failures open the circuit, e.g. 3",
+                        );
+                    }
+                    policy.circuit_breaker = Some(v as usize);
+                }
+            }
             if let Some(b) = n.get("failures_acceptable") {
                 policy.failures_acceptable = self.bool(b, "failures_acceptable")?;
             }
@@ -931,7 +985,13 @@ impl<'a> Parser<'a> {
         if let Value::Str(s) = &node.value {
             // Bare strings in a list are upstream's legacy command form: `- /prodigy-lint`.
             if s.starts_with('/') {
-                return Ok(bare_step(Action::Claude(s.clone()), node.line));
+                return Ok(bare_step(
+                    Action::Claude(ClaudeCommand {
+                        prompt: s.clone(),
+                        settings: AgentSettings::default(),
+                    }),
+                    node.line,
+                ));
             }
         }
         self.expect_map(node, "a step")?;
@@ -952,9 +1012,7 @@ impl<'a> Parser<'a> {
                 let value = node.get(&key.name).unwrap_or(node);
                 match key.name.as_str() {
                     "shell" => Action::Shell(self.command_text(value, "shell")?),
-                    "claude" => {
-                        Action::Claude(join_continuations(&self.command_text(value, "claude")?))
-                    }
+                    "claude" => Action::Claude(self.claude(value)?),
                     "write_file" => Action::WriteFile(self.write_file(value)?),
                     _ => Action::Foreach(self.foreach(value)?),
                 }
@@ -1056,6 +1114,230 @@ impl<'a> Parser<'a> {
             step.validate = Some(self.validate(n)?);
         }
         Ok(step)
+    }
+
+    /// `claude: "/cmd args"` or `claude: {prompt: ..., model: ..., allowed_tools: [...], ...}`.
+    fn claude(&mut self, node: &Node) -> R<ClaudeCommand> {
+        if node.as_map().is_none() {
+            return Ok(ClaudeCommand {
+                prompt: join_continuations(&self.command_text(node, "claude")?),
+                settings: AgentSettings::default(),
+            });
+        }
+        let prompt_keys: Vec<&Key> = ["prompt", "command"]
+            .iter()
+            .filter_map(|k| node.key(k))
+            .collect();
+        let prompt_node = match prompt_keys.as_slice() {
+            [] => {
+                return self.err_at(
+                    node,
+                    "a claude step written as a mapping needs 'prompt' (or 'command')".into(),
+                    "write claude: {prompt: \"/my-command arg\", model: ...}",
+                );
+            }
+            [k] => node.get(&k.name).unwrap_or(node),
+            [_, second, ..] => {
+                return self.err(
+                    second.line,
+                    second.column,
+                    "a claude step has both 'prompt' and 'command'".into(),
+                    "they are the same thing; keep one",
+                );
+            }
+        };
+        let prompt = join_continuations(&self.command_text(prompt_node, "claude")?);
+        let settings = self.agent_settings(node, "a claude step", &["prompt", "command"])?;
+        Ok(ClaudeCommand { prompt, settings })
+    }
+
+    /// An agent settings mapping (`agent:` at the top, or a `claude:` step's keys). Unknown keys
+    /// are errors here, not warnings: a misspelt `max_turns` would silently lift a limit.
+    fn agent_settings(&mut self, node: &Node, what: &str, extra: &[&str]) -> R<AgentSettings> {
+        const KEYS: &[&str] = &[
+            "model",
+            "allowed_tools",
+            "disallowed_tools",
+            "max_turns",
+            "permission_mode",
+            "append_system_prompt",
+            "extra_args",
+            "dangerously_skip_permissions",
+        ];
+        let entries = self.expect_map(node, what)?;
+        let mut known: Vec<&str> = KEYS.to_vec();
+        known.extend_from_slice(extra);
+        for (key, _) in entries {
+            if !known.contains(&key.name.as_str()) {
+                let hint = match did_you_mean(&key.name, &known) {
+                    Some(s) => format!("did you mean '{s}'?"),
+                    None => format!("known keys: {}", known.join(", ")),
+                };
+                return self.err(
+                    key.line,
+                    key.column,
+                    format!("unknown key '{}' in {what}", key.name),
+                    &hint,
+                );
+            }
+        }
+        let mut out = AgentSettings::default();
+        if let Some(n) = node.get("model") {
+            out.model = Some(self.command_text(n, "model")?);
+        }
+        if let Some(n) = node.get("allowed_tools") {
+            out.allowed_tools = Some(self.tool_list(n, "allowed_tools")?);
+        }
+        if let Some(n) = node.get("disallowed_tools") {
+            out.disallowed_tools = Some(self.tool_list(n, "disallowed_tools")?);
+        }
+        if let (Some(allowed), Some(denied)) = (&out.allowed_tools, &out.disallowed_tools)
+            && let Some(both) = allowed.iter().find(|t| denied.contains(t))
+        {
+            let k = node.key("disallowed_tools").expect("parsed above");
+            return self.err(
+                k.line,
+                k.column,
+                format!("tool '{both}' is both allowed and disallowed in {what}"),
+                "list it in one of allowed_tools and disallowed_tools",
+            );
+        }
+        if let Some(n) = node.get("max_turns") {
+            let v = self.uint(n, "max_turns")?;
+            if v == 0 || v > u64::from(u32::MAX) {
+                return self.err_at(
+                    n,
+                    format!("max_turns must be at least 1, found {v}"),
+                    "write the number of model turns the agent may take, e.g. 30",
+                );
+            }
+            out.max_turns = Some(v as u32);
+        }
+        if let Some(n) = node.get("permission_mode") {
+            let m = self.string(n, "permission_mode")?;
+            out.permission_mode =
+                Some(
+                    PermissionMode::parse(&m).ok_or_else(|| WorkflowError::Invalid {
+                        path: self.path.to_path_buf(),
+                        line: n.line,
+                        column: n.column,
+                        message: format!("unknown permission_mode '{m}'"),
+                        help: format!(
+                            "use one of {}",
+                            PermissionMode::ALL.map(PermissionMode::as_str).join(", ")
+                        ),
+                    })?,
+                );
+        }
+        if let Some(n) = node.get("dangerously_skip_permissions") {
+            let skip = self.bool(n, "dangerously_skip_permissions")?;
+            match (skip, out.permission_mode) {
+                (true, Some(m)) if m != PermissionMode::BypassPermissions => {
+                    return self.err_at(
+                        n,
+                        format!(
+                            "dangerously_skip_permissions: true conflicts with permission_mode: {}",
+                            m.as_str()
+                        ),
+                        "keep one: dangerously_skip_permissions is permission_mode: bypassPermissions",
+                    );
+                }
+                (true, _) => out.permission_mode = Some(PermissionMode::BypassPermissions),
+                (false, Some(PermissionMode::BypassPermissions)) => {
+                    return self.err_at(
+                        n,
+                        "dangerously_skip_permissions: false conflicts with permission_mode: bypassPermissions".into(),
+                        "keep one of the two keys",
+                    );
+                }
+                (false, _) => {}
+            }
+        }
+        if let Some(n) = node.get("append_system_prompt") {
+            out.append_system_prompt = Some(self.string(n, "append_system_prompt")?);
+        }
+        if let Some(n) = node.get("extra_args") {
+            out.extra_args = Some(self.string_list(n, "extra_args")?);
+        }
+        Ok(out)
+    }
+
+    /// Tool names as a list or a comma/space separated string (the CLI's own forms).
+    fn tool_list(&self, node: &Node, what: &str) -> R<Vec<String>> {
+        let list = match &node.value {
+            Value::Str(s) => split_tools(s),
+            Value::Seq(_) => self.string_list(node, what)?,
+            _ => {
+                return self.err_at(
+                    node,
+                    format!("{what} must be a list of tool names, found {}", node.kind()),
+                    "write e.g. [Bash, Edit, Read]",
+                );
+            }
+        };
+        if list.iter().any(|t| t.trim().is_empty()) {
+            return self.err_at(
+                node,
+                format!("{what} has an empty tool name"),
+                "write tool names such as Bash, Edit, \"Bash(git *)\"",
+            );
+        }
+        Ok(list)
+    }
+
+    fn string_list(&self, node: &Node, what: &str) -> R<Vec<String>> {
+        match &node.value {
+            Value::Seq(items) => items.iter().map(|n| self.string(n, what)).collect(),
+            Value::Str(s) => Ok(vec![s.clone()]),
+            _ => self.err_at(
+                node,
+                format!("{what} must be a list of strings, found {}", node.kind()),
+                "write a YAML list: [a, b]",
+            ),
+        }
+    }
+
+    /// `budget: {max_cost_usd, max_tokens, max_duration}`.
+    fn budget(&mut self, node: &Node) -> R<Budget> {
+        let entries = self.expect_map(node, "budget")?;
+        let known = ["max_cost_usd", "max_tokens", "max_duration"];
+        for (key, _) in entries {
+            if !known.contains(&key.name.as_str()) {
+                return self.err(
+                    key.line,
+                    key.column,
+                    format!("unknown key '{}' in budget", key.name),
+                    "budget takes max_cost_usd, max_tokens and max_duration",
+                );
+            }
+        }
+        let mut b = Budget::default();
+        if let Some(n) = node.get("max_cost_usd") {
+            let v = self.float(n, "max_cost_usd")?;
+            if !v.is_finite() || v <= 0.0 {
+                return self.err_at(
+                    n,
+                    format!("max_cost_usd must be positive, found {v}"),
+                    "write a dollar amount such as 5 or 0.50",
+                );
+            }
+            b.max_cost_usd = Some(v);
+        }
+        if let Some(n) = node.get("max_tokens") {
+            let v = self.uint(n, "max_tokens")?;
+            if v == 0 {
+                return self.err_at(
+                    n,
+                    "max_tokens must be at least 1".into(),
+                    "write a token count such as 2000000",
+                );
+            }
+            b.max_tokens = Some(v);
+        }
+        if let Some(n) = node.get("max_duration") {
+            b.max_duration = Some(self.duration(n, "max_duration")?);
+        }
+        Ok(b)
     }
 
     fn command_text(&self, node: &Node, what: &str) -> R<String> {
@@ -1521,6 +1803,36 @@ fn bare_step(action: Action, line: usize) -> Step {
         on_success: None,
         validate: None,
     }
+}
+
+/// `"Bash, Edit"` or `"Bash Edit"`, keeping `Bash(git *)` whole.
+fn split_tools(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0usize;
+    for c in s.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                cur.push(c);
+            }
+            ')' => {
+                depth = depth.saturating_sub(1);
+                cur.push(c);
+            }
+            ',' | ' ' if depth == 0 => {
+                if !cur.trim().is_empty() {
+                    out.push(cur.trim().to_string());
+                }
+                cur.clear();
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
 }
 
 /// See the module documentation for the rule.

@@ -17,12 +17,19 @@ pub struct Repo {
     pub home: PathBuf,
     pub db_url: String,
     pub claude_log: PathBuf,
+    /// Extra environment for every prodigy this repo runs (e.g. the real AI CLI's settings).
+    pub extra_env: std::cell::RefCell<Vec<(String, String)>>,
 }
 
-/// A stub `claude`: records its arguments, one line per call, and succeeds.
+/// A stub `claude` for what the real CLI cannot be made to do: records its arguments, one line
+/// per call, and succeeds, speaking just enough stream-json (an `init` and a `result` line whose
+/// text is "stub claude did: <prompt>") for prodigy to read it.
 const CLAUDE_STUB: &str = r#"#!/bin/sh
 printf '%s\n' "$*" >> "$CLAUDE_LOG"
-echo "stub claude did: $*"
+for prompt; do :; done
+esc=$(printf '%s' "$prompt" | sed 's/\\/\\\\/g; s/"/\\"/g' | tr '\n' ' ')
+printf '{"type":"system","subtype":"init","session_id":"stub-session","model":"stub-model"}\n'
+printf '{"type":"result","subtype":"success","is_error":false,"num_turns":1,"result":"stub claude did: %s","session_id":"stub-session","total_cost_usd":0,"usage":{"input_tokens":0,"output_tokens":0}}\n' "$esc"
 "#;
 
 impl Repo {
@@ -41,6 +48,7 @@ impl Repo {
             .map(str::to_string)
             .unwrap_or_else(|| format!("sqlite://{}", home.join("state.db").display()));
         let repo = Repo {
+            extra_env: Default::default(),
             claude_log: home.join("claude.log"),
             _tmp: tmp,
             path,
@@ -98,7 +106,18 @@ impl Repo {
             .env("PRODIGY_LOCK_LEASE_SECS", "3")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
+        for (k, v) in self.extra_env.borrow().iter() {
+            cmd.env(k, v);
+        }
         cmd
+    }
+
+    /// Runs `claude:` steps with the real AI CLI at `claude`, talking to an API at `base_url`
+    /// with `env` (see tests/support/fake_anthropic.rs `cli_env`).
+    pub fn use_real_claude(&self, claude: &Path, env: Vec<(String, String)>) {
+        let mut e = self.extra_env.borrow_mut();
+        e.push(("PRODIGY_CLAUDE_BIN".into(), claude.display().to_string()));
+        e.extend(env);
     }
 
     pub fn prodigy(&self, args: &[&str]) -> Output {

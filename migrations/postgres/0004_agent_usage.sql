@@ -1,0 +1,24 @@
+-- One row per run of the AI CLI (a `claude:` step): what it cost and where its transcript is.
+-- Items' rows carry their key and attempt; setup/reduce/merge rows have neither.
+CREATE TABLE agent_runs (
+    job_id                UUID NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    transcript            TEXT NOT NULL,
+    phase                 TEXT NOT NULL,
+    item_key              TEXT,
+    attempt               BIGINT,
+    session_id            TEXT,
+    model                 TEXT,
+    subtype               TEXT,
+    input_tokens          BIGINT  NOT NULL DEFAULT 0,
+    output_tokens         BIGINT  NOT NULL DEFAULT 0,
+    cache_creation_tokens BIGINT  NOT NULL DEFAULT 0,
+    cache_read_tokens     BIGINT  NOT NULL DEFAULT 0,
+    cost_usd              DOUBLE PRECISION NOT NULL DEFAULT 0,
+    turns                 BIGINT NOT NULL DEFAULT 0,
+    api_ms                BIGINT NOT NULL DEFAULT 0,
+    duration_ms           BIGINT NOT NULL DEFAULT 0,
+    finished_at           TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (job_id, transcript)
+);
+CREATE INDEX agent_runs_item ON agent_runs (job_id, item_key, attempt);
+
