@@ -120,6 +120,7 @@ impl World {
             instance: None,
             reporter: Arc::new(reporter.clone()),
             cancel,
+            agents: Default::default(),
         };
         let start = Instant::now();
         let outcome = engine

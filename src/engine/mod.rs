@@ -2,12 +2,14 @@
 //! classification, DLQ records and resume planning. Every state change goes to the store, under
 //! the job lock, as it happens.
 
+pub mod agent_env;
 pub mod classify;
 pub mod git;
 mod job;
 pub mod plan;
 pub mod process;
 pub mod progress;
+pub mod sandbox;
 pub mod step;
 pub mod worktree;
 
@@ -41,6 +43,15 @@ pub struct Engine {
     pub reporter: Arc<dyn Reporter>,
     /// Cancelling stops scheduling, kills running agents and leaves the job resumable.
     pub cancel: CancellationToken,
+    /// How agents are confined: the environment they start with and their sandbox.
+    pub agents: AgentPolicy,
+}
+
+/// The operator's settings for agents (README, "Security model").
+#[derive(Debug, Clone, Default)]
+pub struct AgentPolicy {
+    pub env: agent_env::AgentEnvSettings,
+    pub sandbox: sandbox::SandboxSettings,
 }
 
 /// What to run: a workflow file in a repository.

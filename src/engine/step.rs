@@ -32,6 +32,11 @@ pub struct StepEnv<'a> {
     pub deadline: Option<Instant>,
     /// Values of secret env vars, masked in logs and captured output.
     pub secrets: &'a [String],
+    /// The agent's built environment: every command starts with exactly this, then the
+    /// workflow's and the step's variables.
+    pub base_env: &'a [(String, String)],
+    /// The sandbox every command runs in; `None` when it is off or missing.
+    pub sandbox: Option<&'a super::sandbox::Plan>,
 }
 
 /// Why a step failed, with what classification needs.
@@ -357,6 +362,8 @@ async fn run_command(
         log: Some(env.log.to_path_buf()),
         stdin: None,
         redact: env.secrets.to_vec(),
+        base_env: Some(env.base_env.to_vec()),
+        sandbox: env.sandbox.cloned(),
     };
     let out = process::run(&spec, env.cancel).await.map_err(|e| {
         StepFailure::new(

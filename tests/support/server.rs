@@ -443,6 +443,7 @@ async fn start_server(
         app_id: super::fake_github::TEST_APP_ID,
         private_key: key.display().to_string(),
         webhook_secret: Some(SECRET.to_string()),
+        webhook_secret_file: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         public_url: Some("https://prodigy.test".into()),
         github_api_url: gh.base_url(),
