@@ -55,7 +55,7 @@ fn engine(store: Store, repo: &Repo, instance: &str, reporter: CheckRunReporter)
         instance: Some(instance.into()),
         reporter: Arc::new(reporter),
         cancel: CancellationToken::new(),
-        agents: Default::default(),
+        agents: harness::agents_writing_tmp(),
     }
 }
 

@@ -120,7 +120,7 @@ impl World {
             instance: None,
             reporter: Arc::new(reporter.clone()),
             cancel,
-            agents: Default::default(),
+            agents: harness::agents_writing_tmp(),
         };
         let start = Instant::now();
         let outcome = engine

@@ -361,6 +361,9 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
+    // prodigy holds secrets (the database URL, the App key, tokens): no agent of the same user
+    // may read its memory or its /proc/<pid>/environ.
+    prodigy::engine::sandbox::make_undumpable().context("prctl(PR_SET_DUMPABLE, 0)")?;
     match cli.command {
         Command::Validate { workflow } => output::validate(&workflow),
         Command::Serve(config) => {
@@ -458,14 +461,22 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 /// 2, and every error is also an `::error` the workflow run shows.
 async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::Result<u8> {
     use prodigy::action::{InputError, Step, commands};
+    // The Action always builds the agent environment; the workflow token reaches an agent
+    // only when the workflow's `env` names it.
+    let mut agents = g.agent_policy(true, Vec::new())?;
+    agents.env.on_request = vec!["GITHUB_TOKEN".into(), "GH_TOKEN".into()];
+    // Registered before anything else is printed, so the runner masks them everywhere.
+    // The runner masks line by line: a multi-line secret (a PEM) is registered per line.
+    for value in action_masks(g, config, &agents) {
+        for line in value.lines().map(str::trim).filter(|l| l.len() >= 4) {
+            println!("::add-mask::{}", commands::escape_data(line));
+        }
+    }
     let result = async {
         let step = Step::from_process()?;
         let store = open_store(g).await?;
         let mut eng = engine(g, store, &g.repo).await?;
-        // The Action always builds the agent environment; the workflow token reaches an agent
-        // only when the workflow's `env` names it.
-        eng.agents = g.agent_policy(true, Vec::new())?;
-        eng.agents.env.on_request = vec!["GITHUB_TOKEN".into(), "GH_TOKEN".into()];
+        eng.agents = agents.clone();
         let run = prodigy::action::run(&eng, &step, config, &g.repo).await?;
         Ok::<_, anyhow::Error>(output::resumed(&eng, run.job, run.resumed, false, "action").await)
     }
@@ -479,6 +490,38 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
             Err(e)
         }
     })
+}
+
+/// Values the runner must mask: the token, the database URL and its password, the operator's
+/// passed variables and the workflow's `secret` env entries (when the workflow parses; a
+/// workflow that does not is reported by the run itself).
+fn action_masks(
+    g: &Global,
+    config: &prodigy::action::ActionConfig,
+    agents: &AgentPolicy,
+) -> Vec<String> {
+    let mut values: Vec<String> = config.token.iter().cloned().collect();
+    if let Some(url) = g.database_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        values.push(url.to_string());
+        if let Some(password) = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(auth, _)| auth.split_once(':'))
+            .map(|(_, pw)| pw.to_string())
+        {
+            values.push(password);
+        }
+    }
+    let path = g.repo.join(&config.workflow);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(secrets) = prodigy::engine::masked_values(agents, &path, &text)
+    {
+        values.extend(secrets);
+    }
+    values.retain(|v| v.len() >= 4);
+    values.sort();
+    values.dedup();
+    values
 }
 
 async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {

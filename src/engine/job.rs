@@ -86,17 +86,7 @@ impl<'a> JobRun<'a> {
         let logs = engine.state_dir.join("logs").join(job.id.to_string());
         let agent_env = engine.agents.env.build(std::env::vars());
         let env = resolve_env(&parsed.workflow, &agent_env)?;
-        // Short values would mask ordinary text everywhere; a secret that short is no secret.
-        let mut secrets: Vec<String> = parsed
-            .workflow
-            .env
-            .iter()
-            .filter(|v| v.secret)
-            .filter_map(|v| env.iter().find(|(k, _)| *k == v.name))
-            .map(|(_, value)| value.clone())
-            .filter(|value| value.len() >= 4)
-            .collect();
-        secrets.extend(agent_env.secrets.iter().cloned());
+        let secrets = secret_values(&parsed.workflow, &env, &agent_env);
         let verdict = sandbox::verdict(engine.agents.sandbox.mode);
         Ok(JobRun {
             engine,
@@ -1073,6 +1063,35 @@ fn ctx_captures(ctx: &Context) -> Value {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     )
+}
+
+/// Every value masked in what a job prints: the workflow's `env` entries marked `secret`
+/// (`env` is the resolved workflow env) and the variables the operator passes.
+fn secret_values(wf: &Workflow, env: &[(String, String)], agent_env: &AgentEnv) -> Vec<String> {
+    // Short values would mask ordinary text everywhere; a secret that short is no secret.
+    let mut secrets: Vec<String> = wf
+        .env
+        .iter()
+        .filter(|v| v.secret)
+        .filter_map(|v| env.iter().find(|(k, _)| *k == v.name))
+        .map(|(_, value)| value.clone())
+        .filter(|value| value.len() >= 4)
+        .collect();
+    secrets.extend(agent_env.secrets.iter().cloned());
+    secrets
+}
+
+/// The values a job of `workflow_text` will mask, computed before it runs: the Action
+/// registers them with `::add-mask::` before it prints anything else.
+pub fn masked_values(
+    policy: &super::AgentPolicy,
+    workflow_path: &Path,
+    workflow_text: &str,
+) -> anyhow::Result<Vec<String>> {
+    let parsed = workflow::parse(workflow_path, workflow_text)?;
+    let agent_env = policy.env.build(std::env::vars());
+    let env = resolve_env(&parsed.workflow, &agent_env)?;
+    Ok(secret_values(&parsed.workflow, &env, &agent_env))
 }
 
 /// What one phase or agent runs with: see [`JobRun::confine`].

@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-pub use job::RunOutcome;
+pub use job::{RunOutcome, masked_values};
 pub use progress::{Progress, Reporter, Silent};
 
 use crate::store::{Holder, Job, JobLock, LockOutcome, NewJob, Store};

@@ -17,6 +17,9 @@ pub struct Repo {
     pub home: PathBuf,
     pub db_url: String,
     pub claude_log: PathBuf,
+    /// Outside the repository and the state directory: the one place besides their worktree
+    /// that agents may write (`PRODIGY_SANDBOX_WRITE`), for evidence tests read back.
+    pub out: PathBuf,
 }
 
 /// A stub `claude`: records its arguments, one line per call, and succeeds.
@@ -40,8 +43,11 @@ impl Repo {
         let db_url = db_url
             .map(str::to_string)
             .unwrap_or_else(|| format!("sqlite://{}", home.join("state.db").display()));
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
         let repo = Repo {
-            claude_log: home.join("claude.log"),
+            claude_log: out.join("claude.log"),
+            out,
             _tmp: tmp,
             path,
             home,
@@ -95,6 +101,7 @@ impl Repo {
             .env("PRODIGY_HOME", &self.home)
             .env("PRODIGY_CLAUDE_BIN", self.home.join("bin").join("claude"))
             .env("CLAUDE_LOG", &self.claude_log)
+            .env("PRODIGY_SANDBOX_WRITE", &self.out)
             .env("PRODIGY_LOCK_LEASE_SECS", "3")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
@@ -382,7 +389,17 @@ impl Resumable {
     }
 
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![("COUNTER_DIR", self.counter.path().display().to_string())]
+        vec![
+            ("COUNTER_DIR", self.counter.path().display().to_string()),
+            (
+                "PRODIGY_SANDBOX_WRITE",
+                format!(
+                    "{}:{}",
+                    self.counter.path().display(),
+                    self.repo.out.display()
+                ),
+            ),
+        ]
     }
 
     pub fn fail(&self, name: &str) {
@@ -529,4 +546,13 @@ pub fn item_key_at(url: &str, job: &str, position: i64) -> String {
                 .get::<String, _>(0)
         }
     })
+}
+
+/// For engines a test builds in process: these agents leave evidence and wait on gate files in
+/// temporary directories outside their worktrees, so the sandbox lets them write there
+/// (prodigy's state directory stays denied).
+pub fn agents_writing_tmp() -> prodigy::engine::AgentPolicy {
+    let mut agents = prodigy::engine::AgentPolicy::default();
+    agents.sandbox.extra_write = vec![std::env::temp_dir()];
+    agents
 }
