@@ -709,3 +709,47 @@ async fn documented_annotation_limits_are_enforced_and_within_limits_meets_them(
         .unwrap();
     fake.assert_no_violations();
 }
+
+#[tokio::test]
+async fn a_repositorys_calls_use_a_token_narrowed_to_it_with_the_job_permissions() {
+    const OTHER: &str = "octo-org/other";
+    let fake = FakeGitHub::start(INSTALLATION, &[REPO, OTHER]).await;
+    let client = GitHubClient::new(
+        &fake.base_url(),
+        fake_github::test_app_auth(),
+        fake_github::test_retry_policy(),
+    )
+    .unwrap();
+    for repo in [REPO, OTHER, REPO] {
+        client
+            .create_comment(inst(), &RepoName::new(repo), PrNumber(3), "scoped")
+            .await
+            .unwrap();
+    }
+    // One token per repository, each asked for that repository only.
+    let requests: Vec<serde_json::Value> = fake
+        .world()
+        .requests
+        .iter()
+        .filter(|r| r.op == Op::CreateAccessToken)
+        .map(|r| r.body.clone().expect("a token request has a body"))
+        .collect();
+    let permissions = serde_json::json!({
+        "checks": "write", "contents": "read", "issues": "write",
+        "metadata": "read", "pull_requests": "read"
+    });
+    assert_eq!(
+        requests,
+        [
+            serde_json::json!({"repositories": ["hello-world"], "permissions": permissions}),
+            serde_json::json!({"repositories": ["other"], "permissions": permissions}),
+        ]
+    );
+    let tokens = fake.world().tokens.clone();
+    assert_eq!(
+        tokens[0].repositories,
+        Some(vec![REPO.to_ascii_lowercase()])
+    );
+    assert_eq!(tokens[1].repositories, Some(vec![OTHER.to_string()]));
+    fake.assert_no_violations();
+}
