@@ -512,13 +512,15 @@ async fn file_contents_at_a_ref() {
 }
 
 #[tokio::test]
-async fn repository_outside_the_installation_is_not_found() {
+async fn repository_outside_the_installation_is_refused_at_the_token() {
     let (fake, client) = setup().await;
     let err = client
         .create_comment(inst(), &RepoName::new("elsewhere/repo"), PrNumber(1), "x")
         .await
         .unwrap_err();
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(404));
+    // The token is asked for that repository only, which the installation does not cover.
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(422));
+    assert_eq!(fake.count(Op::CreateComment), 0);
     fake.assert_no_violations();
 }
 

@@ -35,8 +35,10 @@ impl Repo {
         let path = tmp.path().join("repo");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&path).unwrap();
-        std::fs::create_dir_all(home.join("bin")).unwrap();
-        let claude = home.join("bin").join("claude");
+        // The stub lives outside PRODIGY_HOME: agents may not read prodigy's state directory.
+        std::fs::create_dir_all(tmp.path().join("bin")).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        let claude = tmp.path().join("bin").join("claude");
         std::fs::write(&claude, CLAUDE_STUB).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -59,6 +61,11 @@ impl Repo {
         repo.write("README.md", "test repository\n");
         repo.commit_all("initial");
         repo
+    }
+
+    /// The stub AI CLI.
+    pub fn claude_bin(&self) -> PathBuf {
+        self._tmp.path().join("bin").join("claude")
     }
 
     pub fn write(&self, rel: &str, content: &str) {
@@ -99,7 +106,7 @@ impl Repo {
             .current_dir(&self.path)
             .env("DATABASE_URL", &self.db_url)
             .env("PRODIGY_HOME", &self.home)
-            .env("PRODIGY_CLAUDE_BIN", self.home.join("bin").join("claude"))
+            .env("PRODIGY_CLAUDE_BIN", self.claude_bin())
             .env("CLAUDE_LOG", &self.claude_log)
             .env("PRODIGY_SANDBOX_WRITE", &self.out)
             .env("PRODIGY_LOCK_LEASE_SECS", "3")

@@ -458,9 +458,14 @@ async fn start_server(
         poll_ms: 50,
         no_runner: !runner,
     };
-    let settings = config
+    let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())
         .expect("test settings are valid");
+    // Agents of these tests record their runs in `<tmp>/agent` (outside their worktrees): the
+    // one place besides their own that the sandbox lets them write.
+    let shared = tmp.path().join("agent");
+    std::fs::create_dir_all(&shared).unwrap();
+    settings.agents.sandbox.extra_write = vec![shared];
     let started = if check_runs {
         prodigy::server::start_with_check_runs(settings).await
     } else {
