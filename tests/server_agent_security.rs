@@ -12,12 +12,12 @@ use support::server::{Ctx, WAIT, job_id_of, job_links, wait_until};
 
 const SERVER_SECRET: &str = "serve-face-secret-value-5";
 
+/// One item, one agent (the default parallelism is plenty).
 const WORKFLOW: &str = r#"name: fix
 mode: mapreduce
 map:
-  input: items.json
   json_path: "$[*]"
-  max_parallel: 1
+  input: items.json
   agent_template:
     - shell: "PRODIGY_PID=$PPID sh probe.sh"
 "#;
