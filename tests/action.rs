@@ -121,10 +121,14 @@ impl Ran {
 
 impl Step {
     async fn new(db_url: Option<&str>, stop_on_failure: bool, checks_write: bool) -> Step {
+        Step::with_workflow(db_url, &workflow(stop_on_failure), checks_write).await
+    }
+
+    async fn with_workflow(db_url: Option<&str>, workflow: &str, checks_write: bool) -> Step {
         let fake = FakeGitHub::start(INSTALLATION, &[REPO]).await;
         let token = fake.issue_workflow_token(REPO, checks_write);
         let repo = Repo::new(db_url);
-        repo.write(WORKFLOW_FILE, &workflow(stop_on_failure));
+        repo.write(WORKFLOW_FILE, workflow);
         repo.write("items.json", ITEMS);
         repo.commit_all("review workflow");
         let head = repo.git(&["rev-parse", "HEAD"]);
@@ -194,7 +198,10 @@ impl Step {
             .path()
             .join(format!("summary-{}", uuid::Uuid::now_v7()));
         let mut cmd = self.repo.command(&["action", WORKFLOW_FILE]);
-        cmd.current_dir(workspace).env("FLAGS", self.flags.path());
+        // Agents of the Action get a built environment: FLAGS reaches them because it is passed.
+        cmd.current_dir(workspace)
+            .env("FLAGS", self.flags.path())
+            .env("PRODIGY_PASS_ENV", "FLAGS");
         for var in RUNNER_VARS {
             cmd.env_remove(var);
         }
@@ -436,9 +443,12 @@ async fn a_missing_or_broken_event_file_is_named_and_exits_2() {
         "{}",
         text(&ran.out)
     );
+    // The first line after the masks.
     assert!(
         ran.stdout()
-            .starts_with("::error title=prodigy::GITHUB_EVENT_PATH is not set"),
+            .lines()
+            .find(|l| !l.starts_with("::add-mask::"))
+            .is_some_and(|l| l.starts_with("::error title=prodigy::GITHUB_EVENT_PATH is not set")),
         "{}",
         text(&ran.out)
     );
@@ -660,4 +670,103 @@ fn action_yml_matches_the_binary() {
         "{}",
         run["run"]
     );
+}
+
+/// An agent that asks for the token by name, echoes it and a `secret: true` value, dumps its
+/// environment and prodigy's `/proc/<pid>/environ`, then tries to read the state database.
+const THIEF: &str = r#"name: thief
+mode: mapreduce
+env:
+  GITHUB_TOKEN: ${GITHUB_TOKEN}
+  API_KEY:
+    value: workflow-secret-value-123
+    secret: true
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 1
+  agent_template:
+    - shell: |
+        env > env.txt
+        cat /proc/$PPID/environ > proc.txt 2>&1 || true
+        echo "token is $GITHUB_TOKEN and key $API_KEY" >&2
+        echo "inherited: ${FLAGS:-no} ${ACTIONS_RUNTIME_TOKEN:-no} ${INPUT_DATABASE_URL:-no}" >&2
+        cat "$STATE_DB" > stolen.txt
+        exit 7
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_masked_first_and_stay_out_of_every_report() {
+    let step = Step::with_workflow(None, THIEF, true).await;
+    let state_db = step.repo.home.join("state.db");
+    let state_db = state_db.display().to_string();
+    let runtime_token = "actions-runtime-token-value";
+    let ran = step
+        .run(&[
+            ("STATE_DB", &state_db),
+            ("PRODIGY_PASS_ENV", "STATE_DB"),
+            ("ACTIONS_RUNTIME_TOKEN", runtime_token),
+        ])
+        .await;
+    assert_eq!(ran.code(), Some(1), "{}", text(&ran.out));
+
+    // Every mask comes before any other line the step prints.
+    let stdout = ran.stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let masks = lines
+        .iter()
+        .take_while(|l| l.starts_with("::add-mask::"))
+        .count();
+    assert!(
+        !lines[masks..].iter().any(|l| l.starts_with("::add-mask::")),
+        "{stdout}"
+    );
+    let masked: Vec<&str> = lines[..masks]
+        .iter()
+        .map(|l| l.trim_start_matches("::add-mask::"))
+        .collect();
+    assert!(masked.contains(&step.token.as_str()), "{masked:?}");
+    assert!(masked.contains(&"workflow-secret-value-123"), "{masked:?}");
+
+    // The agent's failure is reported normally: every item failed reading the database.
+    let runs = step.check_runs_on_head();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = &runs[0];
+    assert_eq!(run.conclusion.as_deref(), Some("failure"), "{run:#?}");
+    let reports = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}",
+        lines[masks..].join("\n"),
+        ran.stderr(),
+        ran.summary,
+        run.summary.clone().unwrap_or_default(),
+        run.text.clone().unwrap_or_default(),
+        serde_json::to_string(&run.annotations).unwrap()
+    );
+    for secret in [
+        step.token.as_str(),
+        "workflow-secret-value-123",
+        runtime_token,
+    ] {
+        assert!(!reports.contains(secret), "`{secret}` leaked:\n{reports}");
+    }
+    let annotations = serde_json::to_string(&run.annotations).unwrap();
+    assert!(
+        annotations.contains("token is *** and key ***"),
+        "{annotations}"
+    );
+    assert!(
+        annotations.contains("inherited: no no no"),
+        "the runner's variables reached the agent: {annotations}"
+    );
+    if sandboxed() {
+        assert!(annotations.contains("Permission denied"), "{annotations}");
+    }
+}
+
+/// Whether this kernel sandboxes agents (Landlock): the tests that prove a denial need it.
+fn sandboxed() -> bool {
+    matches!(
+        prodigy::engine::sandbox::support(),
+        prodigy::engine::sandbox::Support::Available { .. }
+    )
 }

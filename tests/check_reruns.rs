@@ -57,6 +57,7 @@ fn engine(store: Store, repo: &Repo, instance: &str, reporter: CheckRunReporter)
         instance: Some(instance.into()),
         reporter: Arc::new(reporter),
         cancel: CancellationToken::new(),
+        agents: harness::agents_writing_tmp(),
     }
 }
 

@@ -122,6 +122,7 @@ impl World {
             instance: None,
             reporter: Arc::new(reporter.clone()),
             cancel,
+            agents: harness::agents_writing_tmp(),
         };
         let start = Instant::now();
         let outcome = engine

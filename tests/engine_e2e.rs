@@ -257,7 +257,7 @@ fn sixteen_parallel_agents_have_no_spurious_failures() {
 #[test]
 fn step_features_work_for_real() {
     let repo = Repo::new(None);
-    let counter = tempfile::tempdir().unwrap();
+    let counter = tempfile::tempdir_in(&repo.out).unwrap();
     let c = counter.path().display();
     repo.write(
         "steps.yml",
@@ -318,7 +318,8 @@ commands:
 #[test]
 fn interpolated_values_reach_the_shell_as_data() {
     let repo = Repo::new(None);
-    let trap = tempfile::tempdir().unwrap();
+    // Where agents may write: the shell, not the sandbox, must be what keeps these files away.
+    let trap = tempfile::tempdir_in(&repo.out).unwrap();
     let t = trap.path().display().to_string();
     let names = [
         format!("'; touch {t}/pwned1; echo '"),

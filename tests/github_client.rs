@@ -512,13 +512,15 @@ async fn file_contents_at_a_ref() {
 }
 
 #[tokio::test]
-async fn repository_outside_the_installation_is_not_found() {
+async fn repository_outside_the_installation_is_refused_at_the_token() {
     let (fake, client) = setup().await;
     let err = client
         .create_comment(inst(), &RepoName::new("elsewhere/repo"), PrNumber(1), "x")
         .await
         .unwrap_err();
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(404));
+    // The token is asked for that repository only, which the installation does not cover.
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(422));
+    assert_eq!(fake.count(Op::CreateComment), 0);
     fake.assert_no_violations();
 }
 
@@ -707,5 +709,49 @@ async fn documented_annotation_limits_are_enforced_and_within_limits_meets_them(
         .update_check_run(inst(), &repo(), run, &update(big.within_limits()))
         .await
         .unwrap();
+    fake.assert_no_violations();
+}
+
+#[tokio::test]
+async fn a_repositorys_calls_use_a_token_narrowed_to_it_with_the_job_permissions() {
+    const OTHER: &str = "octo-org/other";
+    let fake = FakeGitHub::start(INSTALLATION, &[REPO, OTHER]).await;
+    let client = GitHubClient::new(
+        &fake.base_url(),
+        fake_github::test_app_auth(),
+        fake_github::test_retry_policy(),
+    )
+    .unwrap();
+    for repo in [REPO, OTHER, REPO] {
+        client
+            .create_comment(inst(), &RepoName::new(repo), PrNumber(3), "scoped")
+            .await
+            .unwrap();
+    }
+    // One token per repository, each asked for that repository only.
+    let requests: Vec<serde_json::Value> = fake
+        .world()
+        .requests
+        .iter()
+        .filter(|r| r.op == Op::CreateAccessToken)
+        .map(|r| r.body.clone().expect("a token request has a body"))
+        .collect();
+    let permissions = serde_json::json!({
+        "checks": "write", "contents": "read", "issues": "write",
+        "metadata": "read", "pull_requests": "read"
+    });
+    assert_eq!(
+        requests,
+        [
+            serde_json::json!({"repositories": ["hello-world"], "permissions": permissions}),
+            serde_json::json!({"repositories": ["other"], "permissions": permissions}),
+        ]
+    );
+    let tokens = fake.world().tokens.clone();
+    assert_eq!(
+        tokens[0].repositories,
+        Some(vec![REPO.to_ascii_lowercase()])
+    );
+    assert_eq!(tokens[1].repositories, Some(vec![OTHER.to_string()]));
     fake.assert_no_violations();
 }

@@ -11,7 +11,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use prodigy::engine::{DlqMode, Engine, NewRun, ResumeRequest, RetryRequest, git};
+use prodigy::engine::agent_env::{self, EnvMode};
+use prodigy::engine::sandbox::{SandboxMode, SandboxSettings};
+use prodigy::engine::{AgentPolicy, DlqMode, Engine, NewRun, ResumeRequest, RetryRequest, git};
 use prodigy::store::{Store, redact_url};
 use prodigy::types::{ErrorClass, ItemKey, JobStatus};
 
@@ -66,6 +68,78 @@ pub struct Global {
         default_value = "claude"
     )]
     pub claude_bin: String,
+    /// The environment agents start with: `inherit` (prodigy's own minus its secrets; the
+    /// default of run, resume and dlq retry) or `clean` (an allow-list: PATH, HOME, USER,
+    /// LOGNAME, SHELL, LANG, LC_*, TERM, TZ, the proxy variables, plus --pass-env).
+    /// `serve` and `action` always use `clean`.
+    #[arg(long, env = "PRODIGY_AGENT_ENV", global = true, default_value = "inherit", value_parser = parse_env_mode)]
+    pub agent_env: EnvMode,
+    /// Variables passed to agents on purpose (e.g. ANTHROPIC_API_KEY), comma separated; their
+    /// values are masked in logs, events and reports.
+    #[arg(long, env = "PRODIGY_PASS_ENV", global = true, value_delimiter = ',')]
+    pub pass_env: Vec<String>,
+    /// The agent sandbox (Linux Landlock): `auto` where the kernel supports it, `required`
+    /// (a job that cannot be sandboxed fails), or `off`.
+    #[arg(long, env = "PRODIGY_SANDBOX", global = true, default_value = "auto", value_parser = parse_sandbox)]
+    pub sandbox: SandboxMode,
+    /// Extra paths agents may read, `:` separated.
+    #[arg(
+        long,
+        env = "PRODIGY_SANDBOX_READ",
+        global = true,
+        value_delimiter = ':'
+    )]
+    pub sandbox_read: Vec<PathBuf>,
+    /// Extra paths agents may write, `:` separated (e.g. a shared build cache).
+    #[arg(
+        long,
+        env = "PRODIGY_SANDBOX_WRITE",
+        global = true,
+        value_delimiter = ':'
+    )]
+    pub sandbox_write: Vec<PathBuf>,
+}
+
+fn parse_env_mode(s: &str) -> Result<EnvMode, String> {
+    s.parse()
+}
+
+fn parse_sandbox(s: &str) -> Result<SandboxMode, String> {
+    s.parse()
+}
+
+impl Global {
+    /// The agent policy for a face; `clean` forces the allow-list (serve, action). `deny`:
+    /// files no agent may reach besides the state directory (key files).
+    pub fn agent_policy(&self, clean: bool, deny: Vec<PathBuf>) -> anyhow::Result<AgentPolicy> {
+        let pass =
+            agent_env::check_pass_names(&self.pass_env).context("--pass-env (PRODIGY_PASS_ENV)")?;
+        let mut deny = deny;
+        if let Some(path) = self
+            .database_url
+            .as_deref()
+            .and_then(|u| u.strip_prefix("sqlite://"))
+        {
+            deny.push(PathBuf::from(path.split('?').next().unwrap_or(path)));
+        }
+        Ok(AgentPolicy {
+            env: agent_env::AgentEnvSettings {
+                mode: if clean {
+                    EnvMode::Clean
+                } else {
+                    self.agent_env
+                },
+                pass,
+                on_request: Vec::new(),
+            },
+            sandbox: SandboxSettings {
+                mode: self.sandbox,
+                extra_read: self.sandbox_read.clone(),
+                extra_write: self.sandbox_write.clone(),
+                deny,
+            },
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -299,15 +373,22 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
         instance: None,
         reporter: Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
         cancel,
+        agents: global.agent_policy(false, Vec::new())?,
     })
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
+    // prodigy holds secrets (the database URL, the App key, tokens): no agent of the same user
+    // may read its memory or its /proc/<pid>/environ.
+    prodigy::engine::sandbox::make_undumpable().context("prctl(PR_SET_DUMPABLE, 0)")?;
     match cli.command {
         Command::Validate { workflow } => output::validate(&workflow),
         Command::Serve(config) => {
-            prodigy::server::serve(&config, g.database_url.as_deref(), &g.claude_bin).await?;
+            let deny = config.secret_files();
+            let agents = g.agent_policy(true, deny)?;
+            prodigy::server::serve(&config, g.database_url.as_deref(), &g.claude_bin, agents)
+                .await?;
             Ok(0)
         }
         Command::Action(config) => action(g, &config).await,
@@ -426,10 +507,22 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 /// 2, and every error is also an `::error` the workflow run shows.
 async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::Result<u8> {
     use prodigy::action::{InputError, Step, commands};
+    // The Action always builds the agent environment; the workflow token reaches an agent
+    // only when the workflow's `env` names it.
+    let mut agents = g.agent_policy(true, Vec::new())?;
+    agents.env.on_request = vec!["GITHUB_TOKEN".into(), "GH_TOKEN".into()];
+    // Registered before anything else is printed, so the runner masks them everywhere.
+    // The runner masks line by line: a multi-line secret (a PEM) is registered per line.
+    for value in action_masks(g, config, &agents) {
+        for line in value.lines().map(str::trim).filter(|l| l.len() >= 4) {
+            println!("::add-mask::{}", commands::escape_data(line));
+        }
+    }
     let result = async {
         let step = Step::from_process()?;
         let store = open_store(g).await?;
-        let eng = engine(g, store, &g.repo).await?;
+        let mut eng = engine(g, store, &g.repo).await?;
+        eng.agents = agents.clone();
         let run = prodigy::action::run(&eng, &step, config, &g.repo).await?;
         Ok::<_, anyhow::Error>(output::resumed(&eng, run.job, run.resumed, false, "action").await)
     }
@@ -443,6 +536,38 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
             Err(e)
         }
     })
+}
+
+/// Values the runner must mask: the token, the database URL and its password, the operator's
+/// passed variables and the workflow's `secret` env entries (when the workflow parses; a
+/// workflow that does not is reported by the run itself).
+fn action_masks(
+    g: &Global,
+    config: &prodigy::action::ActionConfig,
+    agents: &AgentPolicy,
+) -> Vec<String> {
+    let mut values: Vec<String> = config.token.iter().cloned().collect();
+    if let Some(url) = g.database_url.as_deref().filter(|u| !u.trim().is_empty()) {
+        values.push(url.to_string());
+        if let Some(password) = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(auth, _)| auth.split_once(':'))
+            .map(|(_, pw)| pw.to_string())
+        {
+            values.push(password);
+        }
+    }
+    let path = g.repo.join(&config.workflow);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(secrets) = prodigy::engine::masked_values(agents, &path, &text)
+    {
+        values.extend(secrets);
+    }
+    values.retain(|v| v.len() >= 4);
+    values.sort();
+    values.dedup();
+    values
 }
 
 async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {

@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::agent::AgentScope;
+use super::agent_env::AgentEnv;
 use super::classify::{self, FailureFacts, FailureStage};
 use super::git;
 use super::plan::{self, Candidate, DlqMode};
 use super::progress::Progress;
+use super::sandbox;
 use super::step::{self, StepEnv, StepFailure};
 use super::worktree::{Slot, Workspace, sanitize_ref};
 use super::{Engine, RetryRequest};
@@ -59,8 +61,12 @@ pub(super) struct JobRun<'a> {
     ws: Workspace,
     logs: PathBuf,
     env: Vec<(String, String)>,
-    /// Values of the workflow's secret env vars.
+    /// Values of the workflow's secret env vars and of the variables the operator passes.
     secrets: Vec<String>,
+    /// The environment agents start with (before the workflow's `env`).
+    agent_env: AgentEnv,
+    /// Whether agents of this run are sandboxed, decided once per run.
+    verdict: sandbox::Verdict,
     max_parallel: Option<usize>,
     cancel: CancellationToken,
     duplicates_removed: usize,
@@ -80,17 +86,10 @@ impl<'a> JobRun<'a> {
             .context("the job's workflow snapshot no longer parses")?;
         let ws = engine.workspace(Path::new(&job.repo_path), job.id);
         let logs = engine.state_dir.join("logs").join(job.id.to_string());
-        let env = resolve_env(&parsed.workflow)?;
-        // Short values would mask ordinary text everywhere; a secret that short is no secret.
-        let secrets = parsed
-            .workflow
-            .env
-            .iter()
-            .filter(|v| v.secret)
-            .filter_map(|v| env.iter().find(|(k, _)| *k == v.name))
-            .map(|(_, value)| value.clone())
-            .filter(|value| value.len() >= 4)
-            .collect();
+        let agent_env = engine.agents.env.build(std::env::vars());
+        let env = resolve_env(&parsed.workflow, &agent_env)?;
+        let secrets = secret_values(&parsed.workflow, &env, &agent_env);
+        let verdict = sandbox::verdict(engine.agents.sandbox.mode);
         Ok(JobRun {
             engine,
             store: &engine.store,
@@ -99,6 +98,8 @@ impl<'a> JobRun<'a> {
             logs,
             env,
             secrets,
+            agent_env,
+            verdict,
             workflow: parsed.workflow,
             job,
             max_parallel,
@@ -217,6 +218,22 @@ impl<'a> JobRun<'a> {
             .base_commit
             .clone()
             .ok_or_else(|| anyhow!("job {} has no base commit recorded", self.job.id))?;
+        match self.verdict.clone() {
+            sandbox::Verdict::Enforced { abi } => {
+                self.event("sandbox", json!({"enforced": true, "landlock_abi": abi}))
+                    .await?;
+            }
+            sandbox::Verdict::Unconfined { warning } => {
+                tracing::warn!(job = %self.job.id, "{warning}");
+                self.event("sandbox", json!({"enforced": false, "warning": warning}))
+                    .await?;
+            }
+            sandbox::Verdict::Refused { reason } => {
+                self.event("sandbox", json!({"enforced": false, "refused": reason}))
+                    .await?;
+                return Ok(Err(PhaseFailure(reason)));
+            }
+        }
         let identity = git::ensure_identity(&self.ws.repo).await;
         self.env.extend(identity);
         self.ws
@@ -369,6 +386,7 @@ impl<'a> JobRun<'a> {
     ) -> anyhow::Result<Result<(), PhaseFailure>> {
         let log = self.logs.join(format!("{name}.log"));
         let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
+        let confined = self.confine(&self.ws.job_dir, name)?;
         let env = StepEnv {
             cwd: &self.ws.job_dir,
             log: &log,
@@ -378,6 +396,8 @@ impl<'a> JobRun<'a> {
             deadline: phase.timeout.map(|t| Instant::now() + t),
             secrets: &self.secrets,
             agent: &scope,
+            base_env: &confined.base_env,
+            sandbox: confined.plan.as_ref(),
         };
         self.event(
             "phase_steps_started",
@@ -689,19 +709,25 @@ impl<'a> JobRun<'a> {
         // after a back-off, in the same attempt.
         let mut transient = 0u32;
         let result = loop {
-            let tried = match slot.prepare(&start).await {
-                Err(e) => Err(StepFailure {
+            let prepared = match slot.prepare(&start).await {
+                Err(e) => Err(e.to_string()),
+                Ok(()) => self
+                    .confine(&slot.dir, &format!("agent-{}", slot.index))
+                    .map_err(|e| format!("{e:#}")),
+            };
+            let tried = match prepared {
+                Err(message) => Err(StepFailure {
                     line: mr.map.agent_template_line,
                     what: "prepare the agent worktree".into(),
                     facts: FailureFacts {
                         exit_code: None,
                         signal: None,
                         timed_out: false,
-                        message: e.to_string(),
+                        message,
                         stage: FailureStage::Worktree,
                     },
                 }),
-                Ok(()) => {
+                Ok(confined) => {
                     let mut ctx = self.base_context(&Value::Null).with_item(
                         &c.data,
                         c.position as usize,
@@ -717,6 +743,8 @@ impl<'a> JobRun<'a> {
                         deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
                         secrets: &self.secrets,
                         agent: &scope,
+                        base_env: &confined.base_env,
+                        sandbox: confined.plan.as_ref(),
                     };
                     step::run_steps(&mr.map.agent_template, &mut ctx, &env)
                         .await
@@ -1067,9 +1095,49 @@ impl<'a> JobRun<'a> {
         Ok(())
     }
 
-    /// Workflow env, the process environment and what setup captured.
+    /// The environment and sandbox of the commands that run in `worktree`, with a private
+    /// temporary directory that is removed when the returned value is dropped.
+    fn confine(&self, worktree: &Path, label: &str) -> anyhow::Result<Confined> {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("prodigy-{}-{label}-", self.job.id))
+            .tempdir()
+            .context("cannot create the agent's temporary directory")?;
+        let mut base_env: Vec<(String, String)> = self
+            .agent_env
+            .base
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        base_env.retain(|(k, _)| k != "TMPDIR");
+        base_env.push(("TMPDIR".into(), tmp.path().display().to_string()));
+        let plan = match self.verdict {
+            sandbox::Verdict::Enforced { .. } => {
+                let settings = &self.engine.agents.sandbox;
+                let home = self.agent_env.base.get("HOME").map(PathBuf::from);
+                let paths = sandbox::AgentPaths {
+                    worktree,
+                    tmp: tmp.path(),
+                    home: home.as_deref(),
+                    claude_bin: &self.engine.claude_bin,
+                    path: self.agent_env.base.get("PATH").map(String::as_str),
+                    state_dir: &self.engine.state_dir,
+                };
+                Some(sandbox::Plan::for_agent(settings, &paths).with_context(|| {
+                    format!("cannot plan the sandbox for {}", worktree.display())
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Confined {
+            _tmp: tmp,
+            base_env,
+            plan,
+        })
+    }
+
+    /// Workflow env, the agent environment and what setup captured.
     fn base_context(&self, _extra: &Value) -> Context {
-        let mut ctx = Context::new().with_process_env();
+        let mut ctx = Context::new().with_env_map(&self.agent_env.visible_map());
         for (k, v) in &self.env {
             ctx.set_env(k.clone(), v.clone());
         }
@@ -1111,9 +1179,46 @@ fn ctx_captures(ctx: &Context) -> Value {
     )
 }
 
-/// Resolves workflow env values against the process environment.
-fn resolve_env(wf: &Workflow) -> anyhow::Result<Vec<(String, String)>> {
-    let mut ctx = Context::new().with_process_env();
+/// Every value masked in what a job prints: the workflow's `env` entries marked `secret`
+/// (`env` is the resolved workflow env) and the variables the operator passes.
+fn secret_values(wf: &Workflow, env: &[(String, String)], agent_env: &AgentEnv) -> Vec<String> {
+    // Short values would mask ordinary text everywhere; a secret that short is no secret.
+    let mut secrets: Vec<String> = wf
+        .env
+        .iter()
+        .filter(|v| v.secret)
+        .filter_map(|v| env.iter().find(|(k, _)| *k == v.name))
+        .map(|(_, value)| value.clone())
+        .filter(|value| value.len() >= 4)
+        .collect();
+    secrets.extend(agent_env.secrets.iter().cloned());
+    secrets
+}
+
+/// The values a job of `workflow_text` will mask, computed before it runs: the Action
+/// registers them with `::add-mask::` before it prints anything else.
+pub fn masked_values(
+    policy: &super::AgentPolicy,
+    workflow_path: &Path,
+    workflow_text: &str,
+) -> anyhow::Result<Vec<String>> {
+    let parsed = workflow::parse(workflow_path, workflow_text)?;
+    let agent_env = policy.env.build(std::env::vars());
+    let env = resolve_env(&parsed.workflow, &agent_env)?;
+    Ok(secret_values(&parsed.workflow, &env, &agent_env))
+}
+
+/// What one phase or agent runs with: see [`JobRun::confine`].
+struct Confined {
+    _tmp: tempfile::TempDir,
+    base_env: Vec<(String, String)>,
+    plan: Option<sandbox::Plan>,
+}
+
+/// Resolves workflow env values against what agents may see: a workflow (which a pull request
+/// can change) cannot copy prodigy's own secrets into an agent's environment.
+fn resolve_env(wf: &Workflow, agent_env: &AgentEnv) -> anyhow::Result<Vec<(String, String)>> {
+    let mut ctx = Context::new().with_env_map(&agent_env.visible_map());
     let mut out = Vec::new();
     for var in &wf.env {
         let value = crate::workflow::interpolate::render_text(&var.value, &ctx)

@@ -3,12 +3,14 @@
 //! the job lock, as it happens.
 
 pub mod agent;
+pub mod agent_env;
 pub mod classify;
 pub mod git;
 mod job;
 pub mod plan;
 pub mod process;
 pub mod progress;
+pub mod sandbox;
 pub mod step;
 pub mod worktree;
 
@@ -19,7 +21,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-pub use job::RunOutcome;
+pub use job::{RunOutcome, masked_values};
 pub use progress::{Progress, Reporter, Silent};
 
 use crate::store::{Holder, Job, JobLock, LockOutcome, NewJob, Store};
@@ -46,6 +48,15 @@ pub struct Engine {
     pub reporter: Arc<dyn Reporter>,
     /// Cancelling stops scheduling, kills running agents and leaves the job resumable.
     pub cancel: CancellationToken,
+    /// How agents are confined: the environment they start with and their sandbox.
+    pub agents: AgentPolicy,
+}
+
+/// The operator's settings for agents (README, "Security model").
+#[derive(Debug, Clone, Default)]
+pub struct AgentPolicy {
+    pub env: agent_env::AgentEnvSettings,
+    pub sandbox: sandbox::SandboxSettings,
 }
 
 /// What to run: a workflow file in a repository.

@@ -55,6 +55,11 @@ pub struct CommandSpec {
     /// When set, stdout goes here chunk by chunk as it arrives (with back-pressure) instead of
     /// to the log and the captured output: the AI CLI's transcript, which has its own file.
     pub stdout_tap: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    /// When set, the command starts with exactly these variables (then `env`), not with
+    /// prodigy's environment: agents get a built environment ([`super::agent_env`]).
+    pub base_env: Option<Vec<(String, String)>>,
+    /// The sandbox the command runs in ([`super::sandbox`]); `None` runs it unconfined.
+    pub sandbox: Option<super::sandbox::Plan>,
 }
 
 impl CommandSpec {
@@ -69,6 +74,8 @@ impl CommandSpec {
             stdin: None,
             redact: Vec::new(),
             stdout_tap: None,
+            base_env: None,
+            sandbox: None,
         }
     }
 
@@ -173,6 +180,9 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
     }
 
     let mut cmd = Command::new(&spec.program);
+    if let Some(base) = &spec.base_env {
+        cmd.env_clear().envs(base.iter().map(|(k, v)| (k, v)));
+    }
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -185,23 +195,14 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // The agent's own process group shields it from a Ctrl-C meant for prodigy, but it must not
-    // outlive prodigy either: if prodigy is killed (kill -9, OOM), the kernel kills the agent
-    // too, so a resume never races an orphan still writing into a worktree.
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl.
-            if libc::getppid() != parent {
-                libc::raise(libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
+    // Rules are opened here, before fork: the child only applies them.
+    let sandbox = match &spec.sandbox {
+        Some(plan) => Some(plan.prepare().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot sandbox `{}`: {e}", spec.program))
+        })?),
+        None => None,
+    };
+    confine(&mut cmd, sandbox);
 
     let started = Instant::now();
     let mut child = match cmd.spawn() {
@@ -317,6 +318,51 @@ pub async fn run(spec: &CommandSpec, cancel: &CancellationToken) -> io::Result<C
     Ok(output)
 }
 
+/// What happens in the child between fork and exec.
+///
+/// The agent's own process group shields it from a Ctrl-C meant for prodigy, but it must not
+/// outlive prodigy either. On Linux, if prodigy is killed (kill -9, OOM), the kernel kills the
+/// agent too (`PR_SET_PDEATHSIG`), so a resume never races an orphan still writing into a
+/// worktree. Elsewhere (macOS) there is no such signal: timeouts, cancellation and a dropped
+/// future still kill the whole group (`GroupGuard`, `kill_on_drop`), and a prodigy killed
+/// with SIGKILL leaves its agents to finish on their own; a resume then resets their
+/// worktrees before reuse.
+fn confine(cmd: &mut Command, mut sandbox: Option<super::sandbox::Prepared>) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec only async-signal-safe calls: prctl, getppid, raise,
+        // capget/capset and the Landlock system calls (`Prepared::enter`).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died between fork and prctl.
+                if libc::getppid() != parent {
+                    libc::raise(libc::SIGKILL);
+                }
+                if let Some(sandbox) = sandbox.as_mut() {
+                    sandbox.enter()?;
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // SAFETY: `Prepared::enter` does nothing on these platforms.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(sandbox) = sandbox.as_mut() {
+                    sandbox.enter()?;
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
 enum End {
     Exited(ExitStatus),
     TimedOut,
@@ -415,7 +461,14 @@ fn group_alive(pgid: i32) -> bool {
     live_member_in_proc(pgid).unwrap_or(true)
 }
 
+/// Without /proc (macOS) a group with members counts as alive until the grace period ends.
+#[cfg(not(target_os = "linux"))]
+fn live_member_in_proc(_pgid: i32) -> Option<bool> {
+    None
+}
+
 /// Scans /proc for a member of the group that is not a zombie; `None` without /proc.
+#[cfg(target_os = "linux")]
 fn live_member_in_proc(pgid: i32) -> Option<bool> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();

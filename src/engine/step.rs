@@ -36,6 +36,11 @@ pub struct StepEnv<'a> {
     pub secrets: &'a [String],
     /// Settings and tallies shared by the `claude:` steps.
     pub agent: &'a AgentScope,
+    /// The agent's built environment: every command starts with exactly this, then the
+    /// workflow's and the step's variables.
+    pub base_env: &'a [(String, String)],
+    /// The sandbox every command runs in; `None` when it is off or missing.
+    pub sandbox: Option<&'a super::sandbox::Plan>,
 }
 
 /// Why a step failed, with what classification needs.
@@ -443,6 +448,8 @@ async fn run_command(
         stdin: None,
         redact: env.secrets.to_vec(),
         stdout_tap,
+        base_env: Some(env.base_env.to_vec()),
+        sandbox: env.sandbox.cloned(),
     };
     let out = process::run(&spec, env.cancel).await.map_err(|e| {
         StepFailure::new(

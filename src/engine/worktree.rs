@@ -146,14 +146,14 @@ impl Workspace {
         let pattern = format!("refs/heads/{}-agent-*", self.branch);
         let branches = git::git(
             &self.repo,
-            &["for-each-ref", "--format=%(refname:short)", &pattern],
+            &["for-each-ref", "--format=%(refname)", &pattern],
         )
         .await?;
-        let branches: Vec<&str> = branches.lines().filter(|l| !l.is_empty()).collect();
-        if !branches.is_empty() {
-            let mut args = vec!["branch", "-D", "-q"];
-            args.extend(branches);
-            git::git(&self.repo, &args).await?;
+        // `update-ref -d`, not `branch -D`: deleting a branch rewrites .git/config (a new
+        // file), and agents of other jobs running meanwhile hold a sandbox rule for the old
+        // one, so their git would stop reading its configuration.
+        for branch in branches.lines().filter(|l| !l.is_empty()) {
+            git::git(&self.repo, &["update-ref", "-d", branch]).await?;
         }
         Ok(())
     }

@@ -110,7 +110,50 @@ impl InstallationToken {
 /// callers of one installation wait for a single token request instead of each fetching one.
 #[derive(Default, Clone)]
 pub struct TokenCache {
-    slots: Arc<Mutex<HashMap<InstallationId, Slot>>>,
+    slots: Arc<Mutex<HashMap<TokenScope, Slot>>>,
+}
+
+/// What a token is for: an installation, narrowed to one repository when the caller names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenScope {
+    pub installation: InstallationId,
+    /// `owner/name`.
+    pub repo: Option<String>,
+}
+
+impl From<InstallationId> for TokenScope {
+    fn from(installation: InstallationId) -> Self {
+        TokenScope {
+            installation,
+            repo: None,
+        }
+    }
+}
+
+/// What a job needs of GitHub, and no more: check runs, PR comments and reactions, reading
+/// the pull request, the repository's contents (clone, `.prodigy/config.yml`) and
+/// collaborator permissions. The App's settings must grant at least these (README).
+pub const JOB_PERMISSIONS: &[(&str, &str)] = &[
+    ("checks", "write"),
+    ("contents", "read"),
+    ("issues", "write"),
+    ("metadata", "read"),
+    ("pull_requests", "read"),
+];
+
+/// The body of `POST /app/installations/{id}/access_tokens`: the permissions a job needs and,
+/// for a repository's calls, only that repository (by name, without the owner).
+pub fn access_token_request(scope: &TokenScope) -> serde_json::Value {
+    let permissions: serde_json::Map<String, serde_json::Value> = JOB_PERMISSIONS
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    let mut body = serde_json::json!({ "permissions": permissions });
+    if let Some(repo) = &scope.repo {
+        let name = repo.rsplit('/').next().unwrap_or(repo);
+        body["repositories"] = serde_json::json!([name]);
+    }
+    body
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<InstallationToken>>>;
@@ -120,11 +163,11 @@ impl TokenCache {
         Self::default()
     }
 
-    fn slot(&self, installation: InstallationId) -> Slot {
+    fn slot(&self, scope: TokenScope) -> Slot {
         self.slots
             .lock()
             .expect("token cache lock poisoned")
-            .entry(installation)
+            .entry(scope)
             .or_default()
             .clone()
     }
@@ -132,14 +175,14 @@ impl TokenCache {
     /// The cached token if still fresh, else the result of `fetch` (cached on success).
     pub async fn get_or_fetch<F, Fut, E>(
         &self,
-        installation: InstallationId,
+        scope: impl Into<TokenScope>,
         fetch: F,
     ) -> Result<SecretString, E>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<InstallationToken, E>>,
     {
-        let slot = self.slot(installation);
+        let slot = self.slot(scope.into());
         let mut guard = slot.lock().await;
         if let Some(token) = guard.as_ref().filter(|t| t.is_fresh(Utc::now())) {
             return Ok(token.token.clone());
@@ -151,11 +194,12 @@ impl TokenCache {
     }
 
     /// Drops the token of an installation (App uninstalled, or GitHub answered 401 with it).
+    /// Drops every token of the installation, whatever repository it was narrowed to.
     pub fn forget(&self, installation: InstallationId) {
         self.slots
             .lock()
             .expect("token cache lock poisoned")
-            .remove(&installation);
+            .retain(|scope, _| scope.installation != installation);
     }
 }
 
@@ -173,6 +217,23 @@ mod tests {
         assert!(token(60).is_fresh(now));
         assert!(!token(4).is_fresh(now));
         assert!(!token(-1).is_fresh(now));
+    }
+
+    #[test]
+    fn a_repositorys_token_request_names_it_and_the_job_permissions() {
+        let scope = TokenScope {
+            installation: InstallationId(7),
+            repo: Some("octo/widgets".into()),
+        };
+        assert_eq!(
+            access_token_request(&scope),
+            serde_json::json!({
+                "repositories": ["widgets"],
+                "permissions": {"checks": "write", "contents": "read", "issues": "write",
+                                "metadata": "read", "pull_requests": "read"}
+            })
+        );
+        assert!(access_token_request(&InstallationId(7).into())["repositories"].is_null());
     }
 
     #[test]

@@ -18,7 +18,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::auth::{AppAuth, AuthError, InstallationToken, TokenCache};
+use super::auth::{
+    AppAuth, AuthError, InstallationToken, TokenCache, TokenScope, access_token_request,
+};
 use super::checks::{CheckRunUpdate, NewCheckRun};
 use super::ids::{CheckRunId, CommentId, CommitSha, InstallationId, PrNumber};
 use super::retry::{RetryDecision, RetryPolicy};
@@ -205,10 +207,11 @@ struct WireMessage {
 
 /// How a request is authenticated.
 #[derive(Clone, Copy)]
-enum Auth {
+enum Auth<'a> {
     /// As the App itself (JWT): only for minting installation tokens.
     App,
-    Installation(InstallationId),
+    /// With an installation token narrowed to this repository (`owner/name`).
+    Installation(InstallationId, &'a RepoName),
 }
 
 /// Who the client acts as.
@@ -309,10 +312,28 @@ impl GitHubClient {
         &self,
         installation: InstallationId,
     ) -> Result<SecretString, GitHubError> {
+        self.scoped_token(installation.into()).await
+    }
+
+    /// A token for `repo` only, with the permissions a job needs ([`super::auth::JOB_PERMISSIONS`]);
+    /// cached per repository. A token client answers with its token.
+    pub async fn repo_token(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+    ) -> Result<SecretString, GitHubError> {
+        self.scoped_token(TokenScope {
+            installation,
+            repo: Some(repo.as_str().to_string()),
+        })
+        .await
+    }
+
+    async fn scoped_token(&self, scope: TokenScope) -> Result<SecretString, GitHubError> {
         match &self.credentials {
             Credentials::App { tokens, .. } => {
                 tokens
-                    .get_or_fetch(installation, || self.fetch_installation_token(installation))
+                    .get_or_fetch(scope.clone(), || self.fetch_installation_token(&scope))
                     .await
             }
             Credentials::Token(token) => Ok(token.clone()),
@@ -329,13 +350,13 @@ impl GitHubClient {
 
     async fn fetch_installation_token(
         &self,
-        installation: InstallationId,
+        scope: &TokenScope,
     ) -> Result<InstallationToken, GitHubError> {
-        let path = format!("/app/installations/{installation}/access_tokens");
+        let path = format!("/app/installations/{}/access_tokens", scope.installation);
+        let body = access_token_request(scope);
         // Boxed: `call` reaches this through `installation_token`, and async recursion needs a box.
         let wire: WireAccessToken =
-            Box::pin(self.call_json(Method::POST, &path, Auth::App, Some(serde_json::json!({}))))
-                .await?;
+            Box::pin(self.call_json(Method::POST, &path, Auth::App, Some(body))).await?;
         Ok(InstallationToken {
             token: SecretString::from(wire.token),
             expires_at: wire.expires_at,
@@ -353,7 +374,7 @@ impl GitHubClient {
             .call_json(
                 Method::POST,
                 &path,
-                Auth::Installation(installation),
+                Auth::Installation(installation, repo),
                 Some(to_json(run)),
             )
             .await?;
@@ -372,7 +393,7 @@ impl GitHubClient {
             .call_json(
                 Method::PATCH,
                 &path,
-                Auth::Installation(installation),
+                Auth::Installation(installation, repo),
                 Some(to_json(update)),
             )
             .await?;
@@ -392,7 +413,7 @@ impl GitHubClient {
             .call_json(
                 Method::POST,
                 &path,
-                Auth::Installation(installation),
+                Auth::Installation(installation, repo),
                 Some(serde_json::json!({ "body": body })),
             )
             .await?;
@@ -414,7 +435,7 @@ impl GitHubClient {
             .call_json(
                 Method::POST,
                 &path,
-                Auth::Installation(installation),
+                Auth::Installation(installation, repo),
                 Some(serde_json::json!({ "content": reaction })),
             )
             .await?;
@@ -434,7 +455,12 @@ impl GitHubClient {
             encode_segment(user)
         );
         let result: Result<WirePermission, _> = self
-            .call_json(Method::GET, &path, Auth::Installation(installation), None)
+            .call_json(
+                Method::GET,
+                &path,
+                Auth::Installation(installation, repo),
+                None,
+            )
             .await;
         let wire = match result {
             // GitHub answers 404 for a user that is not a collaborator (or does not exist).
@@ -459,7 +485,12 @@ impl GitHubClient {
     ) -> Result<PullRequestInfo, GitHubError> {
         let path = format!("/repos/{}/pulls/{number}", repo_path(repo)?);
         let wire: WirePull = self
-            .call_json(Method::GET, &path, Auth::Installation(installation), None)
+            .call_json(
+                Method::GET,
+                &path,
+                Auth::Installation(installation, repo),
+                None,
+            )
             .await?;
         let head_repo = wire.head.repo.map(|r| RepoName::new(&r.full_name));
         let base_repo = wire.base.repo.map(|r| RepoName::new(&r.full_name));
@@ -494,7 +525,12 @@ impl GitHubClient {
             encode_segment(git_ref)
         );
         let result: Result<WireContent, _> = self
-            .call_json(Method::GET, &path, Auth::Installation(installation), None)
+            .call_json(
+                Method::GET,
+                &path,
+                Auth::Installation(installation, repo),
+                None,
+            )
             .await;
         let wire = match result {
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(None),
@@ -534,7 +570,7 @@ impl GitHubClient {
         &self,
         method: Method,
         path: &str,
-        auth: Auth,
+        auth: Auth<'_>,
         body: Option<serde_json::Value>,
     ) -> Result<T, GitHubError> {
         let bytes = self.call(method.clone(), path, auth, body).await?;
@@ -551,7 +587,7 @@ impl GitHubClient {
         &self,
         method: Method,
         path: &str,
-        auth: Auth,
+        auth: Auth<'_>,
         body: Option<serde_json::Value>,
     ) -> Result<Bytes, GitHubError> {
         let body = body.map(|b| b.to_string());
@@ -561,13 +597,13 @@ impl GitHubClient {
             attempt += 1;
             let bearer = match auth {
                 Auth::App => self.app_jwt()?,
-                Auth::Installation(id) => self.installation_token(id).await?,
+                Auth::Installation(id, repo) => self.repo_token(id, repo).await?,
             };
             let outcome = self.send_once(&method, path, &bearer, body.clone()).await;
             let decision = match &outcome {
                 Ok((status, headers, _)) => {
                     if *status == StatusCode::UNAUTHORIZED
-                        && let Auth::Installation(id) = auth
+                        && let Auth::Installation(id, _) = auth
                         && let Credentials::App { tokens, .. } = &self.credentials
                         && !refreshed_token
                     {

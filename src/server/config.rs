@@ -24,6 +24,14 @@ pub struct ServeConfig {
     /// The webhook secret set in the App settings. Required: deliveries are verified with it.
     #[arg(long, env = "PRODIGY_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// A file holding the webhook secret (instead of --webhook-secret): keeps the secret out
+    /// of the process environment.
+    #[arg(
+        long,
+        env = "PRODIGY_WEBHOOK_SECRET_FILE",
+        conflicts_with = "webhook_secret"
+    )]
+    pub webhook_secret_file: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "PRODIGY_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
@@ -86,6 +94,7 @@ impl std::fmt::Debug for ServeConfig {
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "[REDACTED]"),
             )
+            .field("webhook_secret_file", &self.webhook_secret_file)
             .field("listen", &self.listen)
             .field("public_url", &self.public_url)
             .field("github_api_url", &self.github_api_url)
@@ -125,6 +134,9 @@ pub struct Settings {
     pub claude_bin: String,
     /// Whether this process claims and runs queued work (`--no-runner` turns it off).
     pub runner: bool,
+    /// How agents are confined. `settings` gives the safe default (built environment,
+    /// sandbox where the kernel has one); `prodigy serve` fills it from the global flags.
+    pub agents: crate::engine::AgentPolicy,
 }
 
 impl ServeConfig {
@@ -135,9 +147,19 @@ impl ServeConfig {
         database_url: Option<&str>,
         claude_bin: &str,
     ) -> anyhow::Result<Settings> {
-        let secret = self
-            .webhook_secret
+        let from_file = match &self.webhook_secret_file {
+            Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "cannot read the webhook secret file {} (--webhook-secret-file)",
+                    path.display()
+                )
+            })?),
+            None => None,
+        };
+        let secret = from_file
             .as_deref()
+            .map(|s| s.trim_end_matches(['\r', '\n']))
+            .or(self.webhook_secret.as_deref())
             .filter(|s| !s.trim().is_empty())
             .context(
                 "no webhook secret: prodigy serve refuses to accept unverified webhooks. \
@@ -217,7 +239,30 @@ impl ServeConfig {
             poll: std::time::Duration::from_millis(self.poll_ms.max(10)),
             claude_bin: claude_bin.to_string(),
             runner: !self.no_runner,
+            agents: crate::engine::AgentPolicy {
+                env: crate::engine::agent_env::AgentEnvSettings {
+                    mode: crate::engine::agent_env::EnvMode::Clean,
+                    ..Default::default()
+                },
+                sandbox: crate::engine::sandbox::SandboxSettings {
+                    deny: self.secret_files(),
+                    ..Default::default()
+                },
+            },
         })
+    }
+}
+
+impl ServeConfig {
+    /// Files holding the server's secrets: no agent may read them, whatever directory they
+    /// are in.
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if !self.private_key.contains("-----BEGIN") {
+            files.push(PathBuf::from(&self.private_key));
+        }
+        files.extend(self.webhook_secret_file.clone());
+        files
     }
 }
 

@@ -78,8 +78,13 @@ pub async fn serve(
     config: &ServeConfig,
     database_url: Option<&str>,
     claude_bin: &str,
+    agents: crate::engine::AgentPolicy,
 ) -> anyhow::Result<()> {
-    let settings = config.settings(database_url, claude_bin)?;
+    let mut settings = config.settings(database_url, claude_bin)?;
+    settings.agents = agents;
+    // The key and the secret are read; from here on no process of the same user may read this
+    // one's memory or environment (/proc/<pid>/environ, /proc/<pid>/mem, ptrace).
+    crate::engine::sandbox::make_undumpable()?;
     // Every job reports to a check run on its pull request's head commit, as the App.
     let mut server = start_with_check_runs(settings).await?;
     let stop = server.stop.clone();
@@ -161,6 +166,7 @@ pub async fn start_with(
         instance: Some(settings.instance.clone()),
         reporter: Arc::new(Silent),
         cancel: jobs.clone(),
+        agents: settings.agents.clone(),
     };
     let runner = Runner::new(RunnerParts {
         store: store.clone(),

@@ -19,6 +19,9 @@ pub struct Repo {
     pub claude_log: PathBuf,
     /// Extra environment for every prodigy this repo runs (e.g. the real AI CLI's settings).
     pub extra_env: std::cell::RefCell<Vec<(String, String)>>,
+    /// Outside the repository and the state directory: the one place besides their worktree
+    /// that agents may write (`PRODIGY_SANDBOX_WRITE`), for evidence tests read back.
+    pub out: PathBuf,
 }
 
 /// A stub `claude` for what the real CLI cannot be made to do: records its arguments, one line
@@ -39,17 +42,22 @@ impl Repo {
         let path = tmp.path().join("repo");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&path).unwrap();
-        std::fs::create_dir_all(home.join("bin")).unwrap();
-        let claude = home.join("bin").join("claude");
+        // The stub lives outside PRODIGY_HOME: agents may not read prodigy's state directory.
+        std::fs::create_dir_all(tmp.path().join("bin")).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        let claude = tmp.path().join("bin").join("claude");
         std::fs::write(&claude, CLAUDE_STUB).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
         let db_url = db_url
             .map(str::to_string)
             .unwrap_or_else(|| format!("sqlite://{}", home.join("state.db").display()));
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
         let repo = Repo {
             extra_env: Default::default(),
-            claude_log: home.join("claude.log"),
+            claude_log: out.join("claude.log"),
+            out,
             _tmp: tmp,
             path,
             home,
@@ -61,6 +69,11 @@ impl Repo {
         repo.write("README.md", "test repository\n");
         repo.commit_all("initial");
         repo
+    }
+
+    /// The stub AI CLI.
+    pub fn claude_bin(&self) -> PathBuf {
+        self._tmp.path().join("bin").join("claude")
     }
 
     pub fn write(&self, rel: &str, content: &str) {
@@ -101,8 +114,9 @@ impl Repo {
             .current_dir(&self.path)
             .env("DATABASE_URL", &self.db_url)
             .env("PRODIGY_HOME", &self.home)
-            .env("PRODIGY_CLAUDE_BIN", self.home.join("bin").join("claude"))
+            .env("PRODIGY_CLAUDE_BIN", self.claude_bin())
             .env("CLAUDE_LOG", &self.claude_log)
+            .env("PRODIGY_SANDBOX_WRITE", &self.out)
             .env("PRODIGY_LOCK_LEASE_SECS", "3")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
@@ -401,7 +415,17 @@ impl Resumable {
     }
 
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![("COUNTER_DIR", self.counter.path().display().to_string())]
+        vec![
+            ("COUNTER_DIR", self.counter.path().display().to_string()),
+            (
+                "PRODIGY_SANDBOX_WRITE",
+                format!(
+                    "{}:{}",
+                    self.counter.path().display(),
+                    self.repo.out.display()
+                ),
+            ),
+        ]
     }
 
     pub fn fail(&self, name: &str) {
@@ -548,4 +572,13 @@ pub fn item_key_at(url: &str, job: &str, position: i64) -> String {
                 .get::<String, _>(0)
         }
     })
+}
+
+/// For engines a test builds in process: these agents leave evidence and wait on gate files in
+/// temporary directories outside their worktrees, so the sandbox lets them write there
+/// (prodigy's state directory stays denied).
+pub fn agents_writing_tmp() -> prodigy::engine::AgentPolicy {
+    let mut agents = prodigy::engine::AgentPolicy::default();
+    agents.sandbox.extra_write = vec![std::env::temp_dir()];
+    agents
 }

@@ -127,6 +127,11 @@ pub struct IssuedToken {
     pub revoked: bool,
     /// `checks: write`; without it check-run calls are answered 403, as GitHub does.
     pub checks_write: bool,
+    /// The repositories (`owner/name`, lower case) the token was narrowed to; `None`: all of
+    /// its installation's.
+    pub repositories: Option<Vec<String>>,
+    /// The permissions asked for, as sent.
+    pub permissions: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -387,6 +392,8 @@ impl FakeGitHub {
             expires_at: Utc::now() + chrono::Duration::hours(6),
             revoked: false,
             checks_write,
+            repositories: Some(vec![repo.to_ascii_lowercase()]),
+            permissions: None,
         });
         token
     }
@@ -661,7 +668,11 @@ fn authorize_repo(world: &World, op: Op, headers: &HeaderMap, repo: &str) -> Res
         .installations
         .get(&issued.installation)
         .is_some_and(|repos| repos.iter().any(|r| r == repo));
-    if !covered {
+    let narrowed_out = issued
+        .repositories
+        .as_ref()
+        .is_some_and(|repos| !repos.iter().any(|r| r == repo));
+    if !covered || narrowed_out {
         return Err(error(StatusCode::NOT_FOUND, "Not Found"));
     }
     if matches!(op, Op::CreateCheckRun | Op::UpdateCheckRun) && !issued.checks_write {
@@ -732,10 +743,38 @@ async fn create_access_token(
         w.requests.last_mut().unwrap().status = StatusCode::UNAUTHORIZED;
         return error(StatusCode::UNAUTHORIZED, &reason);
     }
-    if !w.installations.contains_key(&id) {
+    let Some(covered) = w.installations.get(&id).cloned() else {
         w.requests.last_mut().unwrap().status = StatusCode::NOT_FOUND;
         return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    // `repositories` narrows the token to repositories of the installation, by name; GitHub
+    // answers 422 for one the installation does not cover.
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut repositories = None;
+    if let Some(names) = request.get("repositories").and_then(Value::as_array) {
+        let mut full = Vec::new();
+        for name in names.iter().filter_map(Value::as_str) {
+            let name = name.to_ascii_lowercase();
+            match covered
+                .iter()
+                .find(|r| r.rsplit('/').next() == Some(name.as_str()))
+            {
+                Some(repo) => full.push(repo.clone()),
+                None => {
+                    w.requests.last_mut().unwrap().status = StatusCode::UNPROCESSABLE_ENTITY;
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "There is at least one repository that does not exist or is not accessible to the parent installation.",
+                    );
+                }
+            }
+        }
+        repositories = Some(full);
     }
+    let permissions = request.get("permissions").cloned();
+    let checks_write = permissions
+        .as_ref()
+        .is_none_or(|p| p.get("checks").and_then(Value::as_str) == Some("write"));
     let n = w.tokens.len();
     // Lengths vary on purpose: clients must not assume a token's size or shape.
     let token = format!(
@@ -749,7 +788,9 @@ async fn create_access_token(
         installation: id,
         expires_at,
         revoked: false,
-        checks_write: true,
+        checks_write,
+        repositories,
+        permissions,
     });
     (
         StatusCode::CREATED,

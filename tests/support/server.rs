@@ -478,6 +478,7 @@ async fn start_server(
         app_id: super::fake_github::TEST_APP_ID,
         private_key: key.display().to_string(),
         webhook_secret: Some(SECRET.to_string()),
+        webhook_secret_file: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         public_url: Some("https://prodigy.test".into()),
         github_api_url: gh.base_url(),
@@ -492,9 +493,14 @@ async fn start_server(
         poll_ms: 50,
         no_runner: !runner,
     };
-    let settings = config
+    let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())
         .expect("test settings are valid");
+    // Agents of these tests record their runs in `<tmp>/agent` (outside their worktrees): the
+    // one place besides their own that the sandbox lets them write.
+    let shared = tmp.path().join("agent");
+    std::fs::create_dir_all(&shared).unwrap();
+    settings.agents.sandbox.extra_write = vec![shared];
     let started = if check_runs {
         prodigy::server::start_with_check_runs(settings).await
     } else {
