@@ -291,3 +291,65 @@ fn io_error(dir: &Path, e: std::io::Error) -> GitError {
         message: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_sync(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .envs(git::quiet_env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+
+    /// Jobs of one repository make and remove their worktrees at the same time, as a server's
+    /// jobs of several pull requests do; none may see another's half-made worktree.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn jobs_of_one_repository_make_and_remove_worktrees_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git_sync(&repo, &["init", "-q", "-b", "main"]);
+        std::fs::write(repo.join("README.md"), "x\n").unwrap();
+        git_sync(&repo, &["add", "-A"]);
+        git_sync(
+            &repo,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-q",
+                "-m",
+                "init",
+            ],
+        );
+        let state = tmp.path().join("state");
+        for _round in 0..3 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..4 {
+                let ws = Workspace::new(&repo, &state, JobId::new());
+                tasks.spawn(async move {
+                    ws.ensure_job_worktree("main").await?;
+                    let slots = ws.create_pool(3, "main").await?;
+                    for slot in &slots {
+                        slot.prepare("main").await?;
+                    }
+                    ws.remove_all().await
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap().unwrap();
+            }
+        }
+        let list = git::git(&repo, &["worktree", "list", "--porcelain"])
+            .await
+            .unwrap();
+        assert_eq!(list.matches("worktree ").count(), 1, "{list}");
+    }
+}
