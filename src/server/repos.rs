@@ -241,9 +241,12 @@ fn clone_command(dir: &Path, url: &str, token: Option<&SecretString>) -> Command
 fn fetch_command(dir: &Path, url: &str, refspec: &str, token: Option<&SecretString>) -> Command {
     let mut cmd = git_command(dir, token);
     // The URL, not the `origin` remote: the fetch does not depend on what the clone stored.
+    // No auto-maintenance: a `gc --auto` repacking while agents commit in worktrees of this
+    // clone is what `engine::git::quiet_env` keeps out of the engine's own git calls.
     cmd.args([
         "fetch",
         "--quiet",
+        "--no-auto-maintenance",
         "--no-tags",
         "--no-write-fetch-head",
         "--",
