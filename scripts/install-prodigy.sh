@@ -10,6 +10,7 @@
 #   PRODIGY_VERSION           a release tag to download (`v1.4.0` or `1.4.0`); empty: from the ref
 #   PRODIGY_ACTION_REF        the ref the workflow names the action by (`v1`, `v1.4.0`, `main`, a SHA)
 #   PRODIGY_ACTION_REPOSITORY `owner/name` of the action, for the default download address
+#                             (both read from the action's path when the runner leaves them empty)
 #   PRODIGY_ACTION_PATH       the action's source (its Cargo.toml names the version of a `v1` ref)
 #   RUNNER_OS, RUNNER_ARCH    `Linux`/`macOS` and `X64`/`ARM64`, as the runner sets them
 #   PRODIGY_RELEASE_BASE_URL  where releases are, `<base>/<tag>/<asset>` (default: the
@@ -67,6 +68,18 @@ fi
 # 2. Which release.
 version="${PRODIGY_VERSION:-}"
 ref="${PRODIGY_ACTION_REF:-}"
+repository="${PRODIGY_ACTION_REPOSITORY:-}"
+# Inside a composite action github.action_ref and github.action_repository can be empty
+# (actions/runner#2525); the runner checks an action out at .../_actions/<owner>/<repo>/<ref>.
+if [ -z "$ref" ] || [ -z "$repository" ]; then
+  case "$action_path" in
+    */_actions/*/*/*)
+      IFS=/ read -r path_owner path_repo path_ref _ <<<"${action_path##*/_actions/}"
+      ref="${ref:-$path_ref}"
+      repository="${repository:-$path_owner/$path_repo}"
+      ;;
+  esac
+fi
 if [ -n "$version" ]; then
   case "$version" in v*) tag="$version" ;; *) tag="v$version" ;; esac
 elif [[ "$ref" =~ ^v[0-9]+\.[0-9]+\.[0-9]+([-+].*)?$ ]]; then
@@ -100,8 +113,8 @@ asset="prodigy-$tag-$target.tar.gz"
 if [ -n "${PRODIGY_RELEASE_BASE_URL:-}" ]; then
   base="${PRODIGY_RELEASE_BASE_URL%/}"
 else
-  [ -n "${PRODIGY_ACTION_REPOSITORY:-}" ] || fallback "the action's repository is unknown, so there is no release address"
-  base="${GITHUB_SERVER_URL:-https://github.com}/$PRODIGY_ACTION_REPOSITORY/releases/download"
+  [ -n "$repository" ] || fallback "the action's repository is unknown, so there is no release address"
+  base="${GITHUB_SERVER_URL:-https://github.com}/$repository/releases/download"
 fi
 url="$base/$tag/$asset"
 

@@ -25,12 +25,15 @@ const RUNNERS: [(&str, &str, &str); 4] = [
     ("macOS", "ARM64", "aarch64-apple-darwin"),
 ];
 
-/// A directory served over HTTP as `<base>/<tag>/<asset>`, recording every path asked for.
+/// GitHub's release downloads of `octo/prodigy`, `<server>/octo/prodigy/releases/download/<tag>/<asset>`,
+/// served from a directory, recording every path asked for.
 struct FakeReleases {
     dir: tempfile::TempDir,
-    base: String,
+    server: String,
     requests: Arc<Mutex<Vec<String>>>,
 }
+
+const RELEASES: &str = "octo/prodigy/releases/download";
 
 #[derive(Clone)]
 struct Served {
@@ -54,7 +57,7 @@ impl FakeReleases {
         let dir = tempfile::tempdir().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
-            .route("/releases/{*path}", get(serve_file))
+            .route("/{*path}", get(serve_file))
             .with_state(Served {
                 root: dir.path().to_path_buf(),
                 requests: requests.clone(),
@@ -64,7 +67,7 @@ impl FakeReleases {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         FakeReleases {
             dir,
-            base: format!("http://{addr}/releases"),
+            server: format!("http://{addr}"),
             requests,
         }
     }
@@ -72,7 +75,7 @@ impl FakeReleases {
     /// Publishes `prodigy-<tag>-<target>.tar.gz` (a `prodigy` that prints its target and notes
     /// each run in `$PRODIGY_FAKE_RAN`) and its `.sha256`, as release.yml lays them out.
     fn publish(&self, tag: &str, target: &str) -> PathBuf {
-        let release = self.dir.path().join(tag);
+        let release = self.dir.path().join(RELEASES).join(tag);
         let name = format!("prodigy-{tag}-{target}");
         let stage = tempfile::tempdir().unwrap();
         let inner = stage.path().join(&name);
@@ -106,8 +109,18 @@ impl FakeReleases {
         archive
     }
 
+    fn base(&self) -> String {
+        format!("{}/{RELEASES}", self.server)
+    }
+
+    /// The paths asked for, relative to the release downloads.
     fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
+        let prefix = format!("{RELEASES}/");
+        let requests = self.requests.lock().unwrap();
+        requests
+            .iter()
+            .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string())
+            .collect()
     }
 }
 
@@ -163,7 +176,7 @@ async fn run_script(
         .env("RUNNER_OS", runner.0)
         .env("RUNNER_ARCH", runner.1)
         .env("GITHUB_OUTPUT", &output_file)
-        .env("PRODIGY_RELEASE_BASE_URL", &releases.base)
+        .env("PRODIGY_RELEASE_BASE_URL", releases.base())
         .env("PRODIGY_INSTALL_DIR", &install_dir)
         .env("PRODIGY_ACTION_PATH", action)
         .env("PRODIGY_FAKE_RAN", &ran_marker);
@@ -261,6 +274,41 @@ async fn a_major_tag_downloads_the_release_its_commit_names() {
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert_eq!(run.out("fallback"), Some("true"));
     assert!(run.stdout.contains("not a v2 release"), "{}", run.stdout);
+}
+
+/// Inside a composite action the runner may leave `github.action_ref` and
+/// `github.action_repository` empty; the action's checkout path names both.
+#[tokio::test]
+async fn the_ref_and_repository_come_from_the_action_path_when_the_runner_leaves_them_empty() {
+    let releases = FakeReleases::start().await;
+    releases.publish("v1.4.0", "aarch64-unknown-linux-musl");
+    let work = tempfile::tempdir().unwrap();
+    let action = work.path().join("_actions/octo/prodigy/v1");
+    std::fs::create_dir_all(&action).unwrap();
+    std::fs::write(
+        action.join("Cargo.toml"),
+        "[package]\nname = \"prodigy\"\nversion = \"1.4.0\"\n",
+    )
+    .unwrap();
+    let run = run_script(
+        &releases,
+        &action,
+        ("Linux", "ARM64"),
+        &[
+            ("PRODIGY_ACTION_REF", ""),
+            ("PRODIGY_ACTION_REPOSITORY", ""),
+            // The default address: GitHub's release downloads of the action's repository.
+            ("PRODIGY_RELEASE_BASE_URL", ""),
+            ("GITHUB_SERVER_URL", &releases.server),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.out("version"), Some("v1.4.0"));
+    assert_eq!(
+        releases.requests()[0],
+        "v1.4.0/prodigy-v1.4.0-aarch64-unknown-linux-musl.tar.gz"
+    );
 }
 
 #[tokio::test]
