@@ -18,13 +18,22 @@ fn phase_running(ev: &[Value], phase: &str) -> bool {
         .any(|e| e["kind"] == "phase_steps_started" && e["data"]["phase"] == phase)
 }
 
-fn moments() -> Vec<Moment> {
+/// Whether the agents' evidence file has a line `line` (setup and reduce write theirs first, so
+/// a kill after it lands inside the phase's command, not before the shell has started).
+fn recorded(runs: &std::path::Path, line: &str) -> bool {
+    std::fs::read_to_string(runs).is_ok_and(|t| t.lines().any(|l| l == line))
+}
+
+fn moments(runs: std::path::PathBuf) -> Vec<Moment> {
+    let in_setup = runs.clone();
     let merged_at_least =
         |n: usize| -> Pred { Box::new(move |ev: &[Value]| count(ev, "item_merged") >= n) };
     vec![
         (
             "during setup",
-            Box::new(|ev: &[Value]| phase_running(ev, "setup")),
+            Box::new(move |ev: &[Value]| {
+                phase_running(ev, "setup") && recorded(&in_setup, "setup")
+            }),
         ),
         (
             "first item started",
@@ -39,7 +48,7 @@ fn moments() -> Vec<Moment> {
         ("after 95 merges", merged_at_least(95)),
         (
             "during reduce",
-            Box::new(|ev: &[Value]| phase_running(ev, "reduce")),
+            Box::new(move |ev: &[Value]| phase_running(ev, "reduce") && recorded(&runs, "reduce")),
         ),
     ]
 }
@@ -56,7 +65,7 @@ fn sigkill_at_ten_moments_then_resume_completes_exactly_once() {
         ];
         let mut job: Option<String> = None;
         let mut kills = 0;
-        for (moment, pred) in moments() {
+        for (moment, pred) in moments(r.counter.path().join("runs.txt")) {
             let mut proc = match &job {
                 None => r.start(&["run", "wf.yml"], &slow),
                 Some(j) => r.start(&["resume", j], &slow),
