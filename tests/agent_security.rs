@@ -202,3 +202,45 @@ fn sandbox_off_warns_and_required_without_landlock_fails_before_any_agent() {
         assert!(!outside.path().join("auto-real").exists());
     }
 }
+
+/// An agent points its worktree's `.git` at a git directory of its own whose configuration runs
+/// a command (`core.fsmonitor`): prodigy's own git, which runs unsandboxed, must never use it.
+#[test]
+fn an_agent_cannot_hand_prodigys_git_a_configuration_of_its_own() {
+    let repo = Repo::new(None);
+    repo.write(
+        "wf.yml",
+        r#"name: hijack
+mode: mapreduce
+map:
+  input: items.json
+  json_path: "$[*]"
+  agent_template:
+    - shell: "sh hijack.sh"
+"#,
+    );
+    repo.write("items.json", r#"[{"id": "one"}]"#);
+    repo.write(
+        "hijack.sh",
+        r#"git clone -q --bare "$(git rev-parse --git-common-dir)" "$PWD/.evil"
+git --git-dir="$PWD/.evil" update-ref --no-deref HEAD "$(git rev-parse HEAD)"
+git config -f "$PWD/.evil/config" core.bare false
+git config -f "$PWD/.evil/config" core.fsmonitor "touch $MARK; false"
+echo "gitdir: $PWD/.evil" > .git
+"#,
+    );
+    repo.commit_all("hijack");
+    let mark = repo.out.join("fsmonitor-ran");
+    let out = repo
+        .command(&["run", "wf.yml"])
+        .env("MARK", &mark)
+        .output()
+        .unwrap();
+    assert!(!mark.exists(), "prodigy's git ran the agent's command");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no longer leads into the repository"),
+        "{}",
+        text(&out)
+    );
+}

@@ -90,8 +90,83 @@ pub async fn git_ok(dir: &Path, args: &[&str]) -> Result<bool> {
     }
 }
 
+/// Git directories prodigy trusts (its repositories' common dirs) and the directories holding
+/// the worktrees it manages. Agents can rewrite their worktree's `.git` file to point at a git
+/// directory of their own, whose configuration (`core.fsmonitor`, filter drivers) would run
+/// commands in prodigy's own, unsandboxed git; so git in a managed worktree runs with
+/// `GIT_DIR`, `GIT_COMMON_DIR` and `GIT_WORK_TREE` pinned to the trusted repository.
+#[derive(Default)]
+struct Trusted {
+    common_dirs: Vec<PathBuf>,
+    managed_roots: Vec<PathBuf>,
+}
+
+static TRUSTED: std::sync::Mutex<Trusted> = std::sync::Mutex::new(Trusted {
+    common_dirs: Vec::new(),
+    managed_roots: Vec::new(),
+});
+
+/// Trusts `repo`'s common git directory and treats every worktree under `managed_root` as
+/// prodigy's: git there only ever uses that repository's configuration.
+pub async fn trust(repo: &Path, managed_root: &Path) -> Result<()> {
+    let common = common_dir(repo).await?;
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let (common, root) = (canonical(&common), canonical(managed_root));
+    let mut t = TRUSTED.lock().expect("trusted git dirs lock");
+    if !t.common_dirs.contains(&common) {
+        t.common_dirs.push(common);
+    }
+    if !t.managed_roots.contains(&root) {
+        t.managed_roots.push(root);
+    }
+    Ok(())
+}
+
+/// The pinned environment for git in `dir`; `Err` for a managed worktree whose `.git` no
+/// longer leads into a trusted repository.
+fn pinned_env(dir: &Path) -> std::result::Result<Vec<(&'static str, PathBuf)>, String> {
+    let t = TRUSTED.lock().expect("trusted git dirs lock");
+    let Ok(real) = dir.canonicalize() else {
+        return Ok(Vec::new());
+    };
+    let Some(root) = t.managed_roots.iter().find(|r| real.starts_with(r)) else {
+        return Ok(Vec::new());
+    };
+    // The worktree's top: the first directory below a job's directory (`<root>/<job>/<name>`).
+    let rel = real.strip_prefix(root).unwrap_or(&real);
+    let top: PathBuf = root.join(rel.iter().take(2).collect::<PathBuf>());
+    let admin = std::fs::read_to_string(top.join(".git"))
+        .ok()
+        .and_then(|text| {
+            let gitdir = text.trim().strip_prefix("gitdir:")?.trim().to_string();
+            top.join(gitdir).canonicalize().ok()
+        });
+    let pinned = admin.and_then(|admin| {
+        let common = t
+            .common_dirs
+            .iter()
+            .find(|c| admin.starts_with(c.join("worktrees")))?;
+        Some(vec![
+            ("GIT_DIR", admin.clone()),
+            ("GIT_COMMON_DIR", common.clone()),
+            ("GIT_WORK_TREE", top.clone()),
+        ])
+    });
+    pinned.ok_or_else(|| {
+        format!(
+            "the worktree {}'s .git no longer leads into the repository (changed by an agent?); prodigy runs no git there",
+            top.display()
+        )
+    })
+}
+
 /// Runs git and returns its whole output, whatever the exit status.
 pub async fn git_output(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let pinned = pinned_env(dir).map_err(|message| GitError {
+        args: args.join(" "),
+        dir: dir.to_path_buf(),
+        message,
+    })?;
     let mut cmd = Command::new("git");
     cmd.args(args)
         .current_dir(dir)
@@ -105,8 +180,10 @@ pub async fn git_output(dir: &Path, args: &[&str]) -> Result<std::process::Outpu
                 .map(|(k, v)| (k, v)),
         )
         .env_remove("GIT_DIR")
+        .env_remove("GIT_COMMON_DIR")
         .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE");
+        .env_remove("GIT_INDEX_FILE")
+        .envs(pinned);
     cmd.output().await.map_err(|e| GitError {
         args: args.join(" "),
         dir: dir.to_path_buf(),

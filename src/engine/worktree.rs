@@ -56,6 +56,9 @@ impl Workspace {
     /// Makes sure the job worktree exists on the job branch and is at its HEAD, clean of
     /// half-done git operations. The branch is created at `base` when it does not exist yet.
     pub async fn ensure_job_worktree(&self, base: &str) -> Result<()> {
+        let managed = self.root.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(managed).map_err(|e| io_error(managed, e))?;
+        git::trust(&self.repo, managed).await?;
         if !git::branch_exists(&self.repo, &self.branch).await? {
             git::git(&self.repo, &["branch", &self.branch, base]).await?;
         }
