@@ -434,9 +434,11 @@ impl Runner {
         Some(PrTurn::join(self.pr_lock(&repo, number)).await)
     }
 
+    /// A token for fetching `repo` only (never the whole installation).
     async fn token_for_git(
         &self,
         installation: InstallationId,
+        repo: &RepoName,
     ) -> anyhow::Result<Option<secrecy::SecretString>> {
         if !self.p().repos.needs_token() {
             return Ok(None);
@@ -444,7 +446,7 @@ impl Runner {
         Ok(Some(
             self.p()
                 .github
-                .installation_token(installation)
+                .repo_token(installation, repo)
                 .await
                 .context("cannot get an installation token to fetch the repository")?,
         ))
@@ -581,7 +583,7 @@ impl Runner {
         pr: u64,
         sha: &str,
     ) -> anyhow::Result<Result<RepoConfig, String>> {
-        let token = self.token_for_git(installation).await?;
+        let token = self.token_for_git(installation, repo).await?;
         self.p()
             .repos
             .prepare(repo, Some(PrNumber(pr)), sha, token)
@@ -1125,7 +1127,7 @@ impl Runner {
                 };
                 // The clone may be gone (a new disk, a cleaned cache): fetch the job's commit.
                 if let Some(sha) = &job.head_sha {
-                    let token = self.token_for_git(installation).await?;
+                    let token = self.token_for_git(installation, &w.repo).await?;
                     self.p()
                         .repos
                         .prepare(&w.repo, Some(PrNumber(w.number)), sha, token)
