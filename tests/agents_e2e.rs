@@ -349,3 +349,50 @@ map:
         "{shown}"
     );
 }
+
+#[test]
+fn a_spent_budget_stops_dispatching_and_a_resume_with_a_raised_budget_finishes_the_job() {
+    let fake = FakeAnthropic::empty();
+    let Some(repo) = real_repo(&fake) else { return };
+    script_items(&fake);
+    // alpha alone costs about $0.008 at the CLI's prices: the budget is spent after it.
+    repo.write(
+        "wf.yml",
+        &SERIAL.replace(
+            "mode: mapreduce",
+            "mode: mapreduce\nbudget:\n  max_cost_usd: 0.005",
+        ),
+    );
+    repo.commit_all("workflow");
+
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    let status = repo.json(&["status", &job]);
+    let error = status["job"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("budget exhausted"), "{status}");
+    assert!(
+        error.contains("--budget"),
+        "the error says how to continue: {error}"
+    );
+    assert_eq!(status["counts"]["merged"], 1, "{status}");
+    assert_eq!(status["counts"]["pending"], 2, "{status}");
+
+    let resumed = repo.prodigy(&["resume", &job, "--budget", "1"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let branch = format!("prodigy/{job}");
+    for item in ITEMS {
+        assert_eq!(repo.show(&format!("{branch}:out/{item}.txt")), *item);
+        assert_eq!(fake.remaining(item), 0);
+    }
+    let merges = repo.git(&["log", "--format=%s", &branch]);
+    for item in ITEMS {
+        assert_eq!(
+            merges
+                .matches(&format!("prodigy: merge item {item}"))
+                .count(),
+            1,
+            "{item} merged once: {merges}"
+        );
+    }
+}

@@ -59,6 +59,52 @@ pub struct AgentPolicy {
     pub budget_cap: Budget,
     /// Refuse `permission_mode: bypassPermissions` even where the CLI would accept it.
     pub forbid_bypass_permissions: bool,
+    /// A budget given for this run (`prodigy resume --budget`): its limits replace the
+    /// workflow's, under the operator's caps.
+    pub budget_override: Option<Budget>,
+}
+
+impl AgentPolicy {
+    /// The budget a job runs under: the run's override, else the workflow's, each limit capped
+    /// by the operator.
+    pub fn budget(&self, workflow: &Budget) -> Budget {
+        let chosen = match &self.budget_override {
+            Some(o) => Budget {
+                max_cost_usd: o.max_cost_usd.or(workflow.max_cost_usd),
+                max_tokens: o.max_tokens.or(workflow.max_tokens),
+                max_duration: o.max_duration.or(workflow.max_duration),
+            },
+            None => *workflow,
+        };
+        chosen.min(&self.budget_cap)
+    }
+}
+
+/// Why a budget stops dispatching, or None while there is room.
+pub fn budget_spent(budget: &Budget, used: &Usage, elapsed: std::time::Duration) -> Option<String> {
+    if let Some(max) = budget.max_cost_usd
+        && used.cost_usd >= max
+    {
+        return Some(format!("${:.4} spent of a ${max:.2} budget", used.cost_usd));
+    }
+    if let Some(max) = budget.max_tokens
+        && used.tokens() >= max
+    {
+        return Some(format!(
+            "{} tokens used of a {max} token budget",
+            used.tokens()
+        ));
+    }
+    if let Some(max) = budget.max_duration
+        && elapsed >= max
+    {
+        return Some(format!(
+            "{}s of wall time used of a {}s budget",
+            elapsed.as_secs(),
+            max.as_secs()
+        ));
+    }
+    None
 }
 
 /// Back-off for items whose agent hit an API rate limit or overload after the CLI's own retries:

@@ -630,6 +630,15 @@ impl<'a> JobRun<'a> {
             if self.cancel.is_cancelled() || sched.stopped() {
                 return Ok(());
             }
+            if let Some(why) = self.budget_spent().await? {
+                sched.stop_with(format!(
+                    "budget exhausted: {why}. Nothing more is dispatched; running agents finished \
+                     their item. The remaining items are pending: `prodigy resume {} --budget <USD>` \
+                     continues with a raised budget",
+                    self.job.id
+                ));
+                return Ok(());
+            }
             let Some(c) = sched.next() else {
                 return Ok(());
             };
@@ -1024,6 +1033,19 @@ impl<'a> JobRun<'a> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Whether the job's budget is spent (usage so far from the store, time since creation).
+    async fn budget_spent(&self) -> anyhow::Result<Option<String>> {
+        let budget = self.engine.agent.budget(&self.workflow.budget);
+        if budget.is_empty() {
+            return Ok(None);
+        }
+        let used = self.store.job_usage(self.job.id).await?.total;
+        let elapsed = (chrono::Utc::now() - self.job.created_at)
+            .to_std()
+            .unwrap_or_default();
+        Ok(super::agent::budget_spent(&budget, &used, elapsed))
     }
 
     /// Stores the agent runs of a phase or an attempt and announces their usage.
