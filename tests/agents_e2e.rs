@@ -232,6 +232,19 @@ fn no_cli_retries(repo: &Repo) {
         .push(("PRODIGY_API_BACKOFF_MS".into(), "50".into()));
 }
 
+/// Runs wf.yml expecting the job to fail: its id, `status --json` and its error.
+fn run_failing(repo: &Repo) -> (String, Value, String) {
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    let status = repo.json(&["status", &job]);
+    let error = status["job"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (job, status, error)
+}
+
 #[test]
 fn an_invalid_key_stops_the_job_after_the_first_failure_with_one_clear_error() {
     let fake = FakeAnthropic::empty();
@@ -244,11 +257,7 @@ fn an_invalid_key_stops_the_job_after_the_first_failure_with_one_clear_error() {
     repo.write("wf.yml", SERIAL);
     repo.commit_all("workflow");
 
-    let out = repo.prodigy(&["run", "wf.yml"]);
-    assert!(!out.status.success(), "{}", text(&out));
-    let job = job_id(&out);
-    let status = repo.json(&["status", &job]);
-    let error = status["job"]["error"].as_str().unwrap_or_default();
+    let (job, status, error) = run_failing(&repo);
     assert!(error.contains("ANTHROPIC_API_KEY"), "{status}");
     assert_eq!(status["counts"]["failed"], 1, "{status}");
     assert_eq!(
@@ -365,11 +374,7 @@ fn a_spent_budget_stops_dispatching_and_a_resume_with_a_raised_budget_finishes_t
     );
     repo.commit_all("workflow");
 
-    let out = repo.prodigy(&["run", "wf.yml"]);
-    assert!(!out.status.success(), "{}", text(&out));
-    let job = job_id(&out);
-    let status = repo.json(&["status", &job]);
-    let error = status["job"]["error"].as_str().unwrap_or_default();
+    let (job, status, error) = run_failing(&repo);
     assert!(error.contains("budget exhausted"), "{status}");
     assert!(
         error.contains("--budget"),
