@@ -401,3 +401,23 @@ fn a_spent_budget_stops_dispatching_and_a_resume_with_a_raised_budget_finishes_t
         );
     }
 }
+
+#[test]
+fn bypass_permissions_is_refused_up_front_as_root_with_the_reason() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: not running as root");
+        return;
+    }
+    let repo = Repo::new(None);
+    repo.write(
+        "wf.yml",
+        "- claude:\n    prompt: /do-it\n    permission_mode: bypassPermissions\n",
+    );
+    repo.commit_all("workflow");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1") && err.contains("root"), "{err}");
+    assert!(!repo.claude_log.exists(), "the CLI never ran");
+}

@@ -78,6 +78,12 @@ impl<'a> JobRun<'a> {
     ) -> anyhow::Result<Self> {
         let parsed = workflow::parse(Path::new(&job.workflow_path), &job.workflow_text)
             .context("the job's workflow snapshot no longer parses")?;
+        super::agent::check_workflow(
+            &parsed.workflow,
+            &engine.agent,
+            super::agent::running_as_root(),
+        )
+        .map_err(|e| anyhow!("{}: {e}", job.workflow_path))?;
         let ws = engine.workspace(Path::new(&job.repo_path), job.id);
         let logs = engine.state_dir.join("logs").join(job.id.to_string());
         let env = resolve_env(&parsed.workflow)?;
