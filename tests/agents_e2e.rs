@@ -232,6 +232,19 @@ fn no_cli_retries(repo: &Repo) {
         .push(("PRODIGY_API_BACKOFF_MS".into(), "50".into()));
 }
 
+/// Runs wf.yml expecting the job to fail: its id, `status --json` and its error.
+fn run_failing(repo: &Repo) -> (String, Value, String) {
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    let status = repo.json(&["status", &job]);
+    let error = status["job"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (job, status, error)
+}
+
 #[test]
 fn an_invalid_key_stops_the_job_after_the_first_failure_with_one_clear_error() {
     let fake = FakeAnthropic::empty();
@@ -244,11 +257,7 @@ fn an_invalid_key_stops_the_job_after_the_first_failure_with_one_clear_error() {
     repo.write("wf.yml", SERIAL);
     repo.commit_all("workflow");
 
-    let out = repo.prodigy(&["run", "wf.yml"]);
-    assert!(!out.status.success(), "{}", text(&out));
-    let job = job_id(&out);
-    let status = repo.json(&["status", &job]);
-    let error = status["job"]["error"].as_str().unwrap_or_default();
+    let (job, status, error) = run_failing(&repo);
     assert!(error.contains("ANTHROPIC_API_KEY"), "{status}");
     assert_eq!(status["counts"]["failed"], 1, "{status}");
     assert_eq!(
@@ -348,4 +357,67 @@ map:
         shown.contains(transcript) && shown.contains(session),
         "{shown}"
     );
+}
+
+#[test]
+fn a_spent_budget_stops_dispatching_and_a_resume_with_a_raised_budget_finishes_the_job() {
+    let fake = FakeAnthropic::empty();
+    let Some(repo) = real_repo(&fake) else { return };
+    script_items(&fake);
+    // alpha alone costs about $0.008 at the CLI's prices: the budget is spent after it.
+    repo.write(
+        "wf.yml",
+        &SERIAL.replace(
+            "mode: mapreduce",
+            "mode: mapreduce\nbudget:\n  max_cost_usd: 0.005",
+        ),
+    );
+    repo.commit_all("workflow");
+
+    let (job, status, error) = run_failing(&repo);
+    assert!(error.contains("budget exhausted"), "{status}");
+    assert!(
+        error.contains("--budget"),
+        "the error says how to continue: {error}"
+    );
+    assert_eq!(status["counts"]["merged"], 1, "{status}");
+    assert_eq!(status["counts"]["pending"], 2, "{status}");
+
+    let resumed = repo.prodigy(&["resume", &job, "--budget", "1"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let branch = format!("prodigy/{job}");
+    for item in ITEMS {
+        assert_eq!(repo.show(&format!("{branch}:out/{item}.txt")), *item);
+        assert_eq!(fake.remaining(item), 0);
+    }
+    let merges = repo.git(&["log", "--format=%s", &branch]);
+    for item in ITEMS {
+        assert_eq!(
+            merges
+                .matches(&format!("prodigy: merge item {item}"))
+                .count(),
+            1,
+            "{item} merged once: {merges}"
+        );
+    }
+}
+
+#[test]
+fn bypass_permissions_is_refused_up_front_as_root_with_the_reason() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: not running as root");
+        return;
+    }
+    let repo = Repo::new(None);
+    repo.write(
+        "wf.yml",
+        "- claude:\n    prompt: /do-it\n    permission_mode: bypassPermissions\n",
+    );
+    repo.commit_all("workflow");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1") && err.contains("root"), "{err}");
+    assert!(!repo.claude_log.exists(), "the CLI never ran");
 }

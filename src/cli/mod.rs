@@ -167,6 +167,13 @@ pub enum Command {
         all_dlq: bool,
         #[arg(long, env = "PRODIGY_MAX_PARALLEL")]
         max_parallel: Option<usize>,
+        /// Raise (or set) the job's cost budget in USD for this run, e.g. after it stopped with
+        /// "budget exhausted". Operator caps still apply.
+        #[arg(long, value_name = "USD")]
+        budget: Option<f64>,
+        /// Raise (or set) the job's token budget for this run.
+        #[arg(long, value_name = "TOKENS")]
+        budget_tokens: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -441,11 +448,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             no_dlq,
             all_dlq,
             max_parallel,
+            budget,
+            budget_tokens,
             json,
         } => {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
-            let eng = engine(g, store, Path::new(&job.repo_path)).await?;
+            let mut eng = engine(g, store, Path::new(&job.repo_path)).await?;
+            if budget.is_some() || budget_tokens.is_some() {
+                if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
+                    eprintln!("--budget must be a positive amount of USD, e.g. --budget 5");
+                    return Ok(EXIT_USAGE);
+                }
+                eng.agent.budget_override = Some(prodigy::workflow::Budget {
+                    max_cost_usd: budget,
+                    max_tokens: budget_tokens,
+                    max_duration: None,
+                });
+            }
             let dlq = if no_dlq {
                 DlqMode::None
             } else if all_dlq {

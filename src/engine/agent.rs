@@ -21,7 +21,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::classify::AgentFailure;
 pub use crate::types::Usage;
-use crate::workflow::{AgentSettings, Budget, PermissionMode};
+use crate::workflow::{
+    Action, AgentSettings, Budget, PermissionMode, Step, Workflow, WorkflowKind,
+};
 
 /// Tools allowed when neither the step, the workflow nor the operator says otherwise: what an
 /// agent editing and committing code needs (shell, file edits, search, sub-agents, todos, the
@@ -59,6 +61,52 @@ pub struct AgentPolicy {
     pub budget_cap: Budget,
     /// Refuse `permission_mode: bypassPermissions` even where the CLI would accept it.
     pub forbid_bypass_permissions: bool,
+    /// A budget given for this run (`prodigy resume --budget`): its limits replace the
+    /// workflow's, under the operator's caps.
+    pub budget_override: Option<Budget>,
+}
+
+impl AgentPolicy {
+    /// The budget a job runs under: the run's override, else the workflow's, each limit capped
+    /// by the operator.
+    pub fn budget(&self, workflow: &Budget) -> Budget {
+        let chosen = match &self.budget_override {
+            Some(o) => Budget {
+                max_cost_usd: o.max_cost_usd.or(workflow.max_cost_usd),
+                max_tokens: o.max_tokens.or(workflow.max_tokens),
+                max_duration: o.max_duration.or(workflow.max_duration),
+            },
+            None => *workflow,
+        };
+        chosen.min(&self.budget_cap)
+    }
+}
+
+/// Why a budget stops dispatching, or None while there is room.
+pub fn budget_spent(budget: &Budget, used: &Usage, elapsed: std::time::Duration) -> Option<String> {
+    if let Some(max) = budget.max_cost_usd
+        && used.cost_usd >= max
+    {
+        return Some(format!("${:.4} spent of a ${max:.2} budget", used.cost_usd));
+    }
+    if let Some(max) = budget.max_tokens
+        && used.tokens() >= max
+    {
+        return Some(format!(
+            "{} tokens used of a {max} token budget",
+            used.tokens()
+        ));
+    }
+    if let Some(max) = budget.max_duration
+        && elapsed >= max
+    {
+        return Some(format!(
+            "{}s of wall time used of a {}s budget",
+            elapsed.as_secs(),
+            max.as_secs()
+        ));
+    }
+    None
 }
 
 /// Back-off for items whose agent hit an API rate limit or overload after the CLI's own retries:
@@ -146,6 +194,49 @@ pub fn check_runnable(
                         unprivileged user"
                     .into(),
             );
+        }
+    }
+    Ok(())
+}
+
+/// Checks every `claude:` step of a workflow before anything runs, so a step the CLI would refuse
+/// fails the job once, up front, instead of every item in turn. The error names the step's line.
+pub fn check_workflow(wf: &Workflow, policy: &AgentPolicy, is_root: bool) -> Result<(), String> {
+    fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
+        for s in steps {
+            out.push(s);
+            if let Some(h) = &s.on_failure {
+                walk(&h.steps, out);
+            }
+            if let Some(n) = &s.on_success {
+                walk(std::slice::from_ref(n.as_ref()), out);
+            }
+            if let Some(v) = &s.validate {
+                walk(&v.commands, out);
+                if let Some(i) = &v.on_incomplete {
+                    walk(&i.commands, out);
+                }
+            }
+            if let Action::Foreach(f) = &s.action {
+                walk(&f.steps, out);
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    match &wf.kind {
+        WorkflowKind::Standard { commands } => walk(commands, &mut steps),
+        WorkflowKind::MapReduce(mr) => {
+            for phase in [&mr.setup, &mr.reduce, &mr.merge].into_iter().flatten() {
+                walk(&phase.commands, &mut steps);
+            }
+            walk(&mr.map.agent_template, &mut steps);
+        }
+    }
+    for step in steps {
+        if let Action::Claude(c) = &step.action {
+            let s = resolve(&c.settings, &wf.agent, policy);
+            check_runnable(&s, policy, is_root)
+                .map_err(|e| format!("the claude step at line {}: {e}", step.line))?;
         }
     }
     Ok(())

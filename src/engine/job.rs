@@ -84,6 +84,12 @@ impl<'a> JobRun<'a> {
     ) -> anyhow::Result<Self> {
         let parsed = workflow::parse(Path::new(&job.workflow_path), &job.workflow_text)
             .context("the job's workflow snapshot no longer parses")?;
+        super::agent::check_workflow(
+            &parsed.workflow,
+            &engine.agent,
+            super::agent::running_as_root(),
+        )
+        .map_err(|e| anyhow!("{}: {e}", job.workflow_path))?;
         let ws = engine.workspace(Path::new(&job.repo_path), job.id);
         let logs = engine.state_dir.join("logs").join(job.id.to_string());
         let agent_env = engine.agents.env.build(std::env::vars());
@@ -650,6 +656,15 @@ impl<'a> JobRun<'a> {
             if self.cancel.is_cancelled() || sched.stopped() {
                 return Ok(());
             }
+            if let Some(why) = self.budget_spent().await? {
+                sched.stop_with(format!(
+                    "budget exhausted: {why}. Nothing more is dispatched; running agents finished \
+                     their item. The remaining items are pending: `prodigy resume {} --budget <USD>` \
+                     continues with a raised budget",
+                    self.job.id
+                ));
+                return Ok(());
+            }
             let Some(c) = sched.next() else {
                 return Ok(());
             };
@@ -1052,6 +1067,19 @@ impl<'a> JobRun<'a> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Whether the job's budget is spent (usage so far from the store, time since creation).
+    async fn budget_spent(&self) -> anyhow::Result<Option<String>> {
+        let budget = self.engine.agent.budget(&self.workflow.budget);
+        if budget.is_empty() {
+            return Ok(None);
+        }
+        let used = self.store.job_usage(self.job.id).await?.total;
+        let elapsed = (chrono::Utc::now() - self.job.created_at)
+            .to_std()
+            .unwrap_or_default();
+        Ok(super::agent::budget_spent(&budget, &used, elapsed))
     }
 
     /// Stores the agent runs of a phase or an attempt and announces their usage.
