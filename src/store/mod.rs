@@ -41,8 +41,9 @@ pub enum StoreError {
     ItemNotFound { job: JobId, key: ItemKey },
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
     BadUrl(String),
-    #[error("the database URL {url}: {message}")]
-    BadPostgresUrl { url: String, message: String },
+    /// A PostgreSQL URL refused before connecting (callers name the URL in their context).
+    #[error("{0}")]
+    BadPostgresUrl(String),
     /// The TLS handshake failed; `detail` is sqlx's (and rustls's) words, `hint` what to do.
     #[error("cannot connect to PostgreSQL over TLS: {detail}; {hint}")]
     Tls { detail: String, hint: String },

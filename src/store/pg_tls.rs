@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
-use super::{StoreError, redact_url};
+use super::StoreError;
 
 /// The `sslmode` values libpq knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,10 +149,7 @@ fn url_param(url: &url::Url, keys: &[&str]) -> Option<String> {
 
 /// Connection options for a `postgres://` URL, with libpq's TLS rules applied.
 pub fn connect_options(raw: &str) -> Result<(PgConnectOptions, TlsPlan), StoreError> {
-    let bad = |message: String| StoreError::BadPostgresUrl {
-        url: redact_url(raw),
-        message,
-    };
+    let bad = StoreError::BadPostgresUrl;
     let url = url::Url::parse(raw).map_err(|e| bad(e.to_string()))?;
     let mode =
         url_param(&url, &["sslmode", "ssl-mode"]).or_else(|| std::env::var("PGSSLMODE").ok());
