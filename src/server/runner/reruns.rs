@@ -128,7 +128,9 @@ impl Runner {
             Decision::Resume { .. } | Decision::RetryFailed { .. } | Decision::RunFresh { .. }
         ) && let Some(sha) = &job.head_sha
         {
-            let token = self.token_for_git(InstallationId(w.installation), &w.repo).await?;
+            let token = self
+                .token_for_git(InstallationId(w.installation), &w.repo)
+                .await?;
             let pr = job.pr_number.and_then(|n| u64::try_from(n).ok());
             self.p()
                 .repos
