@@ -128,9 +128,12 @@ impl Repo {
 
     /// Runs `claude:` steps with the real AI CLI at `claude`, talking to an API at `base_url`
     /// with `env` (see tests/support/fake_anthropic.rs `cli_env`).
+    /// Runs `claude:` steps with the real AI CLI, always inside the agent sandbox: where it cannot
+    /// be applied the job fails, so these tests prove the sandbox does not break the agent.
     pub fn use_real_claude(&self, claude: &Path, env: Vec<(String, String)>) {
         let mut e = self.extra_env.borrow_mut();
         e.push(("PRODIGY_CLAUDE_BIN".into(), claude.display().to_string()));
+        e.push(("PRODIGY_SANDBOX".into(), "required".into()));
         e.extend(env);
     }
 
