@@ -205,6 +205,20 @@ impl Usage {
         self.input_tokens + self.output_tokens + self.cache_creation_tokens + self.cache_read_tokens
     }
 
+    /// Cost and tokens by kind, as people read them: `$0.0123, 4567 tokens (1200 in, 300 out,
+    /// 3000 cache write, 67 cache read)`.
+    pub fn cost_and_tokens(&self) -> String {
+        format!(
+            "${:.4}, {} tokens ({} in, {} out, {} cache write, {} cache read)",
+            self.cost_usd,
+            self.tokens(),
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_creation_tokens,
+            self.cache_read_tokens
+        )
+    }
+
     pub fn add(&mut self, o: &Usage) {
         self.input_tokens += o.input_tokens;
         self.output_tokens += o.output_tokens;

@@ -334,13 +334,8 @@ fn print_usage(u: &prodigy::store::JobUsage) {
 
 pub fn usage_line(u: &prodigy::types::Usage) -> String {
     format!(
-        "${:.4}, {} tokens ({} in, {} out, {} cache write, {} cache read), {} turns, {:.1}s API",
-        u.cost_usd,
-        u.tokens(),
-        u.input_tokens,
-        u.output_tokens,
-        u.cache_creation_tokens,
-        u.cache_read_tokens,
+        "{}, {} turns, {:.1}s API",
+        u.cost_and_tokens(),
         u.turns,
         u.api_ms as f64 / 1000.0
     )

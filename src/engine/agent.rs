@@ -729,19 +729,14 @@ pub fn render_line(line: &str) -> Option<String> {
             run.feed(line.as_bytes());
             let u = run.usage;
             Some(format!(
-                "= {sub}{} after {} turns: ${:.4}, {} tokens ({} in, {} out, {} cache write, {} cache read), {:.1}s API\n{}",
+                "= {sub}{} after {} turns: {}, {:.1}s API\n{}",
                 if v.get("is_error").and_then(Value::as_bool) == Some(true) {
                     " (error)"
                 } else {
                     ""
                 },
                 u.turns,
-                u.cost_usd,
-                u.tokens(),
-                u.input_tokens,
-                u.output_tokens,
-                u.cache_creation_tokens,
-                u.cache_read_tokens,
+                u.cost_and_tokens(),
                 u.api_ms as f64 / 1000.0,
                 s(&v, "result").trim()
             ))
