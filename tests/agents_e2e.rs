@@ -67,6 +67,18 @@ map:
     - shell: "test '${claude.output}' = '${item.id} is done'"
 "#;
 
+/// Runs WORKFLOW with the real CLI against the scripted fake: the repository and the job id.
+fn run_scripted(fake: &FakeAnthropic) -> Option<(Repo, String)> {
+    let repo = real_repo(fake)?;
+    script_items(fake);
+    repo.write("wf.yml", WORKFLOW);
+    repo.commit_all("workflow");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = job_id(&out);
+    Some((repo, job))
+}
+
 fn real_repo(fake: &FakeAnthropic) -> Option<Repo> {
     let claude = real_claude()?;
     let repo = Repo::new(None);
@@ -79,14 +91,9 @@ fn real_repo(fake: &FakeAnthropic) -> Option<Repo> {
 #[test]
 fn real_agents_commit_in_their_worktrees_and_their_commits_merge() {
     let fake = FakeAnthropic::empty();
-    let Some(repo) = real_repo(&fake) else { return };
-    script_items(&fake);
-    repo.write("wf.yml", WORKFLOW);
-    repo.commit_all("workflow");
-
-    let out = repo.prodigy(&["run", "wf.yml"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let job = job_id(&out);
+    let Some((repo, job)) = run_scripted(&fake) else {
+        return;
+    };
     let branch = format!("prodigy/{job}");
     for item in ITEMS {
         assert_eq!(repo.show(&format!("{branch}:out/{item}.txt")), *item);
@@ -143,13 +150,9 @@ fn real_agents_commit_in_their_worktrees_and_their_commits_merge() {
 #[test]
 fn usage_in_status_is_the_sum_the_fake_model_reported_priced_as_the_cli_prices_it() {
     let fake = FakeAnthropic::empty();
-    let Some(repo) = real_repo(&fake) else { return };
-    script_items(&fake);
-    repo.write("wf.yml", WORKFLOW);
-    repo.commit_all("workflow");
-    let out = repo.prodigy(&["run", "wf.yml"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let job = job_id(&out);
+    let Some((repo, job)) = run_scripted(&fake) else {
+        return;
+    };
 
     let status = repo.json(&["status", &job]);
     let total = &status["usage"]["total"];
