@@ -12,19 +12,11 @@ use support::server::{
 
 /// Waits until no one holds the job's lock (the run wrote its last state and let go).
 async fn wait_unlocked(ctx: &Ctx, job: JobId) {
-    use prodigy::store::{Holder, LockOutcome};
     let store = &ctx.server.store;
     wait_until(&format!("job {job}'s lock to be free"), WAIT, || async {
-        match store
-            .try_lock(job, &Holder::this_process(None))
-            .await
-            .ok()?
-        {
-            LockOutcome::Acquired(lock) => {
-                lock.release().await.ok()?;
-                Some(())
-            }
-            LockOutcome::Held { .. } => None,
+        match store.lock_holder(job).await.ok()? {
+            None => Some(()),
+            Some(_) => None,
         }
     })
     .await

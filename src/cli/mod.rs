@@ -627,12 +627,16 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
         }
         DlqCommand::Purge { job, older_than } => {
             let job = store.find_job(&job).await?;
-            let lock = match store
-                .try_lock(job.id, &prodigy::store::Holder::this_process(None))
-                .await?
-            {
-                prodigy::store::LockOutcome::Acquired(l) => l,
-                prodigy::store::LockOutcome::Held { holder, since } => {
+            let cutoff = older_than.map(|age| chrono::Utc::now() - age);
+            let holder = prodigy::store::Holder::this_process(None);
+            let purged = store
+                .with_job_lock(job.id, &holder, async |proof| {
+                    store.purge_dlq(proof, cutoff).await
+                })
+                .await?;
+            let n = match purged {
+                prodigy::store::Exclusive::Performed(n) => n,
+                prodigy::store::Exclusive::Held { holder, since } => {
                     eprintln!(
                         "job {} is held by {holder} since {since}; purge it when that run ends",
                         job.id
@@ -640,10 +644,7 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
                     return Ok(EXIT_HELD);
                 }
             };
-            let cutoff = older_than.map(|age| chrono::Utc::now() - age);
-            let n = store.purge_dlq(lock.proof(), cutoff).await;
-            lock.release().await?;
-            println!("removed {} DLQ rows of job {}", n?, job.id);
+            println!("removed {} DLQ rows of job {}", n, job.id);
             Ok(0)
         }
         DlqCommand::Export { job, format } => {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use job::{RunOutcome, masked_values};
 pub use progress::{Progress, Reporter, Silent};
 
-use crate::store::{Holder, Job, JobLock, LockOutcome, NewJob, Store};
+use crate::store::{Exclusive, Holder, Job, LockProof, NewJob, Store};
 use crate::types::{ErrorClass, ItemKey, JobId, JobStatus, Phase};
 use crate::workflow;
 
@@ -108,6 +108,16 @@ pub enum Resumed {
     },
 }
 
+impl Exclusive<Resumed> {
+    /// A job held elsewhere is one more answer of a resume.
+    fn into_resumed(self) -> Resumed {
+        match self {
+            Exclusive::Performed(resumed) => resumed,
+            Exclusive::Held { holder, since } => Resumed::Held { holder, since },
+        }
+    }
+}
+
 /// What a re-run asks for: [`Engine::rerun`].
 #[derive(Debug, Clone)]
 pub enum RerunWork {
@@ -180,58 +190,66 @@ impl Engine {
                 head_sha: req.head_sha.clone(),
             })
             .await?;
-        let lock = match self.store.try_lock(job.id, &self.holder()).await? {
-            LockOutcome::Acquired(lock) => lock,
-            LockOutcome::Held { holder, .. } => {
-                bail!("job {} was taken by {holder} as it was created", job.id)
-            }
-        };
         let refs = crate::store::JobRefs {
             branch: Some(worktree::job_branch(job.id)),
             base_commit: Some(base),
             ..Default::default()
         };
-        self.store.set_job_refs(lock.proof(), &refs).await?;
-        let job = self.store.get_job(job.id).await?;
-        let mode = job::Mode::Fresh;
-        self.execute(job, lock, mode, req.max_parallel).await
+        let ran = self
+            .store
+            .with_job_lock(job.id, &self.holder(), async |proof| {
+                self.store.set_job_refs(proof, &refs).await?;
+                let job = self.store.get_job(job.id).await?;
+                self.execute(job, proof, job::Mode::Fresh, req.max_parallel)
+                    .await
+            })
+            .await?;
+        match ran {
+            Exclusive::Performed(outcome) => Ok(outcome),
+            Exclusive::Held { holder, .. } => {
+                bail!("job {} was taken by {holder} as it was created", job.id)
+            }
+        }
     }
 
     /// Continues a job where it stopped, under its lock.
     pub async fn resume(&self, id: JobId, req: &ResumeRequest) -> anyhow::Result<Resumed> {
-        let job = self.store.get_job(id).await?;
-        let lock = match self.store.try_lock(id, &self.holder()).await? {
-            LockOutcome::Acquired(lock) => lock,
-            LockOutcome::Held { holder, since } => return Ok(Resumed::Held { holder, since }),
-        };
-        // Read again under the lock: the previous holder may have finished it meanwhile.
-        let job = self.store.get_job(job.id).await?;
-        if job.phase == Phase::Done {
-            let dlq = self.store.item_counts(id).await?.dlq;
-            lock.release().await?;
-            return Ok(Resumed::AlreadyFinished {
-                status: job.status,
-                dlq,
-            });
-        }
-        let mode = job::Mode::Resume(req.dlq);
-        self.execute(job, lock, mode, req.max_parallel)
-            .await
-            .map(Resumed::Ran)
+        self.store.get_job(id).await?;
+        let ran = self
+            .store
+            .with_job_lock(id, &self.holder(), async |proof| {
+                // Read under the lock: the previous holder may have finished it meanwhile.
+                let job = self.store.get_job(id).await?;
+                if job.phase == Phase::Done {
+                    let dlq = self.store.item_counts(id).await?.dlq;
+                    return Ok(Resumed::AlreadyFinished {
+                        status: job.status,
+                        dlq,
+                    });
+                }
+                let mode = job::Mode::Resume(req.dlq);
+                self.execute(job, proof, mode, req.max_parallel)
+                    .await
+                    .map(Resumed::Ran)
+            })
+            .await?;
+        Ok(ran.into_resumed())
     }
 
     /// Reprocesses DLQ items of a job under its lock; items that succeed leave the DLQ.
     pub async fn retry(&self, id: JobId, req: &RetryRequest) -> anyhow::Result<Resumed> {
-        let job = self.store.get_job(id).await?;
-        let lock = match self.store.try_lock(id, &self.holder()).await? {
-            LockOutcome::Acquired(lock) => lock,
-            LockOutcome::Held { holder, since } => return Ok(Resumed::Held { holder, since }),
-        };
-        let job = self.store.get_job(job.id).await?;
-        let mode = job::Mode::Retry(req.clone());
-        self.execute(job, lock, mode, req.max_parallel)
-            .await
-            .map(Resumed::Ran)
+        self.store.get_job(id).await?;
+        let ran = self
+            .store
+            .with_job_lock(id, &self.holder(), async |proof| {
+                let job = self.store.get_job(id).await?;
+                let mode = job::Mode::Retry(req.clone());
+                self.execute(job, proof, mode, req.max_parallel)
+                    .await
+                    .map(Resumed::Ran)
+            })
+            .await?;
+        Ok(ran.into_resumed())
     }
 
     /// Resume or retry on behalf of a trigger received at `requested_at` (a re-run click, a check
@@ -244,43 +262,38 @@ impl Engine {
         work: &RerunWork,
         requested_at: DateTime<Utc>,
     ) -> anyhow::Result<Rerun> {
-        let lock = match self.store.try_lock(id, &self.holder()).await? {
-            LockOutcome::Acquired(lock) => lock,
-            LockOutcome::Held { holder, since } => {
-                return Ok(Rerun::Resumed(Resumed::Held { holder, since }));
-            }
-        };
-        let job = match self.store.get_job(id).await {
-            Ok(job) => job,
-            Err(e) => {
-                let _ = lock.release().await;
-                return Err(e.into());
-            }
-        };
-        if let Some(finished_at) = job.finished_at
-            && job.status != JobStatus::Running
-            && finished_at >= requested_at
-        {
-            lock.release().await?;
-            return Ok(Rerun::Covered { finished_at });
-        }
-        let (mode, max_parallel) = match work {
-            RerunWork::Resume(req) => {
-                if job.phase == Phase::Done {
-                    let dlq = self.store.item_counts(id).await?.dlq;
-                    lock.release().await?;
-                    return Ok(Rerun::Resumed(Resumed::AlreadyFinished {
-                        status: job.status,
-                        dlq,
-                    }));
+        let ran = self
+            .store
+            .with_job_lock(id, &self.holder(), async |proof| {
+                let job = self.store.get_job(id).await?;
+                if let Some(finished_at) = job.finished_at
+                    && job.status != JobStatus::Running
+                    && finished_at >= requested_at
+                {
+                    return Ok(Rerun::Covered { finished_at });
                 }
-                (job::Mode::Resume(req.dlq), req.max_parallel)
-            }
-            RerunWork::Retry(req) => (job::Mode::Retry(req.clone()), req.max_parallel),
-        };
-        self.execute(job, lock, mode, max_parallel)
-            .await
-            .map(|outcome| Rerun::Resumed(Resumed::Ran(outcome)))
+                let (mode, max_parallel) = match work {
+                    RerunWork::Resume(req) => {
+                        if job.phase == Phase::Done {
+                            let dlq = self.store.item_counts(id).await?.dlq;
+                            return Ok(Rerun::Resumed(Resumed::AlreadyFinished {
+                                status: job.status,
+                                dlq,
+                            }));
+                        }
+                        (job::Mode::Resume(req.dlq), req.max_parallel)
+                    }
+                    RerunWork::Retry(req) => (job::Mode::Retry(req.clone()), req.max_parallel),
+                };
+                self.execute(job, proof, mode, max_parallel)
+                    .await
+                    .map(|outcome| Rerun::Resumed(Resumed::Ran(outcome)))
+            })
+            .await?;
+        Ok(match ran {
+            Exclusive::Performed(rerun) => rerun,
+            Exclusive::Held { holder, since } => Rerun::Resumed(Resumed::Held { holder, since }),
+        })
     }
 
     fn holder(&self) -> Holder {
@@ -290,18 +303,13 @@ impl Engine {
     async fn execute(
         &self,
         job: Job,
-        lock: JobLock,
+        proof: &LockProof,
         mode: job::Mode,
         max_parallel: Option<usize>,
     ) -> anyhow::Result<RunOutcome> {
-        let result = job::JobRun::new(self, job, lock.proof(), max_parallel)?
+        job::JobRun::new(self, job, proof, max_parallel)?
             .run(mode)
-            .await;
-        // Release even when the run failed: a failed run must not block the next resume.
-        let released = lock.release().await;
-        let outcome = result?;
-        released?;
-        Ok(outcome)
+            .await
     }
 
     /// Where the worktrees of `job` live.

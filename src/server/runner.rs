@@ -30,7 +30,7 @@ use crate::engine::{
     DlqMode, Engine, NewRun, Progress, Reporter, ResumeRequest, Resumed, RetryRequest, RunOutcome,
 };
 use crate::github::{CommentId, GitHubClient, InstallationId, PrNumber, Reaction};
-use crate::store::{Holder, Job, JobLock, LockOutcome, Request, Store, StoreError};
+use crate::store::{Exclusive, Holder, Job, Request, Store, StoreError};
 use crate::types::{ItemKey, JobId, JobStatus, RepoName};
 
 use super::check_runs::RunReporter;
@@ -783,28 +783,30 @@ impl Runner {
     /// The server is shutting down and stopped this job: mark it `running` again without a
     /// holder, which is what the next start resumes.
     async fn mark_orphaned(&self, job: JobId) -> anyhow::Result<()> {
-        let holder = Holder::this_process(Some(self.p().instance.clone()));
-        let LockOutcome::Acquired(lock) = self.p().store.try_lock(job, &holder).await? else {
-            return Ok(());
-        };
-        let result = async {
-            let current = self.p().store.get_job(job).await?;
-            if current.status == JobStatus::Failed {
-                self.p()
-                    .store
-                    .set_job_state(
-                        lock.proof(),
-                        JobStatus::Running,
-                        current.phase,
-                        Some("interrupted by a server shutdown; resumed when a server starts"),
-                    )
-                    .await?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        lock.release().await?;
-        result
+        let store = &self.p().store;
+        // Held: another instance took the job over; it is not orphaned.
+        let _ = store
+            .with_job_lock(job, &self.holder(), async |proof| {
+                let current = store.get_job(job).await?;
+                if current.status == JobStatus::Failed {
+                    store
+                        .set_job_state(
+                            proof,
+                            JobStatus::Running,
+                            current.phase,
+                            Some("interrupted by a server shutdown; resumed when a server starts"),
+                        )
+                        .await?;
+                }
+                anyhow::Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// This instance, as a lock holder.
+    pub(super) fn holder(&self) -> Holder {
+        Holder::this_process(Some(self.p().instance.clone()))
     }
 
     // ---- cancelling ----------------------------------------------------------------------
@@ -830,15 +832,13 @@ impl Runner {
         if self.signal_local(job.id, reason, cleanup) {
             return Ok(CancelOutcome::Stopping(None));
         }
-        let holder = Holder::this_process(Some(self.p().instance.clone()));
-        match self.p().store.try_lock(job.id, &holder).await? {
-            LockOutcome::Acquired(lock) => {
-                self.cancel_locked(lock, job.id, reason, cleanup, |s| s.is_finished())
-                    .await?;
-                Ok(CancelOutcome::Cancelled)
-            }
+        match self
+            .cancel_locked(job.id, reason, cleanup, |s| s.is_finished())
+            .await?
+        {
+            Exclusive::Performed(()) => Ok(CancelOutcome::Cancelled),
             // Another instance runs it; its watcher sees the request within a poll interval.
-            LockOutcome::Held { holder, .. } => Ok(CancelOutcome::Stopping(Some(holder))),
+            Exclusive::Held { holder, .. } => Ok(CancelOutcome::Stopping(Some(holder))),
         }
     }
 
@@ -863,49 +863,40 @@ impl Runner {
         reason: &str,
         cleanup: bool,
     ) -> anyhow::Result<()> {
-        let holder = Holder::this_process(Some(self.p().instance.clone()));
-        let LockOutcome::Acquired(lock) = self.p().store.try_lock(job, &holder).await? else {
-            return Ok(());
-        };
-        self.cancel_locked(lock, job, reason, cleanup, |s| s == JobStatus::Succeeded)
-            .await
+        // Held: another holder took the job over and records its own outcome.
+        let _ = self
+            .cancel_locked(job, reason, cleanup, |s| s == JobStatus::Succeeded)
+            .await?;
+        Ok(())
     }
 
-    /// Under `lock`: records the job as cancelled (unless `stands(status)` says its status is
-    /// final), removes its worktrees when asked, and releases the lock whatever happened.
+    /// Under the job's lock: records the job as cancelled (unless `stands(status)` says its
+    /// status is final) and removes its worktrees when asked.
     async fn cancel_locked(
         &self,
-        lock: JobLock,
         job: JobId,
         reason: &str,
         cleanup: bool,
         stands: fn(JobStatus) -> bool,
-    ) -> anyhow::Result<()> {
-        let result = async {
-            let current = self.p().store.get_job(job).await?;
-            if !stands(current.status) {
-                self.p()
-                    .store
-                    .set_job_state(
-                        lock.proof(),
-                        JobStatus::Cancelled,
-                        current.phase,
-                        Some(reason),
-                    )
-                    .await?;
-                self.p()
-                    .store
-                    .append_event(lock.proof(), "cancelled", &json!({"reason": reason}))
-                    .await?;
-            }
-            if cleanup {
-                self.remove_worktrees(&current).await;
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        lock.release().await?;
-        result
+    ) -> anyhow::Result<Exclusive<()>> {
+        let store = &self.p().store;
+        store
+            .with_job_lock(job, &self.holder(), async |proof| {
+                let current = store.get_job(job).await?;
+                if !stands(current.status) {
+                    store
+                        .set_job_state(proof, JobStatus::Cancelled, current.phase, Some(reason))
+                        .await?;
+                    store
+                        .append_event(proof, "cancelled", &json!({"reason": reason}))
+                        .await?;
+                }
+                if cleanup {
+                    self.remove_worktrees(&current).await;
+                }
+                anyhow::Ok(())
+            })
+            .await
     }
 
     async fn remove_worktrees(&self, job: &Job) {
@@ -1143,12 +1134,8 @@ impl Runner {
                 };
                 // A job held by a running resume is answered at once, without waiting for a
                 // job slot of this instance.
-                let probe = Holder::this_process(Some(self.p().instance.clone()));
-                match self.p().store.try_lock(job.id, &probe).await? {
-                    LockOutcome::Held { holder, since } => {
-                        return Ok(replies::resume_held(&link, &holder, since));
-                    }
-                    LockOutcome::Acquired(lock) => lock.release().await?,
+                if let Some((holder, since)) = self.p().store.lock_holder(job.id).await? {
+                    return Ok(replies::resume_held(&link, &holder, since));
                 }
                 let permit = slots.take().await;
                 let started = self.start_job(action, ctx, permit).await;

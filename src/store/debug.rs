@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Holder, LockOutcome, Store};
+use super::{Exclusive, Holder, Store};
 use crate::types::JobId;
 
 /// Exit code of `prodigy debug-lock` when the lock is held by someone else (EX_TEMPFAIL: try
@@ -33,17 +33,19 @@ async fn run(url: &str, job: &str, hold: Duration) -> anyhow::Result<i32> {
         .with_context(|| format!("opening {url}"))?;
     let job: JobId = store.find_job(job).await?.id;
     let holder = Holder::this_process(None);
-    match store.try_lock(job, &holder).await? {
-        LockOutcome::Acquired(lock) => {
+    let held = store
+        .with_job_lock(job, &holder, async |proof| {
             println!(
                 "{}",
-                json!({"outcome": "acquired", "job": job, "holder": lock.holder(), "epoch": lock.proof().epoch()})
+                json!({"outcome": "acquired", "job": job, "holder": &holder, "epoch": proof.epoch()})
             );
             tokio::time::sleep(hold).await;
-            lock.release().await?;
-            Ok(0)
-        }
-        LockOutcome::Held { holder, since } => {
+            anyhow::Ok(())
+        })
+        .await?;
+    match held {
+        Exclusive::Performed(()) => Ok(0),
+        Exclusive::Held { holder, since } => {
             println!(
                 "{}",
                 json!({"outcome": "held", "job": job, "holder": holder, "since": since})

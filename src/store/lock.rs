@@ -10,11 +10,80 @@ use sqlx::types::Json;
 use sqlx::{Connection, Executor, FromRow, Sqlite};
 use tokio::task::JoinHandle;
 
-use super::{
-    Holder, LockOutcome, LockProof, Pool, PoolExt, Result, SqliteDb, Store, StoreError, hostname,
-    now,
-};
+use serde::Serialize;
+
+use super::backend::{Pool, PoolExt, SqliteDb};
+use super::{Result, Store, StoreError, now};
 use crate::types::JobId;
+
+/// Who holds (or wants) a job lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Holder {
+    /// Unique per acquisition attempt (uuid).
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// A server instance name, when the holder is `prodigy serve`.
+    pub instance: Option<String>,
+}
+
+impl Holder {
+    /// This process, on this host.
+    pub fn this_process(instance: Option<String>) -> Self {
+        Holder {
+            id: uuid::Uuid::now_v7().to_string(),
+            host: hostname(),
+            pid: std::process::id(),
+            instance,
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.instance {
+            Some(i) => write!(f, "server instance {i} (pid {} on {})", self.pid, self.host),
+            None => write!(f, "pid {} on {}", self.pid, self.host),
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown-host".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The answer of [`Store::try_lock`]: contention is an outcome, not an error.
+#[derive(Debug)]
+pub enum LockOutcome {
+    Acquired(JobLock),
+    Held {
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
+}
+
+/// Proof that the bearer holds a job's lock at `epoch`. Only the store creates it.
+#[derive(Debug)]
+pub struct LockProof {
+    pub(super) job: JobId,
+    pub(super) epoch: i64,
+}
+
+impl LockProof {
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+}
 
 /// How often a PostgreSQL loser looks again when the winner has not yet recorded itself.
 const HOLDER_RETRY: Duration = Duration::from_millis(10);
@@ -154,7 +223,53 @@ fn pid_alive(pid: i64) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+/// The answer of [`Store::with_job_lock`]: the work ran under the lock, or someone else holds it.
+#[derive(Debug)]
+#[must_use]
+pub enum Exclusive<R> {
+    Performed(R),
+    Held {
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
+}
+
 impl Store {
+    /// Runs `work` holding the job's lock, and releases the lock whatever `work` returns. `work`
+    /// gets the [`LockProof`] every write of job state takes. Contention is an answer
+    /// ([`Exclusive::Held`]), not an error, and nothing waits for the holder. A release that
+    /// fails after `work` failed is logged and `work`'s error returned; a lock whose release
+    /// failed frees itself (PostgreSQL: with its connection; SQLite: when its lease runs out).
+    ///
+    /// This is the one way application code holds a job: reads (`lock_holder`) never take it.
+    pub async fn with_job_lock<R, E>(
+        &self,
+        job: JobId,
+        holder: &Holder,
+        work: impl AsyncFnOnce(&LockProof) -> std::result::Result<R, E>,
+    ) -> std::result::Result<Exclusive<R>, E>
+    where
+        E: From<StoreError>,
+    {
+        #[allow(clippy::disallowed_methods)] // the one caller in application code
+        let lock = match self.try_lock(job, holder).await? {
+            LockOutcome::Acquired(lock) => lock,
+            LockOutcome::Held { holder, since } => return Ok(Exclusive::Held { holder, since }),
+        };
+        let result = work(lock.proof()).await;
+        let released = lock.release().await;
+        match (result, released) {
+            (Ok(out), Ok(())) => Ok(Exclusive::Performed(out)),
+            (Ok(_), Err(e)) => Err(e.into()),
+            (Err(e), released) => {
+                if let Err(r) = released {
+                    tracing::warn!(%job, error = %r, "cannot release the job lock after a failure");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Who holds the job's lock now and since when, without trying to take it (status pages).
     pub async fn lock_holder(&self, job: JobId) -> Result<Option<(Holder, DateTime<Utc>)>> {
         match &self.pool {
@@ -176,6 +291,9 @@ impl Store {
 
     /// Takes the job's lock for `holder`, or says who holds it since when. Never waits for the
     /// holder to finish.
+    ///
+    /// Low level: the store's conformance tests and benchmark hold a lock across steps with it. Application code uses [`Store::with_job_lock`], which always
+    /// releases; clippy refuses this method elsewhere (`clippy.toml`).
     #[tracing::instrument(level = "debug", skip_all, fields(%job, holder = %holder))]
     pub async fn try_lock(&self, job: JobId, holder: &Holder) -> Result<LockOutcome> {
         match &self.pool {

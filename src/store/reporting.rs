@@ -1,9 +1,11 @@
 //! What check runs need of the store: reads for the final report and for re-runs, and the one
 //! write a reporter makes. A reporter runs beside the engine, not under its lock, so it cannot
-//! hold a [`LockProof`]; what it writes is fenced by the epoch the engine announced when the run
+//! hold a [`super::LockProof`]; what it writes is fenced by the epoch the engine announced when the run
 //! started (`Progress::JobStarted::lease_epoch`) instead.
 
-use super::{Attempt, Job, LockProof, Result, Store};
+use super::backend::{on_pool, on_pool_write};
+use super::jobs::select_jobs;
+use super::{Attempt, Job, Result, Store, StoreError, now};
 use crate::types::{JobId, RepoName};
 
 impl Store {
@@ -16,12 +18,28 @@ impl Store {
         lease_epoch: i64,
         check_run_id: i64,
     ) -> Result<()> {
-        // The same conditional write as under the lock: the epoch in the WHERE clause is the fence.
-        let proof = LockProof {
-            job,
-            epoch: lease_epoch,
-        };
-        self.set_check_run_id(&proof, check_run_id).await
+        // The epoch in the WHERE clause is the fence, as for the writes under the lock.
+        let done = on_pool_write!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET check_run_id = $3, updated_at = $4 WHERE id = $1 AND lease_epoch = $2",
+            )
+            .bind(job)
+            .bind(lease_epoch)
+            .bind(check_run_id)
+            .bind(now())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            // No such job, or another holder's epoch.
+            self.get_job(job).await?;
+            return Err(StoreError::Fenced {
+                job,
+                epoch: lease_epoch,
+            });
+        }
+        Ok(())
     }
 
     /// Every attempt of every item of a job, by item key then attempt number: failure histories

@@ -9,7 +9,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sqlx::{FromRow, QueryBuilder};
 
-use super::{Pool, PoolExt, Result, Store, StoreError, now};
+use super::backend::{Pool, PoolExt, on_pool, on_pool_write};
+use super::jobs::select_jobs;
+use super::{Result, Store, StoreError, now};
 
 /// The answer of [`Store::record_delivery`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

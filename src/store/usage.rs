@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::backend::{fenced, on_pool};
 use super::{LockProof, Result, Store, now};
 use crate::types::{ItemKey, JobId, Usage};
 

@@ -7,9 +7,9 @@ use serde_json::Value;
 use sqlx::QueryBuilder;
 use sqlx::types::Json;
 
+use super::backend::{Pool, PoolExt, fenced, on_db, on_pool, on_pool_write};
 use super::{
-    AttemptOutcome, JobRefs, LockProof, NewItem, Pool, PoolExt, Result, Store, StoreError,
-    check_epoch, now,
+    AttemptOutcome, JobRefs, LockProof, NewItem, Result, Store, StoreError, check_epoch, now,
 };
 use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 
@@ -104,10 +104,6 @@ impl Store {
 
     pub async fn set_job_vars(&self, proof: &LockProof, vars: &Value) -> Result<()> {
         set_job_column!(self, proof, "vars", vars)
-    }
-
-    pub async fn set_check_run_id(&self, proof: &LockProof, id: i64) -> Result<()> {
-        set_job_column!(self, proof, "check_run_id", id)
     }
 
     /// Inserts items; a key already present for the job is left as it is. Returns rows inserted.

@@ -21,7 +21,7 @@ use crate::github::InstallationId;
 use crate::server::check_runs::{
     CheckRerunWork, fresh_run_covered, fresh_run_pending, rerun_failed,
 };
-use crate::store::{Holder, Job, LockOutcome, StoreError};
+use crate::store::{Exclusive, Job, StoreError};
 
 /// `checks::rerun::handle`, split into "the engine ran" and "nothing ran" for the job task.
 pub(super) async fn handle(
@@ -177,18 +177,22 @@ impl Runner {
         requested_at: DateTime<Utc>,
         slots: &mut Slots,
     ) -> anyhow::Result<String> {
-        let holder = Holder::this_process(Some(self.p().instance.clone()));
-        let lock = match self.p().store.try_lock(old.id, &holder).await? {
-            LockOutcome::Acquired(lock) => lock,
-            LockOutcome::Held { holder, since } => {
+        let started = self
+            .p()
+            .store
+            .with_job_lock(old.id, &self.holder(), async |_| {
+                self.start_fresh(w, old, requested_at, slots).await
+            })
+            .await?;
+        let result = match started {
+            Exclusive::Performed(result) => result,
+            Exclusive::Held { holder, since } => {
                 let text = fresh_run_pending(old.id, &holder, since, &w.sender);
                 self.answer(w, old, &text).await;
                 return Ok(format!("fresh run of job {} already being started", old.id));
             }
         };
-        let result = self.start_fresh(w, old, requested_at, slots).await;
-        lock.release().await?;
-        let (message, answer) = result?;
+        let (message, answer) = result;
         if let Some(text) = answer {
             self.answer(w, old, &text).await;
         }
