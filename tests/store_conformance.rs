@@ -11,8 +11,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use common::{TestDb, test_stores};
 use prodigy::store::{
-    AttemptOutcome, BackendKind, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, JobLock,
-    JobRefs, LockOutcome, NewItem, NewJob, RequestStatus, Store, StoreError,
+    AttemptOutcome, BackendKind, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, JobEvent,
+    JobLock, JobRefs, LockOutcome, NewItem, NewJob, RequestStatus, RunHolder, Store, StoreError,
 };
 use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, RepoName};
 use serde_json::json;
@@ -726,7 +726,7 @@ async fn check_events(db: &TestDb) {
     let job = store.create_job(&new_job("events")).await.unwrap();
     assert_eq!(
         store
-            .append_event_unlocked(job.id, "resume_refused", &json!({"by": "x"}))
+            .append_outside_event(job.id, &cancel_request("x"))
             .await
             .unwrap(),
         1
@@ -734,7 +734,10 @@ async fn check_events(db: &TestDb) {
     let held = lock(&store, job.id).await;
     assert_eq!(
         store
-            .append_event(held.proof(), "job_started", &json!({}))
+            .append_event(
+                held.proof(),
+                &JobEvent::JobStarted(RunHolder::this_process())
+            )
             .await
             .unwrap(),
         2
@@ -746,7 +749,7 @@ async fn check_events(db: &TestDb) {
         let (store, held) = (store.clone(), held.clone());
         tasks.push(tokio::spawn(async move {
             store
-                .append_event(held.proof(), "item_done", &json!({"i": i}))
+                .append_event(held.proof(), &JobEvent::ItemsInterrupted { count: i })
                 .await
                 .unwrap()
         }));
@@ -762,8 +765,19 @@ async fn check_events(db: &TestDb) {
         all.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=22).collect::<Vec<i64>>()
     );
-    assert_eq!(all[0].kind, "resume_refused");
-    assert_eq!(all[0].data, json!({"by": "x"}));
+    assert_eq!(all[0].kind, "cancel_requested");
+    assert_eq!(
+        all[0].data,
+        json!({"reason": "x", "cleanup": false, "by": null})
+    );
+    assert_eq!(all[0].event(), Some(cancel_request("x")));
+    // Only requests from outside may be written without the lock.
+    assert!(matches!(
+        store
+            .append_outside_event(job.id, &JobEvent::Cancelled { reason: "x".into() })
+            .await,
+        Err(StoreError::NeedsLock(kind)) if kind == "cancelled"
+    ));
     let page = store.events(job.id, 2, 5).await.unwrap();
     assert_eq!(
         page.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -771,7 +785,7 @@ async fn check_events(db: &TestDb) {
     );
     assert!(matches!(
         store
-            .append_event_unlocked(JobId::new(), "x", &json!(null))
+            .append_outside_event(JobId::new(), &cancel_request("y"))
             .await,
         Err(StoreError::JobNotFound(_))
     ));
@@ -780,6 +794,14 @@ async fn check_events(db: &TestDb) {
         .release()
         .await
         .unwrap();
+}
+
+fn cancel_request(reason: &str) -> JobEvent {
+    JobEvent::CancelRequested {
+        reason: reason.into(),
+        cleanup: false,
+        by: None,
+    }
 }
 
 async fn check_lock_basics(db: &TestDb) {
@@ -905,7 +927,10 @@ async fn check_fencing(db: &TestDb) {
     assert!(fenced(store.remove_from_dlq(p, &key).await));
     assert!(fenced(store.purge_dlq(p, None).await.map(drop)));
     assert!(fenced(
-        store.append_event(p, "stale", &json!({})).await.map(drop)
+        store
+            .append_event(p, &JobEvent::ItemsInterrupted { count: 0 })
+            .await
+            .map(drop)
     ));
     let err = store
         .set_job_state(p, JobStatus::Failed, Phase::Map, None)

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{TestDb, test_stores};
 use prodigy::store::{
-    Accepted, AttemptOutcome, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, LockOutcome,
-    NewItem, NewJob, Store,
+    Accepted, AttemptOutcome, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, JobEvent,
+    LockOutcome, NewItem, NewJob, Store,
 };
 use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use serde_json::json;
@@ -120,7 +120,13 @@ impl Seeded {
                 };
                 store.finish_attempt(p, &key, n, &outcome).await.unwrap();
                 store
-                    .append_event(p, "map_started", &json!({"items": 3}))
+                    .append_event(
+                        p,
+                        &JobEvent::ItemsLoaded {
+                            count: 3,
+                            duplicates_removed: 0,
+                        },
+                    )
                     .await
                     .unwrap();
                 lock.release().await.unwrap();
@@ -230,7 +236,7 @@ impl Seeded {
             assert_eq!(store.dlq(Some(job)).await.unwrap()[0].failure_count, 1);
             assert_eq!(
                 store.events(job, 0, 10).await.unwrap()[0].kind,
-                "map_started"
+                "items_loaded"
             );
             // The lock still works on old rows.
             let LockOutcome::Acquired(lock) = store

@@ -208,10 +208,13 @@ pub async fn resumed(engine: &Engine, job: JobId, r: Resumed, as_json: bool, wha
             );
             let _ = engine
                 .store
-                .append_event_unlocked(
+                .append_outside_event(
                     job,
-                    "resume_refused",
-                    &json!({"holder": holder, "since": since, "what": what}),
+                    &prodigy::store::JobEvent::ResumeRefused {
+                        holder: holder.clone(),
+                        since,
+                        what: what.to_string(),
+                    },
                 )
                 .await;
             if as_json {

@@ -23,8 +23,8 @@ use super::step::{self, StepEnv, StepFailure};
 use super::worktree::{Slot, Workspace, sanitize_ref};
 use super::{Engine, RetryRequest};
 use crate::store::{
-    AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobRefs, LockProof, NewAgentRun,
-    NewItem, Store,
+    AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobEvent, JobRefs, LockProof,
+    NewAgentRun, NewItem, RunHolder, Skipped, Store,
 };
 use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use crate::workflow::interpolate::Context;
@@ -118,8 +118,8 @@ impl<'a> JobRun<'a> {
         self.engine.reporter.report(&p);
     }
 
-    async fn event(&self, kind: &str, data: Value) -> anyhow::Result<()> {
-        self.store.append_event(self.proof, kind, &data).await?;
+    async fn event(&self, event: JobEvent) -> anyhow::Result<()> {
+        self.store.append_event(self.proof, &event).await?;
         Ok(())
     }
 
@@ -133,8 +133,7 @@ impl<'a> JobRun<'a> {
             .set_job_state(self.proof, status, phase, error)
             .await?;
         if phase != self.job.phase {
-            self.event("phase", json!({"phase": phase, "status": status}))
-                .await?;
+            self.event(JobEvent::Phase { phase, status }).await?;
             self.report(Progress::PhaseStarted { phase });
         }
         self.job.status = status;
@@ -156,15 +155,12 @@ impl<'a> JobRun<'a> {
             resumed,
             lease_epoch: self.proof.epoch(),
         });
-        let kind = match &mode {
-            Mode::Fresh => "job_started",
-            Mode::Resume(_) => "job_resumed",
-            Mode::Retry(_) => "dlq_retry_started",
-        };
-        self.event(
-            kind,
-            json!({"holder": crate::store::hostname(), "pid": std::process::id()}),
-        )
+        let holder = RunHolder::this_process();
+        self.event(match &mode {
+            Mode::Fresh => JobEvent::JobStarted(holder),
+            Mode::Resume(_) => JobEvent::JobResumed(holder),
+            Mode::Retry(_) => JobEvent::DlqRetryStarted(holder),
+        })
         .await?;
         let phase = self.job.phase;
         self.set_state(JobStatus::Running, phase, None).await?;
@@ -181,17 +177,19 @@ impl<'a> JobRun<'a> {
                 let _ = self
                     .set_state(JobStatus::Failed, phase, Some(&message))
                     .await;
-                let _ = self.event("job_error", json!({"message": message})).await;
+                let _ = self.event(JobEvent::JobError { message }).await;
                 return Err(e);
             }
         };
         let phase = self.job.phase;
         self.set_state(status, phase, error.as_deref()).await?;
         let counts = self.store.item_counts(self.job.id).await?;
-        self.event(
-            "job_finished",
-            json!({"status": status, "phase": phase, "error": error, "counts": counts}),
-        )
+        self.event(JobEvent::JobFinished {
+            status,
+            phase,
+            error: error.clone(),
+            counts,
+        })
         .await?;
         if phase == Phase::Done {
             self.ws.remove_all().await?;
@@ -226,17 +224,32 @@ impl<'a> JobRun<'a> {
             .ok_or_else(|| anyhow!("job {} has no base commit recorded", self.job.id))?;
         match self.verdict.clone() {
             sandbox::Verdict::Enforced { abi } => {
-                self.event("sandbox", json!({"enforced": true, "landlock_abi": abi}))
-                    .await?;
+                self.event(JobEvent::Sandbox {
+                    enforced: true,
+                    landlock_abi: Some(abi),
+                    warning: None,
+                    refused: None,
+                })
+                .await?;
             }
             sandbox::Verdict::Unconfined { warning } => {
                 tracing::warn!(job = %self.job.id, "{warning}");
-                self.event("sandbox", json!({"enforced": false, "warning": warning}))
-                    .await?;
+                self.event(JobEvent::Sandbox {
+                    enforced: false,
+                    landlock_abi: None,
+                    warning: Some(warning),
+                    refused: None,
+                })
+                .await?;
             }
             sandbox::Verdict::Refused { reason } => {
-                self.event("sandbox", json!({"enforced": false, "refused": reason}))
-                    .await?;
+                self.event(JobEvent::Sandbox {
+                    enforced: false,
+                    landlock_abi: None,
+                    warning: None,
+                    refused: Some(reason.clone()),
+                })
+                .await?;
                 return Ok(Err(PhaseFailure(reason)));
             }
         }
@@ -358,10 +371,10 @@ impl<'a> JobRun<'a> {
             });
         }
         self.store.insert_items(self.proof, &new_items).await?;
-        self.event(
-            "items_loaded",
-            json!({"count": new_items.len(), "duplicates_removed": duplicates}),
-        )
+        self.event(JobEvent::ItemsLoaded {
+            count: new_items.len(),
+            duplicates_removed: duplicates,
+        })
         .await?;
         if duplicates > 0 {
             tracing::warn!(
@@ -405,17 +418,20 @@ impl<'a> JobRun<'a> {
             base_env: &confined.base_env,
             sandbox: confined.plan.as_ref(),
         };
-        self.event(
-            "phase_steps_started",
-            json!({"phase": name, "steps": phase.commands.len(), "log": log}),
-        )
+        self.event(JobEvent::PhaseStepsStarted {
+            phase: name.to_string(),
+            steps: phase.commands.len(),
+            log: log.clone(),
+        })
         .await?;
         let result = step::run_steps(&phase.commands, ctx, &env).await;
         self.record_agent_runs(name, None, &scope).await?;
         match result {
             Ok(()) => {
-                self.event("phase_steps_finished", json!({"phase": name}))
-                    .await?;
+                self.event(JobEvent::PhaseStepsFinished {
+                    phase: name.to_string(),
+                })
+                .await?;
                 Ok(Ok(()))
             }
             Err(f) => {
@@ -427,10 +443,12 @@ impl<'a> JobRun<'a> {
                 } else {
                     format!("{name} failed: {} (log: {})", f.message(), log.display())
                 };
-                self.event(
-                    "phase_steps_failed",
-                    json!({"phase": name, "line": f.line, "class": f.class(), "message": message}),
-                )
+                self.event(JobEvent::PhaseStepsFailed {
+                    phase: name.to_string(),
+                    line: f.line,
+                    class: f.class(),
+                    message: message.clone(),
+                })
                 .await?;
                 Ok(Err(PhaseFailure(message)))
             }
@@ -471,14 +489,18 @@ impl<'a> JobRun<'a> {
                     );
                 }
                 self.duplicates_removed = p.duplicates_removed;
-                self.event(
-                    "resume_planned",
-                    json!({
-                        "to_run": p.run.len(),
-                        "duplicates_removed": p.duplicates_removed,
-                        "skipped": p.skipped.iter().map(|(k, r)| json!({"key": k, "reason": format!("{r:?}")})).collect::<Vec<_>>(),
-                    }),
-                )
+                self.event(JobEvent::ResumePlanned {
+                    to_run: p.run.len(),
+                    duplicates_removed: p.duplicates_removed,
+                    skipped: p
+                        .skipped
+                        .iter()
+                        .map(|(key, reason)| Skipped {
+                            key: key.clone(),
+                            reason: format!("{reason:?}"),
+                        })
+                        .collect(),
+                })
                 .await?;
                 p.run
             }
@@ -517,8 +539,10 @@ impl<'a> JobRun<'a> {
                 position: positions.get(&r.key).copied().unwrap_or(0),
             })
             .collect();
-        self.event("dlq_retry_planned", json!({"to_run": candidates.len()}))
-            .await?;
+        self.event(JobEvent::DlqRetryPlanned {
+            to_run: candidates.len(),
+        })
+        .await?;
         if let Some(stop) = self.run_items(mr, candidates).await? {
             return Ok(Err(stop));
         }
@@ -546,7 +570,7 @@ impl<'a> JobRun<'a> {
     async fn reconcile(&mut self) -> anyhow::Result<()> {
         let interrupted = self.store.recover_interrupted(self.proof).await?;
         if interrupted > 0 {
-            self.event("items_interrupted", json!({"count": interrupted}))
+            self.event(JobEvent::ItemsInterrupted { count: interrupted })
                 .await?;
         }
         let unmerged = self
@@ -570,10 +594,12 @@ impl<'a> JobRun<'a> {
                 .unwrap_or(false)
             {
                 self.store.mark_merged(self.proof, &item.key).await?;
-                self.event(
-                    "item_merged",
-                    json!({"key": item.key, "commit": commit, "found_on_resume": true}),
-                )
+                self.event(JobEvent::ItemMerged {
+                    key: item.key.clone(),
+                    commit: commit.clone(),
+                    merge_commit: None,
+                    found_on_resume: true,
+                })
                 .await?;
             } else {
                 self.merge(&item.key, item.attempts, &commit).await?;
@@ -708,10 +734,12 @@ impl<'a> JobRun<'a> {
             .join(sanitize_ref(&key.0))
             .join(format!("attempt-{attempt}.log"));
         let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
-        self.event(
-            "item_started",
-            json!({"key": key, "attempt": attempt, "worktree": slot.dir, "log": log}),
-        )
+        self.event(JobEvent::ItemStarted {
+            key: key.clone(),
+            attempt,
+            worktree: slot.dir.clone(),
+            log: log.clone(),
+        })
         .await?;
 
         let start = if sched.conflicted.contains(key) {
@@ -790,10 +818,12 @@ impl<'a> JobRun<'a> {
                         self.engine.api_backoff.max_retries
                     ),
                 );
-                self.event(
-                    "agent_backoff",
-                    json!({"key": key, "attempt": attempt, "try": transient, "delay_ms": delay.as_millis() as u64}),
-                )
+                self.event(JobEvent::AgentBackoff {
+                    key: key.clone(),
+                    attempt,
+                    retry: transient,
+                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                })
                 .await?;
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -874,10 +904,11 @@ impl<'a> JobRun<'a> {
                 self.store
                     .finish_attempt(self.proof, key, attempt, &outcome)
                     .await?;
-                self.event(
-                    "item_succeeded",
-                    json!({"key": key, "attempt": attempt, "commit": commit}),
-                )
+                self.event(JobEvent::ItemSucceeded {
+                    key: key.clone(),
+                    attempt,
+                    commit: commit.clone(),
+                })
                 .await?;
                 self.report(Progress::ItemSucceeded { key: key.clone() });
                 let _serial = sched.merge_lock.lock().await;
@@ -902,10 +933,12 @@ impl<'a> JobRun<'a> {
                 commit: merge_commit,
             } => {
                 self.store.mark_merged(self.proof, key).await?;
-                self.event(
-                    "item_merged",
-                    json!({"key": key, "commit": commit, "merge_commit": merge_commit}),
-                )
+                self.event(JobEvent::ItemMerged {
+                    key: key.clone(),
+                    commit: commit.to_string(),
+                    merge_commit: Some(merge_commit.clone()),
+                    found_on_resume: false,
+                })
                 .await?;
                 self.report(Progress::ItemMerged { key: key.clone() });
                 Ok(true)
@@ -944,10 +977,15 @@ impl<'a> JobRun<'a> {
                 self.store
                     .finish_attempt(self.proof, key, attempt, &outcome)
                     .await?;
-                self.event(
-                    "item_failed",
-                    json!({"key": key, "attempt": attempt, "class": class, "message": text}),
-                )
+                self.event(JobEvent::ItemFailed {
+                    key: key.clone(),
+                    attempt,
+                    class,
+                    message: text.clone(),
+                    exit_code: None,
+                    log: None,
+                    artifact: None,
+                })
                 .await?;
                 self.report(Progress::ItemFailed {
                     key: key.clone(),
@@ -1002,11 +1040,15 @@ impl<'a> JobRun<'a> {
         self.store
             .finish_attempt(self.proof, key, attempt, &outcome)
             .await?;
-        self.event(
-            "item_failed",
-            json!({"key": key, "attempt": attempt, "class": class, "exit_code": f.facts.exit_code,
-                   "message": message, "log": log, "artifact": artifact}),
-        )
+        self.event(JobEvent::ItemFailed {
+            key: key.clone(),
+            attempt,
+            class,
+            message: message.clone(),
+            exit_code: f.facts.exit_code,
+            log: Some(log.to_path_buf()),
+            artifact: artifact.clone(),
+        })
         .await?;
         self.report(Progress::ItemFailed {
             key: key.clone(),
@@ -1105,19 +1147,16 @@ impl<'a> JobRun<'a> {
                     },
                 )
                 .await?;
-            self.event(
-                "agent_finished",
-                json!({
-                    "phase": phase,
-                    "key": item.map(|(k, _)| k),
-                    "attempt": item.map(|(_, a)| a),
-                    "session_id": run.session_id,
-                    "model": run.model,
-                    "json_log_location": run.transcript,
-                    "subtype": run.result.as_ref().map(|r| r.subtype.clone()),
-                    "usage": run.usage,
-                }),
-            )
+            self.event(JobEvent::AgentFinished {
+                phase: phase.to_string(),
+                key: item.map(|(k, _)| k.clone()),
+                attempt: item.map(|(_, a)| a),
+                session_id: run.session_id.clone(),
+                model: run.model.clone(),
+                json_log_location: run.transcript.clone(),
+                subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                usage: run.usage,
+            })
             .await?;
         }
         Ok(())

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -30,7 +29,7 @@ use crate::engine::{
     DlqMode, Engine, NewRun, Progress, Reporter, ResumeRequest, Resumed, RetryRequest, RunOutcome,
 };
 use crate::github::{CommentId, GitHubClient, InstallationId, PrNumber, Reaction};
-use crate::store::{Exclusive, Holder, Job, Request, Store, StoreError};
+use crate::store::{Exclusive, Holder, Job, JobEvent, Request, Store, StoreError};
 use crate::types::{ItemKey, JobId, JobStatus, RepoName};
 
 use super::check_runs::RunReporter;
@@ -347,8 +346,10 @@ impl Runner {
     /// it started here; None for jobs the server did not start.
     async fn context_of(&self, job: &Job) -> Option<JobContext> {
         let events = self.p().store.events(job.id, 0, 1000).await.ok()?;
-        let recorded = events.iter().find(|e| e.kind == SERVER_CONTEXT_EVENT)?;
-        let installation = recorded.data["installation"].as_u64()?;
+        let installation = events.iter().find_map(|e| match e.event() {
+            Some(JobEvent::ServerContext { installation, .. }) => Some(installation),
+            _ => None,
+        })?;
         Some(JobContext {
             repo: job.repo.clone()?,
             pr_number: job.pr_number.and_then(|n| u64::try_from(n).ok()),
@@ -694,18 +695,16 @@ impl Runner {
         // Records the job's installation before the starter hears of it, so even a job whose
         // first reply was never posted can be resumed with its reporter after a crash.
         let store = self.p().store.clone();
-        let context = json!({
-            "installation": ctx.installation.0,
-            "pr": ctx.pr_number,
-            "workflow": ctx.workflow,
-            "instance": self.p().instance,
-        });
+        let context = JobEvent::ServerContext {
+            installation: ctx.installation.0,
+            pr: ctx.pr_number,
+            workflow: ctx.workflow.clone(),
+            instance: self.p().instance.clone(),
+        };
         tokio::spawn(async move {
             let Ok(started) = rx.await else { return };
             if let Started::Running(job) = &started
-                && let Err(e) = store
-                    .append_event_unlocked(*job, SERVER_CONTEXT_EVENT, &context)
-                    .await
+                && let Err(e) = store.append_outside_event(*job, &context).await
             {
                 tracing::warn!(%job, error = %e, "cannot record the job's server context");
             }
@@ -823,10 +822,13 @@ impl Runner {
         }
         self.p()
             .store
-            .append_event_unlocked(
+            .append_outside_event(
                 job.id,
-                "cancel_requested",
-                &json!({"reason": reason, "cleanup": cleanup, "by": self.p().instance}),
+                &JobEvent::CancelRequested {
+                    reason: reason.to_string(),
+                    cleanup,
+                    by: Some(self.p().instance.clone()),
+                },
             )
             .await?;
         if self.signal_local(job.id, reason, cleanup) {
@@ -888,7 +890,12 @@ impl Runner {
                         .set_job_state(proof, JobStatus::Cancelled, current.phase, Some(reason))
                         .await?;
                     store
-                        .append_event(proof, "cancelled", &json!({"reason": reason}))
+                        .append_event(
+                            proof,
+                            &JobEvent::Cancelled {
+                                reason: reason.to_string(),
+                            },
+                        )
                         .await?;
                 }
                 if cleanup {
@@ -936,10 +943,14 @@ impl Runner {
                 let request = events
                     .iter()
                     .rev()
-                    .find(|e| e.kind == "cancel_requested" && e.at >= started);
-                if let Some(r) = request {
-                    let reason = r.data["reason"].as_str().unwrap_or("cancelled").to_string();
-                    let cleanup = r.data["cleanup"].as_bool().unwrap_or(false);
+                    .filter(|e| e.at >= started)
+                    .find_map(|e| match e.event() {
+                        Some(JobEvent::CancelRequested {
+                            reason, cleanup, ..
+                        }) => Some((reason, cleanup)),
+                        _ => None,
+                    });
+                if let Some((reason, cleanup)) = request {
                     self.signal_local(job, &reason, cleanup);
                 }
                 if let Some(r) = self
@@ -1225,10 +1236,6 @@ const SLOTLESS_KINDS: [&str; 2] = ["comment", "pull_request_closed"];
 
 /// Comment requests handled at once beyond the job slots.
 const MAX_COMMENT_HANDLERS: usize = 4;
-
-/// The event that records which installation and pull request a job belongs to, so a restarted
-/// server can resume it with the right reporter.
-pub const SERVER_CONTEXT_EVENT: &str = "server_context";
 
 /// Wraps a job's reporter: learns the job id when it starts, registers the job as running here,
 /// and tells the starter.

@@ -15,6 +15,7 @@ use crate::types::{ItemKey, JobId};
 
 mod backend;
 mod debug;
+mod event;
 mod items;
 mod jobs;
 mod lock;
@@ -28,6 +29,7 @@ mod writes;
 
 pub use backend::{BackendKind, DEFAULT_LOCK_LEASE};
 pub use debug::{EXIT_HELD, debug_lock};
+pub use event::{Event, JobEvent, RunHolder, Skipped};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
 pub use model::*;
 pub use server::{Accepted, DeliveryOutcome, NewDelivery, Request, RequestStatus};
@@ -49,6 +51,9 @@ pub enum StoreError {
     AmbiguousJob { prefix: String, count: usize },
     #[error("job {job} has no item '{key}'")]
     ItemNotFound { job: JobId, key: ItemKey },
+    /// A bug: an event only the lock's holder may write, offered as a request from outside.
+    #[error("the {0} event may only be written under the job's lock")]
+    NeedsLock(String),
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
     BadUrl(String),
     /// A PostgreSQL URL refused before connecting (callers name the URL in their context).

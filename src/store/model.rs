@@ -66,7 +66,9 @@ pub struct JobSummary {
     pub usage: crate::types::Usage,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, sqlx::FromRow,
+)]
 pub struct ItemCounts {
     #[sqlx(try_from = "i64")]
     pub total: u64,
@@ -174,13 +176,6 @@ pub struct DlqItem {
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Event {
-    pub seq: i64,
-    pub at: DateTime<Utc>,
-    pub kind: String,
-    pub data: Value,
-}
 /// Filter for [`Store::items`].
 #[derive(Debug, Clone, Default)]
 pub struct ItemFilter {

@@ -9,7 +9,8 @@ use sqlx::types::Json;
 
 use super::backend::{Pool, PoolExt, fenced, on_db, on_pool, on_pool_write};
 use super::{
-    AttemptOutcome, JobRefs, LockProof, NewItem, Result, Store, StoreError, check_epoch, now,
+    AttemptOutcome, JobEvent, JobRefs, LockProof, NewItem, Result, Store, StoreError, check_epoch,
+    now,
 };
 use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 
@@ -364,10 +365,11 @@ impl Store {
         }))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, kind))]
-    pub async fn append_event(&self, proof: &LockProof, kind: &str, data: &Value) -> Result<i64> {
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job))]
+    pub async fn append_event(&self, proof: &LockProof, event: &JobEvent) -> Result<i64> {
+        let (kind, data) = event.to_row();
         match self
-            .insert_event(proof.job, Some(proof.epoch), kind, data)
+            .insert_event(proof.job, Some(proof.epoch), &kind, &data)
             .await?
         {
             Some(seq) => Ok(seq),
@@ -375,9 +377,16 @@ impl Store {
         }
     }
 
-    /// For events recorded by a process that does not hold the lock (e.g. a refused resume).
-    pub async fn append_event_unlocked(&self, job: JobId, kind: &str, data: &Value) -> Result<i64> {
-        self.insert_event(job, None, kind, data)
+    /// A request or note about a job from a process that does not hold its lock (a cancel
+    /// request, the server context, a refused resume: [`JobEvent::from_outside`]); any other
+    /// event is refused.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
+    pub async fn append_outside_event(&self, job: JobId, event: &JobEvent) -> Result<i64> {
+        let (kind, data) = event.to_row();
+        if !event.from_outside() {
+            return Err(StoreError::NeedsLock(kind));
+        }
+        self.insert_event(job, None, &kind, &data)
             .await?
             .ok_or_else(|| StoreError::JobNotFound(job.to_string()))
     }
