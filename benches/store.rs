@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prodigy::store::{
-    AttemptOutcome, DlqDisposition, Holder, ItemFilter, LockOutcome, NewItem, NewJob, Store,
+    AttemptOutcome, DlqDisposition, Holder, ItemFilter, JobEvent, LockOutcome, NewItem, NewJob,
+    Store,
 };
 use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId};
 use serde_json::json;
@@ -162,7 +163,7 @@ async fn run_backend(
             for i in (w..updates).step_by(UPDATE_TASKS) {
                 let key = ItemKey(format!("src/module_{i:06}.rs"));
                 let n = store
-                    .start_attempt(lock.proof(), &key, "/wt", "b")
+                    .start_attempt(lock.proof(), &key, "/wt", "b", started(&key))
                     .await
                     .unwrap();
                 let outcome = if i % 10 == 0 {
@@ -193,7 +194,7 @@ async fn run_backend(
                     }
                 };
                 store
-                    .finish_attempt(lock.proof(), &key, n, &outcome)
+                    .finish_attempt(lock.proof(), &key, n, &outcome, &finished(&key, n))
                     .await
                     .unwrap();
             }
@@ -304,4 +305,24 @@ async fn run_backend(
         h.close().await;
     }
     store.close().await;
+}
+
+/// The event an attempt's start commits with (tests only check that it is there).
+fn started(key: &ItemKey) -> impl FnOnce(u32) -> JobEvent {
+    let key = key.clone();
+    move |attempt| JobEvent::ItemStarted {
+        key,
+        attempt,
+        worktree: "/wt".into(),
+        log: "/log".into(),
+    }
+}
+
+/// The event an attempt's end commits with.
+fn finished(key: &ItemKey, attempt: u32) -> JobEvent {
+    JobEvent::ItemSucceeded {
+        key: key.clone(),
+        attempt,
+        commit: None,
+    }
 }

@@ -299,11 +299,11 @@ async fn check_items(db: &TestDb) {
     // Inserting again keeps the existing rows (and their state) as they are.
     let key0 = ItemKey::from("item-00000");
     let n = store
-        .start_attempt(proof, &key0, "/wt/0", "b0")
+        .start_attempt(proof, &key0, "/wt/0", "b0", started(&key0))
         .await
         .unwrap();
     store
-        .finish_attempt(proof, &key0, n, &success("c0"))
+        .finish_attempt(proof, &key0, n, &success("c0"), &finished(&key0, n))
         .await
         .unwrap();
     let mut again = items(2501);
@@ -338,7 +338,7 @@ async fn check_items(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(pending.len(), 2500);
-    store.mark_merged(proof, &key0).await.unwrap();
+    store.mark_merged(proof, &key0, None).await.unwrap();
     let merged = store
         .items(
             job.id,
@@ -416,11 +416,13 @@ async fn check_items(db: &TestDb) {
 
     let missing = ItemKey::from("missing");
     assert!(matches!(
-        store.start_attempt(proof, &missing, "/wt", "b").await,
+        store
+            .start_attempt(proof, &missing, "/wt", "b", started(&missing))
+            .await,
         Err(StoreError::ItemNotFound { .. })
     ));
     assert!(matches!(
-        store.mark_merged(proof, &missing).await,
+        store.mark_merged(proof, &missing, None).await,
         Err(StoreError::ItemNotFound { .. })
     ));
     held.release().await.unwrap();
@@ -436,10 +438,13 @@ async fn check_attempts_and_dlq(db: &TestDb) {
     let held = lock(&store, job.id).await;
     store.insert_items(held.proof(), &items(3)).await.unwrap();
     let a1 = store
-        .start_attempt(held.proof(), &key, "/wt/1", "prodigy/item-1")
+        .start_attempt(held.proof(), &key, "/wt/1", "prodigy/item-1", started(&key))
         .await
         .unwrap();
     assert_eq!(a1, 1);
+    // The attempt row and its event commit in one transaction.
+    let last = store.events(job.id, 0, 1000).await.unwrap().pop().unwrap();
+    assert_eq!(last.event(), Some(started(&key)(1)));
     let running = store
         .items(
             job.id,
@@ -457,12 +462,19 @@ async fn check_attempts_and_dlq(db: &TestDb) {
             &key,
             a1,
             &failure(ErrorClass::Timeout, "timed out after 5s", true),
+            &finished(&key, a1),
         )
         .await
         .unwrap();
     // A failure without a DLQ disposition stays out of the DLQ.
     let b1 = store
-        .start_attempt(held.proof(), &other, "/wt/2", "prodigy/item-2")
+        .start_attempt(
+            held.proof(),
+            &other,
+            "/wt/2",
+            "prodigy/item-2",
+            started(&other),
+        )
         .await
         .unwrap();
     store
@@ -471,6 +483,7 @@ async fn check_attempts_and_dlq(db: &TestDb) {
             &other,
             b1,
             &failure(ErrorClass::CommandFailed, "exit 1", false),
+            &finished(&other, b1),
         )
         .await
         .unwrap();
@@ -492,7 +505,13 @@ async fn check_attempts_and_dlq(db: &TestDb) {
     // Run 2 (a resume): the attempt number continues, the DLQ row counts up.
     let held = lock(&store, job.id).await;
     let a2 = store
-        .start_attempt(held.proof(), &key, "/wt/1b", "prodigy/item-1b")
+        .start_attempt(
+            held.proof(),
+            &key,
+            "/wt/1b",
+            "prodigy/item-1b",
+            started(&key),
+        )
         .await
         .unwrap();
     assert_eq!(a2, 2);
@@ -501,7 +520,13 @@ async fn check_attempts_and_dlq(db: &TestDb) {
         reprocessable: false,
     });
     store
-        .finish_attempt(held.proof(), &key, a2, &not_reprocessable)
+        .finish_attempt(
+            held.proof(),
+            &key,
+            a2,
+            &not_reprocessable,
+            &finished(&key, a2),
+        )
         .await
         .unwrap();
     let dlq = store.dlq(Some(job.id)).await.unwrap();
@@ -527,12 +552,24 @@ async fn check_attempts_and_dlq(db: &TestDb) {
 
     // Run 3: succeeds and leaves the DLQ; the history keeps every attempt.
     let a3 = store
-        .start_attempt(held.proof(), &key, "/wt/1c", "prodigy/item-1c")
+        .start_attempt(
+            held.proof(),
+            &key,
+            "/wt/1c",
+            "prodigy/item-1c",
+            started(&key),
+        )
         .await
         .unwrap();
     assert_eq!(a3, 3);
     store
-        .finish_attempt(held.proof(), &key, a3, &success("cafe"))
+        .finish_attempt(
+            held.proof(),
+            &key,
+            a3,
+            &success("cafe"),
+            &finished(&key, a3),
+        )
         .await
         .unwrap();
     assert!(store.dlq(Some(job.id)).await.unwrap().is_empty());
@@ -574,7 +611,7 @@ async fn check_attempts_and_dlq(db: &TestDb) {
     assert_eq!(item[0].commit.as_deref(), Some("cafe"));
     assert!(matches!(
         store
-            .finish_attempt(held.proof(), &key, 9, &success("x"))
+            .finish_attempt(held.proof(), &key, 9, &success("x"), &finished(&key, 9))
             .await,
         Err(StoreError::ItemNotFound { .. })
     ));
@@ -589,12 +626,12 @@ async fn check_recover_interrupted(db: &TestDb) {
     for i in 0..3 {
         let key = ItemKey(format!("item-{i:05}"));
         let n = store
-            .start_attempt(held.proof(), &key, "/wt", "b")
+            .start_attempt(held.proof(), &key, "/wt", "b", started(&key))
             .await
             .unwrap();
         if i == 0 {
             store
-                .finish_attempt(held.proof(), &key, n, &success("c"))
+                .finish_attempt(held.proof(), &key, n, &success("c"), &finished(&key, n))
                 .await
                 .unwrap();
         }
@@ -657,7 +694,13 @@ async fn check_recover_interrupted(db: &TestDb) {
     assert_eq!(done[0].success, Some(true));
     // The next attempt of a recovered item is its second.
     let n = store
-        .start_attempt(held.proof(), &ItemKey::from("item-00001"), "/wt", "b")
+        .start_attempt(
+            held.proof(),
+            &ItemKey::from("item-00001"),
+            "/wt",
+            "b",
+            started(&ItemKey::from("item-00001")),
+        )
         .await
         .unwrap();
     assert_eq!(n, 2);
@@ -674,7 +717,7 @@ async fn check_dlq_maintenance(db: &TestDb) {
         for i in 0..3 {
             let key = ItemKey(format!("item-{i:05}"));
             let n = store
-                .start_attempt(held.proof(), &key, "/wt", "b")
+                .start_attempt(held.proof(), &key, "/wt", "b", started(&key))
                 .await
                 .unwrap();
             store
@@ -683,6 +726,7 @@ async fn check_dlq_maintenance(db: &TestDb) {
                     &key,
                     n,
                     &failure(ErrorClass::Unknown, "boom", true),
+                    &finished(&key, n),
                 )
                 .await
                 .unwrap();
@@ -890,7 +934,7 @@ async fn check_fencing(db: &TestDb) {
     store.insert_items(old.proof(), &items(2)).await.unwrap();
     let key = ItemKey::from("item-00000");
     let n = store
-        .start_attempt(old.proof(), &key, "/wt", "b")
+        .start_attempt(old.proof(), &key, "/wt", "b", started(&key))
         .await
         .unwrap();
 
@@ -917,12 +961,27 @@ async fn check_fencing(db: &TestDb) {
     ));
     assert!(fenced(store.insert_items(p, &items(5)).await.map(drop)));
     assert!(fenced(
-        store.start_attempt(p, &key, "/wt", "b").await.map(drop)
+        store
+            .start_attempt(p, &key, "/wt", "b", started(&key))
+            .await
+            .map(drop)
     ));
     assert!(fenced(
-        store.finish_attempt(p, &key, n, &success("stale")).await
+        store
+            .finish_attempt(p, &key, n, &success("stale"), &finished(&key, n))
+            .await
     ));
-    assert!(fenced(store.mark_merged(p, &key).await));
+    assert!(fenced(store.mark_merged(p, &key, None).await));
+    let before = store.events(job.id, 0, 1000).await.unwrap().len();
+    let merged = JobEvent::ItemMerged {
+        key: key.clone(),
+        commit: "c".into(),
+        merge_commit: None,
+        found_on_resume: false,
+    };
+    assert!(fenced(store.mark_merged(p, &key, Some(&merged)).await));
+    // A refused state change leaves no event behind: they commit together or not at all.
+    assert_eq!(store.events(job.id, 0, 1000).await.unwrap().len(), before);
     assert!(fenced(store.recover_interrupted(p).await.map(drop)));
     assert!(fenced(store.remove_from_dlq(p, &key).await));
     assert!(fenced(store.purge_dlq(p, None).await.map(drop)));
@@ -1166,4 +1225,24 @@ async fn in_memory_sqlite_works() {
         Store::open("mysql://x").await,
         Err(StoreError::BadUrl(_))
     ));
+}
+
+/// The event an attempt's start commits with (tests only check that it is there).
+fn started(key: &ItemKey) -> impl FnOnce(u32) -> JobEvent {
+    let key = key.clone();
+    move |attempt| JobEvent::ItemStarted {
+        key,
+        attempt,
+        worktree: "/wt".into(),
+        log: "/log".into(),
+    }
+}
+
+/// The event an attempt's end commits with.
+fn finished(key: &ItemKey, attempt: u32) -> JobEvent {
+    JobEvent::ItemSucceeded {
+        key: key.clone(),
+        attempt,
+        commit: None,
+    }
 }

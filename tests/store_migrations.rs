@@ -104,7 +104,10 @@ impl Seeded {
                     .collect();
                 store.insert_items(p, &items).await.unwrap();
                 let key = ItemKey::from("k1");
-                let n = store.start_attempt(p, &key, "/wt", "b").await.unwrap();
+                let n = store
+                    .start_attempt(p, &key, "/wt", "b", started(&key))
+                    .await
+                    .unwrap();
                 let outcome = AttemptOutcome {
                     success: false,
                     exit_code: Some(2),
@@ -118,7 +121,10 @@ impl Seeded {
                         reprocessable: true,
                     }),
                 };
-                store.finish_attempt(p, &key, n, &outcome).await.unwrap();
+                store
+                    .finish_attempt(p, &key, n, &outcome, &finished(&key, n))
+                    .await
+                    .unwrap();
                 store
                     .append_event(
                         p,
@@ -234,10 +240,14 @@ impl Seeded {
                 1
             );
             assert_eq!(store.dlq(Some(job)).await.unwrap()[0].failure_count, 1);
-            assert_eq!(
-                store.events(job, 0, 10).await.unwrap()[0].kind,
-                "items_loaded"
-            );
+            let kinds: Vec<String> = store
+                .events(job, 0, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            assert_eq!(kinds, ["item_started", "item_succeeded", "items_loaded"]);
             // The lock still works on old rows.
             let LockOutcome::Acquired(lock) = store
                 .try_lock(job, &Holder::this_process(None))
@@ -335,5 +345,25 @@ async fn both_backends_have_the_same_schema() {
     }
     if let Some((_, postgres)) = schemas.get(1) {
         assert_eq!(sqlite, postgres);
+    }
+}
+
+/// The event an attempt's start commits with (tests only check that it is there).
+fn started(key: &ItemKey) -> impl FnOnce(u32) -> JobEvent {
+    let key = key.clone();
+    move |attempt| JobEvent::ItemStarted {
+        key,
+        attempt,
+        worktree: "/wt".into(),
+        log: "/log".into(),
+    }
+}
+
+/// The event an attempt's end commits with.
+fn finished(key: &ItemKey, attempt: u32) -> JobEvent {
+    JobEvent::ItemSucceeded {
+        key: key.clone(),
+        attempt,
+        commit: None,
     }
 }

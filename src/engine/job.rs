@@ -586,21 +586,22 @@ impl<'a> JobRun<'a> {
             .await?;
         for item in unmerged {
             let Some(commit) = item.commit.clone() else {
-                self.store.mark_merged(self.proof, &item.key).await?;
+                self.store.mark_merged(self.proof, &item.key, None).await?;
                 continue;
             };
             if git::is_ancestor(&self.ws.job_dir, &commit, "HEAD")
                 .await
                 .unwrap_or(false)
             {
-                self.store.mark_merged(self.proof, &item.key).await?;
-                self.event(JobEvent::ItemMerged {
+                let merged = JobEvent::ItemMerged {
                     key: item.key.clone(),
                     commit: commit.clone(),
                     merge_commit: None,
                     found_on_resume: true,
-                })
-                .await?;
+                };
+                self.store
+                    .mark_merged(self.proof, &item.key, Some(&merged))
+                    .await?;
             } else {
                 self.merge(&item.key, item.attempts, &commit).await?;
             }
@@ -715,6 +716,12 @@ impl<'a> JobRun<'a> {
         c: &Candidate,
     ) -> anyhow::Result<bool> {
         let key = &c.key;
+        let log_of = |attempt: u32| {
+            self.logs
+                .join("items")
+                .join(sanitize_ref(&key.0))
+                .join(format!("attempt-{attempt}.log"))
+        };
         let attempt = self
             .store
             .start_attempt(
@@ -722,25 +729,20 @@ impl<'a> JobRun<'a> {
                 key,
                 &slot.dir.display().to_string(),
                 &slot.branch,
+                |attempt| JobEvent::ItemStarted {
+                    key: key.clone(),
+                    attempt,
+                    worktree: slot.dir.clone(),
+                    log: log_of(attempt),
+                },
             )
             .await?;
         self.report(Progress::ItemStarted {
             key: key.clone(),
             attempt,
         });
-        let log = self
-            .logs
-            .join("items")
-            .join(sanitize_ref(&key.0))
-            .join(format!("attempt-{attempt}.log"));
+        let log = log_of(attempt);
         let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
-        self.event(JobEvent::ItemStarted {
-            key: key.clone(),
-            attempt,
-            worktree: slot.dir.clone(),
-            log: log.clone(),
-        })
-        .await?;
 
         let start = if sched.conflicted.contains(key) {
             let _serial = sched.merge_lock.lock().await;
@@ -901,20 +903,19 @@ impl<'a> JobRun<'a> {
                     result: Some(result),
                     dlq: None,
                 };
-                self.store
-                    .finish_attempt(self.proof, key, attempt, &outcome)
-                    .await?;
-                self.event(JobEvent::ItemSucceeded {
+                let succeeded = JobEvent::ItemSucceeded {
                     key: key.clone(),
                     attempt,
                     commit: commit.clone(),
-                })
-                .await?;
+                };
+                self.store
+                    .finish_attempt(self.proof, key, attempt, &outcome, &succeeded)
+                    .await?;
                 self.report(Progress::ItemSucceeded { key: key.clone() });
                 let _serial = sched.merge_lock.lock().await;
                 match commit {
                     None => {
-                        self.store.mark_merged(self.proof, key).await?;
+                        self.store.mark_merged(self.proof, key, None).await?;
                         self.report(Progress::ItemMerged { key: key.clone() });
                         Ok(false)
                     }
@@ -932,14 +933,15 @@ impl<'a> JobRun<'a> {
             git::Merge::Merged {
                 commit: merge_commit,
             } => {
-                self.store.mark_merged(self.proof, key).await?;
-                self.event(JobEvent::ItemMerged {
+                let merged = JobEvent::ItemMerged {
                     key: key.clone(),
                     commit: commit.to_string(),
                     merge_commit: Some(merge_commit.clone()),
                     found_on_resume: false,
-                })
-                .await?;
+                };
+                self.store
+                    .mark_merged(self.proof, key, Some(&merged))
+                    .await?;
                 self.report(Progress::ItemMerged { key: key.clone() });
                 Ok(true)
             }
@@ -974,10 +976,7 @@ impl<'a> JobRun<'a> {
                         reprocessable: classify::is_reprocessable(class),
                     }),
                 };
-                self.store
-                    .finish_attempt(self.proof, key, attempt, &outcome)
-                    .await?;
-                self.event(JobEvent::ItemFailed {
+                let failed = JobEvent::ItemFailed {
                     key: key.clone(),
                     attempt,
                     class,
@@ -985,8 +984,10 @@ impl<'a> JobRun<'a> {
                     exit_code: None,
                     log: None,
                     artifact: None,
-                })
-                .await?;
+                };
+                self.store
+                    .finish_attempt(self.proof, key, attempt, &outcome, &failed)
+                    .await?;
                 self.report(Progress::ItemFailed {
                     key: key.clone(),
                     class,
@@ -1037,10 +1038,7 @@ impl<'a> JobRun<'a> {
             ),
             dlq,
         };
-        self.store
-            .finish_attempt(self.proof, key, attempt, &outcome)
-            .await?;
-        self.event(JobEvent::ItemFailed {
+        let failed = JobEvent::ItemFailed {
             key: key.clone(),
             attempt,
             class,
@@ -1048,8 +1046,10 @@ impl<'a> JobRun<'a> {
             exit_code: f.facts.exit_code,
             log: Some(log.to_path_buf()),
             artifact: artifact.clone(),
-        })
-        .await?;
+        };
+        self.store
+            .finish_attempt(self.proof, key, attempt, &outcome, &failed)
+            .await?;
         self.report(Progress::ItemFailed {
             key: key.clone(),
             class,

@@ -42,6 +42,44 @@ macro_rules! set_job_column {
     }};
 }
 
+/// Runs `$body` in a write transaction that also appends the event `$event` (evaluated after
+/// the body, with the body's value as `$out`), so a state change and its event commit
+/// together or not at all. The fence is the event's sequence update, `WHERE lease_epoch =
+/// $epoch`: it row-locks the job, so a takeover's epoch bump waits for the commit (a share lock
+/// as in `fenced!` would have to be upgraded here, which deadlocks two such writers).
+macro_rules! with_event {
+    ($store:expr, $proof:expr, $tx:ident => $body:expr, $out:ident => $event:expr) => {
+        on_db!($store, db => {
+            let mut $tx = db.begin_write().await?;
+            let seq: Option<i64> = sqlx::query_scalar(
+                "UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 AND lease_epoch = $2 \
+                 RETURNING event_seq",
+            )
+            .bind($proof.job)
+            .bind($proof.epoch)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            let Some(seq) = seq else {
+                $tx.rollback().await?;
+                return Err($store.job_write_refused($proof).await);
+            };
+            let $out = $body;
+            let event: &JobEvent = &$event;
+            let (kind, data) = event.to_row();
+            sqlx::query("INSERT INTO events (job_id, seq, at, kind, data) VALUES ($1, $2, $3, $4, $5)")
+                .bind($proof.job)
+                .bind(seq)
+                .bind(now())
+                .bind(kind)
+                .bind(data)
+                .execute(&mut *$tx)
+                .await?;
+            $tx.commit().await?;
+            $out
+        })
+    };
+}
+
 impl Store {
     /// After a fenced `UPDATE jobs` touched no row: tells a vanished job from a lost lease.
     async fn job_write_refused(&self, proof: &LockProof) -> StoreError {
@@ -170,9 +208,10 @@ impl Store {
         key: &ItemKey,
         worktree: &str,
         branch: &str,
+        event: impl FnOnce(u32) -> JobEvent,
     ) -> Result<u32> {
         let at = now();
-        let attempt: i64 = fenced!(self, proof, tx => {
+        let attempt: i64 = with_event!(self, proof, tx => {
             let attempt: Option<i64> = sqlx::query_scalar(
                 "UPDATE work_items SET status = 'running', attempts = attempts + 1 \
                  WHERE job_id = $1 AND key = $2 RETURNING attempts",
@@ -197,7 +236,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             attempt
-        });
+        }, attempt => event(u32::try_from(attempt).unwrap_or(u32::MAX)));
         Ok(u32::try_from(attempt).unwrap_or(u32::MAX))
     }
 
@@ -211,6 +250,7 @@ impl Store {
         key: &ItemKey,
         attempt: u32,
         outcome: &AttemptOutcome,
+        event: &JobEvent,
     ) -> Result<()> {
         let at = now();
         let status = if outcome.success {
@@ -218,7 +258,7 @@ impl Store {
         } else {
             ItemStatus::Failed
         };
-        fenced!(self, proof, tx => {
+        with_event!(self, proof, tx => {
             let closed = sqlx::query(
                 "UPDATE attempts SET finished_at = $4, success = $5, exit_code = $6, error_class = $7, \
                  signature = $8, message = $9, log_path = $10, commit_sha = $11 \
@@ -285,24 +325,41 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-        });
+        }, _done => event);
         Ok(())
     }
 
-    /// The item's commit reached the job branch (or it had nothing to merge).
+    /// The item's commit reached the job branch (or it had nothing to merge), recorded with
+    /// `event` when there is one.
     #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, %key))]
-    pub async fn mark_merged(&self, proof: &LockProof, key: &ItemKey) -> Result<()> {
-        fenced!(self, proof, tx => {
-            let done = sqlx::query("UPDATE work_items SET merged = TRUE WHERE job_id = $1 AND key = $2")
+    pub async fn mark_merged(
+        &self,
+        proof: &LockProof,
+        key: &ItemKey,
+        event: Option<&JobEvent>,
+    ) -> Result<()> {
+        macro_rules! set_merged {
+            ($tx:ident) => {{
+                let done = sqlx::query(
+                    "UPDATE work_items SET merged = TRUE WHERE job_id = $1 AND key = $2",
+                )
                 .bind(proof.job)
                 .bind(key)
-                .execute(&mut *tx)
+                .execute(&mut *$tx)
                 .await?
                 .rows_affected();
-            if done == 0 {
-                return Err(StoreError::ItemNotFound { job: proof.job, key: key.clone() });
-            }
-        });
+                if done == 0 {
+                    return Err(StoreError::ItemNotFound {
+                        job: proof.job,
+                        key: key.clone(),
+                    });
+                }
+            }};
+        }
+        match event {
+            Some(event) => with_event!(self, proof, tx => set_merged!(tx), _done => event),
+            None => fenced!(self, proof, tx => set_merged!(tx)),
+        }
         Ok(())
     }
 
