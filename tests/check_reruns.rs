@@ -124,8 +124,8 @@ async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
                 workflow_path: repo.path.join("wf.yml"),
                 max_parallel: None,
                 repo_name: Some(RepoName::new(REPO)),
-                pr_number: Some(3),
-                head_sha: Some(sha.clone()),
+                pr_number: Some(prodigy::types::PrNumber(3)),
+                head_sha: Some(prodigy::types::CommitSha(sha.clone())),
                 base_commit: None,
                 workflow_text: None,
             })

@@ -131,8 +131,8 @@ impl World {
                 workflow_path: self.repo.path.join("wf.yml"),
                 max_parallel: None,
                 repo_name: Some(RepoName::new(REPO)),
-                pr_number: Some(7),
-                head_sha: Some(self.sha.clone()),
+                pr_number: Some(prodigy::types::PrNumber(7)),
+                head_sha: Some(prodigy::types::CommitSha(self.sha.clone())),
                 base_commit: None,
                 workflow_text: None,
             })

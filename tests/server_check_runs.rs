@@ -293,7 +293,7 @@ async fn rerun_on_a_failed_check_run_resumes_the_job_once_fixed() {
     let fresh_job = ctx.server.store.get_job(fresh).await.unwrap();
     assert_eq!(fresh_job.head_sha.as_deref(), Some(sha.as_str()));
     assert_eq!(fresh_job.refs.base_commit.as_deref(), Some(sha.as_str()));
-    assert_eq!(fresh_job.pr_number, Some(3));
+    assert_eq!(fresh_job.pr_number, Some(prodigy::types::PrNumber(3)));
     assert_eq!(runs[2].conclusion.as_deref(), Some("success"));
 
     // "Re-run all checks" re-runs the latest job of the workflow at the commit only.

@@ -42,7 +42,7 @@ async fn opened_pull_request_runs_its_workflow_and_links_the_page() {
     // The job ran at the PR's head commit, for this PR, on the PR's items.
     let stored = ctx.server.store.get_job(job).await.unwrap();
     assert_eq!(stored.repo, Some(RepoName::new(REPO)));
-    assert_eq!(stored.pr_number, Some(1));
+    assert_eq!(stored.pr_number, Some(prodigy::types::PrNumber(1)));
     assert_eq!(stored.head_sha.as_deref(), Some(sha.as_str()));
     assert_eq!(stored.refs.base_commit.as_deref(), Some(sha.as_str()));
     let keys: Vec<String> = ctx
@@ -214,7 +214,7 @@ async fn a_push_right_after_opening_supersedes_the_first_job() {
     let mut by_head = std::collections::HashMap::new();
     for job in jobs {
         let j = store.get_job(job).await.unwrap();
-        by_head.insert(j.head_sha.clone().unwrap(), job);
+        by_head.insert(j.head_sha.clone().unwrap().0, job);
     }
     // The first job waits on the gate: only the cancel can end it.
     ctx.wait_status(by_head[&first], JobStatus::Cancelled).await;

@@ -14,7 +14,9 @@ use prodigy::store::{
     AttemptOutcome, BackendKind, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, JobEvent,
     JobLock, JobRefs, LockOutcome, NewItem, NewJob, RequestStatus, RunHolder, Store, StoreError,
 };
-use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, RepoName};
+use prodigy::types::{
+    CommitSha, ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, PrNumber, RepoName,
+};
 use serde_json::json;
 use sqlx::Connection;
 
@@ -55,8 +57,8 @@ fn new_job(name: &str) -> NewJob {
         workflow_name: name.into(),
         repo_path: "/work/repo".into(),
         repo: Some(RepoName::new("Octo/Hello")),
-        pr_number: Some(42),
-        head_sha: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        pr_number: Some(PrNumber(42)),
+        head_sha: Some(CommitSha("0123456789abcdef0123456789abcdef01234567".into())),
     }
 }
 
@@ -194,7 +196,7 @@ async fn check_jobs(db: &TestDb) {
 
     let elsewhere = store
         .create_job(&NewJob {
-            head_sha: Some("f".repeat(40)),
+            head_sha: Some(CommitSha("f".repeat(40))),
             ..new_job("d")
         })
         .await

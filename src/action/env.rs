@@ -136,7 +136,7 @@ pub struct EventFacts {
     /// The commit the check run is attached to and the job is recorded at: a pull request's
     /// head commit (`GITHUB_SHA` is the merge commit there), else `GITHUB_SHA`.
     pub head_sha: String,
-    pub pr_number: Option<i64>,
+    pub pr_number: Option<crate::types::PrNumber>,
 }
 
 /// The facts of an event payload. Every event with a `pull_request` object (`pull_request`,
@@ -170,7 +170,8 @@ pub fn event_facts(env: &ActionEnv, payload: &[u8]) -> Result<EventFacts, EnvErr
     let pr_number = pr
         .get("number")
         .or_else(|| value.get("number"))
-        .and_then(Value::as_i64)
+        .and_then(Value::as_u64)
+        .map(crate::types::PrNumber)
         .ok_or_else(|| invalid("`pull_request.number` is missing".into()))?;
     Ok(EventFacts {
         head_sha: head_sha.to_ascii_lowercase(),
@@ -281,7 +282,7 @@ mod tests {
             facts,
             EventFacts {
                 head_sha: SHA.into(),
-                pr_number: Some(2)
+                pr_number: Some(crate::types::PrNumber(2))
             }
         );
     }

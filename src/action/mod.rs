@@ -173,7 +173,7 @@ pub async fn run(
                 max_parallel: config.max_parallel,
                 repo_name: Some(step.env.repository.clone()),
                 pr_number: step.event.pr_number,
-                head_sha: Some(step.event.head_sha.clone()),
+                head_sha: Some(crate::types::CommitSha(step.event.head_sha.clone())),
                 base_commit: None,
                 workflow_text: None,
             })

@@ -128,7 +128,7 @@ mod tests {
             workflow_name: "review".into(),
             repo_path: "/w/repo".into(),
             repo: None,
-            pr_number: Some(2),
+            pr_number: Some(crate::types::PrNumber(2)),
             head_sha: None,
             status,
             phase: Phase::Done,

@@ -317,7 +317,7 @@ impl<S: CheckRunSink> Task<S> {
             .config
             .head_sha
             .clone()
-            .or_else(|| job.head_sha.clone())
+            .or_else(|| job.head_sha.as_ref().map(|sha| sha.to_string()))
             .or_else(|| job.refs.base_commit.clone());
         let Some(sha) = sha else {
             tracing::warn!(job = %job.id, "no commit to attach a check run to; not reporting");

@@ -129,7 +129,7 @@ pub fn decide(
                 Decision::RunFresh {
                     job: job.id,
                     workflow_path: job.workflow_path.clone(),
-                    head_sha: job.head_sha.clone(),
+                    head_sha: job.head_sha.as_ref().map(ToString::to_string),
                 }
             }
         }
@@ -297,8 +297,8 @@ mod tests {
             workflow_name: "review".into(),
             repo_path: "/srv/repo".into(),
             repo: None,
-            pr_number: Some(7),
-            head_sha: Some("a".repeat(40)),
+            pr_number: Some(crate::types::PrNumber(7)),
+            head_sha: Some(crate::types::CommitSha("a".repeat(40))),
             status,
             phase,
             refs: JobRefs::default(),

@@ -67,8 +67,8 @@ pub struct NewRun {
     /// Overrides the workflow's `max_parallel`.
     pub max_parallel: Option<usize>,
     pub repo_name: Option<crate::types::RepoName>,
-    pub pr_number: Option<i64>,
-    pub head_sha: Option<String>,
+    pub pr_number: Option<crate::types::PrNumber>,
+    pub head_sha: Option<crate::types::CommitSha>,
     /// The commit the job starts from (a SHA or ref in `repo`); None: HEAD of `repo`. The server
     /// starts a pull request's job at its head commit without checking it out.
     pub base_commit: Option<String>,

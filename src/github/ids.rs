@@ -5,6 +5,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Pull-request numbers and commits are domain identifiers the store keeps too.
+pub use crate::types::{CommitSha, PrNumber};
+
 macro_rules! numeric_id {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
@@ -33,30 +36,9 @@ numeric_id!(
     CommentId
 );
 numeric_id!(
-    /// A pull request's (or issue's) number within its repository.
-    PrNumber
-);
-numeric_id!(
     /// The GitHub App's id (the JWT's `iss`).
     AppId
 );
-
-/// A commit SHA as GitHub reports it (40 lowercase hex digits; kept as given).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CommitSha(pub String);
-
-impl CommitSha {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for CommitSha {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 impl From<&str> for CommitSha {
     fn from(s: &str) -> Self {

@@ -129,7 +129,7 @@ impl Reporter for LazyCheckRun {
             };
             let config = ReporterConfig {
                 details_url: Some(self.ctx.links.job_url(*job)),
-                head_sha: self.ctx.head_sha.clone(),
+                head_sha: self.ctx.head_sha.as_ref().map(ToString::to_string),
                 cancel: Some(self.cancel.clone()),
                 ..f.config.clone()
             };

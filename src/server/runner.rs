@@ -47,7 +47,7 @@ mod reruns;
 pub struct JobContext {
     pub repo: RepoName,
     pub pr_number: Option<u64>,
-    pub head_sha: Option<String>,
+    pub head_sha: Option<crate::types::CommitSha>,
     pub installation: InstallationId,
     /// The workflow file, as configured.
     pub workflow: String,
@@ -352,7 +352,7 @@ impl Runner {
         })?;
         Some(JobContext {
             repo: job.repo.clone()?,
-            pr_number: job.pr_number.and_then(|n| u64::try_from(n).ok()),
+            pr_number: job.pr_number.map(|n| n.0),
             head_sha: job.head_sha.clone(),
             installation: InstallationId(installation),
             workflow: job.workflow_path.clone(),
@@ -632,15 +632,15 @@ impl Runner {
                 workflow_path: PathBuf::from(workflow),
                 max_parallel: config.max_parallel,
                 repo_name: Some(repo.clone()),
-                pr_number: i64::try_from(pr).ok(),
-                head_sha: Some(sha.to_string()),
+                pr_number: Some(PrNumber(pr)),
+                head_sha: Some(crate::types::CommitSha(sha.to_string())),
                 base_commit: Some(sha.to_string()),
                 workflow_text: Some(text),
             };
             let ctx = JobContext {
                 repo: repo.clone(),
                 pr_number: Some(pr),
-                head_sha: Some(sha.to_string()),
+                head_sha: Some(crate::types::CommitSha(sha.to_string())),
                 installation,
                 workflow: workflow.clone(),
                 links: self.p().links.clone(),

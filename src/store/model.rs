@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, RepoName};
+use crate::types::{
+    CommitSha, ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, PrNumber, RepoName,
+};
 
 /// Everything needed to create a job row.
 #[derive(Debug, Clone)]
@@ -16,8 +18,8 @@ pub struct NewJob {
     /// The repository checkout the job runs in (absolute path).
     pub repo_path: String,
     pub repo: Option<RepoName>,
-    pub pr_number: Option<i64>,
-    pub head_sha: Option<String>,
+    pub pr_number: Option<PrNumber>,
+    pub head_sha: Option<CommitSha>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -28,8 +30,8 @@ pub struct Job {
     pub workflow_name: String,
     pub repo_path: String,
     pub repo: Option<RepoName>,
-    pub pr_number: Option<i64>,
-    pub head_sha: Option<String>,
+    pub pr_number: Option<PrNumber>,
+    pub head_sha: Option<CommitSha>,
     pub status: JobStatus,
     pub phase: Phase,
     /// Git refs and commits of the job (branch, base commit, map-done commit).

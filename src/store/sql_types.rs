@@ -3,8 +3,8 @@
 //! `JobId` is a native `uuid` on PostgreSQL (16 bytes, indexed as such) and hyphenated `TEXT` on
 //! SQLite, where a BLOB would make the database unreadable with the `sqlite3` shell and prefix
 //! search (`prodigy status 0192f5a0`) would need hex conversion; `CAST(id AS TEXT)` gives the same
-//! hyphenated text on both, so one query serves both. Item keys, repository names and the state
-//! enums are `TEXT` everywhere.
+//! hyphenated text on both, so one query serves both. Item keys, repository names, commits and
+//! the state enums are `TEXT` everywhere; pull-request numbers `BIGINT` (SQLite's `INTEGER`).
 
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -13,7 +13,9 @@ use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef};
 use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
 use uuid::Uuid;
 
-use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, RepoName};
+use crate::types::{
+    CommitSha, ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, PrNumber, RepoName,
+};
 
 impl Type<Postgres> for JobId {
     fn type_info() -> PgTypeInfo {
@@ -93,3 +95,40 @@ text_type!(JobStatus, |e| e.as_str(), |s| Ok(s.parse::<JobStatus>()?));
 text_type!(Phase, |e| e.as_str(), |s| Ok(s.parse::<Phase>()?));
 text_type!(ItemStatus, |e| e.as_str(), |s| Ok(s.parse::<ItemStatus>()?));
 text_type!(ErrorClass, |e| e.as_str(), |s| Ok(s.parse::<ErrorClass>()?));
+text_type!(CommitSha, |c| c.as_str(), |s| Ok(CommitSha(s.to_string())));
+
+/// `BIGINT` on both backends (GitHub's numbers are far below `i64::MAX`).
+macro_rules! bigint_type {
+    ($db:ident, $info:ident, $buf:ident, $value:ident) => {
+        impl Type<$db> for PrNumber {
+            fn type_info() -> $info {
+                <i64 as Type<$db>>::type_info()
+            }
+            fn compatible(ty: &$info) -> bool {
+                <i64 as Type<$db>>::compatible(ty)
+            }
+        }
+
+        impl Encode<'_, $db> for PrNumber {
+            fn encode_by_ref(&self, buf: &mut $buf) -> Result<IsNull, BoxDynError> {
+                <i64 as Encode<$db>>::encode(i64::try_from(self.0)?, buf)
+            }
+        }
+
+        impl Decode<'_, $db> for PrNumber {
+            fn decode(value: $value<'_>) -> Result<Self, BoxDynError> {
+                Ok(PrNumber(u64::try_from(<i64 as Decode<$db>>::decode(
+                    value,
+                )?)?))
+            }
+        }
+    };
+}
+
+bigint_type!(
+    Sqlite,
+    SqliteTypeInfo,
+    SqliteArgumentsBuffer,
+    SqliteValueRef
+);
+bigint_type!(Postgres, PgTypeInfo, PgArgumentBuffer, PgValueRef);

@@ -22,6 +22,7 @@ use crate::server::check_runs::{
     CheckRerunWork, fresh_run_covered, fresh_run_pending, rerun_failed,
 };
 use crate::store::{Exclusive, Job, StoreError};
+use crate::types::CommitSha;
 
 /// `checks::rerun::handle`, split into "the engine ran" and "nothing ran" for the job task.
 pub(super) async fn handle(
@@ -89,7 +90,7 @@ impl Runner {
     fn rerun_context(&self, w: &CheckRerunWork, job: &Job) -> JobContext {
         JobContext {
             repo: w.repo.clone(),
-            pr_number: job.pr_number.and_then(|n| u64::try_from(n).ok()),
+            pr_number: job.pr_number.map(|n| n.0),
             head_sha: job.head_sha.clone(),
             installation: InstallationId(w.installation),
             workflow: job.workflow_path.clone(),
@@ -99,7 +100,7 @@ impl Runner {
 
     /// Posts `text` on the job's pull request (a job without one: the log only).
     async fn answer(&self, w: &CheckRerunWork, job: &Job, text: &str) {
-        match job.pr_number.and_then(|n| u64::try_from(n).ok()) {
+        match job.pr_number.map(|n| n.0) {
             Some(pr) => {
                 self.comment(InstallationId(w.installation), &w.repo, pr, text)
                     .await
@@ -131,7 +132,7 @@ impl Runner {
             let token = self
                 .token_for_git(InstallationId(w.installation), &w.repo)
                 .await?;
-            let pr = job.pr_number.and_then(|n| u64::try_from(n).ok());
+            let pr = job.pr_number.map(|n| n.0);
             self.p()
                 .repos
                 .prepare(&w.repo, pr.map(crate::github::PrNumber), sha, token)
@@ -210,7 +211,7 @@ impl Runner {
         let sha = old
             .head_sha
             .clone()
-            .or_else(|| old.refs.base_commit.clone())
+            .or_else(|| old.refs.base_commit.clone().map(CommitSha))
             .with_context(|| format!("job {} records no commit to run again", old.id))?;
         let newer = self
             .p()
@@ -228,7 +229,7 @@ impl Runner {
             return Ok((format!("covered by job {}", newer.id), Some(text)));
         }
         let installation = InstallationId(w.installation);
-        let pr = old.pr_number.and_then(|n| u64::try_from(n).ok());
+        let pr = old.pr_number.map(|n| n.0);
         let max_parallel = match pr {
             Some(pr) => match self.load_config(installation, &w.repo, pr, &sha).await? {
                 Ok(config) => config.max_parallel,
@@ -255,7 +256,7 @@ impl Runner {
             repo_name: Some(w.repo.clone()),
             pr_number: old.pr_number,
             head_sha: Some(sha.clone()),
-            base_commit: Some(sha.clone()),
+            base_commit: Some(sha.to_string()),
             workflow_text: Some(text),
         };
         let ctx = self.rerun_context(w, old);
