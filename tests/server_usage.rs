@@ -31,17 +31,18 @@ map:
       commit_required: true
 "#;
 
-/// (item, input tokens of its first turn): alpha is the cheaper one.
-const ITEMS: &[(&str, u64)] = &[("alpha", 1000), ("beta", 3000)];
+/// (item key, its files' name, input tokens of its first turn): alpha is the cheaper one; the
+/// other's key needs encoding in a link.
+const ITEMS: &[(&str, &str, u64)] = &[("alpha", "alpha", 1000), ("lib/beta 2", "beta", 3000)];
 
 /// Each item's agent: a Bash call that prints the secret and commits a file, then a final text.
 fn script(fake: &FakeAnthropic) {
-    for (item, input) in ITEMS {
+    for (item, name, input) in ITEMS {
         fake.script(
             item,
             vec![
                 Turn::bash(&format!(
-                    "echo \"key $API_KEY\" && echo {item} > out-{item}.txt && git add . && git commit -q -m 'agent: {item}'"
+                    "echo \"key $API_KEY\" && echo {name} > out-{name}.txt && git add . && git commit -q -m 'agent: {name}'"
                 ))
                 .with_usage(Usage {
                     input_tokens: *input,
@@ -62,8 +63,8 @@ fn script(fake: &FakeAnthropic) {
         let asked = first_user_text(body);
         ITEMS
             .iter()
-            .find(|(i, _)| asked.contains(&format!("item {i}")))
-            .map(|(i, _)| i.to_string())
+            .find(|(i, _, _)| asked.contains(&format!("item {i}")))
+            .map(|(i, _, _)| i.to_string())
             .unwrap_or_default()
     });
 }
@@ -90,7 +91,7 @@ async fn real_agents_usage_reaches_the_check_run_and_the_job_page_with_transcrip
         1,
         &[
             (".prodigy/fix.yml", WORKFLOW),
-            ("items.json", r#"[{"id": "alpha"}, {"id": "beta"}]"#),
+            ("items.json", r#"[{"id": "alpha"}, {"id": "lib/beta 2"}]"#),
         ],
         false,
     );
@@ -110,17 +111,18 @@ async fn real_agents_usage_reaches_the_check_run_and_the_job_page_with_transcrip
     assert_eq!(run.conclusion.as_deref(), Some("success"), "{run:?}");
 
     // What the fake model reported, and what the CLI made of it (each result line's cost).
-    let sum = |f: fn(u64) -> u64| ITEMS.iter().map(|(_, i)| f(*i)).sum::<u64>();
+    let sum = |f: fn(u64) -> u64| ITEMS.iter().map(|(_, _, i)| f(*i)).sum::<u64>();
     let input = sum(|i| 2 * i + 100);
     let (output, cache_write, cache_read) = (60 * 2, 300 * 2, 300 * 2);
     let tokens = input + output + cache_write + cache_read;
     let logs = ctx.tmp.path().join(format!("state-a/logs/{job}/items"));
     let cost_of = |item: &str| -> f64 {
-        let t = std::fs::read_to_string(logs.join(item).join("attempt-1.claude-1.jsonl")).unwrap();
+        let dir = logs.join(prodigy::engine::worktree::sanitize_ref(item));
+        let t = std::fs::read_to_string(dir.join("attempt-1.claude-1.jsonl")).unwrap();
         let last: Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
         last["total_cost_usd"].as_f64().unwrap()
     };
-    let cost: f64 = ITEMS.iter().map(|(i, _)| cost_of(i)).sum();
+    let cost: f64 = ITEMS.iter().map(|(i, _, _)| cost_of(i)).sum();
     assert!(cost > 0.0);
 
     // The check run's summary: the job's totals, the map phase, the items by cost.
@@ -143,14 +145,14 @@ async fn real_agents_usage_reaches_the_check_run_and_the_job_page_with_transcrip
         m
     });
     let costly = summary.split("### Most expensive items").nth(1).unwrap();
-    let beta = costly.find("`beta`").unwrap();
+    let beta = costly.find("`lib/beta 2`").unwrap();
     let alpha = costly.find("`alpha`").unwrap();
     assert!(beta < alpha, "beta cost more:\n{costly}");
     assert_eq!(
-        row(costly, "`beta`"),
+        row(costly, "`lib/beta 2`"),
         [
-            "`beta`".to_string(),
-            format!("${:.4}", cost_of("beta")),
+            "`lib/beta 2`".to_string(),
+            format!("${:.4}", cost_of("lib/beta 2")),
             (2 * 3000 + 100 + 60 + 600).to_string(),
             "2".to_string()
         ]
@@ -181,7 +183,13 @@ async fn real_agents_usage_reaches_the_check_run_and_the_job_page_with_transcrip
     assert!(shown.contains("key ***"), "{shown}");
     assert!(!shown.contains(SECRET), "{shown}");
 
-    // Without the token, with another job's or for an attempt that ran no agent: 404.
+    let encoded = format!("/jobs/{job}/items/lib%2Fbeta%202/attempts/1/transcript?token={token}");
+    assert!(page.contains(&encoded), "no link {encoded} in:\n{page}");
+    let (status, shown) = ctx.get(&encoded).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert!(shown.contains("assistant: lib/beta 2 is done"), "{shown}");
+
+    // Without the token, with a wrong one, or for an attempt that ran no agent: 404.
     let bare = format!("/jobs/{job}/items/alpha/attempts/1/transcript");
     assert_eq!(ctx.get(&bare).await.0, StatusCode::NOT_FOUND);
     let wrong = format!("{bare}?token={}", "0".repeat(64));
