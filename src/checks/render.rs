@@ -270,9 +270,6 @@ fn counts_table(c: &ItemCounts) -> String {
     )
 }
 
-/// Phases in the order a job runs them; others (none today) follow by name.
-const PHASE_ORDER: &[&str] = &["setup", "map", "reduce", "merge", "commands"];
-
 /// The "Agent usage" table (the job, then each phase that ran an agent) and the "Most expensive
 /// items" table; empty when no agent ran.
 pub fn usage_section(usage: &JobUsage) -> String {
@@ -284,15 +281,7 @@ pub fn usage_section(usage: &JobUsage) -> String {
          |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     out.push_str(&usage_row("**job**", &usage.total));
-    let mut phases: Vec<(&String, &Usage)> = usage.by_phase.iter().collect();
-    let rank = |p: &str| {
-        PHASE_ORDER
-            .iter()
-            .position(|o| *o == p)
-            .unwrap_or(usize::MAX)
-    };
-    phases.sort_by(|a, b| rank(a.0).cmp(&rank(b.0)).then(a.0.cmp(b.0)));
-    for (phase, u) in phases {
+    for (phase, u) in usage.phases() {
         out.push_str(&usage_row(&one_line(phase, 40), u));
     }
     out.push('\n');

@@ -302,7 +302,7 @@ fn usage_table(h: &mut String, usage: &JobUsage) {
         );
     };
     row("job", &usage.total);
-    for (phase, u) in &usage.by_phase {
+    for (phase, u) in usage.phases() {
         row(phase, u);
     }
     h.push_str("</table>\n");
@@ -464,6 +464,118 @@ mod tests {
             html.contains("assistant: &lt;b&gt;done&lt;/b&gt;"),
             "{html}"
         );
+    }
+
+    fn job() -> Job {
+        let t = chrono::Utc::now();
+        Job {
+            id: "0192f5a0-0000-7000-8000-000000000001".parse().unwrap(),
+            workflow_path: ".prodigy/fix.yml".into(),
+            workflow_text: String::new(),
+            workflow_name: "fix".into(),
+            repo_path: "/srv/repo".into(),
+            repo: None,
+            pr_number: None,
+            head_sha: None,
+            status: crate::types::JobStatus::Succeeded,
+            phase: crate::types::Phase::Done,
+            refs: crate::store::JobRefs::default(),
+            vars: serde_json::Value::Null,
+            check_run_id: None,
+            error: None,
+            lease_epoch: 1,
+            created_at: t,
+            updated_at: t,
+            finished_at: Some(t),
+        }
+    }
+
+    fn item(key: &str) -> WorkItem {
+        WorkItem {
+            key: ItemKey::from(key),
+            position: 0,
+            data: serde_json::Value::Null,
+            status: crate::types::ItemStatus::Succeeded,
+            attempts: 2,
+            merged: true,
+            commit: None,
+            result: None,
+            in_dlq: false,
+            reprocessable: false,
+        }
+    }
+
+    fn run(key: &str, attempt: i64, cost: f64) -> AgentRunRow {
+        AgentRunRow {
+            phase: "map".into(),
+            key: Some(ItemKey::from(key)),
+            attempt: Some(attempt),
+            session_id: None,
+            model: None,
+            transcript: format!("/logs/{attempt}.jsonl"),
+            subtype: None,
+            input_tokens: 100,
+            output_tokens: 20,
+            cache_creation_tokens: 3,
+            cache_read_tokens: 4,
+            cost_usd: cost,
+            turns: 2,
+            api_ms: 1500,
+            duration_ms: 2000,
+            finished_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_page_shows_usage_per_item_and_links_each_attempt_escaped() {
+        let job = job();
+        let key = r#"<a "b">"#;
+        let items = [item(key), item("plain")];
+        let runs = [run(key, 1, 0.25), run(key, 2, 0.5)];
+        let usage = JobUsage::from_runs(&runs);
+        let page = |runs: &[AgentRunRow], usage: &JobUsage| {
+            render_job(&JobPage {
+                job: &job,
+                counts: ItemCounts::default(),
+                items: &items,
+                dlq: &[],
+                events: &[],
+                runs,
+                usage,
+                token: "tok",
+            })
+        };
+        let html = page(&runs, &usage);
+        assert!(html.contains("<h2>Agent usage</h2>"), "{html}");
+        assert!(
+            html.contains("<tr><th>job</th><td>200</td><td>40</td><td>6</td><td>8</td><td>254</td><td>$0.7500</td><td>4</td><td>3.0 s</td></tr>"),
+            "{html}"
+        );
+        let link = |n: u32| {
+            format!(
+                "<a href=\"/jobs/{}/items/%3Ca%20%22b%22%3E/attempts/{n}/transcript?token=tok\">attempt {n}</a>",
+                job.id
+            )
+        };
+        assert!(
+            html.contains(&format!(
+                "<td>$0.7500</td><td>254</td><td>{} {}</td>",
+                link(1),
+                link(2)
+            )),
+            "{html}"
+        );
+        assert!(
+            html.contains("<code>&lt;a &quot;b&quot;&gt;</code>"),
+            "{html}"
+        );
+        assert!(!html.contains(r#"<a "b">"#), "{html}");
+        // The item without agent runs has empty usage cells; no runs at all, no usage table.
+        assert!(
+            html.contains("<td>yes</td><td></td><td></td><td></td></tr>"),
+            "{html}"
+        );
+        assert!(!page(&[], &JobUsage::default()).contains("Agent usage"));
     }
 
     #[test]
