@@ -17,6 +17,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use support::fake_anthropic::{FakeAnthropic, Turn, Usage, first_user_text, real_claude};
 
 use harness::{Repo, text};
 use serde_json::{Value, json};
@@ -276,7 +277,11 @@ async fn a_pull_request_run_reports_a_check_run_outputs_summary_and_annotations(
     assert_eq!(ran.output("failed"), "1");
     assert_eq!(ran.output("dlq"), "1");
     assert_eq!(ran.output("branch"), format!("prodigy/{job}"));
-    assert_eq!(ran.outputs.len(), 6, "{:?}", ran.outputs);
+    // No agent ran: nothing spent, and the summary has no usage section.
+    assert_eq!(ran.output("cost-usd"), "0.000000");
+    assert_eq!(ran.output("tokens"), "0");
+    assert!(!ran.summary.contains("Agent usage"), "{}", ran.summary);
+    assert_eq!(ran.outputs.len(), 8, "{:?}", ran.outputs);
 
     // One check run, on the pull request's head commit, none on the merge commit.
     assert!(step.fake.check_runs_for(REPO, MERGE_SHA).is_empty());
@@ -761,6 +766,116 @@ async fn secrets_are_masked_first_and_stay_out_of_every_report() {
     if sandboxed() {
         assert!(annotations.contains("Permission denied"), "{annotations}");
     }
+}
+
+/// Each item's agent runs the real AI CLI: a Bash call that commits a file, then a final text.
+const AGENTS: &str = r#"name: review
+mode: mapreduce
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 1
+  agent_template:
+    - claude: "Review item ${item.id}"
+      commit_required: true
+"#;
+
+/// The fake model's scripts for AGENTS, item `i` (from 1) using `1000 * i` input tokens first.
+fn script_reviews(fake: &FakeAnthropic, ids: &'static [&'static str]) {
+    for (i, id) in ids.iter().enumerate() {
+        let n = i as u64 + 1;
+        fake.script(
+            id,
+            vec![
+                Turn::bash(&format!(
+                    "echo {id} > out-{id}.txt && git add . && git commit -q -m 'review {id}'"
+                ))
+                .with_usage(Usage {
+                    input_tokens: 1000 * n,
+                    output_tokens: 50,
+                    cache_creation_input_tokens: 200,
+                    cache_read_input_tokens: 0,
+                }),
+                Turn::text(format!("{id} reviewed")).with_usage(Usage {
+                    input_tokens: 1000 * n + 100,
+                    output_tokens: 30,
+                    cache_creation_input_tokens: 0,
+                    cache_read_input_tokens: 200,
+                }),
+            ],
+        );
+    }
+    fake.route_by(move |body| {
+        let asked = first_user_text(body);
+        ids.iter()
+            .find(|id| asked.contains(&format!("item {id}")))
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_and_step_summary_carry_the_usage_the_fake_model_reported() {
+    const IDS: &[&str] = &["alpha", "beta", "gamma"];
+    let Some(claude) = real_claude() else {
+        return;
+    };
+    let fake = FakeAnthropic::empty();
+    script_reviews(&fake, IDS);
+    let step = Step::with_workflow(None, AGENTS, true).await;
+    let home = step.repo.home.join("cli-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env = fake.cli_env(&home);
+    // The Action builds its agents' environment: the CLI's variables are passed on purpose.
+    let pass: Vec<&str> = env
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| *k != "HOME")
+        .collect();
+    let pass = pass.join(",");
+    step.repo.use_real_claude(&claude, env);
+    let ran = step.run(&[("PRODIGY_PASS_ENV", &pass)]).await;
+    assert_eq!(ran.code(), Some(0), "{}", text(&ran.out));
+    assert_eq!(ran.output("succeeded"), "3");
+
+    // What the fake reported, summed over the three agents' two turns each, and what the CLI
+    // made of it: the sum of its result lines' cost.
+    let input: u64 = (1..=3).map(|n| 2000 * n + 100).sum();
+    let tokens = input + 80 * 3 + 200 * 3 + 200 * 3;
+    assert_eq!(ran.output("tokens"), tokens.to_string());
+    let job = ran.output("job-id");
+    let logs = step.repo.home.join("logs").join(job).join("items");
+    let cost: f64 = IDS
+        .iter()
+        .map(|id| {
+            let t = std::fs::read_to_string(logs.join(id).join("attempt-1.claude-1.jsonl"))
+                .unwrap_or_else(|e| panic!("{id}'s transcript: {e}"));
+            let last: Value = serde_json::from_str(t.lines().last().unwrap()).unwrap();
+            last["total_cost_usd"].as_f64().unwrap()
+        })
+        .sum();
+    assert!(cost > 0.0);
+    let output: f64 = ran.output("cost-usd").parse().unwrap();
+    assert!((output - cost).abs() < 1e-6, "{output} vs {cost}");
+
+    // The step summary has the check run's usage table, with the same totals.
+    let job_row = ran
+        .summary
+        .lines()
+        .find(|l| l.starts_with("| **job** |"))
+        .unwrap_or_else(|| panic!("no usage table:\n{}", ran.summary));
+    assert!(
+        job_row.starts_with(&format!(
+            "| **job** | {input} | 240 | 600 | 600 | {tokens} | ${cost:.4} | 6 |"
+        )),
+        "{job_row}"
+    );
+    assert!(ran.summary.contains("### Most expensive items"));
+    let run = &step.check_runs_on_head()[0];
+    assert!(
+        run.summary.as_deref().unwrap_or("").contains(job_row),
+        "{run:#?}"
+    );
 }
 
 /// Whether this kernel sandboxes agents (Landlock): the tests that prove a denial need it.

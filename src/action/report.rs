@@ -8,7 +8,16 @@ use crate::engine::worktree::job_branch;
 use crate::github::CheckConclusion;
 
 /// The names of the step's outputs (`action.yml` maps each one).
-pub const OUTPUTS: [&str; 6] = ["job-id", "status", "succeeded", "failed", "dlq", "branch"];
+pub const OUTPUTS: [&str; 8] = [
+    "job-id",
+    "status",
+    "succeeded",
+    "failed",
+    "dlq",
+    "branch",
+    "cost-usd",
+    "tokens",
+];
 
 /// The step's outputs, in the order of [`OUTPUTS`].
 pub fn outputs(record: &FinalRecord) -> Vec<(&'static str, String)> {
@@ -20,6 +29,9 @@ pub fn outputs(record: &FinalRecord) -> Vec<(&'static str, String)> {
         c.failed.to_string(),
         c.dlq.to_string(),
         job_branch(record.job.id),
+        // The CLI's own cost, to the millionth of a dollar; 0 when no agent ran.
+        format!("{:.6}", record.usage.total.cost_usd),
+        record.usage.total.tokens().to_string(),
     ];
     OUTPUTS.into_iter().zip(values).collect()
 }
@@ -175,6 +187,7 @@ mod tests {
             },
             dlq,
             attempts: Vec::new(),
+            usage: crate::store::JobUsage::default(),
         }
     }
 
@@ -200,6 +213,12 @@ mod tests {
         D
         branch<<D
         prodigy/0192f5a0-0000-7000-8000-000000000001
+        D
+        cost-usd<<D
+        0.000000
+        D
+        tokens<<D
+        0
         D
         ");
     }

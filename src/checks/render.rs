@@ -15,8 +15,8 @@ use crate::github::{
     Annotation, AnnotationLevel, CheckConclusion, CheckRunButton, CheckRunOutput, CheckRunUpdate,
     CheckStatus,
 };
-use crate::store::{Attempt, DlqItem, ItemCounts, Job};
-use crate::types::{ItemKey, JobId, JobStatus, Phase};
+use crate::store::{Attempt, DlqItem, ItemCounts, Job, JobUsage};
+use crate::types::{ItemKey, JobId, JobStatus, Phase, Usage};
 use crate::workflow::{self, WorkflowKind};
 
 /// DLQ rows annotated per job at most; the rest are counted in the summary. GitHub keeps every
@@ -24,6 +24,8 @@ use crate::workflow::{self, WorkflowKind};
 pub const ANNOTATION_CAP: usize = 500;
 /// Rows of the "slowest items" table.
 pub const SLOWEST_SHOWN: usize = 5;
+/// Rows of the "most expensive items" table.
+pub const MOST_EXPENSIVE_SHOWN: usize = 5;
 /// Item keys listed per error signature in the summary.
 const KEYS_PER_SIGNATURE: usize = 20;
 /// The end of the last error kept in an annotation's message: where a failure's reason usually is.
@@ -139,6 +141,8 @@ pub struct FinalInput<'a> {
     pub dlq: &'a [DlqItem],
     /// Every attempt of the job (`Store::job_attempts`).
     pub attempts: &'a [Attempt],
+    /// What the job's agents used (`Store::job_usage`); no runs, no usage section.
+    pub usage: &'a JobUsage,
     pub cancelled: bool,
     pub face: Face,
 }
@@ -190,6 +194,7 @@ pub fn final_summary(input: &FinalInput) -> String {
         out.push_str(&counts_table(&input.counts));
         out.push('\n');
     }
+    out.push_str(&usage_section(input.usage));
     let slowest = slowest_items(input.attempts, SLOWEST_SHOWN);
     if !slowest.is_empty() {
         out.push_str(
@@ -263,6 +268,59 @@ fn counts_table(c: &ItemCounts) -> String {
          | failed | {} |\n| running | {} |\n| pending | {} |\n| in the DLQ | {} |\n",
         c.total, c.succeeded, c.merged, c.failed, c.running, c.pending, c.dlq
     )
+}
+
+/// The "Agent usage" table (the job, then each phase that ran an agent) and the "Most expensive
+/// items" table; empty when no agent ran.
+pub fn usage_section(usage: &JobUsage) -> String {
+    if usage.runs == 0 {
+        return String::new();
+    }
+    let mut out = String::from(
+        "### Agent usage\n\n| | input | output | cache write | cache read | tokens | cost | turns | API time |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    out.push_str(&usage_row("**job**", &usage.total));
+    for (phase, u) in usage.phases() {
+        out.push_str(&usage_row(&one_line(phase, 40), u));
+    }
+    out.push('\n');
+    let costly = usage.most_expensive(MOST_EXPENSIVE_SHOWN);
+    if !costly.is_empty() {
+        out.push_str(
+            "### Most expensive items\n\n| item | cost | tokens | turns |\n|---|---:|---:|---:|\n",
+        );
+        for (key, u) in costly {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                inline_code(&key.0),
+                usd(u.cost_usd),
+                u.tokens(),
+                u.turns
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn usage_row(label: &str, u: &Usage) -> String {
+    format!(
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_creation_tokens,
+        u.cache_read_tokens,
+        u.tokens(),
+        usd(u.cost_usd),
+        u.turns,
+        human_duration(i64::try_from(u.api_ms).unwrap_or(i64::MAX))
+    )
+}
+
+/// A cost as people read it: `$0.0123` (the CLI's own figure, to the hundredth of a cent).
+fn usd(cost: f64) -> String {
+    format!("${cost:.4}")
 }
 
 /// One row of the "slowest items" table.
@@ -629,7 +687,7 @@ fn human_duration(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::JobRefs;
+    use crate::store::{AgentRunRow, JobRefs};
     use crate::types::ErrorClass;
     use chrono::TimeZone;
     use serde_json::json;
@@ -708,6 +766,90 @@ mod tests {
             dlq: failed,
             ..ItemCounts::default()
         }
+    }
+
+    fn no_usage() -> &'static JobUsage {
+        static NONE: std::sync::LazyLock<JobUsage> = std::sync::LazyLock::new(JobUsage::default);
+        &NONE
+    }
+
+    fn run(phase: &str, key: Option<&str>, input: i64, cost: f64, turns: i64) -> AgentRunRow {
+        AgentRunRow {
+            phase: phase.into(),
+            key: key.map(ItemKey::from),
+            attempt: key.map(|_| 1),
+            session_id: None,
+            model: None,
+            transcript: format!("/logs/{phase}-{}.jsonl", key.unwrap_or("")),
+            subtype: Some("success".into()),
+            input_tokens: input,
+            output_tokens: 10,
+            cache_creation_tokens: 100,
+            cache_read_tokens: 1,
+            cost_usd: cost,
+            turns,
+            api_ms: 1500,
+            duration_ms: 2000,
+            finished_at: t(5),
+        }
+    }
+
+    #[test]
+    fn usage_section_totals_the_job_and_its_phases_and_ranks_items_by_cost() {
+        let mut runs = vec![run("setup", None, 500, 0.01, 1)];
+        for (i, key) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+            runs.push(run("map", Some(key), 1000, 0.001 * (i as f64 + 1.0), 2));
+        }
+        // `b` ran twice: its runs add up.
+        runs.push(run("map", Some("b"), 1000, 0.005, 3));
+        runs.push(run("reduce", None, 200, 0.002, 1));
+        let usage = JobUsage::from_runs(&runs);
+        insta::assert_snapshot!(usage_section(&usage), @r"
+        ### Agent usage
+
+        | | input | output | cache write | cache read | tokens | cost | turns | API time |
+        |---|---:|---:|---:|---:|---:|---:|---:|---:|
+        | **job** | 7700 | 90 | 900 | 9 | 8699 | $0.0380 | 17 | 13 s |
+        | setup | 500 | 10 | 100 | 1 | 611 | $0.0100 | 1 | 1.5 s |
+        | map | 7000 | 70 | 700 | 7 | 7777 | $0.0260 | 15 | 10 s |
+        | reduce | 200 | 10 | 100 | 1 | 311 | $0.0020 | 1 | 1.5 s |
+
+        ### Most expensive items
+
+        | item | cost | tokens | turns |
+        |---|---:|---:|---:|
+        | `b` | $0.0070 | 2222 | 5 |
+        | `f` | $0.0060 | 1111 | 2 |
+        | `e` | $0.0050 | 1111 | 2 |
+        | `d` | $0.0040 | 1111 | 2 |
+        | `c` | $0.0030 | 1111 | 2 |
+        ");
+    }
+
+    #[test]
+    fn no_agent_no_usage_section() {
+        assert_eq!(usage_section(&JobUsage::default()), "");
+        let j = job(JobStatus::Succeeded, Phase::Done, None);
+        let facts = WorkflowFacts::from_job(&j);
+        let input = FinalInput {
+            job: &j,
+            facts: &facts,
+            counts: counts(1, 1, 0),
+            dlq: &[],
+            attempts: &[],
+            usage: no_usage(),
+            cancelled: false,
+            face: Face::App,
+        };
+        assert!(!final_summary(&input).contains("usage"));
+        let usage = JobUsage::from_runs(&[run("map", Some("k"), 1, 0.5, 1)]);
+        let input = FinalInput {
+            usage: &usage,
+            ..input
+        };
+        let summary = final_summary(&input);
+        assert!(summary.contains("### Agent usage"), "{summary}");
+        assert!(summary.contains("| `k` | $0.5000 | 112 | 1 |"), "{summary}");
     }
 
     #[test]
@@ -964,6 +1106,7 @@ mod tests {
             counts: counts(6, 3, 3),
             dlq: &dlq,
             attempts: &attempts,
+            usage: no_usage(),
             cancelled: false,
             face: Face::App,
         };
@@ -1029,6 +1172,7 @@ mod tests {
             counts: counts(2, 1, 1),
             dlq: &dlq,
             attempts: &[],
+            usage: no_usage(),
             cancelled: false,
             face,
         };
@@ -1079,6 +1223,7 @@ mod tests {
             counts: counts(700, 80, 620),
             dlq: &dlq,
             attempts: &[],
+            usage: no_usage(),
             cancelled: false,
             face: Face::App,
         };
@@ -1140,6 +1285,7 @@ mod tests {
             counts: counts(3000, 0, 3000),
             dlq: &dlq,
             attempts: &[],
+            usage: no_usage(),
             cancelled: false,
             face: Face::App,
         };

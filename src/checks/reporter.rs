@@ -21,7 +21,7 @@ use crate::github::{
     CheckConclusion, CheckRunId, CheckRunOutput, CheckRunUpdate, CheckStatus, CommitSha,
     NewCheckRun,
 };
-use crate::store::{Attempt, DlqItem, ItemCounts, Job, Store};
+use crate::store::{Attempt, DlqItem, ItemCounts, Job, JobUsage, Store};
 use crate::types::{JobId, Phase};
 
 /// How the reporter behaves; `Default` is what production wants.
@@ -539,6 +539,7 @@ pub struct FinalRecord {
     pub counts: ItemCounts,
     pub dlq: Vec<DlqItem>,
     pub attempts: Vec<Attempt>,
+    pub usage: JobUsage,
 }
 
 impl FinalRecord {
@@ -547,6 +548,7 @@ impl FinalRecord {
         let counts = store.item_counts(job.id).await?;
         let dlq = store.dlq(Some(job.id)).await?;
         let attempts = store.job_attempts(job.id).await?;
+        let usage = store.job_usage(job.id).await?;
         let facts = WorkflowFacts::from_job(&job);
         Ok(FinalRecord {
             job,
@@ -554,6 +556,7 @@ impl FinalRecord {
             counts,
             dlq,
             attempts,
+            usage,
         })
     }
 
@@ -565,6 +568,7 @@ impl FinalRecord {
             counts: self.counts,
             dlq: &self.dlq,
             attempts: &self.attempts,
+            usage: &self.usage,
             cancelled,
             face,
         }

@@ -5,6 +5,8 @@
 //!   queued in one transaction -> 202, a redelivery -> 200 and nothing else; a database error
 //!   -> 503 so GitHub marks the delivery failed and it can be redelivered.
 //! - `GET /jobs/<id>?token=...`: the job page; no or a wrong token -> 404.
+//! - `GET /jobs/<id>/items/<key>/attempts/<n>/transcript?token=...`: that attempt's agent
+//!   transcripts, rendered; the job page's token, else 404 (as for an attempt without any).
 //! - `GET /healthz` (the process answers), `GET /readyz` (the database answers, else 503).
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::github::GitHubClient;
 use crate::store::{Accepted, ItemFilter, Store, StoreError};
-use crate::types::{JobId, RepoName};
+use crate::types::{ItemKey, JobId, RepoName};
 
 use super::dispatch::{Route, RouteRules, Work, route};
 use super::ingest::Ingest;
@@ -92,6 +94,10 @@ pub fn router(state: AppState, webhook_path: &str) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/jobs/{id}", get(job_page))
+        .route(
+            "/jobs/{id}/items/{key}/attempts/{attempt}/transcript",
+            get(transcript_page),
+        )
         .merge(webhook)
         .with_state(state)
 }
@@ -211,7 +217,12 @@ async fn job_page(
     if !s.links.verify(job_id, &token) {
         return not_found();
     }
-    match render(&s.store, job_id).await {
+    page_response(job_id, render(&s.store, job_id, &token).await)
+}
+
+/// A rendered page as a private, uncached answer; None -> 404; a database error -> 503.
+fn page_response(job: JobId, rendered: crate::store::Result<Option<String>>) -> Response {
+    match rendered {
         Ok(Some(html)) => (
             [
                 (header::CACHE_CONTROL, "no-store"),
@@ -222,7 +233,7 @@ async fn job_page(
             .into_response(),
         Ok(None) => not_found(),
         Err(e) => {
-            tracing::error!(job = %job_id, error = %e, "cannot render the job page");
+            tracing::error!(job = %job, error = %e, "cannot render the job page");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the database is unavailable",
@@ -232,7 +243,73 @@ async fn job_page(
     }
 }
 
-async fn render(store: &Store, id: JobId) -> crate::store::Result<Option<String>> {
+async fn transcript_page(
+    State(state): State<AppState>,
+    Path((id, key, attempt)): Path<(String, String, i64)>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let s = &state.inner;
+    let Ok(job_id) = id.parse::<JobId>() else {
+        return not_found();
+    };
+    let token = query.token.unwrap_or_default();
+    if !s.links.verify(job_id, &token) {
+        return not_found();
+    }
+    let key = ItemKey(key);
+    page_response(
+        job_id,
+        render_transcript(&s.store, job_id, &key, attempt, &token).await,
+    )
+}
+
+async fn render_transcript(
+    store: &Store,
+    id: JobId,
+    key: &ItemKey,
+    attempt: i64,
+    token: &str,
+) -> crate::store::Result<Option<String>> {
+    let job = match store.get_job(id).await {
+        Ok(job) => job,
+        Err(crate::store::StoreError::JobNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let files: Vec<String> = store
+        .agent_runs(id, Some(key))
+        .await?
+        .into_iter()
+        .filter(|r| r.attempt == Some(attempt))
+        .map(|r| r.transcript)
+        .collect();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let (job_id, key2) = (job.id, key.clone());
+    // Files are read off the runtime: a transcript can be long.
+    let rendered = tokio::task::spawn_blocking(move || {
+        files
+            .into_iter()
+            .map(|f| {
+                let path = std::path::Path::new(&f);
+                let text = pages::render_transcript_file(path, job_id, &key2, attempt)
+                    .unwrap_or_else(|e| format!("cannot read {f}: {e}"));
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or(f);
+                (name, text)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    Ok(Some(pages::render_transcript(
+        &job, key, attempt, token, &rendered,
+    )))
+}
+
+async fn render(store: &Store, id: JobId, token: &str) -> crate::store::Result<Option<String>> {
     let job = match store.get_job(id).await {
         Ok(job) => job,
         Err(crate::store::StoreError::JobNotFound(_)) => return Ok(None),
@@ -241,6 +318,8 @@ async fn render(store: &Store, id: JobId) -> crate::store::Result<Option<String>
     let counts = store.item_counts(id).await?;
     let items = store.items(id, &ItemFilter::default()).await?;
     let dlq = store.dlq(Some(id)).await?;
+    let runs = store.agent_runs(id, None).await?;
+    let usage = crate::store::JobUsage::from_runs(&runs);
     // Events come oldest first; keep reading pages and keep the most recent.
     let mut events = Vec::new();
     let mut after = 0;
@@ -259,5 +338,8 @@ async fn render(store: &Store, id: JobId) -> crate::store::Result<Option<String>
         items: &items,
         dlq: &dlq,
         events: &events,
+        runs: &runs,
+        usage: &usage,
+        token,
     })))
 }

@@ -5,6 +5,10 @@
 //! the server can mint it; a page asked for without the right token is answered 404, the same
 //! as a job that does not exist, so the answer tells nothing. Rotating the webhook secret
 //! invalidates every link posted before.
+//!
+//! Each agent run of an item attempt links to its transcript
+//! (`GET /jobs/<id>/items/<key>/attempts/<n>/transcript?token=...`, the same token), rendered
+//! by the renderer of `prodigy logs` ([`crate::engine::agent::render_line`]) and escaped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,8 +16,8 @@ use std::fmt::Write as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::store::{DlqItem, Event, ItemCounts, Job, WorkItem};
-use crate::types::JobId;
+use crate::store::{AgentRunRow, DlqItem, Event, ItemCounts, Job, JobUsage, WorkItem};
+use crate::types::{ItemKey, JobId, Usage};
 
 use super::webhook::WebhookSecret;
 
@@ -21,6 +25,8 @@ use super::webhook::WebhookSecret;
 pub const MAX_ITEMS_SHOWN: usize = 500;
 /// The most recent events shown.
 pub const RECENT_EVENTS: usize = 50;
+/// A transcript page shows at most this much rendered text; `prodigy logs` shows the rest.
+pub const MAX_TRANSCRIPT_CHARS: usize = 4 * 1024 * 1024;
 
 /// Mints and checks job-page links.
 #[derive(Clone)]
@@ -71,6 +77,27 @@ impl PageLinks {
     }
 }
 
+/// The path (and query) of an item attempt's transcript page, relative to the server's root.
+pub fn transcript_path(job: JobId, key: &ItemKey, attempt: i64, token: &str) -> String {
+    format!(
+        "/jobs/{job}/items/{}/attempts/{attempt}/transcript?token={token}",
+        path_segment(&key.0)
+    )
+}
+
+/// `text` percent-encoded as one URL path segment (everything but unreserved characters).
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Escapes text for HTML element content and double-quoted attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -95,6 +122,11 @@ pub struct JobPage<'a> {
     pub dlq: &'a [DlqItem],
     /// The most recent events, oldest first.
     pub events: &'a [Event],
+    /// The job's agent runs, in the order they finished, and their sums.
+    pub runs: &'a [AgentRunRow],
+    pub usage: &'a JobUsage,
+    /// The page's token, carried by the transcript links.
+    pub token: &'a str,
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}\
@@ -161,17 +193,26 @@ pub fn render_job(page: &JobPage<'_>) -> String {
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         c.total, c.pending, c.running, c.succeeded, c.failed, c.merged, c.dlq
     );
+    usage_table(&mut h, page.usage);
     if !page.items.is_empty() {
-        h.push_str("<table><tr><th>#</th><th>item</th><th>status</th><th>attempts</th><th>merged</th></tr>\n");
+        h.push_str(
+            "<table><tr><th>#</th><th>item</th><th>status</th><th>attempts</th><th>merged</th>\
+             <th>cost</th><th>tokens</th><th>transcripts</th></tr>\n",
+        );
         for item in page.items.iter().take(MAX_ITEMS_SHOWN) {
+            let used = page.usage.by_item.get(&item.key);
             let _ = writeln!(
                 h,
-                "<tr><td>{}</td><td><code>{}</code></td><td class=\"{2}\">{2}</td><td>{3}</td><td>{4}</td></tr>",
+                "<tr><td>{}</td><td><code>{}</code></td><td class=\"{2}\">{2}</td><td>{3}</td><td>{4}</td>\
+                 <td>{5}</td><td>{6}</td><td>{7}</td></tr>",
                 item.position,
                 escape(&item.key.0),
                 escape(item.status.as_str()),
                 item.attempts,
-                if item.merged { "yes" } else { "" }
+                if item.merged { "yes" } else { "" },
+                used.map(|u| usd(u.cost_usd)).unwrap_or_default(),
+                used.map(|u| u.tokens().to_string()).unwrap_or_default(),
+                transcript_links(page, &item.key),
             );
         }
         h.push_str("</table>\n");
@@ -235,6 +276,132 @@ pub fn render_job(page: &JobPage<'_>) -> String {
     h
 }
 
+/// The "Agent usage" table: the job, then each phase that ran an agent. Nothing when none did.
+fn usage_table(h: &mut String, usage: &JobUsage) {
+    if usage.runs == 0 {
+        return;
+    }
+    h.push_str(
+        "<h2>Agent usage</h2>\n<table><tr><th></th><th>input</th><th>output</th><th>cache write</th>\
+         <th>cache read</th><th>tokens</th><th>cost</th><th>turns</th><th>API time</th></tr>\n",
+    );
+    let mut row = |label: &str, u: &Usage| {
+        let _ = writeln!(
+            h,
+            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{:.1} s</td></tr>",
+            escape(label),
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_creation_tokens,
+            u.cache_read_tokens,
+            u.tokens(),
+            usd(u.cost_usd),
+            u.turns,
+            u.api_ms as f64 / 1000.0
+        );
+    };
+    row("job", &usage.total);
+    for (phase, u) in usage.phases() {
+        row(phase, u);
+    }
+    h.push_str("</table>\n");
+}
+
+/// Links to the transcripts of an item's attempts that ran an agent, one per attempt.
+fn transcript_links(page: &JobPage<'_>, key: &ItemKey) -> String {
+    let mut attempts: Vec<i64> = page
+        .runs
+        .iter()
+        .filter(|r| r.key.as_ref() == Some(key))
+        .filter_map(|r| r.attempt)
+        .collect();
+    attempts.dedup();
+    attempts
+        .iter()
+        .map(|n| {
+            format!(
+                "<a href=\"{}\">attempt {n}</a>",
+                escape(&transcript_path(page.job.id, key, *n, page.token))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn usd(cost: f64) -> String {
+    format!("${cost:.4}")
+}
+
+/// The transcript page of one item attempt: each agent run's transcript, rendered for people.
+/// `transcripts` holds each run's file name and its rendered lines (already cut to size).
+pub fn render_transcript(
+    job: &Job,
+    key: &ItemKey,
+    attempt: i64,
+    token: &str,
+    transcripts: &[(String, String)],
+) -> String {
+    let mut h = String::new();
+    let title = format!(
+        "prodigy job {} ({}): item {key}, attempt {attempt}",
+        job.id.short(),
+        job.workflow_name
+    );
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"robots\" content=\"noindex\"><title>{}</title><style>{STYLE}</style></head><body>\n",
+        escape(&title)
+    );
+    let _ = writeln!(
+        h,
+        "<h1>{}</h1>\n<p><a href=\"/jobs/{}?token={}\">back to the job</a></p>",
+        escape(&title),
+        job.id,
+        escape(token)
+    );
+    for (file, text) in transcripts {
+        let _ = writeln!(
+            h,
+            "<h2><code>{}</code></h2>\n<pre>{}</pre>",
+            escape(file),
+            escape(text)
+        );
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// A transcript file rendered line by line for people, cut at [`MAX_TRANSCRIPT_CHARS`] with a
+/// note naming the command that shows all of it. Reads as it goes: a long transcript costs no
+/// more memory than the page.
+pub fn render_transcript_file(
+    path: &std::path::Path,
+    job: JobId,
+    key: &ItemKey,
+    attempt: i64,
+) -> std::io::Result<String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path)?;
+    let mut out = String::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let Some(text) = crate::engine::agent::render_line(&line?) else {
+            continue;
+        };
+        if out.len() + text.len() > MAX_TRANSCRIPT_CHARS {
+            let _ = write!(
+                out,
+                "... cut at {MAX_TRANSCRIPT_CHARS} characters; `prodigy logs {job} {key} --attempt {attempt}` shows all of it"
+            );
+            break;
+        }
+        out.push_str(&text);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +429,153 @@ mod tests {
             l.job_url(a),
             format!("https://prodigy.example/jobs/{a}?token={t}")
         );
+    }
+
+    #[test]
+    fn transcript_links_encode_the_item_key_as_one_segment() {
+        let job: JobId = "0192f5a0-0000-7000-8000-000000000001".parse().unwrap();
+        assert_eq!(
+            transcript_path(job, &ItemKey::from("src/a b.rs#1"), 2, "t0k"),
+            format!("/jobs/{job}/items/src%2Fa%20b.rs%231/attempts/2/transcript?token=t0k")
+        );
+    }
+
+    #[test]
+    fn transcript_files_render_as_prodigy_logs_does_and_are_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attempt-1.claude-1.jsonl");
+        let lines = [
+            r#"{"type":"system","subtype":"init","session_id":"s-1","model":"m","cwd":"/w"}"#,
+            r#"{"type":"assistant","message":{"content":[{"type":"text","text":"<b>done</b>"}]}}"#,
+            r#"{"type":"mystery","x":1}"#,
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let job: JobId = "0192f5a0-0000-7000-8000-000000000001".parse().unwrap();
+        let key = ItemKey::from("k");
+        let text = render_transcript_file(&path, job, &key, 1).unwrap();
+        let expected: Vec<String> = lines
+            .iter()
+            .filter_map(|l| crate::engine::agent::render_line(l))
+            .collect();
+        assert_eq!(text, expected.join("\n") + "\n");
+        assert!(text.contains("assistant: <b>done</b>"), "{text}");
+        let html = escape(&text);
+        assert!(
+            html.contains("assistant: &lt;b&gt;done&lt;/b&gt;"),
+            "{html}"
+        );
+    }
+
+    fn job() -> Job {
+        let t = chrono::Utc::now();
+        Job {
+            id: "0192f5a0-0000-7000-8000-000000000001".parse().unwrap(),
+            workflow_path: ".prodigy/fix.yml".into(),
+            workflow_text: String::new(),
+            workflow_name: "fix".into(),
+            repo_path: "/srv/repo".into(),
+            repo: None,
+            pr_number: None,
+            head_sha: None,
+            status: crate::types::JobStatus::Succeeded,
+            phase: crate::types::Phase::Done,
+            refs: crate::store::JobRefs::default(),
+            vars: serde_json::Value::Null,
+            check_run_id: None,
+            error: None,
+            lease_epoch: 1,
+            created_at: t,
+            updated_at: t,
+            finished_at: Some(t),
+        }
+    }
+
+    fn item(key: &str) -> WorkItem {
+        WorkItem {
+            key: ItemKey::from(key),
+            position: 0,
+            data: serde_json::Value::Null,
+            status: crate::types::ItemStatus::Succeeded,
+            attempts: 2,
+            merged: true,
+            commit: None,
+            result: None,
+            in_dlq: false,
+            reprocessable: false,
+        }
+    }
+
+    fn run(key: &str, attempt: i64, cost: f64) -> AgentRunRow {
+        AgentRunRow {
+            phase: "map".into(),
+            key: Some(ItemKey::from(key)),
+            attempt: Some(attempt),
+            session_id: None,
+            model: None,
+            transcript: format!("/logs/{attempt}.jsonl"),
+            subtype: None,
+            input_tokens: 100,
+            output_tokens: 20,
+            cache_creation_tokens: 3,
+            cache_read_tokens: 4,
+            cost_usd: cost,
+            turns: 2,
+            api_ms: 1500,
+            duration_ms: 2000,
+            finished_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_page_shows_usage_per_item_and_links_each_attempt_escaped() {
+        let job = job();
+        let key = r#"<a "b">"#;
+        let items = [item(key), item("plain")];
+        let runs = [run(key, 1, 0.25), run(key, 2, 0.5)];
+        let usage = JobUsage::from_runs(&runs);
+        let page = |runs: &[AgentRunRow], usage: &JobUsage| {
+            render_job(&JobPage {
+                job: &job,
+                counts: ItemCounts::default(),
+                items: &items,
+                dlq: &[],
+                events: &[],
+                runs,
+                usage,
+                token: "tok",
+            })
+        };
+        let html = page(&runs, &usage);
+        assert!(html.contains("<h2>Agent usage</h2>"), "{html}");
+        assert!(
+            html.contains("<tr><th>job</th><td>200</td><td>40</td><td>6</td><td>8</td><td>254</td><td>$0.7500</td><td>4</td><td>3.0 s</td></tr>"),
+            "{html}"
+        );
+        let link = |n: u32| {
+            format!(
+                "<a href=\"/jobs/{}/items/%3Ca%20%22b%22%3E/attempts/{n}/transcript?token=tok\">attempt {n}</a>",
+                job.id
+            )
+        };
+        assert!(
+            html.contains(&format!(
+                "<td>$0.7500</td><td>254</td><td>{} {}</td>",
+                link(1),
+                link(2)
+            )),
+            "{html}"
+        );
+        assert!(
+            html.contains("<code>&lt;a &quot;b&quot;&gt;</code>"),
+            "{html}"
+        );
+        assert!(!html.contains(r#"<a "b">"#), "{html}");
+        // The item without agent runs has empty usage cells; no runs at all, no usage table.
+        assert!(
+            html.contains("<td>yes</td><td></td><td></td><td></td></tr>"),
+            "{html}"
+        );
+        assert!(!page(&[], &JobUsage::default()).contains("Agent usage"));
     }
 
     #[test]

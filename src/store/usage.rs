@@ -90,6 +90,16 @@ impl JobUsage {
         out
     }
 
+    /// The phases that ran an agent, in the order a job runs them (others after, by name).
+    pub fn phases(&self) -> Vec<(&str, &Usage)> {
+        const ORDER: &[&str] = &["setup", "map", "reduce", "merge", "commands"];
+        let rank = |p: &str| ORDER.iter().position(|o| *o == p).unwrap_or(ORDER.len());
+        let mut v: Vec<(&str, &Usage)> =
+            self.by_phase.iter().map(|(p, u)| (p.as_str(), u)).collect();
+        v.sort_by(|a, b| rank(a.0).cmp(&rank(b.0)).then(a.0.cmp(b.0)));
+        v
+    }
+
     /// Items by cost, most expensive first (ties by key), at most `n`.
     pub fn most_expensive(&self, n: usize) -> Vec<(&ItemKey, &Usage)> {
         let mut v: Vec<(&ItemKey, &Usage)> = self.by_item.iter().collect();

@@ -86,6 +86,8 @@ pub struct Ctx {
     pub db_url: String,
     /// Jobs report to check runs (`start_with_check_runs`) instead of the log.
     pub check_runs: bool,
+    /// Directories agents may read besides the defaults (the real AI CLI's package).
+    agent_read: Vec<PathBuf>,
     secret: WebhookSecret,
     deliveries: AtomicU64,
     comment_ids: AtomicU64,
@@ -133,17 +135,45 @@ impl Ctx {
     }
 
     pub async fn with_instance(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
-        Ctx::with_options(db_url, instance, max_jobs, false, true).await
+        Ctx::with_options(db_url, instance, max_jobs, false, true, Vec::new()).await
     }
 
     /// A world whose server reports each job run to a check run, as `prodigy serve` does.
     pub async fn with_check_runs(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
-        Ctx::with_options(db_url, instance, max_jobs, true, true).await
+        Ctx::with_options(db_url, instance, max_jobs, true, true, Vec::new()).await
     }
 
     /// A world whose server only queues work (`--no-runner`); see [`Ctx::another_instance`].
     pub async fn web_only(db_url: &str, instance: &str) -> Ctx {
-        Ctx::with_options(db_url, instance, 1, false, false).await
+        Ctx::with_options(db_url, instance, 1, false, false, Vec::new()).await
+    }
+
+    /// A world reporting to check runs whose agents run the real AI CLI at `claude` with the
+    /// environment `env(home)` gives for a CLI home where agents may write (see
+    /// tests/support/fake_anthropic.rs `cli_env`): `Ctx::claude` becomes a wrapper that sets it
+    /// (the server builds its agents' environment from an allow-list) and runs the CLI, and
+    /// agents may read the CLI's package.
+    pub async fn with_real_claude(
+        db_url: &str,
+        claude: &Path,
+        env: impl FnOnce(&Path) -> Vec<(String, String)>,
+    ) -> Ctx {
+        let package = claude
+            .canonicalize()
+            .expect("the AI CLI resolves")
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let ctx = Ctx::with_options(db_url, "a", 2, true, true, vec![package]).await;
+        let home = ctx.tmp.path().join("agent/cli-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut script = String::from("#!/bin/sh\n");
+        for (k, v) in env(&home) {
+            script.push_str(&format!("export {k}='{v}'\n"));
+        }
+        script.push_str(&format!("exec '{}' \"$@\"\n", claude.display()));
+        std::fs::write(&ctx.claude, script).unwrap();
+        ctx
     }
 
     async fn with_options(
@@ -152,6 +182,7 @@ impl Ctx {
         max_jobs: usize,
         check_runs: bool,
         runner: bool,
+        agent_read: Vec<PathBuf>,
     ) -> Ctx {
         let tmp = tempfile::tempdir().unwrap();
         let remote = tmp.path().join("remotes").join(format!("{REPO}.git"));
@@ -192,10 +223,19 @@ impl Ctx {
         let secret = WebhookSecret::new(SecretString::from(SECRET.to_string())).unwrap();
         let mut ctx = Ctx {
             server: start_server(
-                &tmp, &gh, db_url, instance, max_jobs, &claude, check_runs, runner,
+                &tmp,
+                &gh,
+                db_url,
+                instance,
+                max_jobs,
+                &claude,
+                check_runs,
+                runner,
+                &agent_read,
             )
             .await,
             check_runs,
+            agent_read,
             gh,
             remote,
             work,
@@ -223,6 +263,7 @@ impl Ctx {
             &self.claude,
             self.check_runs,
             true,
+            &self.agent_read,
         )
         .await
     }
@@ -467,6 +508,7 @@ async fn start_server(
     claude: &Path,
     check_runs: bool,
     runner: bool,
+    agent_read: &[PathBuf],
 ) -> RunningServer {
     let key = tmp.path().join("app-key.pem");
     std::fs::write(
@@ -501,6 +543,7 @@ async fn start_server(
     let shared = tmp.path().join("agent");
     std::fs::create_dir_all(&shared).unwrap();
     settings.agents.sandbox.extra_write = vec![shared];
+    settings.agents.sandbox.extra_read = agent_read.to_vec();
     let started = if check_runs {
         prodigy::server::start_with_check_runs(settings).await
     } else {
