@@ -55,6 +55,9 @@ pub struct JobContext {
     /// Mints the job page's link (the check run's `details_url`) once the job id is known
     /// (`Progress::JobStarted`).
     pub links: PageLinks,
+    /// The repository configuration's `pass_env`: which of the operator's passed variables
+    /// this job's agents get (None: all of them).
+    pub pass_env: Option<Vec<String>>,
 }
 
 /// Builds the reporter of one job run: `prodigy serve` uses check runs
@@ -356,7 +359,15 @@ impl Runner {
             installation: InstallationId(installation),
             workflow: job.workflow_path.clone(),
             links: self.p().links.clone(),
+            pass_env: pass_env_of(&recorded.data),
         })
+    }
+
+    /// The `pass_env` recorded when `job` first started here (None: all the operator passes).
+    pub(super) async fn recorded_pass_env(&self, job: JobId) -> Option<Vec<String>> {
+        let events = self.p().store.events(job, 0, 1000).await.ok()?;
+        let recorded = events.iter().find(|e| e.kind == SERVER_CONTEXT_EVENT)?;
+        pass_env_of(&recorded.data)
     }
 
     fn is_running_here(&self, job: JobId) -> bool {
@@ -591,7 +602,10 @@ impl Runner {
         let Some(text) = self.p().repos.read_file(repo, sha, CONFIG_PATH).await? else {
             return Ok(Err(replies::no_config(sha, CONFIG_PATH)));
         };
-        Ok(RepoConfig::parse(&text).map_err(|e| replies::bad_config(sha, &e.to_string())))
+        let offered = &self.p().engine.agents.env.pass;
+        Ok(RepoConfig::parse(&text)
+            .and_then(|c| c.check_pass_env(offered).map(|()| c))
+            .map_err(|e| replies::bad_config(sha, &e.to_string())))
     }
 
     /// Starts each workflow as a job at `sha` and waits until each has started (or ended).
@@ -643,6 +657,7 @@ impl Runner {
                 installation,
                 workflow: workflow.clone(),
                 links: self.p().links.clone(),
+                pass_env: config.pass_env.clone(),
             };
             let permit = slots.take().await;
             let rx = self.start_job(JobAction::Run(Box::new(run)), ctx, permit);
@@ -699,6 +714,7 @@ impl Runner {
             "pr": ctx.pr_number,
             "workflow": ctx.workflow,
             "instance": self.p().instance,
+            "pass_env": ctx.pass_env,
         });
         tokio::spawn(async move {
             let Ok(started) = rx.await else { return };
@@ -728,6 +744,9 @@ impl Runner {
                 asked,
             });
             let mut engine = this.p().engine.clone();
+            if let Some(names) = &ctx.pass_env {
+                engine.agents.env.pass.retain(|n| names.contains(n));
+            }
             engine.reporter = tracker.clone();
             engine.cancel = cancel.clone();
             let result = match action {
@@ -1140,6 +1159,7 @@ impl Runner {
                     installation,
                     workflow: job.workflow_path.clone(),
                     links: self.p().links.clone(),
+                    pass_env: self.recorded_pass_env(job.id).await,
                 };
                 // A job held by a running resume is answered at once, without waiting for a
                 // job slot of this instance.
@@ -1225,6 +1245,11 @@ enum CancelOutcome {
     Cancelled,
     Stopping(Option<Holder>),
     AlreadyFinished(JobStatus),
+}
+
+/// The `pass_env` of a recorded server context (absent or null: None).
+fn pass_env_of(context: &serde_json::Value) -> Option<Vec<String>> {
+    serde_json::from_value(context.get("pass_env")?.clone()).ok()?
 }
 
 fn short(sha: &str) -> &str {

@@ -86,6 +86,8 @@ pub struct Ctx {
     pub db_url: String,
     /// Jobs report to check runs (`start_with_check_runs`) instead of the log.
     pub check_runs: bool,
+    /// What the operator passes to agents (`serve --pass-env`).
+    pub pass_env: Vec<String>,
     secret: WebhookSecret,
     deliveries: AtomicU64,
     comment_ids: AtomicU64,
@@ -146,6 +148,14 @@ impl Ctx {
         Ctx::with_options(db_url, instance, 1, false, false).await
     }
 
+    /// A world whose operator passes the variables `pass_env` to agents (`serve --pass-env`).
+    pub async fn passing_env(db_url: &str, pass_env: &[&str]) -> Ctx {
+        let mut ctx = Ctx::new(db_url).await;
+        ctx.pass_env = pass_env.iter().map(|n| n.to_string()).collect();
+        ctx.restart("a", 2).await;
+        ctx
+    }
+
     async fn with_options(
         db_url: &str,
         instance: &str,
@@ -192,10 +202,19 @@ impl Ctx {
         let secret = WebhookSecret::new(SecretString::from(SECRET.to_string())).unwrap();
         let mut ctx = Ctx {
             server: start_server(
-                &tmp, &gh, db_url, instance, max_jobs, &claude, check_runs, runner,
+                &tmp,
+                &gh,
+                db_url,
+                instance,
+                max_jobs,
+                &claude,
+                check_runs,
+                runner,
+                &[],
             )
             .await,
             check_runs,
+            pass_env: Vec::new(),
             gh,
             remote,
             work,
@@ -223,6 +242,7 @@ impl Ctx {
             &self.claude,
             self.check_runs,
             true,
+            &self.pass_env,
         )
         .await
     }
@@ -467,6 +487,7 @@ async fn start_server(
     claude: &Path,
     check_runs: bool,
     runner: bool,
+    pass_env: &[String],
 ) -> RunningServer {
     let key = tmp.path().join("app-key.pem");
     std::fs::write(
@@ -501,6 +522,7 @@ async fn start_server(
     let shared = tmp.path().join("agent");
     std::fs::create_dir_all(&shared).unwrap();
     settings.agents.sandbox.extra_write = vec![shared];
+    settings.agents.env.pass = pass_env.to_vec();
     let started = if check_runs {
         prodigy::server::start_with_check_runs(settings).await
     } else {
