@@ -212,6 +212,8 @@ async fn the_serve_binarys_agents_see_no_secret_and_cannot_leave_their_worktree(
     assert_eq!(run.conclusion.as_deref(), Some("failure"), "{run:#?}");
     let logs = all_text(&state.join("logs"));
     assert!(logs.contains("exit code 5"), "{logs}");
+    // Its commit in the sandbox needed no lock it could not take.
+    assert!(!logs.contains("packed-refs.lock"), "{logs}");
 
     let evidence = logs
         .split("== env")
