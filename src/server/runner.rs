@@ -1305,3 +1305,20 @@ impl Reporter for Tracker {
         self.inner.report(event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_job_keeps_the_pass_env_its_first_run_recorded() {
+        let recorded = json!({"installation": 1, "pass_env": ["ANTHROPIC_API_KEY"]});
+        assert_eq!(
+            pass_env_of(&recorded),
+            Some(vec!["ANTHROPIC_API_KEY".to_string()])
+        );
+        // Recorded before the key existed, or without one: all the operator passes.
+        assert_eq!(pass_env_of(&json!({"installation": 1})), None);
+        assert_eq!(pass_env_of(&json!({"pass_env": null})), None);
+    }
+}
