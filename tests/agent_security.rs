@@ -244,3 +244,48 @@ echo "gitdir: $PWD/.evil" > .git
         text(&out)
     );
 }
+
+/// Every `git commit` deletes the `AUTO_MERGE` ref, which locks `packed-refs`: in the sandbox an
+/// agent's commits and ref deletions must work without `packed-refs.lock` errors, and the refs
+/// git packed stay readable to prodigy, the agent and the user.
+#[test]
+fn agents_commit_and_delete_refs_without_packed_refs_lock_errors() {
+    let repo = Repo::new(None);
+    repo.write(
+        "wf.yml",
+        r#"name: refs
+mode: mapreduce
+map:
+  input: items.json
+  json_path: "$[*]"
+  agent_template:
+    - shell: "git rev-parse --verify -q refs/heads/main && echo one > one.txt && git add one.txt && git commit -q -m one && git branch scratch && git branch -q -D scratch"
+    - shell: "ln -s /etc/hostname \"$(git rev-parse --git-common-dir)/packed-refs.d/evil\" 2>/dev/null || true"
+"#,
+    );
+    repo.write("items.json", r#"[{"id": "a"}]"#);
+    repo.commit_all("workflow");
+    // As after a clone or `git gc`: the branch lives in packed-refs only.
+    repo.git(&["pack-refs", "--all"]);
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    let logs = all_text(&repo.home.join("logs"));
+    assert!(out.status.success(), "{}\n{logs}", text(&out));
+    for noise in ["packed-refs.lock", "Unable to create", "Permission denied"] {
+        assert!(
+            !logs.contains(noise) && !text(&out).contains(noise),
+            "{noise}:\n{}\n{logs}",
+            text(&out)
+        );
+    }
+    let branch = format!("prodigy/{}", job_id(&out));
+    assert_eq!(repo.show(&format!("{branch}:one.txt")), "one");
+    repo.git(&["rev-parse", "--verify", "refs/heads/main"]);
+    repo.git(&["pack-refs", "--all"]);
+    repo.git(&["rev-parse", "--verify", &branch]);
+    if sandboxed() {
+        // Where agents may lock packed-refs they make regular files only: a symlink there
+        // would have prodigy's own git write through it.
+        let evil = repo.path.join(".git/packed-refs.d/evil");
+        assert!(evil.symlink_metadata().is_err(), "the agent made a symlink");
+    }
+}

@@ -147,6 +147,82 @@ fn real_agents_commit_in_their_worktrees_and_their_commits_merge() {
     assert!(String::from_utf8_lossy(&none.stderr).contains("no agent transcripts"));
 }
 
+/// An ordinary user to run prodigy as: None when this test already runs as one (not root);
+/// as root, `prodigy-test` (created by `.ci/run`) or else `nobody`. Skips (or fails, with
+/// `PRODIGY_REQUIRE_CLAUDE=1`) when root has neither.
+fn ordinary_user() -> Option<Option<(u32, u32)>> {
+    // SAFETY: plain libc queries; getpwnam's result is read before any other call.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return Some(None);
+        }
+        for name in [c"prodigy-test", c"nobody"] {
+            let pw = libc::getpwnam(name.as_ptr());
+            if !pw.is_null() && (*pw).pw_uid != 0 {
+                return Some(Some(((*pw).pw_uid, (*pw).pw_gid)));
+            }
+        }
+    }
+    let msg = "running as root, and neither a `prodigy-test` nor a `nobody` user exists to run \
+               prodigy as an ordinary user: `useradd prodigy-test`";
+    if std::env::var("PRODIGY_REQUIRE_CLAUDE").is_ok_and(|v| v == "1") {
+        panic!("PRODIGY_REQUIRE_CLAUDE=1 but {msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// Gives `dir` and everything in it to `uid:gid`.
+fn chown_tree(dir: &std::path::Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
+    if dir.is_symlink() || !dir.is_dir() {
+        return;
+    }
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        chown_tree(&entry.path(), uid, gid);
+    }
+}
+
+/// The sandbox must not break the agent when prodigy runs as an ordinary user either: the real
+/// CLI (its HOME, repository and state owned by that user) uses its Bash tool and commits in
+/// its worktree, and the commits merge.
+#[test]
+fn real_agents_commit_and_merge_when_prodigy_runs_as_an_ordinary_user() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let fake = FakeAnthropic::empty();
+    let Some(repo) = real_repo(&fake) else {
+        return;
+    };
+    let Some(user) = ordinary_user() else {
+        return;
+    };
+    script_items(&fake);
+    repo.write("wf.yml", WORKFLOW);
+    repo.commit_all("workflow");
+    // The repository, prodigy's home and the CLI's HOME all live in this directory.
+    let world = repo.path.parent().unwrap();
+    let mut cmd = repo.command(&["run", "wf.yml"]);
+    if let Some((uid, gid)) = user {
+        chown_tree(world, uid, gid);
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd.output().unwrap();
+    let uid = user.map_or_else(|| unsafe { libc::geteuid() }, |(uid, _)| uid);
+    let db_owner = std::fs::metadata(repo.home.join("state.db")).unwrap().uid();
+    if user.is_some() {
+        // Back to the test's own user, whose git refuses a repository owned by another.
+        chown_tree(world, 0, 0);
+    }
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(db_owner, uid, "prodigy ran as the ordinary user");
+    let branch = format!("prodigy/{}", job_id(&out));
+    for item in ITEMS {
+        assert_eq!(repo.show(&format!("{branch}:out/{item}.txt")), *item);
+        assert_eq!(fake.remaining(item), 0, "{item}'s agent played its script");
+    }
+}
+
 #[test]
 fn usage_in_status_is_the_sum_the_fake_model_reported_priced_as_the_cli_prices_it() {
     let fake = FakeAnthropic::empty();

@@ -2,6 +2,10 @@
 //! that dumps its environment and the server's `/proc/<pid>/environ`, lists its worktree's
 //! parent, reads the App key file and the state database, and writes outside its worktree,
 //! through the real router, runner and engine with the fake GitHub.
+//!
+//! The repository configuration's `pass_env` picks which of the operator's passed variables
+//! (`serve --pass-env`) its agents get, and a name the operator does not pass is refused with a
+//! reply naming it.
 
 mod common;
 mod support;
@@ -11,6 +15,12 @@ use prodigy::types::JobStatus;
 use support::server::{Ctx, WAIT, job_id_of, job_links, wait_until};
 
 const SERVER_SECRET: &str = "serve-face-secret-value-5";
+/// Passed by the operator and picked by the repository's `pass_env`.
+const PICKED: (&str, &str) = ("PRODIGY_TEST_PICKED", "picked-by-the-repo-6");
+/// Passed by the operator, not picked by the repository: its agents do not get it.
+const UNPICKED: (&str, &str) = ("PRODIGY_TEST_UNPICKED", "not-picked-by-the-repo-7");
+/// In the server's environment, not passed by the operator.
+const NOT_PASSED: (&str, &str) = ("PRODIGY_TEST_NOT_PASSED", "not-passed-by-the-operator-8");
 
 /// One item, one agent (the default parallelism is plenty).
 const WORKFLOW: &str = r#"name: fix
@@ -39,7 +49,12 @@ exit 5
 #[test]
 fn serve_face_agents_see_no_secret_and_cannot_leave_their_worktree() {
     // SAFETY: set before any other thread of this test binary (its only test) starts.
-    unsafe { std::env::set_var("PRODIGY_WEBHOOK_SECRET", SERVER_SECRET) };
+    unsafe {
+        std::env::set_var("PRODIGY_WEBHOOK_SECRET", SERVER_SECRET);
+        for (name, value) in [PICKED, UNPICKED, NOT_PASSED] {
+            std::env::set_var(name, value);
+        }
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,10 +65,12 @@ fn serve_face_agents_see_no_secret_and_cannot_leave_their_worktree() {
 
 async fn run() {
     let db = common::sqlite_db();
-    let ctx = Ctx::new(db.url()).await;
+    let ctx = Ctx::passing_env(db.url(), &[PICKED.0, UNPICKED.0]).await;
+    let config = format!("workflows: [.prodigy/fix.yml]\npass_env: [{}]\n", PICKED.0);
     let sha = ctx.push_pr(
         1,
         &[
+            (".prodigy/config.yml", &config),
             (".prodigy/fix.yml", WORKFLOW),
             ("probe.sh", &probe(&ctx)),
             ("items.json", r#"[{"id": "p"}]"#),
@@ -88,8 +105,20 @@ async fn run() {
         .and_then(|s| s.split("== proc").next())
         .unwrap();
     assert!(env.contains("TMPDIR=/"), "{env}");
-    for absent in ["CARGO", "DATABASE_URL", "PRODIGY_WEBHOOK_SECRET", "RUST_"] {
+    for absent in [
+        "CARGO",
+        "DATABASE_URL",
+        "PRODIGY_WEBHOOK_SECRET",
+        "RUST_",
+        UNPICKED.0,
+        NOT_PASSED.0,
+    ] {
         assert!(!env.contains(absent), "{absent} reached the agent:\n{env}");
+    }
+    // The picked variable arrived, and its value is masked in the log as a secret is.
+    assert!(env.contains(&format!("{}=***", PICKED.0)), "{env}");
+    for value in [PICKED.1, UNPICKED.1, NOT_PASSED.1] {
+        assert!(!log.contains(value), "{value} in the log:\n{log}");
     }
     assert!(log.contains("environ: not readable"), "{log}");
     assert!(!log.contains(SERVER_SECRET), "{log}");
@@ -105,5 +134,25 @@ async fn run() {
         }
         assert!(!ctx.tmp.path().join("escaped").exists());
     }
+
+    // A configuration naming a variable the operator does not pass starts no job: the reply
+    // names the variable and what to do.
+    let refused = format!(
+        "workflows: [.prodigy/fix.yml]\npass_env: [{}]\n",
+        NOT_PASSED.0
+    );
+    ctx.push_pr(2, &[(".prodigy/config.yml", &refused)], false);
+    ctx.comment(2, support::server::MAINTAINER, "/prodigy run")
+        .await;
+    let reply = ctx.wait_for_comments(2, 1).await.remove(0);
+    assert!(
+        reply.contains(&format!("pass_env names `{}`", NOT_PASSED.0))
+            && reply.contains("--pass-env")
+            && !reply.contains(NOT_PASSED.1),
+        "{reply}"
+    );
+    let repo = prodigy::types::RepoName::new(support::server::REPO);
+    let jobs = store.find_jobs_by_pr(&repo, 2).await.unwrap();
+    assert!(jobs.is_empty(), "no job starts: {jobs:?}");
     ctx.finish().await;
 }

@@ -124,7 +124,8 @@ fn is_never(name: &str) -> bool {
     NEVER.contains(&name) || NEVER_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-fn is_allowed(name: &str) -> bool {
+/// Whether every agent gets `name` anyway (the allow-list, the locale, the proxy variables).
+pub fn is_ordinary(name: &str) -> bool {
     ALLOWED.contains(&name)
         || PROXY.contains(&name)
         || ALLOWED_PREFIXES.iter().any(|p| name.starts_with(p))
@@ -170,7 +171,7 @@ impl AgentEnvSettings {
             let keep = passed
                 || match self.mode {
                     EnvMode::Inherit => true,
-                    EnvMode::Clean => is_allowed(&name),
+                    EnvMode::Clean => is_ordinary(&name),
                 };
             if keep {
                 if passed {

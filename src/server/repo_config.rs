@@ -13,14 +13,23 @@
 //! auto_run: true
 //! # Optional: at most this many agents at once per job, overriding the workflows' max_parallel.
 //! max_parallel: 4
+//! # Optional: which of the variables the server's operator passes to agents
+//! # (`serve --pass-env`) this repository's agents get (default: all of them).
+//! pass_env: [ANTHROPIC_API_KEY]
 //! ```
 //!
 //! `/prodigy run workflow=NAME` picks one of them: NAME is the file's path as written, or its
 //! file name with or without `.yml`/`.yaml` (`fix-lints` above). Pull requests from forks never
 //! run automatically, whatever `auto_run` says; a maintainer's `/prodigy run` runs them. The
 //! server runs only repositories on its allow-list (`--allow-repos`).
+//!
+//! `pass_env` can only narrow what the operator decided: the configuration comes from the pull
+//! request, so a name the operator does not pass (or one of prodigy's own secrets) is refused,
+//! naming it, and no job starts.
 
 use serde::Deserialize;
+
+use crate::engine::agent_env::{self, PassEnvError};
 
 /// Where the file lives in the repository.
 pub const CONFIG_PATH: &str = ".prodigy/config.yml";
@@ -33,6 +42,9 @@ pub struct RepoConfig {
     pub auto_run: bool,
     #[serde(default)]
     pub max_parallel: Option<usize>,
+    /// Of the operator's passed variables, the ones this repository's agents get (None: all).
+    #[serde(default)]
+    pub pass_env: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -49,6 +61,12 @@ pub enum RepoConfigError {
         "{CONFIG_PATH}: workflow path `{0}` must be relative to the repository root and stay inside it"
     )]
     BadPath(String),
+    #[error("{CONFIG_PATH}: pass_env: {0}")]
+    PassEnv(#[from] PassEnvError),
+    #[error(
+        "{CONFIG_PATH}: pass_env names `{name}`, which this server's operator does not pass to agents ({offered}); remove it, or ask the operator to add it to `prodigy serve --pass-env` (PRODIGY_PASS_ENV)"
+    )]
+    NotOffered { name: String, offered: String },
 }
 
 impl RepoConfig {
@@ -64,7 +82,31 @@ impl RepoConfig {
                 return Err(RepoConfigError::BadPath(w.clone()));
             }
         }
-        Ok(config)
+        let pass_env = match &config.pass_env {
+            Some(names) => Some(agent_env::check_pass_names(names)?),
+            None => None,
+        };
+        Ok(RepoConfig { pass_env, ..config })
+    }
+
+    /// Refuses a `pass_env` name the operator does not pass (`offered`, from `--pass-env`);
+    /// the ordinary variables every agent gets anyway (PATH, HOME, ...) may be named too.
+    pub fn check_pass_env(&self, offered: &[String]) -> Result<(), RepoConfigError> {
+        let names = self.pass_env.as_deref().unwrap_or_default();
+        let refused = names
+            .iter()
+            .find(|n| !offered.contains(n) && !agent_env::is_ordinary(n));
+        match refused {
+            None => Ok(()),
+            Some(name) => Err(RepoConfigError::NotOffered {
+                name: name.clone(),
+                offered: if offered.is_empty() {
+                    "it passes none".into()
+                } else {
+                    format!("it passes {}", offered.join(", "))
+                },
+            }),
+        }
     }
 
     /// The workflows `name` selects (all of them for `None`).
@@ -131,6 +173,34 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn pass_env_refuses_secrets_and_what_the_operator_does_not_pass() {
+        let c =
+            RepoConfig::parse("workflows: [a.yml]\npass_env: [ANTHROPIC_API_KEY, PATH]\n").unwrap();
+        assert_eq!(
+            c.pass_env.as_deref().unwrap(),
+            ["ANTHROPIC_API_KEY", "PATH"]
+        );
+        assert!(c.check_pass_env(&["ANTHROPIC_API_KEY".into()]).is_ok());
+        let err = c.check_pass_env(&["OTHER".into()]).unwrap_err().to_string();
+        assert!(
+            err.contains("`ANTHROPIC_API_KEY`") && err.contains("it passes OTHER"),
+            "{err}"
+        );
+        let err = c.check_pass_env(&[]).unwrap_err().to_string();
+        assert!(err.contains("it passes none"), "{err}");
+        let err = RepoConfig::parse("workflows: [a.yml]\npass_env: [DATABASE_URL]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pass_env")
+                && err.contains("`DATABASE_URL` is one of prodigy's own secrets"),
+            "{err}"
+        );
+        let c = RepoConfig::parse("workflows: [a.yml]\n").unwrap();
+        assert!(c.pass_env.is_none() && c.check_pass_env(&[]).is_ok());
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct JobContext {
     /// Mints the job page's link (the check run's `details_url`) once the job id is known
     /// (`Progress::JobStarted`).
     pub links: PageLinks,
+    /// The repository configuration's `pass_env`: which of the operator's passed variables
+    /// this job's agents get (None: all of them).
+    pub pass_env: Option<Vec<String>>,
 }
 
 /// Builds the reporter of one job run: `prodigy serve` uses check runs
@@ -345,11 +348,7 @@ impl Runner {
     /// The reporter context of a stored job, from the `server_context` event recorded when
     /// it started here; None for jobs the server did not start.
     async fn context_of(&self, job: &Job) -> Option<JobContext> {
-        let events = self.p().store.events(job.id, 0, 1000).await.ok()?;
-        let installation = events.iter().find_map(|e| match e.event() {
-            Some(JobEvent::ServerContext { installation, .. }) => Some(installation),
-            _ => None,
-        })?;
+        let (installation, pass_env) = self.server_context(job.id).await?;
         Some(JobContext {
             repo: job.repo.clone()?,
             pr_number: job.pr_number.map(|n| n.0),
@@ -357,7 +356,27 @@ impl Runner {
             installation: InstallationId(installation),
             workflow: job.workflow_path.clone(),
             links: self.p().links.clone(),
+            pass_env,
         })
+    }
+
+    /// The installation and `pass_env` recorded when `job` first started here; None for jobs
+    /// the server did not start.
+    async fn server_context(&self, job: JobId) -> Option<(u64, Option<Vec<String>>)> {
+        let events = self.p().store.events(job, 0, 1000).await.ok()?;
+        events.iter().find_map(|e| match e.event() {
+            Some(JobEvent::ServerContext {
+                installation,
+                pass_env,
+                ..
+            }) => Some((installation, pass_env)),
+            _ => None,
+        })
+    }
+
+    /// The `pass_env` recorded when `job` first started here (None: all the operator passes).
+    pub(super) async fn recorded_pass_env(&self, job: JobId) -> Option<Vec<String>> {
+        self.server_context(job).await?.1
     }
 
     fn is_running_here(&self, job: JobId) -> bool {
@@ -592,7 +611,10 @@ impl Runner {
         let Some(text) = self.p().repos.read_file(repo, sha, CONFIG_PATH).await? else {
             return Ok(Err(replies::no_config(sha, CONFIG_PATH)));
         };
-        Ok(RepoConfig::parse(&text).map_err(|e| replies::bad_config(sha, &e.to_string())))
+        let offered = &self.p().engine.agents.env.pass;
+        Ok(RepoConfig::parse(&text)
+            .and_then(|c| c.check_pass_env(offered).map(|()| c))
+            .map_err(|e| replies::bad_config(sha, &e.to_string())))
     }
 
     /// Starts each workflow as a job at `sha` and waits until each has started (or ended).
@@ -644,6 +666,7 @@ impl Runner {
                 installation,
                 workflow: workflow.clone(),
                 links: self.p().links.clone(),
+                pass_env: config.pass_env.clone(),
             };
             let permit = slots.take().await;
             let rx = self.start_job(JobAction::Run(Box::new(run)), ctx, permit);
@@ -700,6 +723,7 @@ impl Runner {
             pr: ctx.pr_number,
             workflow: ctx.workflow.clone(),
             instance: self.p().instance.clone(),
+            pass_env: ctx.pass_env.clone(),
         };
         tokio::spawn(async move {
             let Ok(started) = rx.await else { return };
@@ -727,6 +751,9 @@ impl Runner {
                 asked,
             });
             let mut engine = this.p().engine.clone();
+            if let Some(names) = &ctx.pass_env {
+                engine.agents.env.pass.retain(|n| names.contains(n));
+            }
             engine.reporter = tracker.clone();
             engine.cancel = cancel.clone();
             let result = match action {
@@ -1142,6 +1169,7 @@ impl Runner {
                     installation,
                     workflow: job.workflow_path.clone(),
                     links: self.p().links.clone(),
+                    pass_env: self.recorded_pass_env(job.id).await,
                 };
                 // A job held by a running resume is answered at once, without waiting for a
                 // job slot of this instance.
@@ -1272,5 +1300,34 @@ impl Reporter for Tracker {
             }
         }
         self.inner.report(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_job_keeps_the_pass_env_its_first_run_recorded() {
+        let stored = |data: serde_json::Value| crate::store::Event {
+            seq: 1,
+            at: Utc::now(),
+            kind: "server_context".into(),
+            data,
+        };
+        let pass_env = |data| match stored(data).event() {
+            Some(JobEvent::ServerContext { pass_env, .. }) => pass_env,
+            other => panic!("not a server context: {other:?}"),
+        };
+        let context =
+            serde_json::json!({"installation": 1, "pr": 2, "workflow": "w.yml", "instance": "i"});
+        let mut with = context.clone();
+        with["pass_env"] = serde_json::json!(["ANTHROPIC_API_KEY"]);
+        assert_eq!(pass_env(with), Some(vec!["ANTHROPIC_API_KEY".to_string()]));
+        // Recorded before the key existed, or without one: all the operator passes.
+        assert_eq!(pass_env(context.clone()), None);
+        let mut null = context;
+        null["pass_env"] = serde_json::Value::Null;
+        assert_eq!(pass_env(null), None);
     }
 }

@@ -148,6 +148,9 @@ pub enum JobEvent {
         pr: Option<u64>,
         workflow: String,
         instance: String,
+        /// The repository configuration's `pass_env` (None: all the operator passes).
+        #[serde(default)]
+        pass_env: Option<Vec<String>>,
     },
     /// A resume or retry found the job held and did nothing.
     ResumeRefused {

@@ -88,6 +88,8 @@ pub struct Ctx {
     pub check_runs: bool,
     /// Directories agents may read besides the defaults (the real AI CLI's package).
     agent_read: Vec<PathBuf>,
+    /// What the operator passes to agents (`serve --pass-env`).
+    pub pass_env: Vec<String>,
     secret: WebhookSecret,
     deliveries: AtomicU64,
     comment_ids: AtomicU64,
@@ -176,6 +178,14 @@ impl Ctx {
         ctx
     }
 
+    /// A world whose operator passes the variables `pass_env` to agents (`serve --pass-env`).
+    pub async fn passing_env(db_url: &str, pass_env: &[&str]) -> Ctx {
+        let mut ctx = Ctx::new(db_url).await;
+        ctx.pass_env = pass_env.iter().map(|n| n.to_string()).collect();
+        ctx.restart("a", 2).await;
+        ctx
+    }
+
     async fn with_options(
         db_url: &str,
         instance: &str,
@@ -232,10 +242,12 @@ impl Ctx {
                 check_runs,
                 runner,
                 &agent_read,
+                &[],
             )
             .await,
             check_runs,
             agent_read,
+            pass_env: Vec::new(),
             gh,
             remote,
             work,
@@ -264,6 +276,7 @@ impl Ctx {
             self.check_runs,
             true,
             &self.agent_read,
+            &self.pass_env,
         )
         .await
     }
@@ -509,6 +522,7 @@ async fn start_server(
     check_runs: bool,
     runner: bool,
     agent_read: &[PathBuf],
+    pass_env: &[String],
 ) -> RunningServer {
     let key = tmp.path().join("app-key.pem");
     std::fs::write(
@@ -544,6 +558,7 @@ async fn start_server(
     std::fs::create_dir_all(&shared).unwrap();
     settings.agents.sandbox.extra_write = vec![shared];
     settings.agents.sandbox.extra_read = agent_read.to_vec();
+    settings.agents.env.pass = pass_env.to_vec();
     let started = if check_runs {
         prodigy::server::start_with_check_runs(settings).await
     } else {

@@ -87,7 +87,7 @@ impl Runner {
         }
     }
 
-    fn rerun_context(&self, w: &CheckRerunWork, job: &Job) -> JobContext {
+    async fn rerun_context(&self, w: &CheckRerunWork, job: &Job) -> JobContext {
         JobContext {
             repo: w.repo.clone(),
             pr_number: job.pr_number.map(|n| n.0),
@@ -95,6 +95,7 @@ impl Runner {
             installation: InstallationId(w.installation),
             workflow: job.workflow_path.clone(),
             links: self.p().links.clone(),
+            pass_env: self.recorded_pass_env(job.id).await,
         }
     }
 
@@ -138,7 +139,7 @@ impl Runner {
                 .prepare(&w.repo, pr.map(crate::github::PrNumber), sha, token)
                 .await?;
         }
-        let ctx = self.rerun_context(w, &job);
+        let ctx = self.rerun_context(w, &job).await;
         let permit = slots.take().await;
         let started = self
             .start_job(JobAction::Rerun(Box::new(req)), ctx, permit)
@@ -230,13 +231,14 @@ impl Runner {
         }
         let installation = InstallationId(w.installation);
         let pr = old.pr_number.map(|n| n.0);
-        let max_parallel = match pr {
-            Some(pr) => match self.load_config(installation, &w.repo, pr, &sha).await? {
-                Ok(config) => config.max_parallel,
-                Err(_) => None,
-            },
+        let config = match pr {
+            Some(pr) => self
+                .load_config(installation, &w.repo, pr, &sha)
+                .await?
+                .ok(),
             None => None,
         };
+        let max_parallel = config.as_ref().and_then(|c| c.max_parallel);
         let text = self
             .p()
             .repos
@@ -259,7 +261,10 @@ impl Runner {
             base_commit: Some(sha.to_string()),
             workflow_text: Some(text),
         };
-        let ctx = self.rerun_context(w, old);
+        let mut ctx = self.rerun_context(w, old).await;
+        if let Some(config) = config {
+            ctx.pass_env = config.pass_env;
+        }
         let permit = slots.take().await;
         Ok(
             match self
