@@ -123,6 +123,9 @@ pub fn conclusion(
         JobStatus::Succeeded if !items_failed => CheckConclusion::Success,
         JobStatus::Succeeded if failures_acceptable => CheckConclusion::Neutral,
         JobStatus::Cancelled => CheckConclusion::Cancelled,
+        // Someone has to raise the budget (or accept the partial work): not a failure, but not
+        // done either, so it does not pass a required check.
+        JobStatus::BudgetExhausted => CheckConclusion::ActionRequired,
         _ if cancelled => CheckConclusion::Cancelled,
         // Failed, or a job still recorded as running: prodigy stopped before finishing it.
         _ => CheckConclusion::Failure,
@@ -168,6 +171,7 @@ pub fn final_title(input: &FinalInput) -> String {
         CheckConclusion::Success => "Succeeded",
         CheckConclusion::Neutral => "Finished with accepted failures",
         CheckConclusion::Cancelled => "Cancelled",
+        CheckConclusion::ActionRequired => "Budget exhausted",
         _ => "Failed",
     };
     format!("{verdict}{items}")
@@ -229,7 +233,19 @@ pub fn final_summary(input: &FinalInput) -> String {
 fn next_steps(input: &FinalInput) -> String {
     let job = input.job;
     let unfinished = job.phase != Phase::Done || input.counts.pending + input.counts.running > 0;
+    let budget = job.status == JobStatus::BudgetExhausted;
     match (input.face, unfinished) {
+        (Face::App, true) if budget => format!(
+            "A maintainer continues it with a raised budget: `/prodigy resume job={} budget=<USD>` \
+             on the pull request, or `prodigy resume {} --budget <USD>`.\n",
+            job.id.short(),
+            job.id
+        ),
+        (Face::Action, true) if budget => format!(
+            "Continue with a raised budget: `prodigy resume {} --budget <USD>` on the job's \
+             database (the action's `max-cost-usd` input caps it).\n",
+            job.id
+        ),
         (Face::App, true) => format!(
             "Continue with the **Resume** button, `/prodigy resume job={}` on the pull request, or \
              `prodigy resume {}`.\n",

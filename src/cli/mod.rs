@@ -21,6 +21,8 @@ use prodigy::types::{ErrorClass, ItemKey, JobStatus};
 pub const EXIT_FAILED: u8 = 1;
 /// Bad input: an invalid workflow, an unknown job.
 pub const EXIT_USAGE: u8 = 2;
+/// The job's budget ran out; its remaining items are pending (`prodigy resume --budget`).
+pub const EXIT_BUDGET: u8 = 3;
 /// Another process holds the job (EX_TEMPFAIL): try again later.
 pub const EXIT_HELD: u8 = 75;
 /// Interrupted by Ctrl-C or SIGTERM; the job can be resumed.
@@ -463,7 +465,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 eng.agent.budget_override = Some(prodigy::workflow::Budget {
                     max_cost_usd: budget,
                     max_tokens: budget_tokens,
-                    max_duration: None,
+                    ..Default::default()
                 });
             }
             let dlq = if no_dlq {
@@ -659,6 +661,8 @@ pub fn exit_for(status: JobStatus, interrupted: bool) -> u8 {
         EXIT_INTERRUPTED
     } else if status == JobStatus::Succeeded {
         0
+    } else if status == JobStatus::BudgetExhausted {
+        EXIT_BUDGET
     } else {
         EXIT_FAILED
     }

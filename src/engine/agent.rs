@@ -75,6 +75,7 @@ impl AgentPolicy {
                 max_cost_usd: o.max_cost_usd.or(workflow.max_cost_usd),
                 max_tokens: o.max_tokens.or(workflow.max_tokens),
                 max_duration: o.max_duration.or(workflow.max_duration),
+                grace: o.grace.or(workflow.grace),
             },
             None => *workflow,
         };
