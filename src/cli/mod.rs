@@ -545,6 +545,10 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
         let store = open_store(g).await?;
         let mut eng = engine(g, store, &g.repo).await?;
         eng.agents = agents.clone();
+        eng.agent = config
+            .caps
+            .policy()
+            .map_err(|e| InputError::Caps(format!("{e:#}")))?;
         let run = prodigy::action::run(&eng, &step, config, &g.repo).await?;
         Ok::<_, anyhow::Error>(output::resumed(&eng, run.job, run.resumed, false, "action").await)
     }

@@ -83,6 +83,66 @@ impl AgentPolicy {
     }
 }
 
+/// The operator's agent defaults and caps as `prodigy serve` flags and `prodigy action` inputs
+/// (each also an environment variable); [`AgentCaps::policy`] checks them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AgentCaps {
+    /// The model of agents whose workflow and step name none (e.g. `claude-sonnet-4-5`).
+    #[arg(long, env = "PRODIGY_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// No agent takes more turns than this, whatever the workflow says.
+    #[arg(long, env = "PRODIGY_MAX_TURNS_CAP")]
+    pub max_turns_cap: Option<u32>,
+    /// Budget cap per job in USD: a workflow's `budget.max_cost_usd` (or a resume's raised
+    /// budget) above it is lowered to it, and a job without a budget gets it.
+    #[arg(long, env = "PRODIGY_MAX_COST_USD")]
+    pub max_cost_usd: Option<f64>,
+    /// Budget cap per job in tokens, like --max-cost-usd.
+    #[arg(long, env = "PRODIGY_MAX_TOKENS")]
+    pub max_tokens: Option<u64>,
+    /// Refuse workflows asking for `permission_mode: bypassPermissions`.
+    #[arg(long, env = "PRODIGY_FORBID_BYPASS_PERMISSIONS")]
+    pub forbid_bypass_permissions: bool,
+}
+
+impl AgentCaps {
+    /// The policy these settings give, or which setting is wrong and how to write it.
+    pub fn policy(&self) -> anyhow::Result<AgentPolicy> {
+        if let Some(v) = self.max_cost_usd
+            && (!v.is_finite() || v <= 0.0)
+        {
+            anyhow::bail!(
+                "--max-cost-usd (PRODIGY_MAX_COST_USD) must be a positive amount of USD, e.g. 5; found {v}"
+            );
+        }
+        if self.max_tokens == Some(0) {
+            anyhow::bail!("--max-tokens (PRODIGY_MAX_TOKENS) must be at least 1");
+        }
+        if self.max_turns_cap == Some(0) {
+            anyhow::bail!("--max-turns-cap (PRODIGY_MAX_TURNS_CAP) must be at least 1");
+        }
+        let model = self
+            .default_model
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty());
+        Ok(AgentPolicy {
+            defaults: AgentSettings {
+                model: model.map(str::to_string),
+                ..Default::default()
+            },
+            max_turns_cap: self.max_turns_cap,
+            budget_cap: Budget {
+                max_cost_usd: self.max_cost_usd,
+                max_tokens: self.max_tokens,
+                ..Default::default()
+            },
+            forbid_bypass_permissions: self.forbid_bypass_permissions,
+            budget_override: None,
+        })
+    }
+}
+
 /// Why a budget stops dispatching, or None while there is room.
 pub fn budget_spent(budget: &Budget, used: &Usage, elapsed: std::time::Duration) -> Option<String> {
     if let Some(max) = budget.max_cost_usd

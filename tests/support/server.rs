@@ -492,6 +492,8 @@ async fn start_server(
         allow_repos: vec![REPO.into()],
         poll_ms: 50,
         no_runner: !runner,
+        caps: Default::default(),
+        repo_daily_cost_usd: None,
     };
     let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())
