@@ -190,6 +190,7 @@ pub async fn run(
             let request = ResumeRequest {
                 dlq: DlqMode::Reprocessable,
                 max_parallel: config.max_parallel,
+                budget: None,
             };
             eng.resume(id, &request).await
         }

@@ -476,7 +476,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 DlqMode::Reprocessable
             };
             let r = eng
-                .resume(job.id, &ResumeRequest { dlq, max_parallel })
+                .resume(
+                    job.id,
+                    &ResumeRequest {
+                        dlq,
+                        max_parallel,
+                        budget: None,
+                    },
+                )
                 .await?;
             Ok(output::resumed(&eng, job.id, r, json, "resume").await)
         }

@@ -82,6 +82,9 @@ pub struct NewRun {
 pub struct ResumeRequest {
     pub dlq: DlqMode,
     pub max_parallel: Option<usize>,
+    /// A budget for this run (`prodigy resume --budget`, `/prodigy resume budget=`): its limits
+    /// replace the workflow's, under the operator's caps.
+    pub budget: Option<workflow::Budget>,
 }
 
 /// Which DLQ items `dlq retry` reprocesses.
@@ -215,7 +218,8 @@ impl Engine {
             });
         }
         let mode = job::Mode::Resume(req.dlq);
-        self.execute(job, lock, mode, req.max_parallel)
+        self.with_budget(req.budget)
+            .execute(job, lock, mode, req.max_parallel)
             .await
             .map(Resumed::Ran)
     }
@@ -264,6 +268,10 @@ impl Engine {
             lock.release().await?;
             return Ok(Rerun::Covered { finished_at });
         }
+        let budget = match work {
+            RerunWork::Resume(req) => req.budget,
+            RerunWork::Retry(_) => None,
+        };
         let (mode, max_parallel) = match work {
             RerunWork::Resume(req) => {
                 if job.phase == Phase::Done {
@@ -278,9 +286,22 @@ impl Engine {
             }
             RerunWork::Retry(req) => (job::Mode::Retry(req.clone()), req.max_parallel),
         };
-        self.execute(job, lock, mode, max_parallel)
+        self.with_budget(budget)
+            .execute(job, lock, mode, max_parallel)
             .await
             .map(|outcome| Rerun::Resumed(Resumed::Ran(outcome)))
+    }
+
+    /// This engine, with a run's own budget when one is given.
+    fn with_budget(&self, budget: Option<workflow::Budget>) -> std::borrow::Cow<'_, Engine> {
+        match budget {
+            None => std::borrow::Cow::Borrowed(self),
+            Some(b) => {
+                let mut e = self.clone();
+                e.agent.budget_override = Some(b);
+                std::borrow::Cow::Owned(e)
+            }
+        }
     }
 
     fn holder(&self) -> Holder {

@@ -39,8 +39,9 @@ fn describe(word: &str) -> (&'static str, &'static str) {
             "run the repository's workflows (or one of them) on the head commit",
         ),
         "resume" => (
-            "resume [job=ID]",
-            "continue a stopped or failed job; finished items are not run again",
+            "resume [job=ID] [budget=USD]",
+            "continue a stopped or failed job; finished items are not run again; `budget=` \
+             (maintainers) raises the cost budget of a job stopped by it",
         ),
         "retry" => (
             "retry [job=ID] [item=KEY]",
@@ -60,6 +61,13 @@ pub fn command_error(line: &str, error: &CommandError) -> String {
 
 /// The one polite refusal for a user without write access.
 pub fn permission_refused(user: &str, command: &Command) -> String {
+    if command.needs_maintain_permission() {
+        return format!(
+            "@{user}, `{SLASH_PREFIX} resume budget=` raises what this job may spend, which needs \
+             maintain or admin permission on this repository. `{SLASH_PREFIX} resume` without a \
+             budget needs write permission."
+        );
+    }
     format!(
         "@{user}, `{SLASH_PREFIX} {}` needs write, maintain or admin permission on this repository, \
          which you do not have. `{SLASH_PREFIX} status` and `{SLASH_PREFIX} help` work for everyone.",
@@ -350,7 +358,7 @@ mod tests {
         | command | what it does |
         |---|---|
         | `/prodigy run [workflow=NAME]` | run the repository's workflows (or one of them) on the head commit |
-        | `/prodigy resume [job=ID]` | continue a stopped or failed job; finished items are not run again |
+        | `/prodigy resume [job=ID] [budget=USD]` | continue a stopped or failed job; finished items are not run again; `budget=` (maintainers) raises the cost budget of a job stopped by it |
         | `/prodigy retry [job=ID] [item=KEY]` | retry the failed items (dead-letter queue), or one of them |
         | `/prodigy cancel [job=ID]` | stop a running job |
         | `/prodigy status` | show the jobs of this pull request |

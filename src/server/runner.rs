@@ -327,6 +327,7 @@ impl Runner {
                 ResumeRequest {
                     dlq: DlqMode::default(),
                     max_parallel: None,
+                    budget: None,
                 },
             );
             let started = self.start_job(action, ctx, permit);
@@ -987,17 +988,21 @@ impl Runner {
                 Err(e) => replies::command_error(&line.line, e),
                 Ok(command) => {
                     if command.needs_write_permission() {
-                        let allowed = match permission {
+                        let p = match permission {
                             Some(p) => p,
                             None => {
                                 let p = github
                                     .collaborator_permission(installation, &w.repo, &w.author)
                                     .await
-                                    .context("cannot check the commenter's permission")?
-                                    .can_write();
+                                    .context("cannot check the commenter's permission")?;
                                 permission = Some(p);
                                 p
                             }
+                        };
+                        let allowed = if command.needs_maintain_permission() {
+                            p.can_maintain()
+                        } else {
+                            p.can_write()
                         };
                         if !allowed {
                             self.comment(
@@ -1078,7 +1083,7 @@ impl Runner {
                     .await;
                 Ok(replies::jobs_started(&sha, &starts))
             }
-            Command::Resume { job } | Command::Retry { job, .. } | Command::Cancel { job } => {
+            Command::Resume { job, .. } | Command::Retry { job, .. } | Command::Cancel { job } => {
                 let job = match self.resolve(&w.repo, w.number, job.as_ref()).await? {
                     Ok(job) => job,
                     Err(reply) => return Ok(reply),
@@ -1117,13 +1122,18 @@ impl Runner {
                             },
                         )
                     }
-                    _ => JobAction::Resume(
+                    Command::Resume { budget, .. } => JobAction::Resume(
                         job.id,
                         ResumeRequest {
                             dlq: DlqMode::default(),
                             max_parallel: None,
+                            budget: budget.map(|usd| crate::workflow::Budget {
+                                max_cost_usd: Some(usd.get()),
+                                ..Default::default()
+                            }),
                         },
                     ),
+                    _ => unreachable!("cancel returned above"),
                 };
                 // The clone may be gone (a new disk, a cleaned cache): fetch the job's commit.
                 if let Some(sha) = &job.head_sha {
