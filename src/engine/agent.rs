@@ -64,6 +64,8 @@ pub struct AgentPolicy {
     /// A budget given for this run (`prodigy resume --budget`): its limits replace the
     /// workflow's, under the operator's caps.
     pub budget_override: Option<Budget>,
+    /// The server's cap on what a repository's agents cost per UTC day, in USD.
+    pub repo_daily_cost_usd: Option<f64>,
 }
 
 impl AgentPolicy {
@@ -139,8 +141,27 @@ impl AgentCaps {
             },
             forbid_bypass_permissions: self.forbid_bypass_permissions,
             budget_override: None,
+            repo_daily_cost_usd: None,
         })
     }
+}
+
+/// Since when a repository's daily cost cap counts: the last UTC midnight.
+pub fn utc_midnight(now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    now.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+}
+
+/// Why a repository's daily cost cap stops its jobs, or None while there is room.
+pub fn repo_daily_spent(repo: &str, spent: f64, cap: f64) -> Option<String> {
+    (spent >= cap).then(|| {
+        format!(
+            "${spent:.4} spent today (UTC) by the agents of {repo}, the operator's daily cap of \
+             ${cap:.2} per repository (it resets at 00:00 UTC)"
+        )
+    })
 }
 
 /// Why a budget stops dispatching, or None while there is room.

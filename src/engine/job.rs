@@ -1169,8 +1169,16 @@ impl<'a> JobRun<'a> {
         Ok(Ok(()))
     }
 
-    /// Whether the job's budget is spent (usage so far from the store, time since creation).
+    /// Whether the job's budget is spent (usage so far from the store, time since creation),
+    /// or its repository's daily cost cap.
     async fn budget_spent(&self) -> anyhow::Result<Option<String>> {
+        if let (Some(cap), Some(repo)) = (self.engine.agent.repo_daily_cost_usd, &self.job.repo) {
+            let since = super::agent::utc_midnight(chrono::Utc::now());
+            let spent = self.store.repo_cost_since(repo, since).await?;
+            if let Some(why) = super::agent::repo_daily_spent(repo.as_str(), spent, cap) {
+                return Ok(Some(why));
+            }
+        }
         let budget = self.engine.agent.budget(&self.workflow.budget);
         if budget.is_empty() {
             return Ok(None);

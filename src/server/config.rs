@@ -147,10 +147,9 @@ pub struct Settings {
     /// How agents are confined. `settings` gives the safe default (built environment,
     /// sandbox where the kernel has one); `prodigy serve` fills it from the global flags.
     pub agents: crate::engine::AgentPolicy,
-    /// The operator's agent defaults and caps (`--default-model`, `--max-cost-usd`, ...).
+    /// The operator's agent defaults and caps (`--default-model`, `--max-cost-usd`,
+    /// `--repo-daily-cost-usd`, ...).
     pub agent: crate::engine::agent::AgentPolicy,
-    /// `--repo-daily-cost-usd`.
-    pub repo_daily_cost_usd: Option<f64>,
 }
 
 impl ServeConfig {
@@ -185,7 +184,8 @@ impl ServeConfig {
         // Fail at start, not at the first webhook, when the key is unusable.
         AppAuth::new(AppId(self.app_id), &private_key)
             .context("the App private key (--private-key) is not a usable RSA PEM key")?;
-        let agent = self.caps.policy()?;
+        let mut agent = self.caps.policy()?;
+        agent.repo_daily_cost_usd = self.repo_daily_cost_usd;
         if let Some(v) = self.repo_daily_cost_usd
             && (!v.is_finite() || v <= 0.0)
         {
@@ -272,7 +272,6 @@ impl ServeConfig {
                 },
             },
             agent,
-            repo_daily_cost_usd: self.repo_daily_cost_usd,
         })
     }
 }
@@ -415,7 +414,7 @@ mod tests {
         assert_eq!(s.agent.budget_cap.max_cost_usd, Some(2.5));
         assert_eq!(s.agent.budget_cap.max_tokens, Some(1000));
         assert!(s.agent.forbid_bypass_permissions);
-        assert_eq!(s.repo_daily_cost_usd, Some(20.0));
+        assert_eq!(s.agent.repo_daily_cost_usd, Some(20.0));
         let err = parse(&["--webhook-secret", "s", "--max-cost-usd", "0"])
             .settings(None, "claude")
             .unwrap_err()

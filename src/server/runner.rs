@@ -597,6 +597,18 @@ impl Runner {
 
     /// Starts each workflow as a job at `sha` and waits until each has started (or ended).
     #[allow(clippy::too_many_arguments)]
+    /// Why new jobs of `repo` may not start today (the operator's daily cost cap), if so.
+    async fn repo_over_daily_cap(&self, repo: &RepoName) -> Option<String> {
+        let cap = self.p().engine.agent.repo_daily_cost_usd?;
+        let since = crate::engine::agent::utc_midnight(chrono::Utc::now());
+        match self.p().store.repo_cost_since(repo, since).await {
+            Ok(spent) => crate::engine::agent::repo_daily_spent(repo.as_str(), spent, cap),
+            Err(e) => Some(format!(
+                "cannot read what {repo} spent today, which the daily cost cap needs: {e}"
+            )),
+        }
+    }
+
     async fn start_workflows(
         &self,
         installation: InstallationId,
@@ -609,7 +621,17 @@ impl Runner {
     ) -> Vec<WorkflowStart> {
         let mut waiting = Vec::new();
         let mut out = Vec::new();
+        let over_cap = self.repo_over_daily_cap(repo).await;
         for workflow in workflows {
+            if let Some(why) = &over_cap {
+                out.push(WorkflowStart::Failed {
+                    workflow: workflow.clone(),
+                    error: format!(
+                        "not started: {why}. `/prodigy run` starts it once the cap allows"
+                    ),
+                });
+                continue;
+            }
             let text = match self.p().repos.read_file(repo, sha, workflow).await {
                 Ok(Some(text)) => text,
                 Ok(None) => {
@@ -1059,6 +1081,17 @@ impl Runner {
                         workflow.as_deref().unwrap_or(""),
                         &config.workflows,
                     ));
+                }
+                // Over the daily cap nothing starts, so nothing is superseded either.
+                if let Some(why) = self.repo_over_daily_cap(&w.repo).await {
+                    let refused: Vec<WorkflowStart> = selected
+                        .iter()
+                        .map(|workflow| WorkflowStart::Failed {
+                            workflow: workflow.clone(),
+                            error: format!("not started: {why}"),
+                        })
+                        .collect();
+                    return Ok(replies::jobs_started(&sha, &refused));
                 }
                 // An explicit command supersedes older jobs as a push does.
                 let turn = PrTurn::join(self.pr_lock(&w.repo, w.number)).await;

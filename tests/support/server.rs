@@ -86,6 +86,8 @@ pub struct Ctx {
     pub db_url: String,
     /// Jobs report to check runs (`start_with_check_runs`) instead of the log.
     pub check_runs: bool,
+    /// `--repo-daily-cost-usd` of every instance.
+    pub daily_cap: Option<f64>,
     secret: WebhookSecret,
     deliveries: AtomicU64,
     comment_ids: AtomicU64,
@@ -141,6 +143,12 @@ impl Ctx {
         Ctx::with_options(db_url, instance, max_jobs, true, true).await
     }
 
+    /// A world whose server caps what a repository's agents cost per UTC day
+    /// (`--repo-daily-cost-usd`).
+    pub async fn with_daily_cap(db_url: &str, cap_usd: f64) -> Ctx {
+        Ctx::build(db_url, "a", 2, false, true, Some(cap_usd)).await
+    }
+
     /// A world whose server only queues work (`--no-runner`); see [`Ctx::another_instance`].
     pub async fn web_only(db_url: &str, instance: &str) -> Ctx {
         Ctx::with_options(db_url, instance, 1, false, false).await
@@ -152,6 +160,17 @@ impl Ctx {
         max_jobs: usize,
         check_runs: bool,
         runner: bool,
+    ) -> Ctx {
+        Ctx::build(db_url, instance, max_jobs, check_runs, runner, None).await
+    }
+
+    async fn build(
+        db_url: &str,
+        instance: &str,
+        max_jobs: usize,
+        check_runs: bool,
+        runner: bool,
+        daily_cap: Option<f64>,
     ) -> Ctx {
         let tmp = tempfile::tempdir().unwrap();
         let remote = tmp.path().join("remotes").join(format!("{REPO}.git"));
@@ -192,10 +211,11 @@ impl Ctx {
         let secret = WebhookSecret::new(SecretString::from(SECRET.to_string())).unwrap();
         let mut ctx = Ctx {
             server: start_server(
-                &tmp, &gh, db_url, instance, max_jobs, &claude, check_runs, runner,
+                &tmp, &gh, db_url, instance, max_jobs, &claude, check_runs, runner, daily_cap,
             )
             .await,
             check_runs,
+            daily_cap,
             gh,
             remote,
             work,
@@ -223,6 +243,7 @@ impl Ctx {
             &self.claude,
             self.check_runs,
             true,
+            self.daily_cap,
         )
         .await
     }
@@ -467,6 +488,7 @@ async fn start_server(
     claude: &Path,
     check_runs: bool,
     runner: bool,
+    daily_cap: Option<f64>,
 ) -> RunningServer {
     let key = tmp.path().join("app-key.pem");
     std::fs::write(
@@ -493,7 +515,7 @@ async fn start_server(
         poll_ms: 50,
         no_runner: !runner,
         caps: Default::default(),
-        repo_daily_cost_usd: None,
+        repo_daily_cost_usd: daily_cap,
     };
     let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())
