@@ -595,8 +595,6 @@ impl Runner {
         Ok(RepoConfig::parse(&text).map_err(|e| replies::bad_config(sha, &e.to_string())))
     }
 
-    /// Starts each workflow as a job at `sha` and waits until each has started (or ended).
-    #[allow(clippy::too_many_arguments)]
     /// Why new jobs of `repo` may not start today (the operator's daily cost cap), if so.
     async fn repo_over_daily_cap(&self, repo: &RepoName) -> Option<String> {
         let cap = self.p().engine.agent.repo_daily_cost_usd?;
@@ -609,6 +607,8 @@ impl Runner {
         }
     }
 
+    /// Starts each workflow as a job at `sha` and waits until each has started (or ended).
+    #[allow(clippy::too_many_arguments)]
     async fn start_workflows(
         &self,
         installation: InstallationId,
