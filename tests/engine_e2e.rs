@@ -643,3 +643,29 @@ fn a_spent_budget_stops_running_agents_after_the_grace_and_leaves_their_items_pe
         );
     }
 }
+
+/// `max_duration` stops a job whose agents are all still running: the wall-time limit passes,
+/// the grace ends, the agent is stopped and its item is pending.
+#[test]
+fn the_wall_time_budget_stops_agents_that_are_still_running() {
+    let repo = Repo::new(None);
+    std::fs::write(repo.claude_bin(), budget_stub(&repo.out)).unwrap();
+    repo.write("items.json", r#"[{"id":"slow-x"}]"#);
+    repo.write(
+        "wf.yml",
+        &BUDGET_WF.replace("max_cost_usd: 0.5", "max_duration: 1"),
+    );
+    repo.commit_all("workflow");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let job = job_id(&out);
+    let status = repo.json(&["status", &job]);
+    assert_eq!(status["job"]["status"], "budget_exhausted", "{status}");
+    let error = status["job"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("of wall time used of a 1s budget"),
+        "{error}"
+    );
+    assert_eq!(status["counts"]["pending"], 1, "{status}");
+    assert_eq!(status["counts"]["dlq"], 0, "{status}");
+}

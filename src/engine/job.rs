@@ -725,7 +725,7 @@ impl<'a> JobRun<'a> {
             "budget exhausted: {why}. Nothing more was dispatched; agents still running had {} to \
              finish, then were stopped and their items left pending. \
              `prodigy resume {} --budget <USD>` continues with a raised budget",
-            humantime_secs(grace),
+            readable_duration(grace),
             self.job.id
         )
     }
@@ -1392,7 +1392,7 @@ fn should_stop(mr: &MapReduce, failures: usize, processed: usize) -> Option<Stri
 }
 
 /// `90s` as people read it: `1m30s`.
-fn humantime_secs(d: std::time::Duration) -> String {
+fn readable_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         return format!("{ms}ms");
