@@ -1075,6 +1075,42 @@ mod tests {
     }
 
     #[test]
+    fn a_spent_budget_asks_for_action_and_says_how_to_continue() {
+        let j = job(
+            JobStatus::BudgetExhausted,
+            Phase::Map,
+            Some("budget exhausted: $5.0000 spent of a $5.00 budget"),
+        );
+        let facts = WorkflowFacts::from_job(&j);
+        let input = |face| FinalInput {
+            job: &j,
+            facts: &facts,
+            counts: counts(4, 2, 0),
+            dlq: &[],
+            attempts: &[],
+            cancelled: false,
+            face,
+        };
+        let app = input(Face::App);
+        assert_eq!(app.conclusion(), CheckConclusion::ActionRequired);
+        assert!(final_title(&app).starts_with("Budget exhausted"));
+        let summary = final_summary(&app);
+        assert!(
+            summary.contains("$5.0000 spent of a $5.00 budget"),
+            "{summary}"
+        );
+        insta::assert_snapshot!(summary.lines().last().unwrap(), @"A maintainer continues it with a raised budget: `/prodigy resume job=0192f5a0 budget=<USD>` on the pull request, or `prodigy resume 0192f5a0-0000-7000-8000-000000000001 --budget <USD>`.");
+        let action = final_summary(&input(Face::Action));
+        assert!(
+            action.ends_with(
+                "`prodigy resume 0192f5a0-0000-7000-8000-000000000001 --budget <USD>` on the \
+                 job's database (the action's `max-cost-usd` input caps it)."
+            ),
+            "{action}"
+        );
+    }
+
+    #[test]
     fn completion_splits_annotations_into_batches_of_50_and_caps_them() {
         let j = job(JobStatus::Failed, Phase::Done, Some("items failed"));
         let facts = WorkflowFacts::from_job(&j);
