@@ -253,6 +253,17 @@ pub fn already_finished(job: &JobLink, status: JobStatus, dlq: u64) -> String {
 
 /// The resume or retry ran to its end before the reply (quick jobs).
 pub fn resume_ended(job: &JobLink, status: JobStatus, counts: &ItemCounts) -> String {
+    if status == JobStatus::BudgetExhausted {
+        return format!(
+            "Job {} ran again and stopped at its budget: {} of {} items merged, {} pending. A \
+             maintainer continues it with `{SLASH_PREFIX} resume job={} budget=<USD>`.",
+            job.md(),
+            counts.merged,
+            counts.total,
+            counts.pending,
+            job.id.short()
+        );
+    }
     format!(
         "Job {} ran again and {status}: {} of {} items merged, {} in the dead-letter queue.",
         job.md(),
@@ -398,6 +409,17 @@ mod tests {
             id: "0192f5a0-0000-7000-8000-000000000001".parse().unwrap(),
             url: "https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t".into(),
         }
+    }
+
+    #[test]
+    fn a_resume_stopped_by_its_budget_says_how_to_raise_it() {
+        let counts = ItemCounts {
+            total: 5,
+            merged: 3,
+            pending: 2,
+            ..Default::default()
+        };
+        insta::assert_snapshot!(resume_ended(&link(), JobStatus::BudgetExhausted, &counts), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) ran again and stopped at its budget: 3 of 5 items merged, 2 pending. A maintainer continues it with `/prodigy resume job=0192f5a0 budget=<USD>`.");
     }
 
     #[test]
