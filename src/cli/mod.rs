@@ -456,18 +456,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
-            let mut eng = engine(g, store, Path::new(&job.repo_path)).await?;
-            if budget.is_some() || budget_tokens.is_some() {
-                if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
-                    eprintln!("--budget must be a positive amount of USD, e.g. --budget 5");
-                    return Ok(EXIT_USAGE);
-                }
-                eng.agent.budget_override = Some(prodigy::workflow::Budget {
+            let eng = engine(g, store, Path::new(&job.repo_path)).await?;
+            if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
+                eprintln!("--budget must be a positive amount of USD, e.g. --budget 5");
+                return Ok(EXIT_USAGE);
+            }
+            let budget =
+                (budget.is_some() || budget_tokens.is_some()).then(|| prodigy::workflow::Budget {
                     max_cost_usd: budget,
                     max_tokens: budget_tokens,
                     ..Default::default()
                 });
-            }
             let dlq = if no_dlq {
                 DlqMode::None
             } else if all_dlq {
@@ -481,7 +480,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     &ResumeRequest {
                         dlq,
                         max_parallel,
-                        budget: None,
+                        budget,
                     },
                 )
                 .await?;
