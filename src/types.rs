@@ -167,6 +167,9 @@ string_enum! {
         Succeeded => "succeeded",
         Failed => "failed",
         Cancelled => "cancelled",
+        // The job's budget ran out: its remaining items are pending, and a resume with a raised
+        // budget continues it.
+        BudgetExhausted => "budget_exhausted",
     }
 }
 

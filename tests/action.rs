@@ -885,3 +885,55 @@ fn sandboxed() -> bool {
         prodigy::engine::sandbox::Support::Available { .. }
     )
 }
+
+/// The operator's caps as the action's inputs: a default model reaches the agent, and a cost cap
+/// per job ends a job without a budget of its own as `budget_exhausted` (exit code 3, check run
+/// `action_required`, saying how to continue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_cap_inputs_set_the_model_and_stop_a_job_at_the_cost_cap() {
+    const WF: &str = r#"name: review
+mode: mapreduce
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 1
+  agent_template:
+    - claude: "/review ${item.id}"
+"#;
+    let step = Step::with_workflow(None, WF, true).await;
+    // Each agent run costs $1 and logs its arguments.
+    // (Agents of the Action get a built environment: the log's path is written into the stub.)
+    let stub = format!(
+        r#"#!/bin/sh
+printf '%s\n' "$*" >> "{}"
+printf '{{"type":"system","subtype":"init","session_id":"s","model":"m"}}\n'
+printf '{{"type":"result","subtype":"success","is_error":false,"num_turns":1,"result":"ok","session_id":"s","total_cost_usd":1,"usage":{{"input_tokens":1,"output_tokens":1}}}}\n'
+"#,
+        step.repo.claude_log.display()
+    );
+    std::fs::write(step.repo.claude_bin(), stub).unwrap();
+    let ran = step
+        .run(&[
+            ("PRODIGY_DEFAULT_MODEL", "claude-cap-model"),
+            ("PRODIGY_MAX_COST_USD", "0.5"),
+        ])
+        .await;
+    assert_eq!(ran.code(), Some(3), "{}", text(&ran.out));
+    assert_eq!(ran.output("status"), "budget_exhausted");
+    let calls = std::fs::read_to_string(&step.repo.claude_log).unwrap();
+    assert_eq!(calls.lines().count(), 1, "one agent ran: {calls}");
+    assert!(calls.contains("--model claude-cap-model"), "{calls}");
+    let runs = step.check_runs_on_head();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].conclusion.as_deref(), Some("action_required"));
+    let summary = runs[0].summary.as_deref().unwrap();
+    assert!(
+        summary.contains("$1.0000 spent of a $0.50 budget") && summary.contains("--budget <USD>"),
+        "{summary}"
+    );
+    step.fake.assert_no_violations();
+
+    let bad = step.run(&[("PRODIGY_MAX_COST_USD", "-2")]).await;
+    assert_eq!(bad.code(), Some(2), "{}", text(&bad.out));
+    assert!(bad.stdout().contains("max-cost-usd"), "{}", text(&bad.out));
+}

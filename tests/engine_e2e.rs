@@ -539,3 +539,133 @@ fn failing_setup_or_reduce_fails_the_job_with_the_step() {
     assert_eq!(status["job"]["phase"], "reduce", "{status}");
     assert_eq!(status["counts"]["merged"], 1, "{status}");
 }
+
+/// A stub AI CLI that reports $1 per run. `slow-*` items wait (until `quick` exists in `sync`)
+/// after saying they started; `fast-*` items wait for a slow one to have started, so the budget
+/// runs out while a slow agent is running.
+fn budget_stub(sync: &std::path::Path) -> String {
+    format!(
+        r#"#!/bin/sh
+for prompt; do :; done
+case "$prompt" in
+  *slow*)
+    touch "{sync}/slow-started"
+    [ -e "{sync}/quick" ] || sleep 300 ;;
+  *fast*)
+    while [ ! -e "{sync}/slow-started" ]; do sleep 0.05; done ;;
+esac
+printf '{{"type":"system","subtype":"init","session_id":"s","model":"stub-model"}}\n'
+printf '{{"type":"result","subtype":"success","is_error":false,"num_turns":1,"result":"done","session_id":"s","total_cost_usd":1,"usage":{{"input_tokens":10,"output_tokens":5}}}}\n'
+"#,
+        sync = sync.display()
+    )
+}
+
+const BUDGET_WF: &str = r#"
+name: budget
+mode: mapreduce
+budget:
+  max_cost_usd: 0.5
+  grace: 0.3
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 2
+  agent_template:
+    - claude: "/process ${item.id}"
+"#;
+
+#[test]
+fn a_spent_budget_stops_running_agents_after_the_grace_and_leaves_their_items_pending() {
+    for (backend, db) in harness::backends() {
+        let repo = Repo::new(db.as_ref().map(|d| d.url()));
+        std::fs::write(repo.claude_bin(), budget_stub(&repo.out)).unwrap();
+        repo.write(
+            "items.json",
+            r#"[{"id":"fast-a"},{"id":"slow-b"},{"id":"c"},{"id":"d"}]"#,
+        );
+        repo.write("wf.yml", BUDGET_WF);
+        repo.commit_all("workflow");
+
+        let out = repo.prodigy(&["run", "wf.yml"]);
+        assert_eq!(out.status.code(), Some(3), "[{backend}] {}", text(&out));
+        let job = job_id(&out);
+        assert!(
+            text(&out).contains(&format!("prodigy resume {job} --budget <USD>")),
+            "[{backend}] {}",
+            text(&out)
+        );
+        let status = repo.json(&["status", &job]);
+        assert_eq!(
+            status["job"]["status"], "budget_exhausted",
+            "[{backend}] {status}"
+        );
+        let error = status["job"]["error"].as_str().unwrap();
+        assert!(
+            error.contains("$1.0000 spent of a $0.50 budget") && error.contains("300ms"),
+            "[{backend}] {error}"
+        );
+        let c = &status["counts"];
+        assert_eq!(c["merged"], 1, "[{backend}] {status}");
+        assert_eq!(
+            c["pending"], 3,
+            "[{backend}] slow-b is pending again: {status}"
+        );
+        assert_eq!(c["failed"], 0, "[{backend}] {status}");
+        assert_eq!(
+            c["dlq"], 0,
+            "[{backend}] the stopped agent is no failure: {status}"
+        );
+        let events = repo.events(&job);
+        let stopped: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "item_stopped")
+            .collect();
+        assert_eq!(stopped.len(), 1, "[{backend}] {events:?}");
+        assert_eq!(stopped[0]["data"]["key"], "slow-b", "[{backend}]");
+        let exhausted = events
+            .iter()
+            .find(|e| e["kind"] == "budget_exhausted")
+            .expect("a budget_exhausted event");
+        assert_eq!(exhausted["data"]["spent"]["cost_usd"], 1.0, "[{backend}]");
+
+        // A resume with a raised budget finishes the job, each item merged once.
+        std::fs::write(repo.out.join("quick"), "").unwrap();
+        let resumed = repo.prodigy(&["resume", &job, "--budget", "100"]);
+        assert!(resumed.status.success(), "[{backend}] {}", text(&resumed));
+        let status = repo.json(&["status", &job]);
+        assert_eq!(status["job"]["status"], "succeeded", "[{backend}] {status}");
+        assert_eq!(status["counts"]["merged"], 4, "[{backend}] {status}");
+        // The stopped agent never printed its result, so it reported no cost: one run per item.
+        assert_eq!(
+            status["usage"]["total"]["cost_usd"], 4.0,
+            "[{backend}] {status}"
+        );
+    }
+}
+
+/// `max_duration` stops a job whose agents are all still running: the wall-time limit passes,
+/// the grace ends, the agent is stopped and its item is pending.
+#[test]
+fn the_wall_time_budget_stops_agents_that_are_still_running() {
+    let repo = Repo::new(None);
+    std::fs::write(repo.claude_bin(), budget_stub(&repo.out)).unwrap();
+    repo.write("items.json", r#"[{"id":"slow-x"}]"#);
+    repo.write(
+        "wf.yml",
+        &BUDGET_WF.replace("max_cost_usd: 0.5", "max_duration: 1"),
+    );
+    repo.commit_all("workflow");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let job = job_id(&out);
+    let status = repo.json(&["status", &job]);
+    assert_eq!(status["job"]["status"], "budget_exhausted", "{status}");
+    let error = status["job"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("of wall time used of a 1s budget"),
+        "{error}"
+    );
+    assert_eq!(status["counts"]["pending"], 1, "{status}");
+    assert_eq!(status["counts"]["dlq"], 0, "{status}");
+}

@@ -268,3 +268,126 @@ async fn resume_and_retry_of_a_failed_job() {
     ctx.wait_idle().await;
     ctx.finish().await;
 }
+
+/// A job stopped by its budget is resumed with a raised one by a maintainer: `budget=` needs
+/// maintain permission (write is refused, saying so), and the resume finishes every item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resume_with_a_budget_raises_it_for_maintainers_only() {
+    let db = common::sqlite_db();
+    let ctx = Ctx::new(db.url()).await;
+    ctx.gh.set_permission(REPO, "boss", "maintain");
+    // Every agent run costs $1.
+    std::fs::write(
+        &ctx.claude,
+        "#!/bin/sh\nprintf '%s\\n' '{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\
+         \"num_turns\":1,\"result\":\"ok\",\"session_id\":\"s\",\"total_cost_usd\":1,\
+         \"usage\":{\"input_tokens\":1,\"output_tokens\":1}}'\n",
+    )
+    .unwrap();
+    let workflow = support::server::WORKFLOW
+        .replace(
+            "mode: mapreduce",
+            "mode: mapreduce\nbudget:\n  max_cost_usd: 0.5",
+        )
+        .replace("max_parallel: 2", "max_parallel: 1");
+    let sha = ctx.push_pr(
+        9,
+        &[
+            (
+                "items.json",
+                &items(&[("a", "ok"), ("b", "ok"), ("c", "ok")]),
+            ),
+            (".prodigy/fix.yml", &workflow),
+        ],
+        false,
+    );
+    ctx.open_pr(9, &sha).await;
+    let c = ctx.wait_for_comments(9, 1).await;
+    let job = job_id_of(&job_links(&c[0])[0]);
+    ctx.wait_status(job, JobStatus::BudgetExhausted).await;
+    wait_unlocked(&ctx, job).await;
+    let counts = ctx.server.store.item_counts(job).await.unwrap();
+    assert_eq!((counts.merged, counts.pending), (1, 2), "{counts:?}");
+
+    ctx.comment(9, MAINTAINER, "/prodigy resume budget=10")
+        .await;
+    let c = ctx.wait_for_comments(9, 2).await;
+    assert!(
+        c[1].contains("needs maintain or admin permission"),
+        "{}",
+        c[1]
+    );
+    assert_eq!(
+        ctx.server.store.get_job(job).await.unwrap().status,
+        JobStatus::BudgetExhausted,
+        "refused: nothing ran"
+    );
+
+    ctx.comment(9, "boss", "/prodigy resume budget=10").await;
+    let c = ctx.wait_for_comments(9, 3).await;
+    assert!(c[2].starts_with("Resuming job"), "{}", c[2]);
+    ctx.wait_status(job, JobStatus::Succeeded).await;
+    let counts = ctx.server.store.item_counts(job).await.unwrap();
+    assert_eq!((counts.merged, counts.pending), (3, 0), "{counts:?}");
+    ctx.wait_idle().await;
+    ctx.finish().await;
+}
+
+/// The operator's daily cost cap per repository: a job in progress stops as
+/// `budget_exhausted` when the repository's agents reach it, and a new run is refused with a
+/// reply naming the cap (the stopped job is left as it is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daily_repository_cap_stops_a_job_and_refuses_new_ones() {
+    let db = common::sqlite_db();
+    let ctx = Ctx::with_daily_cap(db.url(), 1.5).await;
+    std::fs::write(
+        &ctx.claude,
+        "#!/bin/sh\nprintf '%s\\n' '{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\
+         \"num_turns\":1,\"result\":\"ok\",\"session_id\":\"s\",\"total_cost_usd\":1,\
+         \"usage\":{\"input_tokens\":1,\"output_tokens\":1}}'\n",
+    )
+    .unwrap();
+    let workflow = support::server::WORKFLOW.replace("max_parallel: 2", "max_parallel: 1");
+    let sha = ctx.push_pr(
+        12,
+        &[
+            (
+                "items.json",
+                &items(&[("a", "ok"), ("b", "ok"), ("c", "ok")]),
+            ),
+            (".prodigy/fix.yml", &workflow),
+        ],
+        false,
+    );
+    ctx.open_pr(12, &sha).await;
+    let c = ctx.wait_for_comments(12, 1).await;
+    let job = job_id_of(&job_links(&c[0])[0]);
+    ctx.wait_status(job, JobStatus::BudgetExhausted).await;
+    wait_unlocked(&ctx, job).await;
+    let j = ctx.server.store.get_job(job).await.unwrap();
+    let error = j.error.unwrap_or_default();
+    assert!(
+        error.contains("$2.0000 spent today (UTC) by the agents of octo/widgets")
+            && error.contains("daily cap of $1.50"),
+        "{error}"
+    );
+    let counts = ctx.server.store.item_counts(job).await.unwrap();
+    assert_eq!((counts.merged, counts.pending), (2, 1), "{counts:?}");
+
+    ctx.comment(12, MAINTAINER, "/prodigy run").await;
+    let c = ctx.wait_for_comments(12, 2).await;
+    assert!(
+        c[1].contains("could not start") && c[1].contains("daily cap of $1.50 per repository"),
+        "{}",
+        c[1]
+    );
+    let repo = prodigy::types::RepoName::new(REPO);
+    let jobs = ctx.server.store.find_jobs_by_pr(&repo, 12).await.unwrap();
+    assert_eq!(jobs.len(), 1, "nothing new started");
+    assert_eq!(
+        ctx.server.store.get_job(job).await.unwrap().status,
+        JobStatus::BudgetExhausted
+    );
+    ctx.wait_idle().await;
+    ctx.finish().await;
+}

@@ -48,6 +48,8 @@ on_every_backend! {
     fifty_contenders_one_winner => check_lock_contention;
     deliveries_are_recorded_once => check_deliveries;
     requests_are_claimed_once => check_request_queue;
+    a_repository_costs_its_agent_runs_since_a_time => check_repo_cost;
+    a_released_attempt_leaves_the_item_pending_and_out_of_the_dlq => check_release_attempt;
 }
 
 fn new_job(name: &str) -> NewJob {
@@ -1247,4 +1249,93 @@ fn finished(key: &ItemKey, attempt: u32) -> JobEvent {
         attempt,
         commit: None,
     }
+}
+
+async fn record_cost(store: &Store, job: JobId, transcript: &str, cost: f64) {
+    let held = lock(store, job).await;
+    store
+        .record_agent_run(
+            held.proof(),
+            &prodigy::store::NewAgentRun {
+                phase: "map".into(),
+                key: None,
+                attempt: None,
+                session_id: None,
+                model: None,
+                transcript: transcript.into(),
+                subtype: Some("success".into()),
+                usage: prodigy::types::Usage {
+                    cost_usd: cost,
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    held.release().await.unwrap();
+}
+
+async fn check_repo_cost(db: &TestDb) {
+    let store = db.store().await;
+    let repo = RepoName::new("octo/hello");
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    assert_eq!(store.repo_cost_since(&repo, before).await.unwrap(), 0.0);
+    let a = store.create_job(&new_job("a")).await.unwrap();
+    let b = store.create_job(&new_job("b")).await.unwrap();
+    let other = store
+        .create_job(&NewJob {
+            repo: Some(RepoName::new("octo/other")),
+            ..new_job("other")
+        })
+        .await
+        .unwrap();
+    record_cost(&store, a.id, "a1.jsonl", 1.25).await;
+    record_cost(&store, a.id, "a2.jsonl", 0.5).await;
+    record_cost(&store, b.id, "b1.jsonl", 2.0).await;
+    record_cost(&store, other.id, "o1.jsonl", 9.0).await;
+    assert_eq!(store.repo_cost_since(&repo, before).await.unwrap(), 3.75);
+    let later = Utc::now() + chrono::Duration::seconds(60);
+    assert_eq!(store.repo_cost_since(&repo, later).await.unwrap(), 0.0);
+}
+
+async fn check_release_attempt(db: &TestDb) {
+    let store = db.store().await;
+    let job = store.create_job(&new_job("release")).await.unwrap();
+    let held = lock(&store, job.id).await;
+    store.insert_items(held.proof(), &items(1)).await.unwrap();
+    let key = ItemKey("item-00000".into());
+    let n = store
+        .start_attempt(held.proof(), &key, "/wt", "b", started(&key))
+        .await
+        .unwrap();
+    store
+        .release_attempt(
+            held.proof(),
+            &key,
+            n,
+            "stopped: budget",
+            &JobEvent::ItemStopped {
+                key: key.clone(),
+                attempt: n,
+                reason: "budget_exhausted".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let last = store.events(job.id, 0, 1000).await.unwrap().pop().unwrap();
+    assert_eq!(last.kind, "item_stopped");
+    let item = &store.items(job.id, &ItemFilter::default()).await.unwrap()[0];
+    assert_eq!(item.status, ItemStatus::Pending);
+    assert!(store.dlq(Some(job.id)).await.unwrap().is_empty());
+    let attempts = store.attempts(job.id, &key).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].message.as_deref(), Some("stopped: budget"));
+    assert!(attempts[0].finished_at.is_some());
+    // The next attempt gets the next number.
+    let next = store
+        .start_attempt(held.proof(), &key, "/wt", "b", started(&key))
+        .await
+        .unwrap();
+    assert_eq!(next, n + 1);
+    held.release().await.unwrap();
 }

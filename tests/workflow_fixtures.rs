@@ -566,3 +566,25 @@ fn input_rule_and_duration_text() {
     assert_eq!(parse_duration_text("soon"), None);
     assert_eq!(parse_duration_text("5x"), None);
 }
+
+#[test]
+fn budget_grace_is_a_duration_with_a_default() {
+    let wf = |budget: &str| {
+        format!(
+            "mode: mapreduce\nbudget:\n{budget}map:\n  input: a.json\n  agent_template:\n    - shell: x\n"
+        )
+    };
+    let p = workflow::parse(Path::new("wf.yml"), &wf("  max_cost_usd: 5\n  grace: 2m\n")).unwrap();
+    assert_eq!(p.workflow.budget.grace(), Duration::from_secs(120));
+    let p = workflow::parse(Path::new("wf.yml"), &wf("  max_cost_usd: 5\n")).unwrap();
+    assert_eq!(p.workflow.budget.grace(), workflow::Budget::DEFAULT_GRACE);
+    let e = parse_err(&wf("  grace: -1\n"));
+    assert_eq!(e.position(), Some((3, 10)), "{e}");
+    assert!(e.to_string().contains("grace must be positive"), "{e}");
+    let e = parse_err(&wf("  grase: 5s\n"));
+    assert!(
+        e.to_string()
+            .contains("budget takes max_cost_usd, max_tokens, max_duration and grace"),
+        "{e}"
+    );
+}

@@ -58,6 +58,10 @@ pub struct ActionConfig {
     /// `checks: write`. Without one the job runs without a check run.
     #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The operator's agent defaults and caps (the action's `model`, `max-turns`,
+    /// `max-cost-usd`, `max-tokens`, `forbid-bypass-permissions` inputs).
+    #[command(flatten)]
+    pub caps: crate::engine::agent::AgentCaps,
 }
 
 impl std::fmt::Debug for ActionConfig {
@@ -67,6 +71,7 @@ impl std::fmt::Debug for ActionConfig {
             .field("resume", &self.resume)
             .field("max_parallel", &self.max_parallel)
             .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("caps", &self.caps)
             .finish()
     }
 }
@@ -82,6 +87,8 @@ pub enum InputError {
     NoWorkflow { path: String, dir: String },
     #[error("the workflow file {path} lies outside the repository {repo}")]
     WorkflowOutside { path: String, repo: String },
+    #[error("an agent cap input of the action (model, max-turns, max-cost-usd, max-tokens): {0}")]
+    Caps(String),
     #[error("the action's `resume` input names job `{job}`, but {reason}")]
     Resume { job: String, reason: String },
 }
@@ -183,6 +190,7 @@ pub async fn run(
             let request = ResumeRequest {
                 dlq: DlqMode::Reprocessable,
                 max_parallel: config.max_parallel,
+                budget: None,
             };
             eng.resume(id, &request).await
         }

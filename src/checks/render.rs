@@ -125,6 +125,9 @@ pub fn conclusion(
         JobStatus::Succeeded if !items_failed => CheckConclusion::Success,
         JobStatus::Succeeded if failures_acceptable => CheckConclusion::Neutral,
         JobStatus::Cancelled => CheckConclusion::Cancelled,
+        // Someone has to raise the budget (or accept the partial work): not a failure, but not
+        // done either, so it does not pass a required check.
+        JobStatus::BudgetExhausted => CheckConclusion::ActionRequired,
         _ if cancelled => CheckConclusion::Cancelled,
         // Failed, or a job still recorded as running: prodigy stopped before finishing it.
         _ => CheckConclusion::Failure,
@@ -172,6 +175,7 @@ pub fn final_title(input: &FinalInput) -> String {
         CheckConclusion::Success => "Succeeded",
         CheckConclusion::Neutral => "Finished with accepted failures",
         CheckConclusion::Cancelled => "Cancelled",
+        CheckConclusion::ActionRequired => "Budget exhausted",
         _ => "Failed",
     };
     format!("{verdict}{items}")
@@ -234,7 +238,19 @@ pub fn final_summary(input: &FinalInput) -> String {
 fn next_steps(input: &FinalInput) -> String {
     let job = input.job;
     let unfinished = job.phase != Phase::Done || input.counts.pending + input.counts.running > 0;
+    let budget = job.status == JobStatus::BudgetExhausted;
     match (input.face, unfinished) {
+        (Face::App, true) if budget => format!(
+            "A maintainer continues it with a raised budget: `/prodigy resume job={} budget=<USD>` \
+             on the pull request, or `prodigy resume {} --budget <USD>`.\n",
+            job.id.short(),
+            job.id
+        ),
+        (Face::Action, true) if budget => format!(
+            "Continue with a raised budget: `prodigy resume {} --budget <USD>` on the job's \
+             database (the action's `max-cost-usd` input caps it).\n",
+            job.id
+        ),
         (Face::App, true) => format!(
             "Continue with the **Resume** button, `/prodigy resume job={}` on the pull request, or \
              `prodigy resume {}`.\n",
@@ -1200,6 +1216,43 @@ mod tests {
         let stopped = job(JobStatus::Failed, Phase::Map, None);
         let summary = final_summary(&input(&stopped, Face::Action));
         insta::assert_snapshot!(summary.lines().last().unwrap(), @"Continue by re-running this workflow at the same commit (the action's default `resume: auto` picks the job up when its database and branch are at hand), with `resume: 0192f5a0-0000-7000-8000-000000000001`, or with `prodigy resume 0192f5a0-0000-7000-8000-000000000001`.");
+    }
+
+    #[test]
+    fn a_spent_budget_asks_for_action_and_says_how_to_continue() {
+        let j = job(
+            JobStatus::BudgetExhausted,
+            Phase::Map,
+            Some("budget exhausted: $5.0000 spent of a $5.00 budget"),
+        );
+        let facts = WorkflowFacts::from_job(&j);
+        let input = |face| FinalInput {
+            job: &j,
+            facts: &facts,
+            counts: counts(4, 2, 0),
+            dlq: &[],
+            attempts: &[],
+            cancelled: false,
+            face,
+            usage: no_usage(),
+        };
+        let app = input(Face::App);
+        assert_eq!(app.conclusion(), CheckConclusion::ActionRequired);
+        assert!(final_title(&app).starts_with("Budget exhausted"));
+        let summary = final_summary(&app);
+        assert!(
+            summary.contains("$5.0000 spent of a $5.00 budget"),
+            "{summary}"
+        );
+        insta::assert_snapshot!(summary.lines().last().unwrap(), @"A maintainer continues it with a raised budget: `/prodigy resume job=0192f5a0 budget=<USD>` on the pull request, or `prodigy resume 0192f5a0-0000-7000-8000-000000000001 --budget <USD>`.");
+        let action = final_summary(&input(Face::Action));
+        assert!(
+            action.ends_with(
+                "`prodigy resume 0192f5a0-0000-7000-8000-000000000001 --budget <USD>` on the \
+                 job's database (the action's `max-cost-usd` input caps it)."
+            ),
+            "{action}"
+        );
     }
 
     #[test]

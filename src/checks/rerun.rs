@@ -189,6 +189,7 @@ pub async fn handle(engine: &Engine, req: &RerunRequest) -> anyhow::Result<Rerun
         Decision::Resume { dlq, .. } => RerunWork::Resume(ResumeRequest {
             dlq,
             max_parallel: None,
+            budget: None,
         }),
         Decision::RetryFailed { .. } => RerunWork::Retry(RetryRequest::default()),
         Decision::RunFresh {

@@ -21,6 +21,8 @@ use prodigy::types::{ErrorClass, ItemKey, JobStatus};
 pub const EXIT_FAILED: u8 = 1;
 /// Bad input: an invalid workflow, an unknown job.
 pub const EXIT_USAGE: u8 = 2;
+/// The job's budget ran out; its remaining items are pending (`prodigy resume --budget`).
+pub const EXIT_BUDGET: u8 = 3;
 /// Another process holds the job (EX_TEMPFAIL): try again later.
 pub const EXIT_HELD: u8 = 75;
 /// Interrupted by Ctrl-C or SIGTERM; the job can be resumed.
@@ -454,18 +456,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
-            let mut eng = engine(g, store, Path::new(&job.repo_path)).await?;
-            if budget.is_some() || budget_tokens.is_some() {
-                if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
-                    eprintln!("--budget must be a positive amount of USD, e.g. --budget 5");
-                    return Ok(EXIT_USAGE);
-                }
-                eng.agent.budget_override = Some(prodigy::workflow::Budget {
+            let eng = engine(g, store, Path::new(&job.repo_path)).await?;
+            if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
+                eprintln!("--budget must be a positive amount of USD, e.g. --budget 5");
+                return Ok(EXIT_USAGE);
+            }
+            let budget =
+                (budget.is_some() || budget_tokens.is_some()).then(|| prodigy::workflow::Budget {
                     max_cost_usd: budget,
                     max_tokens: budget_tokens,
-                    max_duration: None,
+                    ..Default::default()
                 });
-            }
             let dlq = if no_dlq {
                 DlqMode::None
             } else if all_dlq {
@@ -474,7 +475,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 DlqMode::Reprocessable
             };
             let r = eng
-                .resume(job.id, &ResumeRequest { dlq, max_parallel })
+                .resume(
+                    job.id,
+                    &ResumeRequest {
+                        dlq,
+                        max_parallel,
+                        budget,
+                    },
+                )
                 .await?;
             Ok(output::resumed(&eng, job.id, r, json, "resume").await)
         }
@@ -543,6 +551,10 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
         let store = open_store(g).await?;
         let mut eng = engine(g, store, &g.repo).await?;
         eng.agents = agents.clone();
+        eng.agent = config
+            .caps
+            .policy()
+            .map_err(|e| InputError::Caps(format!("{e:#}")))?;
         let run = prodigy::action::run(&eng, &step, config, &g.repo).await?;
         Ok::<_, anyhow::Error>(output::resumed(&eng, run.job, run.resumed, false, "action").await)
     }
@@ -660,6 +672,8 @@ pub fn exit_for(status: JobStatus, interrupted: bool) -> u8 {
         EXIT_INTERRUPTED
     } else if status == JobStatus::Succeeded {
         0
+    } else if status == JobStatus::BudgetExhausted {
+        EXIT_BUDGET
     } else {
         EXIT_FAILED
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use prodigy::engine::{Engine, Progress, Reporter, Resumed, RunOutcome};
 use prodigy::store::{DlqItem, Job, JobSummary, Store};
-use prodigy::types::{ItemKey, JobId, Phase};
+use prodigy::types::{ItemKey, JobId, JobStatus, Phase};
 
 use super::{EXIT_HELD, EXIT_USAGE, ExportFormat, exit_for};
 
@@ -184,7 +184,12 @@ pub fn outcome(o: &RunOutcome, as_json: bool, interrupted: bool) -> u8 {
             "branch: {} (merge it with `git merge {}`)",
             o.branch, o.branch
         );
-        if o.phase != Phase::Done {
+        if o.status == JobStatus::BudgetExhausted {
+            println!(
+                "next: `prodigy status {}` shows what was spent; `prodigy resume {} --budget <USD>` continues it with a raised budget",
+                o.job, o.job
+            );
+        } else if o.phase != Phase::Done {
             println!(
                 "next: `prodigy status {}` shows where it stopped; `prodigy resume {}` continues it",
                 o.job, o.job

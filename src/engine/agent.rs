@@ -64,6 +64,8 @@ pub struct AgentPolicy {
     /// A budget given for this run (`prodigy resume --budget`): its limits replace the
     /// workflow's, under the operator's caps.
     pub budget_override: Option<Budget>,
+    /// The server's cap on what a repository's agents cost per UTC day, in USD.
+    pub repo_daily_cost_usd: Option<f64>,
 }
 
 impl AgentPolicy {
@@ -75,11 +77,91 @@ impl AgentPolicy {
                 max_cost_usd: o.max_cost_usd.or(workflow.max_cost_usd),
                 max_tokens: o.max_tokens.or(workflow.max_tokens),
                 max_duration: o.max_duration.or(workflow.max_duration),
+                grace: o.grace.or(workflow.grace),
             },
             None => *workflow,
         };
         chosen.min(&self.budget_cap)
     }
+}
+
+/// The operator's agent defaults and caps as `prodigy serve` flags and `prodigy action` inputs
+/// (each also an environment variable); [`AgentCaps::policy`] checks them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AgentCaps {
+    /// The model of agents whose workflow and step name none (e.g. `claude-sonnet-4-5`).
+    #[arg(long, env = "PRODIGY_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// No agent takes more turns than this, whatever the workflow says.
+    #[arg(long, env = "PRODIGY_MAX_TURNS_CAP")]
+    pub max_turns_cap: Option<u32>,
+    /// Budget cap per job in USD: a workflow's `budget.max_cost_usd` (or a resume's raised
+    /// budget) above it is lowered to it, and a job without a budget gets it.
+    #[arg(long, env = "PRODIGY_MAX_COST_USD")]
+    pub max_cost_usd: Option<f64>,
+    /// Budget cap per job in tokens, like --max-cost-usd.
+    #[arg(long, env = "PRODIGY_MAX_TOKENS")]
+    pub max_tokens: Option<u64>,
+    /// Refuse workflows asking for `permission_mode: bypassPermissions`.
+    #[arg(long, env = "PRODIGY_FORBID_BYPASS_PERMISSIONS")]
+    pub forbid_bypass_permissions: bool,
+}
+
+impl AgentCaps {
+    /// The policy these settings give, or which setting is wrong and how to write it.
+    pub fn policy(&self) -> anyhow::Result<AgentPolicy> {
+        if let Some(v) = self.max_cost_usd
+            && (!v.is_finite() || v <= 0.0)
+        {
+            anyhow::bail!(
+                "--max-cost-usd (PRODIGY_MAX_COST_USD) must be a positive amount of USD, e.g. 5; found {v}"
+            );
+        }
+        if self.max_tokens == Some(0) {
+            anyhow::bail!("--max-tokens (PRODIGY_MAX_TOKENS) must be at least 1");
+        }
+        if self.max_turns_cap == Some(0) {
+            anyhow::bail!("--max-turns-cap (PRODIGY_MAX_TURNS_CAP) must be at least 1");
+        }
+        let model = self
+            .default_model
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty());
+        Ok(AgentPolicy {
+            defaults: AgentSettings {
+                model: model.map(str::to_string),
+                ..Default::default()
+            },
+            max_turns_cap: self.max_turns_cap,
+            budget_cap: Budget {
+                max_cost_usd: self.max_cost_usd,
+                max_tokens: self.max_tokens,
+                ..Default::default()
+            },
+            forbid_bypass_permissions: self.forbid_bypass_permissions,
+            budget_override: None,
+            repo_daily_cost_usd: None,
+        })
+    }
+}
+
+/// Since when a repository's daily cost cap counts: the last UTC midnight.
+pub fn utc_midnight(now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    now.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+}
+
+/// Why a repository's daily cost cap stops its jobs, or None while there is room.
+pub fn repo_daily_spent(repo: &str, spent: f64, cap: f64) -> Option<String> {
+    (spent >= cap).then(|| {
+        format!(
+            "${spent:.4} spent today (UTC) by the agents of {repo}, the operator's daily cap of \
+             ${cap:.2} per repository (it resets at 00:00 UTC)"
+        )
+    })
 }
 
 /// Why a budget stops dispatching, or None while there is room.

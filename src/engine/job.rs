@@ -72,8 +72,22 @@ pub(super) struct JobRun<'a> {
     duplicates_removed: usize,
 }
 
-/// Failure of a phase that fails the job (setup, reduce, merge, or the map input).
-struct PhaseFailure(String);
+/// Why a phase stopped the job (setup, reduce, merge, the map input, or a spent budget), and the
+/// status the job ends with.
+struct PhaseFailure {
+    message: String,
+    status: JobStatus,
+}
+
+impl PhaseFailure {
+    /// A failure: the job ends `failed`.
+    fn new(message: String) -> Self {
+        PhaseFailure {
+            message,
+            status: JobStatus::Failed,
+        }
+    }
+}
 
 impl<'a> JobRun<'a> {
     pub(super) fn new(
@@ -169,7 +183,7 @@ impl<'a> JobRun<'a> {
         let result = self.drive(mode).instrument(span).await;
         let (status, error) = match result {
             Ok(Ok(status)) => (status, None),
-            Ok(Err(PhaseFailure(message))) => (JobStatus::Failed, Some(message)),
+            Ok(Err(f)) => (f.status, Some(f.message)),
             Err(e) => {
                 // Infrastructure trouble (database, git): record it when we still can.
                 let message = format!("{e:#}");
@@ -183,6 +197,19 @@ impl<'a> JobRun<'a> {
         };
         let phase = self.job.phase;
         self.set_state(status, phase, error.as_deref()).await?;
+        if status == JobStatus::BudgetExhausted {
+            let budget = self.engine.agent.budget(&self.workflow.budget);
+            let used = self.store.job_usage(self.job.id).await?.total;
+            self.event(JobEvent::BudgetExhausted {
+                message: error.clone(),
+                spent: used,
+                max_cost_usd: budget.max_cost_usd,
+                max_tokens: budget.max_tokens,
+                max_duration_secs: budget.max_duration.map(|d| d.as_secs_f64()),
+                grace_secs: budget.grace().as_secs_f64(),
+            })
+            .await?;
+        }
         let counts = self.store.item_counts(self.job.id).await?;
         self.event(JobEvent::JobFinished {
             status,
@@ -250,7 +277,7 @@ impl<'a> JobRun<'a> {
                     refused: Some(reason.clone()),
                 })
                 .await?;
-                return Ok(Err(PhaseFailure(reason)));
+                return Ok(Err(PhaseFailure::new(reason)));
             }
         }
         let identity = git::ensure_identity(&self.ws.repo).await;
@@ -326,7 +353,7 @@ impl<'a> JobRun<'a> {
         }
         let counts = self.store.item_counts(self.job.id).await?;
         if counts.failed > 0 && !mr.error_policy.failures_acceptable {
-            return Ok(Err(PhaseFailure(format!(
+            return Ok(Err(PhaseFailure::new(format!(
                 "{} of {} items failed (see `prodigy dlq list {}`)",
                 counts.failed, counts.total, self.job.id
             ))));
@@ -352,7 +379,7 @@ impl<'a> JobRun<'a> {
         let items = match workflow::input::load_items_in(&mr.map, &self.ws.job_dir, &ctx).await {
             Ok(items) => items,
             Err(e) => {
-                return Ok(Err(PhaseFailure(format!("map input: {e}"))));
+                return Ok(Err(PhaseFailure::new(format!("map input: {e}"))));
             }
         };
         let mut seen = std::collections::HashSet::new();
@@ -450,7 +477,7 @@ impl<'a> JobRun<'a> {
                     message: message.clone(),
                 })
                 .await?;
-                Ok(Err(PhaseFailure(message)))
+                Ok(Err(PhaseFailure::new(message)))
             }
         }
     }
@@ -514,7 +541,7 @@ impl<'a> JobRun<'a> {
         req: &RetryRequest,
     ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
         if self.job.refs.setup_commit.is_none() {
-            return Ok(Err(PhaseFailure(
+            return Ok(Err(PhaseFailure::new(
                 "the job never finished setup, so it has no DLQ items to retry; use `prodigy resume`".into(),
             )));
         }
@@ -548,14 +575,14 @@ impl<'a> JobRun<'a> {
         }
         let counts = self.store.item_counts(self.job.id).await?;
         if counts.failed > 0 {
-            return Ok(Err(PhaseFailure(format!(
+            return Ok(Err(PhaseFailure::new(format!(
                 "{} items still failing (see `prodigy dlq list {}`)",
                 counts.failed, self.job.id
             ))));
         }
         if self.job.phase != Phase::Done {
             // The DLQ is empty, but the job itself stopped before its end.
-            return Ok(Err(PhaseFailure(format!(
+            return Ok(Err(PhaseFailure::new(format!(
                 "the job is not finished (phase {}); run `prodigy resume {}`",
                 self.job.phase, self.job.id
             ))));
@@ -654,19 +681,27 @@ impl<'a> JobRun<'a> {
             failed: AtomicUsize::new(0),
             processed: AtomicUsize::new(0),
             stop: Mutex::new(None),
+            budget_hit: CancellationToken::new(),
             first: Mutex::new(Vec::new()),
             merge_lock: tokio::sync::Mutex::new(()),
             start,
         };
         let this = &*self;
-        let workers = slots.iter().map(|slot| this.worker(mr, slot, &sched));
-        let results = futures_util::future::join_all(workers).await;
+        // Agents of this run stop when the job is cancelled, or when the budget's grace ends.
+        let agents = self.cancel.child_token();
+        let workers = slots
+            .iter()
+            .map(|slot| this.worker(mr, slot, &sched, &agents));
+        let results = tokio::select! {
+            results = futures_util::future::join_all(workers) => results,
+            () = this.budget_watch(&sched, &agents) => unreachable!("the watch never ends"),
+        };
         for r in results {
             r?;
         }
         if self.cancel.is_cancelled() {
             self.store.recover_interrupted(self.proof).await?;
-            return Ok(Some(PhaseFailure(format!(
+            return Ok(Some(PhaseFailure::new(format!(
                 "interrupted; resume with `prodigy resume {}`",
                 self.job.id
             ))));
@@ -674,29 +709,75 @@ impl<'a> JobRun<'a> {
         Ok(sched
             .stop
             .into_inner()
-            .expect("no worker panicked holding the lock")
-            .map(PhaseFailure))
+            .expect("no worker panicked holding the lock"))
     }
 
-    async fn worker(&self, mr: &MapReduce, slot: &Slot, sched: &Scheduler) -> anyhow::Result<()> {
+    /// Waits for the budget to run out (a worker finds it spent, or the wall-time limit passes),
+    /// gives running agents the budget's grace period, then stops them. Never returns.
+    async fn budget_watch(&self, sched: &Scheduler, agents: &CancellationToken) {
+        let budget = self.engine.agent.budget(&self.workflow.budget);
+        let wall = budget.max_duration.map(|max| {
+            let elapsed = (chrono::Utc::now() - self.job.created_at)
+                .to_std()
+                .unwrap_or_default();
+            tokio::time::Instant::now() + max.saturating_sub(elapsed)
+        });
+        let wall_time = async {
+            match wall {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sched.budget_hit.cancelled() => {}
+            () = wall_time => {
+                if let Ok(Some(why)) = self.budget_spent().await {
+                    sched.stop_for_budget(self.budget_message(&why, budget.grace()));
+                }
+            }
+        }
+        if sched.budget_hit.is_cancelled() {
+            tokio::time::sleep(budget.grace()).await;
+            agents.cancel();
+        }
+        std::future::pending().await
+    }
+
+    /// The job's error when its budget ran out: what was spent, and how to continue.
+    fn budget_message(&self, why: &str, grace: std::time::Duration) -> String {
+        format!(
+            "budget exhausted: {why}. Nothing more was dispatched; agents still running had {} to \
+             finish, then were stopped and their items left pending. \
+             `prodigy resume {} --budget <USD>` continues with a raised budget",
+            readable_duration(grace),
+            self.job.id
+        )
+    }
+
+    async fn worker(
+        &self,
+        mr: &MapReduce,
+        slot: &Slot,
+        sched: &Scheduler,
+        agents: &CancellationToken,
+    ) -> anyhow::Result<()> {
         loop {
             if self.cancel.is_cancelled() || sched.stopped() {
                 return Ok(());
             }
             if let Some(why) = self.budget_spent().await? {
-                sched.stop_with(format!(
-                    "budget exhausted: {why}. Nothing more is dispatched; running agents finished \
-                     their item. The remaining items are pending: `prodigy resume {} --budget <USD>` \
-                     continues with a raised budget",
-                    self.job.id
-                ));
+                let grace = self.engine.agent.budget(&self.workflow.budget).grace();
+                sched.stop_for_budget(self.budget_message(&why, grace));
                 return Ok(());
             }
             let Some(c) = sched.next() else {
                 return Ok(());
             };
             let span = tracing::info_span!("item", job = %self.job.id, key = %c.key);
-            let failed = self.run_item(mr, slot, sched, &c).instrument(span).await?;
+            let failed = self
+                .run_item(mr, slot, sched, &c, agents)
+                .instrument(span)
+                .await?;
             let processed = sched.processed.fetch_add(1, Ordering::SeqCst) + 1;
             if failed {
                 let failures = sched.failed.fetch_add(1, Ordering::SeqCst) + 1;
@@ -714,6 +795,7 @@ impl<'a> JobRun<'a> {
         slot: &Slot,
         sched: &Scheduler,
         c: &Candidate,
+        agents: &CancellationToken,
     ) -> anyhow::Result<bool> {
         let key = &c.key;
         let log_of = |attempt: u32| {
@@ -784,7 +866,7 @@ impl<'a> JobRun<'a> {
                         log: &log,
                         env: &self.env,
                         claude_bin: &self.engine.claude_bin,
-                        cancel: &self.cancel,
+                        cancel: agents,
                         deadline: mr.map.agent_timeout.map(|t| Instant::now() + t),
                         secrets: &self.secrets,
                         agent: &scope,
@@ -800,7 +882,7 @@ impl<'a> JobRun<'a> {
                 && let FailureStage::Agent(a) = f.facts.stage
                 && a.is_transient()
                 && transient < self.engine.api_backoff.max_retries
-                && !self.cancel.is_cancelled()
+                && !agents.is_cancelled()
             {
                 transient += 1;
                 let hint = scope.runs().last().and_then(|r| r.last_retry_delay_ms);
@@ -829,7 +911,7 @@ impl<'a> JobRun<'a> {
                 .await?;
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = self.cancel.cancelled() => {}
+                    () = agents.cancelled() => {}
                 }
                 continue;
             }
@@ -839,7 +921,22 @@ impl<'a> JobRun<'a> {
             .await?;
 
         match result {
-            Err(f) if f.cancelled() => Ok(false), // left running; reconciled on resume
+            // Interrupted: left running, reconciled on resume.
+            Err(f) if f.cancelled() && self.cancel.is_cancelled() => Ok(false),
+            Err(f) if f.cancelled() => {
+                // Stopped at the end of the budget's grace: not the item's failure.
+                let message = "stopped: the job's budget ran out and the grace period ended";
+                step::append_log(&log, &format!("== {message}; the item is pending again\n"));
+                let stopped = JobEvent::ItemStopped {
+                    key: key.clone(),
+                    attempt,
+                    reason: "budget_exhausted".into(),
+                };
+                self.store
+                    .release_attempt(self.proof, key, attempt, message, &stopped)
+                    .await?;
+                Ok(false)
+            }
             Err(f) => {
                 if let FailureStage::Agent(a) = f.facts.stage
                     && a.stops_the_job()
@@ -1111,8 +1208,16 @@ impl<'a> JobRun<'a> {
         Ok(Ok(()))
     }
 
-    /// Whether the job's budget is spent (usage so far from the store, time since creation).
+    /// Whether the job's budget is spent (usage so far from the store, time since creation),
+    /// or its repository's daily cost cap.
     async fn budget_spent(&self) -> anyhow::Result<Option<String>> {
+        if let (Some(cap), Some(repo)) = (self.engine.agent.repo_daily_cost_usd, &self.job.repo) {
+            let since = super::agent::utc_midnight(chrono::Utc::now());
+            let spent = self.store.repo_cost_since(repo, since).await?;
+            if let Some(why) = super::agent::repo_daily_spent(repo.as_str(), spent, cap) {
+                return Ok(Some(why));
+            }
+        }
         let budget = self.engine.agent.budget(&self.workflow.budget);
         if budget.is_empty() {
             return Ok(None);
@@ -1322,6 +1427,20 @@ fn should_stop(mr: &MapReduce, failures: usize, processed: usize) -> Option<Stri
     None
 }
 
+/// `90s` as people read it: `1m30s`.
+fn readable_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    match (secs / 60, secs % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
+}
+
 /// One attempt of one item in one slot.
 struct ItemRun<'a> {
     slot: &'a Slot,
@@ -1339,7 +1458,9 @@ struct Scheduler {
     total: usize,
     failed: AtomicUsize,
     processed: AtomicUsize,
-    stop: Mutex<Option<String>>,
+    stop: Mutex<Option<PhaseFailure>>,
+    /// Cancelled when the budget runs out: the grace period of running agents starts.
+    budget_hit: CancellationToken,
     /// How the first attempts of this run ended (None: success), for the circuit breaker.
     first: Mutex<Vec<Option<(ErrorClass, String)>>>,
     /// Merges into the job worktree happen one at a time: the merge queue.
@@ -1356,7 +1477,21 @@ impl Scheduler {
         self.stop.lock().expect("stop lock").is_some()
     }
     fn stop_with(&self, why: String) {
-        self.stop.lock().expect("stop lock").get_or_insert(why);
+        self.stop
+            .lock()
+            .expect("stop lock")
+            .get_or_insert(PhaseFailure::new(why));
+    }
+    /// Stops dispatching because the budget ran out (unless something else stopped it first).
+    fn stop_for_budget(&self, why: String) {
+        let mut stop = self.stop.lock().expect("stop lock");
+        if stop.is_none() {
+            *stop = Some(PhaseFailure {
+                message: why,
+                status: JobStatus::BudgetExhausted,
+            });
+            self.budget_hit.cancel();
+        }
     }
 
     /// Notes how an attempt ended; opens the circuit when the first N all failed alike.

@@ -82,6 +82,9 @@ pub struct NewRun {
 pub struct ResumeRequest {
     pub dlq: DlqMode,
     pub max_parallel: Option<usize>,
+    /// A budget for this run (`prodigy resume --budget`, `/prodigy resume budget=`): its limits
+    /// replace the workflow's, under the operator's caps.
+    pub budget: Option<workflow::Budget>,
 }
 
 /// Which DLQ items `dlq retry` reprocesses.
@@ -228,7 +231,8 @@ impl Engine {
                     });
                 }
                 let mode = job::Mode::Resume(req.dlq);
-                self.execute(job, proof, mode, req.max_parallel)
+                self.with_budget(req.budget)
+                    .execute(job, proof, mode, req.max_parallel)
                     .await
                     .map(Resumed::Ran)
             })
@@ -272,6 +276,10 @@ impl Engine {
                 {
                     return Ok(Rerun::Covered { finished_at });
                 }
+                let budget = match work {
+                    RerunWork::Resume(req) => req.budget,
+                    RerunWork::Retry(_) => None,
+                };
                 let (mode, max_parallel) = match work {
                     RerunWork::Resume(req) => {
                         if job.phase == Phase::Done {
@@ -285,7 +293,8 @@ impl Engine {
                     }
                     RerunWork::Retry(req) => (job::Mode::Retry(req.clone()), req.max_parallel),
                 };
-                self.execute(job, proof, mode, max_parallel)
+                self.with_budget(budget)
+                    .execute(job, proof, mode, max_parallel)
                     .await
                     .map(|outcome| Rerun::Resumed(Resumed::Ran(outcome)))
             })
@@ -294,6 +303,18 @@ impl Engine {
             Exclusive::Performed(rerun) => rerun,
             Exclusive::Held { holder, since } => Rerun::Resumed(Resumed::Held { holder, since }),
         })
+    }
+
+    /// This engine, with a run's own budget when one is given.
+    fn with_budget(&self, budget: Option<workflow::Budget>) -> std::borrow::Cow<'_, Engine> {
+        match budget {
+            None => std::borrow::Cow::Borrowed(self),
+            Some(b) => {
+                let mut e = self.clone();
+                e.agent.budget_override = Some(b);
+                std::borrow::Cow::Owned(e)
+            }
+        }
     }
 
     fn holder(&self) -> Holder {

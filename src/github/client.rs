@@ -103,6 +103,11 @@ impl Permission {
         self >= Permission::Write
     }
 
+    /// maintain or admin: allowed to raise a job's budget.
+    pub fn can_maintain(self) -> bool {
+        self >= Permission::Maintain
+    }
+
     fn from_wire(role: &str) -> Option<Permission> {
         Some(match role {
             "admin" => Permission::Admin,

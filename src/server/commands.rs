@@ -24,6 +24,8 @@ pub enum Command {
     },
     Resume {
         job: Option<JobRef>,
+        /// `budget=5`: the job's cost budget in USD for this resume (maintainers only).
+        budget: Option<Usd>,
     },
     Retry {
         job: Option<JobRef>,
@@ -42,6 +44,17 @@ impl Command {
         !matches!(self, Command::Status | Command::Help)
     }
 
+    /// Raising a budget spends the repository's money: maintain or admin permission.
+    pub fn needs_maintain_permission(&self) -> bool {
+        matches!(
+            self,
+            Command::Resume {
+                budget: Some(_),
+                ..
+            }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Command::Run { .. } => "run",
@@ -51,6 +64,23 @@ impl Command {
             Command::Status => "status",
             Command::Help => "help",
         }
+    }
+}
+
+/// An amount of US dollars given in a command: positive and finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usd(f64);
+
+impl Eq for Usd {}
+
+impl Usd {
+    pub fn parse(text: &str) -> Option<Usd> {
+        let v: f64 = text.trim_start_matches('$').parse().ok()?;
+        (v.is_finite() && v > 0.0).then_some(Usd(v))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
     }
 }
 
@@ -111,6 +141,9 @@ pub enum CommandError {
     BadJob {
         value: String,
     },
+    BadBudget {
+        value: String,
+    },
 }
 
 impl fmt::Display for CommandError {
@@ -164,6 +197,10 @@ impl CommandError {
             CommandError::EmptyValue { command, key } => {
                 write!(f, "`{command}` got `{key}=` without a value")
             }
+            CommandError::BadBudget { value } => write!(
+                f,
+                "`budget={value}` is not an amount of USD: write a positive number such as `budget=5`"
+            ),
             CommandError::BadJob { value } => write!(
                 f,
                 "`{value}` is not a job id: give the id (or its first 8 characters) from a prodigy reply"
@@ -383,9 +420,17 @@ fn parse_run(word: &str, args: &[&str]) -> Option<Result<Command, CommandError>>
 
 fn parse_resume(word: &str, args: &[&str]) -> Option<Result<Command, CommandError>> {
     (word == "resume").then(|| {
-        let args = parse_args("resume", &["job"], args)?;
+        let args = parse_args("resume", &["job", "budget"], args)?;
+        let budget = arg(&args, "budget")
+            .map(|v| {
+                Usd::parse(v).ok_or_else(|| CommandError::BadBudget {
+                    value: v.to_string(),
+                })
+            })
+            .transpose()?;
         Ok(Command::Resume {
             job: job_arg(&args)?,
+            budget,
         })
     })
 }
@@ -448,12 +493,58 @@ mod tests {
     }
 
     #[test]
+    fn resume_takes_a_budget_in_usd() {
+        let c = one("/prodigy resume budget=5").unwrap();
+        assert_eq!(
+            c,
+            Command::Resume {
+                job: None,
+                budget: Usd::parse("5")
+            }
+        );
+        assert!(c.needs_maintain_permission());
+        assert!(!one("/prodigy resume").unwrap().needs_maintain_permission());
+        assert_eq!(
+            one("/prodigy resume job=0192F0C4 budget=$2.50"),
+            Ok(Command::Resume {
+                job: Some(JobRef("0192f0c4".into())),
+                budget: Some(Usd(2.5))
+            })
+        );
+        for bad in ["0", "-3", "five", "NaN", "inf"] {
+            let err = one(&format!("/prodigy resume budget={bad}")).unwrap_err();
+            assert_eq!(
+                err,
+                CommandError::BadBudget {
+                    value: bad.to_string()
+                }
+            );
+            assert!(
+                err.to_string()
+                    .contains("is not an amount of USD: write a positive number"),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            one("/prodigy retry budget=5"),
+            Err(CommandError::UnknownArgument { .. })
+        ));
+    }
+
+    #[test]
     fn resume_retry_cancel_take_jobs() {
-        assert_eq!(one("/prodigy resume"), Ok(Command::Resume { job: None }));
+        assert_eq!(
+            one("/prodigy resume"),
+            Ok(Command::Resume {
+                job: None,
+                budget: None
+            })
+        );
         assert_eq!(
             one(&format!("/prodigy resume job={JOB}")),
             Ok(Command::Resume {
-                job: JobRef::parse(JOB)
+                job: JobRef::parse(JOB),
+                budget: None
             })
         );
         assert_eq!(

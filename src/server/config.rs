@@ -82,6 +82,14 @@ pub struct ServeConfig {
     /// a `prodigy serve` without this flag starts on the same database file.
     #[arg(long, env = "PRODIGY_NO_RUNNER")]
     pub no_runner: bool,
+    /// The operator's agent defaults and caps per job.
+    #[command(flatten)]
+    pub caps: crate::engine::agent::AgentCaps,
+    /// Cost cap per repository per UTC day in USD: the agents of a repository's jobs since
+    /// midnight UTC. When reached, new jobs of that repository are refused with a reply saying
+    /// so, and a job in progress stops as `budget_exhausted`.
+    #[arg(long, env = "PRODIGY_REPO_DAILY_COST_USD")]
+    pub repo_daily_cost_usd: Option<f64>,
 }
 
 /// Secrets stay out of debug output (clap's error paths and `-vv` logs print it).
@@ -108,6 +116,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("allow_repos", &self.allow_repos)
             .field("poll_ms", &self.poll_ms)
             .field("no_runner", &self.no_runner)
+            .field("caps", &self.caps)
+            .field("repo_daily_cost_usd", &self.repo_daily_cost_usd)
             .finish()
     }
 }
@@ -137,6 +147,9 @@ pub struct Settings {
     /// How agents are confined. `settings` gives the safe default (built environment,
     /// sandbox where the kernel has one); `prodigy serve` fills it from the global flags.
     pub agents: crate::engine::AgentPolicy,
+    /// The operator's agent defaults and caps (`--default-model`, `--max-cost-usd`,
+    /// `--repo-daily-cost-usd`, ...).
+    pub agent: crate::engine::agent::AgentPolicy,
 }
 
 impl ServeConfig {
@@ -171,6 +184,15 @@ impl ServeConfig {
         // Fail at start, not at the first webhook, when the key is unusable.
         AppAuth::new(AppId(self.app_id), &private_key)
             .context("the App private key (--private-key) is not a usable RSA PEM key")?;
+        let mut agent = self.caps.policy()?;
+        agent.repo_daily_cost_usd = self.repo_daily_cost_usd;
+        if let Some(v) = self.repo_daily_cost_usd
+            && (!v.is_finite() || v <= 0.0)
+        {
+            bail!(
+                "--repo-daily-cost-usd (PRODIGY_REPO_DAILY_COST_USD) must be a positive amount of USD, e.g. 20; found {v}"
+            );
+        }
         if self.max_jobs == 0 {
             bail!("--max-jobs must be at least 1");
         }
@@ -249,6 +271,7 @@ impl ServeConfig {
                     ..Default::default()
                 },
             },
+            agent,
         })
     }
 }
@@ -365,6 +388,43 @@ mod tests {
             format!("{err:#}").contains("cannot read the App private key"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn agent_caps_become_the_engine_policy() {
+        let s = parse(&[
+            "--webhook-secret",
+            "s",
+            "--default-model",
+            "claude-x",
+            "--max-turns-cap",
+            "7",
+            "--max-cost-usd",
+            "2.5",
+            "--max-tokens",
+            "1000",
+            "--forbid-bypass-permissions",
+            "--repo-daily-cost-usd",
+            "20",
+        ])
+        .settings(None, "claude")
+        .unwrap();
+        assert_eq!(s.agent.defaults.model.as_deref(), Some("claude-x"));
+        assert_eq!(s.agent.max_turns_cap, Some(7));
+        assert_eq!(s.agent.budget_cap.max_cost_usd, Some(2.5));
+        assert_eq!(s.agent.budget_cap.max_tokens, Some(1000));
+        assert!(s.agent.forbid_bypass_permissions);
+        assert_eq!(s.agent.repo_daily_cost_usd, Some(20.0));
+        let err = parse(&["--webhook-secret", "s", "--max-cost-usd", "0"])
+            .settings(None, "claude")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--max-cost-usd"), "{err}");
+        let err = parse(&["--webhook-secret", "s", "--repo-daily-cost-usd=-1"])
+            .settings(None, "claude")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--repo-daily-cost-usd"), "{err}");
     }
 
     #[test]

@@ -39,8 +39,9 @@ fn describe(word: &str) -> (&'static str, &'static str) {
             "run the repository's workflows (or one of them) on the head commit",
         ),
         "resume" => (
-            "resume [job=ID]",
-            "continue a stopped or failed job; finished items are not run again",
+            "resume [job=ID] [budget=USD]",
+            "continue a stopped or failed job; finished items are not run again; `budget=` \
+             (maintainers) raises the cost budget of a job stopped by it",
         ),
         "retry" => (
             "retry [job=ID] [item=KEY]",
@@ -60,6 +61,13 @@ pub fn command_error(line: &str, error: &CommandError) -> String {
 
 /// The one polite refusal for a user without write access.
 pub fn permission_refused(user: &str, command: &Command) -> String {
+    if command.needs_maintain_permission() {
+        return format!(
+            "@{user}, `{SLASH_PREFIX} resume budget=` raises what this job may spend, which needs \
+             maintain or admin permission on this repository. `{SLASH_PREFIX} resume` without a \
+             budget needs write permission."
+        );
+    }
     format!(
         "@{user}, `{SLASH_PREFIX} {}` needs write, maintain or admin permission on this repository, \
          which you do not have. `{SLASH_PREFIX} status` and `{SLASH_PREFIX} help` work for everyone.",
@@ -245,6 +253,17 @@ pub fn already_finished(job: &JobLink, status: JobStatus, dlq: u64) -> String {
 
 /// The resume or retry ran to its end before the reply (quick jobs).
 pub fn resume_ended(job: &JobLink, status: JobStatus, counts: &ItemCounts) -> String {
+    if status == JobStatus::BudgetExhausted {
+        return format!(
+            "Job {} ran again and stopped at its budget: {} of {} items merged, {} pending. A \
+             maintainer continues it with `{SLASH_PREFIX} resume job={} budget=<USD>`.",
+            job.md(),
+            counts.merged,
+            counts.total,
+            counts.pending,
+            job.id.short()
+        );
+    }
     format!(
         "Job {} ran again and {status}: {} of {} items merged, {} in the dead-letter queue.",
         job.md(),
@@ -350,7 +369,7 @@ mod tests {
         | command | what it does |
         |---|---|
         | `/prodigy run [workflow=NAME]` | run the repository's workflows (or one of them) on the head commit |
-        | `/prodigy resume [job=ID]` | continue a stopped or failed job; finished items are not run again |
+        | `/prodigy resume [job=ID] [budget=USD]` | continue a stopped or failed job; finished items are not run again; `budget=` (maintainers) raises the cost budget of a job stopped by it |
         | `/prodigy retry [job=ID] [item=KEY]` | retry the failed items (dead-letter queue), or one of them |
         | `/prodigy cancel [job=ID]` | stop a running job |
         | `/prodigy status` | show the jobs of this pull request |
@@ -390,6 +409,17 @@ mod tests {
             id: "0192f5a0-0000-7000-8000-000000000001".parse().unwrap(),
             url: "https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t".into(),
         }
+    }
+
+    #[test]
+    fn a_resume_stopped_by_its_budget_says_how_to_raise_it() {
+        let counts = ItemCounts {
+            total: 5,
+            merged: 3,
+            pending: 2,
+            ..Default::default()
+        };
+        insta::assert_snapshot!(resume_ended(&link(), JobStatus::BudgetExhausted, &counts), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) ran again and stopped at its budget: 3 of 5 items merged, 2 pending. A maintainer continues it with `/prodigy resume job=0192f5a0 budget=<USD>`.");
     }
 
     #[test]

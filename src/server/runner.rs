@@ -329,6 +329,7 @@ impl Runner {
                 ResumeRequest {
                     dlq: DlqMode::default(),
                     max_parallel: None,
+                    budget: None,
                 },
             );
             let started = self.start_job(action, ctx, permit);
@@ -617,6 +618,18 @@ impl Runner {
             .map_err(|e| replies::bad_config(sha, &e.to_string())))
     }
 
+    /// Why new jobs of `repo` may not start today (the operator's daily cost cap), if so.
+    async fn repo_over_daily_cap(&self, repo: &RepoName) -> Option<String> {
+        let cap = self.p().engine.agent.repo_daily_cost_usd?;
+        let since = crate::engine::agent::utc_midnight(chrono::Utc::now());
+        match self.p().store.repo_cost_since(repo, since).await {
+            Ok(spent) => crate::engine::agent::repo_daily_spent(repo.as_str(), spent, cap),
+            Err(e) => Some(format!(
+                "cannot read what {repo} spent today, which the daily cost cap needs: {e}"
+            )),
+        }
+    }
+
     /// Starts each workflow as a job at `sha` and waits until each has started (or ended).
     #[allow(clippy::too_many_arguments)]
     async fn start_workflows(
@@ -631,7 +644,17 @@ impl Runner {
     ) -> Vec<WorkflowStart> {
         let mut waiting = Vec::new();
         let mut out = Vec::new();
+        let over_cap = self.repo_over_daily_cap(repo).await;
         for workflow in workflows {
+            if let Some(why) = &over_cap {
+                out.push(WorkflowStart::Failed {
+                    workflow: workflow.clone(),
+                    error: format!(
+                        "not started: {why}. `/prodigy run` starts it once the cap allows"
+                    ),
+                });
+                continue;
+            }
             let text = match self.p().repos.read_file(repo, sha, workflow).await {
                 Ok(Some(text)) => text,
                 Ok(None) => {
@@ -1016,17 +1039,21 @@ impl Runner {
                 Err(e) => replies::command_error(&line.line, e),
                 Ok(command) => {
                     if command.needs_write_permission() {
-                        let allowed = match permission {
+                        let p = match permission {
                             Some(p) => p,
                             None => {
                                 let p = github
                                     .collaborator_permission(installation, &w.repo, &w.author)
                                     .await
-                                    .context("cannot check the commenter's permission")?
-                                    .can_write();
+                                    .context("cannot check the commenter's permission")?;
                                 permission = Some(p);
                                 p
                             }
+                        };
+                        let allowed = if command.needs_maintain_permission() {
+                            p.can_maintain()
+                        } else {
+                            p.can_write()
                         };
                         if !allowed {
                             self.comment(
@@ -1084,6 +1111,17 @@ impl Runner {
                         &config.workflows,
                     ));
                 }
+                // Over the daily cap nothing starts, so nothing is superseded either.
+                if let Some(why) = self.repo_over_daily_cap(&w.repo).await {
+                    let refused: Vec<WorkflowStart> = selected
+                        .iter()
+                        .map(|workflow| WorkflowStart::Failed {
+                            workflow: workflow.clone(),
+                            error: format!("not started: {why}"),
+                        })
+                        .collect();
+                    return Ok(replies::jobs_started(&sha, &refused));
+                }
                 // An explicit command supersedes older jobs as a push does.
                 let turn = PrTurn::join(self.pr_lock(&w.repo, w.number)).await;
                 let _turn = turn.wait(slots).await;
@@ -1107,7 +1145,7 @@ impl Runner {
                     .await;
                 Ok(replies::jobs_started(&sha, &starts))
             }
-            Command::Resume { job } | Command::Retry { job, .. } | Command::Cancel { job } => {
+            Command::Resume { job, .. } | Command::Retry { job, .. } | Command::Cancel { job } => {
                 let job = match self.resolve(&w.repo, w.number, job.as_ref()).await? {
                     Ok(job) => job,
                     Err(reply) => return Ok(reply),
@@ -1146,13 +1184,18 @@ impl Runner {
                             },
                         )
                     }
-                    _ => JobAction::Resume(
+                    Command::Resume { budget, .. } => JobAction::Resume(
                         job.id,
                         ResumeRequest {
                             dlq: DlqMode::default(),
                             max_parallel: None,
+                            budget: budget.map(|usd| crate::workflow::Budget {
+                                max_cost_usd: Some(usd.get()),
+                                ..Default::default()
+                            }),
                         },
                     ),
+                    _ => unreachable!("cancel returned above"),
                 };
                 // The clone may be gone (a new disk, a cleaned cache): fetch the job's commit.
                 if let Some(sha) = &job.head_sha {

@@ -161,7 +161,7 @@ pub async fn start_with(
         store: store.clone(),
         state_dir: settings.state_dir.clone(),
         claude_bin: settings.claude_bin.clone(),
-        agent: Default::default(),
+        agent: settings.agent.clone(),
         api_backoff: Default::default(),
         instance: Some(settings.instance.clone()),
         reporter: Arc::new(Silent),

@@ -133,6 +133,21 @@ pub enum JobEvent {
     Cancelled {
         reason: String,
     },
+    /// The job's budget ran out: what was spent, the limits in force and the grace period.
+    BudgetExhausted {
+        message: Option<String>,
+        spent: Usage,
+        max_cost_usd: Option<f64>,
+        max_tokens: Option<u64>,
+        max_duration_secs: Option<f64>,
+        grace_secs: f64,
+    },
+    /// prodigy stopped a running agent (its budget's grace ended); the item is pending again.
+    ItemStopped {
+        key: ItemKey,
+        attempt: u32,
+        reason: String,
+    },
 
     // ---- requests and notes from outside the lock -------------------------------------------
     /// Someone asked to cancel the job; the instance running it sees this and stops it.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::backend::{fenced, on_pool};
 use super::{LockProof, Result, Store, now};
-use crate::types::{ItemKey, JobId, Usage};
+use crate::types::{ItemKey, JobId, RepoName, Usage};
 
 /// One finished run of the AI CLI, to record.
 #[derive(Debug, Clone)]
@@ -192,6 +192,21 @@ impl Store {
     /// A job's usage summed per phase and item.
     pub async fn job_usage(&self, job: JobId) -> Result<JobUsage> {
         Ok(JobUsage::from_runs(&self.agent_runs(job, None).await?))
+    }
+
+    /// What the agents of a repository's jobs cost since `since` (the server's daily cap).
+    pub async fn repo_cost_since(&self, repo: &RepoName, since: DateTime<Utc>) -> Result<f64> {
+        let sum: Option<f64> = on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT SUM(r.cost_usd) FROM agent_runs r JOIN jobs j ON j.id = r.job_id \
+                 WHERE j.repo = $1 AND r.finished_at >= $2",
+            )
+            .bind(repo.as_str())
+            .bind(since)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(sum.unwrap_or(0.0))
     }
 
     /// The total usage of several jobs at once (the `jobs` list), by job.

@@ -112,7 +112,10 @@ impl Store {
     ) -> Result<()> {
         let at = now();
         let finished_at: Option<DateTime<Utc>> = match status {
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled => Some(at),
+            JobStatus::Succeeded
+            | JobStatus::Failed
+            | JobStatus::Cancelled
+            | JobStatus::BudgetExhausted => Some(at),
             JobStatus::Pending | JobStatus::Running => None,
         };
         let done = on_pool_write!(self, pool => {
@@ -386,6 +389,38 @@ impl Store {
             .await?
             .rows_affected()
         }))
+    }
+
+    /// Closes an attempt that prodigy stopped (the job's budget ran out) without counting it as
+    /// a failure: the attempt row says why, the item is pending again and stays out of the DLQ.
+    pub async fn release_attempt(
+        &self,
+        proof: &LockProof,
+        key: &ItemKey,
+        attempt: u32,
+        message: &str,
+        event: &JobEvent,
+    ) -> Result<()> {
+        let at = now();
+        with_event!(self, proof, tx => {
+            sqlx::query(
+                "UPDATE attempts SET finished_at = $4, success = FALSE, message = $5 \
+                 WHERE job_id = $1 AND key = $2 AND attempt = $3",
+            )
+            .bind(proof.job)
+            .bind(key)
+            .bind(i64::from(attempt))
+            .bind(at)
+            .bind(message)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE work_items SET status = 'pending' WHERE job_id = $1 AND key = $2")
+                .bind(proof.job)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }, _done => event);
+        Ok(())
     }
 
     pub async fn remove_from_dlq(&self, proof: &LockProof, key: &ItemKey) -> Result<()> {

@@ -106,9 +106,20 @@ pub struct Budget {
     pub max_tokens: Option<u64>,
     /// Wall time of the job, counted from its first start.
     pub max_duration: Option<Duration>,
+    /// How long agents still running when the budget runs out may take to finish before they
+    /// are stopped (their items stay pending). None: [`Budget::DEFAULT_GRACE`].
+    pub grace: Option<Duration>,
 }
 
 impl Budget {
+    /// The grace period when the workflow names none.
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
+
+    pub fn grace(&self) -> Duration {
+        self.grace.unwrap_or(Self::DEFAULT_GRACE)
+    }
+
+    /// Whether no limit is set (a grace alone limits nothing).
     pub fn is_empty(&self) -> bool {
         self.max_cost_usd.is_none() && self.max_tokens.is_none() && self.max_duration.is_none()
     }
@@ -125,6 +136,7 @@ impl Budget {
             max_cost_usd: pick(self.max_cost_usd, other.max_cost_usd),
             max_tokens: pick(self.max_tokens, other.max_tokens),
             max_duration: pick(self.max_duration, other.max_duration),
+            grace: pick(self.grace, other.grace),
         }
     }
 }

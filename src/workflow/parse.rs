@@ -1297,17 +1297,17 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// `budget: {max_cost_usd, max_tokens, max_duration}`.
+    /// `budget: {max_cost_usd, max_tokens, max_duration, grace}`.
     fn budget(&mut self, node: &Node) -> R<Budget> {
         let entries = self.expect_map(node, "budget")?;
-        let known = ["max_cost_usd", "max_tokens", "max_duration"];
+        let known = ["max_cost_usd", "max_tokens", "max_duration", "grace"];
         for (key, _) in entries {
             if !known.contains(&key.name.as_str()) {
                 return self.err(
                     key.line,
                     key.column,
                     format!("unknown key '{}' in budget", key.name),
-                    "budget takes max_cost_usd, max_tokens and max_duration",
+                    "budget takes max_cost_usd, max_tokens, max_duration and grace",
                 );
             }
         }
@@ -1336,6 +1336,9 @@ impl<'a> Parser<'a> {
         }
         if let Some(n) = node.get("max_duration") {
             b.max_duration = Some(self.duration(n, "max_duration")?);
+        }
+        if let Some(n) = node.get("grace") {
+            b.grace = Some(self.duration(n, "grace")?);
         }
         Ok(b)
     }

@@ -84,15 +84,38 @@ pub struct Ctx {
     pub gate: PathBuf,
     pub claude: PathBuf,
     pub db_url: String,
-    /// Jobs report to check runs (`start_with_check_runs`) instead of the log.
-    pub check_runs: bool,
-    /// Directories agents may read besides the defaults (the real AI CLI's package).
-    agent_read: Vec<PathBuf>,
-    /// What the operator passes to agents (`serve --pass-env`).
-    pub pass_env: Vec<String>,
+    /// The server's settings, for every instance this world starts.
+    pub options: ServerOptions,
     secret: WebhookSecret,
     deliveries: AtomicU64,
     comment_ids: AtomicU64,
+}
+
+/// What `prodigy serve`'s flags would say, for the test server's instances.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Jobs report to check runs (`start_with_check_runs`) instead of the log.
+    pub check_runs: bool,
+    /// The instance claims and runs queued work (`--no-runner` turns it off).
+    pub runner: bool,
+    /// Directories agents may read besides the defaults (the real AI CLI's package).
+    pub agent_read: Vec<PathBuf>,
+    /// What the operator passes to agents (`serve --pass-env`).
+    pub pass_env: Vec<String>,
+    /// `--repo-daily-cost-usd`.
+    pub daily_cap: Option<f64>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            check_runs: false,
+            runner: true,
+            agent_read: Vec::new(),
+            pass_env: Vec::new(),
+            daily_cap: None,
+        }
+    }
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -137,17 +160,35 @@ impl Ctx {
     }
 
     pub async fn with_instance(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
-        Ctx::with_options(db_url, instance, max_jobs, false, true, Vec::new()).await
+        Ctx::build(db_url, instance, max_jobs, ServerOptions::default()).await
     }
 
     /// A world whose server reports each job run to a check run, as `prodigy serve` does.
     pub async fn with_check_runs(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
-        Ctx::with_options(db_url, instance, max_jobs, true, true, Vec::new()).await
+        let options = ServerOptions {
+            check_runs: true,
+            ..ServerOptions::default()
+        };
+        Ctx::build(db_url, instance, max_jobs, options).await
+    }
+
+    /// A world whose server caps what a repository's agents cost per UTC day
+    /// (`--repo-daily-cost-usd`).
+    pub async fn with_daily_cap(db_url: &str, cap_usd: f64) -> Ctx {
+        let options = ServerOptions {
+            daily_cap: Some(cap_usd),
+            ..ServerOptions::default()
+        };
+        Ctx::build(db_url, "a", 2, options).await
     }
 
     /// A world whose server only queues work (`--no-runner`); see [`Ctx::another_instance`].
     pub async fn web_only(db_url: &str, instance: &str) -> Ctx {
-        Ctx::with_options(db_url, instance, 1, false, false, Vec::new()).await
+        let options = ServerOptions {
+            runner: false,
+            ..ServerOptions::default()
+        };
+        Ctx::build(db_url, instance, 1, options).await
     }
 
     /// A world reporting to check runs whose agents run the real AI CLI at `claude` with the
@@ -166,7 +207,12 @@ impl Ctx {
             .parent()
             .unwrap()
             .to_path_buf();
-        let ctx = Ctx::with_options(db_url, "a", 2, true, true, vec![package]).await;
+        let options = ServerOptions {
+            check_runs: true,
+            agent_read: vec![package],
+            ..ServerOptions::default()
+        };
+        let ctx = Ctx::build(db_url, "a", 2, options).await;
         let home = ctx.tmp.path().join("agent/cli-home");
         std::fs::create_dir_all(&home).unwrap();
         let mut script = String::from("#!/bin/sh\n");
@@ -180,20 +226,14 @@ impl Ctx {
 
     /// A world whose operator passes the variables `pass_env` to agents (`serve --pass-env`).
     pub async fn passing_env(db_url: &str, pass_env: &[&str]) -> Ctx {
-        let mut ctx = Ctx::new(db_url).await;
-        ctx.pass_env = pass_env.iter().map(|n| n.to_string()).collect();
-        ctx.restart("a", 2).await;
-        ctx
+        let options = ServerOptions {
+            pass_env: pass_env.iter().map(|n| n.to_string()).collect(),
+            ..ServerOptions::default()
+        };
+        Ctx::build(db_url, "a", 2, options).await
     }
 
-    async fn with_options(
-        db_url: &str,
-        instance: &str,
-        max_jobs: usize,
-        check_runs: bool,
-        runner: bool,
-        agent_read: Vec<PathBuf>,
-    ) -> Ctx {
+    async fn build(db_url: &str, instance: &str, max_jobs: usize, options: ServerOptions) -> Ctx {
         let tmp = tempfile::tempdir().unwrap();
         let remote = tmp.path().join("remotes").join(format!("{REPO}.git"));
         std::fs::create_dir_all(&remote).unwrap();
@@ -232,22 +272,8 @@ impl Ctx {
         gh.set_permission(REPO, STRANGER, "read");
         let secret = WebhookSecret::new(SecretString::from(SECRET.to_string())).unwrap();
         let mut ctx = Ctx {
-            server: start_server(
-                &tmp,
-                &gh,
-                db_url,
-                instance,
-                max_jobs,
-                &claude,
-                check_runs,
-                runner,
-                &agent_read,
-                &[],
-            )
-            .await,
-            check_runs,
-            agent_read,
-            pass_env: Vec::new(),
+            server: start_server(&tmp, &gh, db_url, instance, max_jobs, &claude, &options).await,
+            options,
             gh,
             remote,
             work,
@@ -273,10 +299,10 @@ impl Ctx {
             instance,
             max_jobs,
             &self.claude,
-            self.check_runs,
-            true,
-            &self.agent_read,
-            &self.pass_env,
+            &ServerOptions {
+                runner: true,
+                ..self.options.clone()
+            },
         )
         .await
     }
@@ -511,7 +537,6 @@ pub fn job_id_of(link: &str) -> prodigy::types::JobId {
     id.parse().unwrap()
 }
 
-#[allow(clippy::too_many_arguments)] // test wiring: each is one knob of the server under test
 async fn start_server(
     tmp: &TempDir,
     gh: &FakeGitHub,
@@ -519,10 +544,7 @@ async fn start_server(
     instance: &str,
     max_jobs: usize,
     claude: &Path,
-    check_runs: bool,
-    runner: bool,
-    agent_read: &[PathBuf],
-    pass_env: &[String],
+    options: &ServerOptions,
 ) -> RunningServer {
     let key = tmp.path().join("app-key.pem");
     std::fs::write(
@@ -547,7 +569,9 @@ async fn start_server(
         instance: Some(instance.into()),
         allow_repos: vec![REPO.into()],
         poll_ms: 50,
-        no_runner: !runner,
+        no_runner: !options.runner,
+        caps: Default::default(),
+        repo_daily_cost_usd: options.daily_cap,
     };
     let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())
@@ -557,9 +581,9 @@ async fn start_server(
     let shared = tmp.path().join("agent");
     std::fs::create_dir_all(&shared).unwrap();
     settings.agents.sandbox.extra_write = vec![shared];
-    settings.agents.sandbox.extra_read = agent_read.to_vec();
-    settings.agents.env.pass = pass_env.to_vec();
-    let started = if check_runs {
+    settings.agents.sandbox.extra_read = options.agent_read.clone();
+    settings.agents.env.pass = options.pass_env.clone();
+    let started = if options.check_runs {
         prodigy::server::start_with_check_runs(settings).await
     } else {
         prodigy::server::start(settings, Arc::new(LogReporters)).await
