@@ -386,6 +386,43 @@ fn validate_reports_file_line_and_column() {
 }
 
 #[test]
+fn a_broken_filter_or_when_fails_validate_and_run_before_anything_starts() {
+    let repo = Repo::new(None);
+    repo.write(
+        "filter.yml",
+        "mode: mapreduce\nsetup:\n  - shell: \"touch setup-ran\"\nmap:\n  input: items.json\n  filter: \"severity == 'high' &&\"\n  agent_template:\n    - shell: \"echo ${item}\"\n",
+    );
+    let out = repo.prodigy(&["validate", "filter.yml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("filter.yml:6:11: invalid filter expression")
+            && err.contains("ends too early")
+            && err.contains("at character 22"),
+        "{err}"
+    );
+    let out = repo.prodigy(&["run", "filter.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("filter.yml:6:11"), "{}", text(&out));
+    assert!(
+        !repo.path.join("setup-ran").exists(),
+        "setup ran although the filter is broken"
+    );
+
+    repo.write(
+        "when.yml",
+        "- shell: \"true\"\n- shell: \"touch ran\"\n  when: \"${flag} = = 'x'\"\n",
+    );
+    let out = repo.prodigy(&["validate", "when.yml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("when.yml:3:9: invalid when expression") && err.contains("expected a value"),
+        "{err}"
+    );
+}
+
+#[test]
 fn standard_workflow_runs_steps_in_order_and_reports_a_failing_step() {
     let repo = Repo::new(None);
     repo.write(

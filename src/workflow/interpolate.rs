@@ -327,7 +327,11 @@ fn split(template: &str) -> R<Vec<Piece>> {
     Ok(pieces)
 }
 
-fn parse_placeholder(inner: &str, start: usize, end: usize) -> Result<Placeholder, String> {
+pub(crate) fn parse_placeholder(
+    inner: &str,
+    start: usize,
+    end: usize,
+) -> Result<Placeholder, String> {
     let mut parts = inner.split('|');
     let head = parts.next().unwrap_or("");
     let (path, mut default) = match head.find(":-") {
@@ -399,13 +403,17 @@ pub fn placeholders(template: &str) -> Vec<Placeholder> {
 
 /// The value of a placeholder, with its fallback applied.
 fn resolve(ph: &Placeholder, ctx: &Context) -> R<Value> {
-    let value = ctx.lookup(&ph.path);
-    match (&value, &ph.default) {
+    apply_fallback(ph, ctx.lookup(&ph.path))
+}
+
+/// A looked-up value with the placeholder's fallback applied; missing without one is an error.
+pub(crate) fn apply_fallback(ph: &Placeholder, value: Option<Value>) -> R<Value> {
+    match (value, &ph.default) {
         (None | Some(Value::Null), Some(d)) => Ok(Value::String(d.value.clone())),
         (Some(Value::String(s)), Some(d)) if s.is_empty() && d.when_empty => {
             Ok(Value::String(d.value.clone()))
         }
-        (Some(v), _) => Ok(v.clone()),
+        (Some(v), _) => Ok(v),
         (None, None) => Err(InterpolateError::Unresolved {
             placeholder: ph.text.clone(),
             root: ph.root.clone(),
@@ -964,254 +972,6 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
         env,
         spill_files,
     })
-}
-
-// ---- conditions --------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-enum Tok {
-    Val(Value),
-    /// A bare word: a number, true/false, or unquoted text.
-    Word(String),
-    And,
-    Or,
-    Not,
-    Op(&'static str),
-    LParen,
-    RParen,
-}
-
-/// Evaluates a `when:` condition. Placeholders become values (never re-parsed as expression
-/// text), then: `true`/`false`, `==`, `!=`, `>`, `<`, `>=`, `<=` (numeric when both sides are
-/// numbers), `&&`, `||`, `!`, parentheses, 'quoted' or "quoted" strings.
-pub fn eval_condition(expr: &str, ctx: &Context) -> R<bool> {
-    let bad = |reason: String| InterpolateError::Condition {
-        expr: expr.to_string(),
-        reason,
-    };
-    let toks = tokenize_condition(expr, ctx)?;
-    if toks.is_empty() {
-        return Err(bad("the condition is empty".into()));
-    }
-    let mut p = CondParser {
-        toks: &toks,
-        pos: 0,
-    };
-    let v = p.or().map_err(&bad)?;
-    if p.pos != toks.len() {
-        return Err(bad(format!("unexpected {:?}", toks[p.pos])));
-    }
-    Ok(v)
-}
-
-fn tokenize_condition(expr: &str, ctx: &Context) -> R<Vec<Tok>> {
-    let bad = |reason: String| InterpolateError::Condition {
-        expr: expr.to_string(),
-        reason,
-    };
-    let mut toks = Vec::new();
-    let chars: Vec<(usize, char)> = expr.char_indices().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let (at, c) = chars[i];
-        let rest = &expr[at..];
-        if c.is_whitespace() {
-            i += 1;
-            continue;
-        }
-        let two = rest.get(..2).unwrap_or("");
-        let step = |s: &str| s.chars().count();
-        if rest.starts_with("${") {
-            let close = rest
-                .find('}')
-                .ok_or_else(|| bad("'${' without '}'".into()))?;
-            let ph = parse_placeholder(&rest[2..close], at, at + close + 1).map_err(&bad)?;
-            toks.push(Tok::Val(resolve(&ph, ctx)?));
-            i += step(&rest[..=close]);
-            continue;
-        }
-        match two {
-            "&&" => {
-                toks.push(Tok::And);
-                i += 2;
-                continue;
-            }
-            "||" => {
-                toks.push(Tok::Or);
-                i += 2;
-                continue;
-            }
-            "==" | "!=" | ">=" | "<=" => {
-                toks.push(Tok::Op(match two {
-                    "==" => "==",
-                    "!=" => "!=",
-                    ">=" => ">=",
-                    _ => "<=",
-                }));
-                i += 2;
-                continue;
-            }
-            _ => {}
-        }
-        match c {
-            '!' => toks.push(Tok::Not),
-            '>' => toks.push(Tok::Op(">")),
-            '<' => toks.push(Tok::Op("<")),
-            '(' => toks.push(Tok::LParen),
-            ')' => toks.push(Tok::RParen),
-            '\'' | '"' => {
-                let end = rest[1..]
-                    .find(c)
-                    .ok_or_else(|| bad(format!("unclosed {c} quote")))?;
-                let inner = &rest[1..1 + end];
-                toks.push(Tok::Val(Value::String(render_text(inner, ctx)?)));
-                i += step(&rest[..end + 2]);
-                continue;
-            }
-            _ => {
-                let len = rest
-                    .find(|ch: char| ch.is_whitespace() || "!=<>()&|'\"".contains(ch))
-                    .unwrap_or(rest.len());
-                let len = if len == 0 { c.len_utf8() } else { len };
-                // `$NAME` in a condition means the environment variable, as in the shell.
-                let word = &rest[..len];
-                match word.strip_prefix('$').and_then(|n| ctx.env.get(n)) {
-                    Some(v) => toks.push(Tok::Val(Value::String(v.clone()))),
-                    None => toks.push(Tok::Word(word.to_string())),
-                }
-                i += step(word);
-                continue;
-            }
-        }
-        i += 1;
-    }
-    Ok(toks)
-}
-
-struct CondParser<'t> {
-    toks: &'t [Tok],
-    pos: usize,
-}
-
-impl CondParser<'_> {
-    fn peek(&self) -> Option<&Tok> {
-        self.toks.get(self.pos)
-    }
-
-    fn or(&mut self) -> Result<bool, String> {
-        let mut v = self.and()?;
-        while self.peek() == Some(&Tok::Or) {
-            self.pos += 1;
-            let r = self.and()?;
-            v = v || r;
-        }
-        Ok(v)
-    }
-
-    fn and(&mut self) -> Result<bool, String> {
-        let mut v = self.unary()?;
-        while self.peek() == Some(&Tok::And) {
-            self.pos += 1;
-            let r = self.unary()?;
-            v = v && r;
-        }
-        Ok(v)
-    }
-
-    fn unary(&mut self) -> Result<bool, String> {
-        if self.peek() == Some(&Tok::Not) {
-            self.pos += 1;
-            return Ok(!self.unary()?);
-        }
-        if self.peek() == Some(&Tok::LParen) {
-            self.pos += 1;
-            let v = self.or()?;
-            if self.peek() != Some(&Tok::RParen) {
-                return Err("missing ')'".into());
-            }
-            self.pos += 1;
-            return Ok(v);
-        }
-        let left = self.operand()?;
-        if let Some(Tok::Op(op)) = self.peek() {
-            let op = *op;
-            self.pos += 1;
-            let right = self.operand()?;
-            return compare(&left, op, &right);
-        }
-        truthy(&left)
-    }
-
-    fn operand(&mut self) -> Result<Value, String> {
-        match self.toks.get(self.pos) {
-            Some(Tok::Val(v)) => {
-                self.pos += 1;
-                Ok(v.clone())
-            }
-            Some(Tok::Word(w)) => {
-                self.pos += 1;
-                Ok(match w.as_str() {
-                    "true" => Value::Bool(true),
-                    "false" => Value::Bool(false),
-                    "null" => Value::Null,
-                    _ => w
-                        .parse::<f64>()
-                        .ok()
-                        .and_then(serde_json::Number::from_f64)
-                        .map_or_else(|| Value::String(w.clone()), Value::Number),
-                })
-            }
-            Some(t) => Err(format!("expected a value, found {t:?}")),
-            None => Err("expected a value at the end".into()),
-        }
-    }
-}
-
-fn as_number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn compare(l: &Value, op: &str, r: &Value) -> Result<bool, String> {
-    if let (Some(a), Some(b)) = (as_number(l), as_number(r)) {
-        return Ok(match op {
-            "==" => a == b,
-            "!=" => a != b,
-            ">" => a > b,
-            "<" => a < b,
-            ">=" => a >= b,
-            _ => a <= b,
-        });
-    }
-    let (a, b) = (value_text(l), value_text(r));
-    let (a, b) = (a.trim(), b.trim());
-    match op {
-        "==" => Ok(a == b),
-        "!=" => Ok(a != b),
-        _ => Err(format!(
-            "'{op}' needs numbers on both sides, found '{a}' and '{b}'"
-        )),
-    }
-}
-
-fn truthy(v: &Value) -> Result<bool, String> {
-    match v {
-        Value::Bool(b) => Ok(*b),
-        Value::Null => Ok(false),
-        Value::Number(n) => Ok(n.as_f64().is_some_and(|f| f != 0.0)),
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "1" => Ok(true),
-            "false" | "no" | "0" | "" => Ok(false),
-            other => Err(format!(
-                "'{other}' is not a boolean; compare it explicitly, e.g. ${{x}} == 'value'"
-            )),
-        },
-        Value::Array(a) => Ok(!a.is_empty()),
-        Value::Object(o) => Ok(!o.is_empty()),
-    }
 }
 
 // ---- static check ------------------------------------------------------------------------------

@@ -662,7 +662,11 @@ impl<'a> Parser<'a> {
             }
         };
         let json_path = opt_string(self, "json_path")?;
-        let filter = opt_string(self, "filter")?;
+        let filter = match node.get("filter") {
+            Some(n) if n.value == Value::Null => None,
+            Some(n) => Some(self.expression(n, "filter")?),
+            None => None,
+        };
         let sort_by = opt_string(self, "sort_by")?;
         let distinct = opt_string(self, "distinct")?;
         let item_id = opt_string(self, "item_id")?;
@@ -1048,7 +1052,7 @@ impl<'a> Parser<'a> {
             step.timeout = Some(self.duration(n, "timeout")?);
         }
         if let Some(n) = node.get("when") {
-            step.when = Some(self.string(n, "when")?);
+            step.when = Some(self.expression(n, "when")?);
         }
         if let Some(n) = node.get("env") {
             step.env = self.env(n)?;
@@ -1338,6 +1342,20 @@ impl<'a> Parser<'a> {
             b.max_duration = Some(self.duration(n, "max_duration")?);
         }
         Ok(b)
+    }
+
+    /// A `when:` or `filter:` expression, compiled now so a broken one fails the load.
+    fn expression(&self, node: &Node, what: &str) -> R<String> {
+        let text = self.string(node, what)?;
+        match super::expr::Expr::parse(&text) {
+            Ok(_) => Ok(text),
+            Err(e) => self.err_at(
+                node,
+                format!("invalid {what} expression {e}"),
+                "see README \"Semantics worth knowing\" for the expression language, e.g. \
+                 `score >= 10 && tags contains 'x'`",
+            ),
+        }
     }
 
     fn command_text(&self, node: &Node, what: &str) -> R<String> {
