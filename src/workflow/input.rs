@@ -24,6 +24,7 @@ use std::path::Path;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use super::expr::field;
 use super::expr::{Expr, ItemScope};
 use super::interpolate::{self, Context};
 use super::model::{MapInput, MapPhase};
@@ -214,32 +215,6 @@ pub fn select_json_path(value: &Value, path: &str) -> Result<Vec<Value>, InputEr
 }
 
 // ---- field paths -------------------------------------------------------------------------------
-
-/// `a.b[0].c` relative to an item; a missing field is None.
-pub fn field<'v>(item: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut cur = item;
-    let path = path.trim();
-    let path = path.strip_prefix("$.").unwrap_or(path);
-    if path.is_empty() || path == "$" {
-        return Some(item);
-    }
-    for part in path.split('.') {
-        let (name, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if !name.is_empty() {
-            cur = cur.as_object()?.get(name)?;
-        }
-        while let Some(stripped) = rest.strip_prefix('[') {
-            let close = stripped.find(']')?;
-            let idx: usize = stripped[..close].trim().parse().ok()?;
-            cur = cur.as_array()?.get(idx)?;
-            rest = &stripped[close + 1..];
-        }
-    }
-    Some(cur)
-}
 
 fn valid_field_path(path: &str) -> bool {
     !path.is_empty()

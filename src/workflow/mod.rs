@@ -1,5 +1,6 @@
-//! Workflow files: the model, parsing with file:line:col errors, interpolation, the map input
-//! pipeline.
+//! Workflow files: the model, parsing with file:line:col errors (`parse/`), the one expression
+//! language of `filter:` and `when:` (`expr/`), `${...}` interpolation (`interpolate/`), the map
+//! input pipeline (`input.rs`). Dependencies point one way: parse -> expr -> interpolate.
 
 pub mod expr;
 pub mod input;

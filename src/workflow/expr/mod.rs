@@ -49,7 +49,7 @@ mod scope;
 use serde_json::Value;
 
 use super::interpolate::Placeholder;
-pub use scope::{ItemScope, eval_condition};
+pub use scope::{ItemScope, eval_condition, field};
 
 /// What an expression's names, placeholders, `$NAME`s and quoted texts resolve against.
 pub trait Scope {

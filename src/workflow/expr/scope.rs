@@ -3,7 +3,6 @@
 use serde_json::Value;
 
 use super::{Expr, Scope};
-use crate::workflow::input::field;
 use crate::workflow::interpolate::{
     Context, InterpolateError, Placeholder, apply_fallback, render_text,
 };
@@ -67,6 +66,32 @@ pub fn eval_condition(expr: &str, ctx: &Context) -> Result<bool, InterpolateErro
     let compiled = Expr::parse(expr)
         .map_err(|e| bad(format!("{} (at character {})", e.message, e.offset + 1)))?;
     compiled.eval(ctx).map_err(bad)
+}
+
+/// `a.b[0].c` relative to an item; a missing field is None.
+pub fn field<'v>(item: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut cur = item;
+    let path = path.trim();
+    let path = path.strip_prefix("$.").unwrap_or(path);
+    if path.is_empty() || path == "$" {
+        return Some(item);
+    }
+    for part in path.split('.') {
+        let (name, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            cur = cur.as_object()?.get(name)?;
+        }
+        while let Some(stripped) = rest.strip_prefix('[') {
+            let close = stripped.find(']')?;
+            let idx: usize = stripped[..close].trim().parse().ok()?;
+            cur = cur.as_array()?.get(idx)?;
+            rest = &stripped[close + 1..];
+        }
+    }
+    Some(cur)
 }
 
 #[cfg(test)]
