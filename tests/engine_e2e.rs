@@ -422,6 +422,40 @@ fn a_broken_filter_or_when_fails_validate_and_run_before_anything_starts() {
     );
 }
 
+/// `filter:` and `when:` share one truthiness: the text "no" is false in both, and a text that is
+/// no boolean stops the run with the reason instead of counting as true or false.
+#[test]
+fn filter_and_when_share_one_truthiness_at_run_time() {
+    let repo = Repo::new(None);
+    repo.write(
+        "items.json",
+        r#"[{"id": "a", "ok": "no"}, {"id": "b", "ok": "yes"}, {"id": "c", "ok": 0}]"#,
+    );
+    repo.write(
+        "wf.yml",
+        "mode: mapreduce\nmap:\n  input: items.json\n  filter: \"ok\"\n  agent_template:\n    - shell: \"echo ${item.id} > ${item.id}.txt && git add . && git commit -q -m ${item.id}\"\n      commit_required: true\n",
+    );
+    repo.write(
+        "when.yml",
+        "- shell: echo no\n  capture: flag\n- shell: \"touch skipped.txt\"\n  when: \"${flag}\"\n- shell: echo maybe\n  capture: flag\n- shell: \"touch never.txt\"\n  when: \"${flag}\"\n",
+    );
+    repo.commit_all("wf");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = repo.json(&["status", &job_id(&out)]);
+    assert_eq!(status["counts"]["merged"], 1, "{status}");
+    assert_eq!(repo.show(&format!("prodigy/{}:b.txt", job_id(&out))), "b");
+
+    let out = repo.prodigy(&["run", "when.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("'maybe' is not a boolean"),
+        "{}",
+        text(&out)
+    );
+    assert!(!repo.path.join("skipped.txt").exists() && !repo.path.join("never.txt").exists());
+}
+
 #[test]
 fn standard_workflow_runs_steps_in_order_and_reports_a_failing_step() {
     let repo = Repo::new(None);
