@@ -6,5 +6,6 @@ pub mod engine;
 pub mod github;
 pub mod server;
 pub mod store;
+pub mod suggest;
 pub mod types;
 pub mod workflow;

@@ -386,6 +386,77 @@ fn validate_reports_file_line_and_column() {
 }
 
 #[test]
+fn a_broken_filter_or_when_fails_validate_and_run_before_anything_starts() {
+    let repo = Repo::new(None);
+    repo.write(
+        "filter.yml",
+        "mode: mapreduce\nsetup:\n  - shell: \"touch setup-ran\"\nmap:\n  input: items.json\n  filter: \"severity == 'high' &&\"\n  agent_template:\n    - shell: \"echo ${item}\"\n",
+    );
+    let out = repo.prodigy(&["validate", "filter.yml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("filter.yml:6:11: invalid filter expression")
+            && err.contains("ends too early")
+            && err.contains("at character 22"),
+        "{err}"
+    );
+    let out = repo.prodigy(&["run", "filter.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("filter.yml:6:11"), "{}", text(&out));
+    assert!(
+        !repo.path.join("setup-ran").exists(),
+        "setup ran although the filter is broken"
+    );
+
+    repo.write(
+        "when.yml",
+        "- shell: \"true\"\n- shell: \"touch ran\"\n  when: \"${flag} = = 'x'\"\n",
+    );
+    let out = repo.prodigy(&["validate", "when.yml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("when.yml:3:9: invalid when expression") && err.contains("expected a value"),
+        "{err}"
+    );
+}
+
+/// `filter:` and `when:` share one truthiness: the text "no" is false in both, and a text that is
+/// no boolean stops the run with the reason instead of counting as true or false.
+#[test]
+fn filter_and_when_share_one_truthiness_at_run_time() {
+    let repo = Repo::new(None);
+    repo.write(
+        "items.json",
+        r#"[{"id": "a", "ok": "no"}, {"id": "b", "ok": "yes"}, {"id": "c", "ok": 0}]"#,
+    );
+    repo.write(
+        "wf.yml",
+        "mode: mapreduce\nmap:\n  input: items.json\n  filter: \"ok\"\n  agent_template:\n    - shell: \"echo ${item.id} > ${item.id}.txt && git add . && git commit -q -m ${item.id}\"\n      commit_required: true\n",
+    );
+    repo.write(
+        "when.yml",
+        "- shell: echo no\n  capture: flag\n- shell: \"touch skipped.txt\"\n  when: \"${flag}\"\n- shell: echo maybe\n  capture: flag\n- shell: \"touch never.txt\"\n  when: \"${flag}\"\n",
+    );
+    repo.commit_all("wf");
+    let out = repo.prodigy(&["run", "wf.yml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = repo.json(&["status", &job_id(&out)]);
+    assert_eq!(status["counts"]["merged"], 1, "{status}");
+    assert_eq!(repo.show(&format!("prodigy/{}:b.txt", job_id(&out))), "b");
+
+    let out = repo.prodigy(&["run", "when.yml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("'maybe' is not a boolean"),
+        "{}",
+        text(&out)
+    );
+    assert!(!repo.path.join("skipped.txt").exists() && !repo.path.join("never.txt").exists());
+}
+
+#[test]
 fn standard_workflow_runs_steps_in_order_and_reports_a_failing_step() {
     let repo = Repo::new(None);
     repo.write(

@@ -583,8 +583,8 @@ fn budget_grace_is_a_duration_with_a_default() {
     assert!(e.to_string().contains("grace must be positive"), "{e}");
     let e = parse_err(&wf("  grase: 5s\n"));
     assert!(
-        e.to_string()
-            .contains("budget takes max_cost_usd, max_tokens, max_duration and grace"),
+        e.to_string().contains("unknown key 'grase' in budget"),
         "{e}"
     );
+    assert!(e.to_string().contains("did you mean 'grace'?"), "{e}");
 }

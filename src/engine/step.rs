@@ -163,7 +163,7 @@ pub fn run_steps<'a>(steps: &'a [Step], ctx: &'a mut Context, env: &'a StepEnv<'
 fn run_step<'a>(step: &'a Step, ctx: &'a mut Context, env: &'a StepEnv<'a>) -> BoxFut<'a> {
     Box::pin(async move {
         if let Some(cond) = &step.when {
-            let go = interpolate::eval_condition(cond, ctx).map_err(|e| {
+            let go = crate::workflow::eval_condition(cond, ctx).map_err(|e| {
                 StepFailure::new(
                     step,
                     FailureStage::Validation,

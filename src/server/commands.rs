@@ -346,14 +346,9 @@ fn parse_command(rest: &str) -> Result<Command, CommandError> {
         })
 }
 
-/// The command within edit distance 2 (and less than the word's length, so `x` suggests nothing).
+/// The command word closest to `word` (see [`crate::suggest`]).
 fn closest_command(word: &str) -> Option<&'static str> {
-    COMMAND_WORDS
-        .iter()
-        .map(|c| (strsim::levenshtein(word, c), *c))
-        .filter(|(d, _)| *d <= 2 && *d < word.chars().count())
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    crate::suggest::did_you_mean(word, &COMMAND_WORDS)
 }
 
 /// `key=value` pairs, checked against the keys `command` takes.

@@ -6,11 +6,12 @@
 //!   root, and a singular path (names and indexes only) that selects an array (`$.items`) gives
 //!   its elements. Without
 //!   `json_path`, a JSON array gives its elements and any other value is one item.
-//! - `filter` is upstream's item filter: comparisons `== != > < >= <=` between a field path
-//!   (`File.score`, `tags[0]`) and a literal (`10`, `'high'`, `true`, `null`), `in [...]`,
-//!   `not in [...]`, `contains`, `matches 'regex'`, combined with `AND`/`&&`, `OR`/`||`,
-//!   `NOT`/`!` and parentheses. A missing field is null; null is only equal to null and never
-//!   greater or smaller than anything, so `File.score >= 10` is false for items without it.
+//! - `filter` is upstream's item filter in the workflow expression language ([`super::expr`]):
+//!   comparisons between a field path (`File.score`, `tags[0]`) and a value (`10`, `'high'`,
+//!   `true`, `null`), `in [...]`, `not in [...]`, `contains`, `matches 'regex'`, combined with
+//!   `AND`/`&&`, `OR`/`||`, `NOT`/`!` and parentheses. A missing field is null; null is only
+//!   equal to null and never greater or smaller than anything, so `File.score >= 10` is false
+//!   for items without it.
 //! - `sort_by` is `path [ASC|DESC] [NULLS FIRST|NULLS LAST], ...`; nulls (missing fields) sort
 //!   last unless `NULLS FIRST` says otherwise; the sort is stable.
 //! - `distinct` keeps the first item for each value of the field path; items without the field
@@ -23,6 +24,8 @@ use std::path::Path;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use super::expr::field;
+use super::expr::{Expr, ItemScope};
 use super::interpolate::{self, Context};
 use super::model::{MapInput, MapPhase};
 use crate::types::ItemKey;
@@ -213,32 +216,6 @@ pub fn select_json_path(value: &Value, path: &str) -> Result<Vec<Value>, InputEr
 
 // ---- field paths -------------------------------------------------------------------------------
 
-/// `a.b[0].c` relative to an item; a missing field is None.
-pub fn field<'v>(item: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut cur = item;
-    let path = path.trim();
-    let path = path.strip_prefix("$.").unwrap_or(path);
-    if path.is_empty() || path == "$" {
-        return Some(item);
-    }
-    for part in path.split('.') {
-        let (name, mut rest) = match part.find('[') {
-            Some(i) => (&part[..i], &part[i..]),
-            None => (part, ""),
-        };
-        if !name.is_empty() {
-            cur = cur.as_object()?.get(name)?;
-        }
-        while let Some(stripped) = rest.strip_prefix('[') {
-            let close = stripped.find(']')?;
-            let idx: usize = stripped[..close].trim().parse().ok()?;
-            cur = cur.as_array()?.get(idx)?;
-            rest = &stripped[close + 1..];
-        }
-    }
-    Some(cur)
-}
-
 fn valid_field_path(path: &str) -> bool {
     !path.is_empty()
         && path
@@ -248,383 +225,46 @@ fn valid_field_path(path: &str) -> bool {
 
 // ---- filter ------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq)]
-enum FTok {
-    Ident(String),
-    Lit(Value),
-    Op(&'static str),
-    And,
-    Or,
-    Not,
-    In,
-    LParen,
-    RParen,
-    LBracket,
-    RBracket,
-    Comma,
-}
-
-#[derive(Debug, Clone)]
-enum Expr {
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
-    Not(Box<Expr>),
-    Cmp(String, &'static str, Value),
-    In(String, Vec<Value>),
-    Matches(String, regex::Regex),
-    Truthy(String),
-}
-
-/// A compiled `filter:` expression.
+/// A compiled `filter:` expression (the language of [`super::expr`], over the item's fields).
 #[derive(Debug, Clone)]
 pub struct Filter(Expr);
 
 impl Filter {
     pub fn parse(text: &str) -> Result<Filter, InputError> {
-        let toks =
-            filter_tokens(text).map_err(|m| stage_err("filter", format!("'{text}': {m}")))?;
-        let mut p = FParser {
-            toks: &toks,
-            pos: 0,
-        };
-        let e = p
-            .or()
-            .map_err(|m| stage_err("filter", format!("'{text}': {m}")))?;
-        if p.pos != toks.len() {
-            return Err(stage_err(
-                "filter",
-                format!("'{text}': unexpected {:?}", toks[p.pos]),
-            ));
-        }
-        Ok(Filter(e))
+        Expr::parse(text)
+            .map(Filter)
+            .map_err(|e| stage_err("filter", e.to_string()))
     }
 
-    pub fn matches(&self, item: &Value) -> bool {
-        eval_filter(&self.0, item)
+    /// Whether `item` passes; an error (e.g. a field holding text used as a condition) names why.
+    pub fn matches(&self, item: &Value) -> Result<bool, String> {
+        self.0.eval(&ItemScope(item))
     }
 }
 
 pub fn filter_items(items: Vec<Value>, filter: &str) -> Result<Vec<Value>, InputError> {
     let f = Filter::parse(filter)?;
-    Ok(items.into_iter().filter(|i| f.matches(i)).collect())
+    let mut kept = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let keep = f.matches(&item).map_err(|m| {
+            stage_err(
+                "filter",
+                format!("'{filter}': item {i} ({}): {m}", short(&item)),
+            )
+        })?;
+        if keep {
+            kept.push(item);
+        }
+    }
+    Ok(kept)
 }
 
-fn filter_tokens(text: &str) -> Result<Vec<FTok>, String> {
-    let mut toks = Vec::new();
-    let chars: Vec<char> = text.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if c.is_whitespace() {
-            i += 1;
-            continue;
-        }
-        let two: String = chars[i..chars.len().min(i + 2)].iter().collect();
-        match two.as_str() {
-            "&&" => {
-                toks.push(FTok::And);
-                i += 2;
-                continue;
-            }
-            "||" => {
-                toks.push(FTok::Or);
-                i += 2;
-                continue;
-            }
-            "==" | "!=" | ">=" | "<=" => {
-                toks.push(FTok::Op(match two.as_str() {
-                    "==" => "==",
-                    "!=" => "!=",
-                    ">=" => ">=",
-                    _ => "<=",
-                }));
-                i += 2;
-                continue;
-            }
-            _ => {}
-        }
-        match c {
-            '>' => toks.push(FTok::Op(">")),
-            '<' => toks.push(FTok::Op("<")),
-            '=' => toks.push(FTok::Op("==")),
-            '!' => toks.push(FTok::Not),
-            '(' => toks.push(FTok::LParen),
-            ')' => toks.push(FTok::RParen),
-            '[' => toks.push(FTok::LBracket),
-            ']' => toks.push(FTok::RBracket),
-            ',' => toks.push(FTok::Comma),
-            '\'' | '"' => {
-                let mut s = String::new();
-                let mut j = i + 1;
-                loop {
-                    match chars.get(j) {
-                        None => return Err(format!("unclosed {c} quote")),
-                        Some('\\') if chars.get(j + 1) == Some(&c) => {
-                            s.push(c);
-                            j += 2;
-                        }
-                        Some(&d) if d == c => break,
-                        Some(&d) => {
-                            s.push(d);
-                            j += 1;
-                        }
-                    }
-                }
-                toks.push(FTok::Lit(Value::String(s)));
-                i = j + 1;
-                continue;
-            }
-            _ if c.is_ascii_digit() || (c == '-' && next.is_some_and(|d| d.is_ascii_digit())) => {
-                let start = i;
-                i += 1;
-                while i < chars.len()
-                    && (chars[i].is_ascii_digit()
-                        || chars[i] == '.'
-                        || chars[i] == 'e'
-                        || chars[i] == 'E')
-                {
-                    i += 1;
-                }
-                let s: String = chars[start..i].iter().collect();
-                let n: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
-                let v = if n.fract() == 0.0 && n.abs() < 9e15 {
-                    Value::from(n as i64)
-                } else {
-                    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
-                };
-                toks.push(FTok::Lit(v));
-                continue;
-            }
-            _ if c.is_alphanumeric() || c == '_' || c == '$' => {
-                let start = i;
-                let mut depth = 0;
-                while i < chars.len() {
-                    let d = chars[i];
-                    if d == '[' {
-                        // An index belongs to the path only right after a name: `tags[0]`.
-                        if chars.get(i + 1).is_some_and(|x| x.is_ascii_digit()) {
-                            depth += 1;
-                        } else {
-                            break;
-                        }
-                    } else if d == ']' && depth > 0 {
-                        depth -= 1;
-                    } else if !(d.is_alphanumeric()
-                        || "_-.$".contains(d)
-                        || (depth > 0 && d.is_ascii_digit()))
-                    {
-                        break;
-                    }
-                    i += 1;
-                }
-                let word: String = chars[start..i].iter().collect();
-                toks.push(match word.to_ascii_uppercase().as_str() {
-                    "AND" => FTok::And,
-                    "OR" => FTok::Or,
-                    "NOT" => FTok::Not,
-                    "IN" => FTok::In,
-                    "TRUE" => FTok::Lit(Value::Bool(true)),
-                    "FALSE" => FTok::Lit(Value::Bool(false)),
-                    "NULL" => FTok::Lit(Value::Null),
-                    "MATCHES" => FTok::Op("matches"),
-                    "CONTAINS" => FTok::Op("contains"),
-                    _ => FTok::Ident(word.strip_prefix("item.").unwrap_or(&word).to_string()),
-                });
-                continue;
-            }
-            other => return Err(format!("unexpected character '{other}'")),
-        }
-        i += 1;
-    }
-    Ok(toks)
-}
-
-struct FParser<'t> {
-    toks: &'t [FTok],
-    pos: usize,
-}
-
-impl FParser<'_> {
-    fn peek(&self) -> Option<&FTok> {
-        self.toks.get(self.pos)
-    }
-
-    fn or(&mut self) -> Result<Expr, String> {
-        let mut e = self.and()?;
-        while self.peek() == Some(&FTok::Or) {
-            self.pos += 1;
-            e = Expr::Or(Box::new(e), Box::new(self.and()?));
-        }
-        Ok(e)
-    }
-
-    fn and(&mut self) -> Result<Expr, String> {
-        let mut e = self.unary()?;
-        while self.peek() == Some(&FTok::And) {
-            self.pos += 1;
-            e = Expr::And(Box::new(e), Box::new(self.unary()?));
-        }
-        Ok(e)
-    }
-
-    fn unary(&mut self) -> Result<Expr, String> {
-        match self.peek() {
-            Some(FTok::Not) => {
-                self.pos += 1;
-                Ok(Expr::Not(Box::new(self.unary()?)))
-            }
-            Some(FTok::LParen) => {
-                self.pos += 1;
-                let e = self.or()?;
-                if self.peek() != Some(&FTok::RParen) {
-                    return Err("missing ')'".into());
-                }
-                self.pos += 1;
-                Ok(e)
-            }
-            Some(FTok::Ident(_)) => self.comparison(),
-            Some(t) => Err(format!("expected a field name, found {t:?}")),
-            None => Err("the expression ends too early".into()),
-        }
-    }
-
-    fn comparison(&mut self) -> Result<Expr, String> {
-        let Some(FTok::Ident(path)) = self.peek().cloned() else {
-            return Err("expected a field name".into());
-        };
-        if !valid_field_path(&path) {
-            return Err(format!("'{path}' is not a field path"));
-        }
-        self.pos += 1;
-        let negate_in =
-            if self.peek() == Some(&FTok::Not) && self.toks.get(self.pos + 1) == Some(&FTok::In) {
-                self.pos += 1;
-                true
-            } else {
-                false
-            };
-        match self.peek().cloned() {
-            Some(FTok::In) => {
-                self.pos += 1;
-                let list = self.list()?;
-                let e = Expr::In(path, list);
-                Ok(if negate_in { Expr::Not(Box::new(e)) } else { e })
-            }
-            Some(FTok::Op(op)) => {
-                self.pos += 1;
-                let value = match self.peek().cloned() {
-                    Some(FTok::Lit(v)) => v,
-                    // A bare word on the right is text: `severity == high`.
-                    Some(FTok::Ident(w)) => Value::String(w),
-                    other => return Err(format!("expected a value after '{op}', found {other:?}")),
-                };
-                self.pos += 1;
-                match op {
-                    "matches" => {
-                        let Value::String(re) = &value else {
-                            return Err("'matches' needs a quoted regular expression".into());
-                        };
-                        let re = regex::Regex::new(re)
-                            .map_err(|e| format!("invalid regular expression '{re}': {e}"))?;
-                        Ok(Expr::Matches(path, re))
-                    }
-                    _ => Ok(Expr::Cmp(path, op, value)),
-                }
-            }
-            _ => Ok(Expr::Truthy(path)),
-        }
-    }
-
-    fn list(&mut self) -> Result<Vec<Value>, String> {
-        if self.peek() != Some(&FTok::LBracket) {
-            return Err("'in' needs a list: in ['a', 'b']".into());
-        }
-        self.pos += 1;
-        let mut out = Vec::new();
-        loop {
-            match self.peek().cloned() {
-                Some(FTok::RBracket) => {
-                    self.pos += 1;
-                    return Ok(out);
-                }
-                Some(FTok::Lit(v)) => out.push(v),
-                Some(FTok::Ident(w)) => out.push(Value::String(w)),
-                Some(FTok::Comma) => {}
-                other => return Err(format!("unexpected {other:?} in a list")),
-            }
-            self.pos += 1;
-        }
-    }
-}
-
-fn eval_filter(e: &Expr, item: &Value) -> bool {
-    match e {
-        Expr::And(a, b) => eval_filter(a, item) && eval_filter(b, item),
-        Expr::Or(a, b) => eval_filter(a, item) || eval_filter(b, item),
-        Expr::Not(a) => !eval_filter(a, item),
-        Expr::Truthy(p) => match field(item, p) {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            Some(Value::String(s)) => !s.is_empty(),
-            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
-            Some(_) => true,
-        },
-        Expr::In(p, list) => {
-            let v = field(item, p).unwrap_or(&Value::Null);
-            list.iter().any(|x| loose_eq(v, x))
-        }
-        Expr::Matches(p, re) => match field(item, p) {
-            Some(Value::String(s)) => re.is_match(s),
-            _ => false,
-        },
-        Expr::Cmp(p, op, rhs) => {
-            let v = field(item, p).unwrap_or(&Value::Null);
-            match *op {
-                "==" => loose_eq(v, rhs),
-                "!=" => !loose_eq(v, rhs),
-                "contains" => match (v, rhs) {
-                    (Value::String(s), Value::String(n)) => s.contains(n.as_str()),
-                    (Value::Array(a), x) => a.iter().any(|e| loose_eq(e, x)),
-                    _ => false,
-                },
-                _ => match order(v, rhs) {
-                    Some(o) => match *op {
-                        ">" => o == Ordering::Greater,
-                        "<" => o == Ordering::Less,
-                        ">=" => o != Ordering::Less,
-                        _ => o != Ordering::Greater,
-                    },
-                    None => false,
-                },
-            }
-        }
-    }
-}
-
-fn num(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn loose_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(_), _) | (_, Value::Number(_)) => {
-            matches!((num(a), num(b)), (Some(x), Some(y)) if x == y)
-        }
-        _ => a == b,
-    }
-}
-
-/// Ordering for comparisons: numbers (or numeric text against a number) and strings; null and
-/// mixed types do not compare.
-fn order(a: &Value, b: &Value) -> Option<Ordering> {
-    match (a, b) {
-        (Value::Null, _) | (_, Value::Null) => None,
-        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
-        _ => num(a)?.partial_cmp(&num(b)?),
+/// An item's JSON, cut to fit in an error message.
+fn short(item: &Value) -> String {
+    let text = item.to_string();
+    match text.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
     }
 }
 
