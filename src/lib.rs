@@ -7,5 +7,6 @@ pub mod github;
 pub mod server;
 pub mod store;
 pub mod suggest;
+pub mod text;
 pub mod types;
 pub mod workflow;

@@ -78,7 +78,7 @@ impl std::fmt::Debug for ActionConfig {
 
 /// Input the step cannot run with; the CLI answers it with its "bad input" exit code.
 #[derive(Debug, thiserror::Error)]
-pub enum InputError {
+pub enum BadInput {
     #[error(transparent)]
     Env(#[from] EnvError),
     #[error(
@@ -95,16 +95,16 @@ pub enum InputError {
 
 /// The runner's environment and the event, read before anything else happens.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub struct StepContext {
     pub env: ActionEnv,
     pub event: EventFacts,
 }
 
-impl Step {
-    pub fn from_process() -> Result<Step, InputError> {
+impl StepContext {
+    pub fn from_process() -> Result<StepContext, BadInput> {
         let env = ActionEnv::from_process()?;
         let event = env.read_event()?;
-        Ok(Step { env, event })
+        Ok(StepContext { env, event })
     }
 }
 
@@ -120,7 +120,7 @@ pub struct ActionRun {
 /// `dir` is the repository's directory.
 pub async fn run(
     engine: &Engine,
-    step: &Step,
+    step: &StepContext,
     config: &ActionConfig,
     dir: &Path,
 ) -> anyhow::Result<ActionRun> {
@@ -231,16 +231,16 @@ enum Start {
 
 /// The workflow file as an absolute path (so the job records where it is) and relative to the
 /// repository (so later runs find the job by it).
-fn resolve_workflow(given: &Path, repo: &Path) -> Result<(PathBuf, String), InputError> {
+fn resolve_workflow(given: &Path, repo: &Path) -> Result<(PathBuf, String), BadInput> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let path = cwd
         .join(given)
         .canonicalize()
-        .map_err(|_| InputError::NoWorkflow {
+        .map_err(|_| BadInput::NoWorkflow {
             path: given.display().to_string(),
             dir: cwd.display().to_string(),
         })?;
-    let rel = plan::repo_relative(&path, repo).ok_or_else(|| InputError::WorkflowOutside {
+    let rel = plan::repo_relative(&path, repo).ok_or_else(|| BadInput::WorkflowOutside {
         path: path.display().to_string(),
         repo: repo.display().to_string(),
     })?;
@@ -249,7 +249,7 @@ fn resolve_workflow(given: &Path, repo: &Path) -> Result<(PathBuf, String), Inpu
 
 async fn choose_start(
     engine: &Engine,
-    step: &Step,
+    step: &StepContext,
     config: &ActionConfig,
     repo: &Path,
     workflow: &str,
@@ -260,7 +260,7 @@ async fn choose_start(
             let job = match engine.store.find_job(given).await {
                 Ok(job) => job,
                 Err(e @ (StoreError::JobNotFound(_) | StoreError::AmbiguousJob { .. })) => {
-                    return Err(InputError::Resume {
+                    return Err(BadInput::Resume {
                         job: given.clone(),
                         reason: format!(
                             "{e}. A runner's own SQLite database starts empty in every run; \
@@ -274,7 +274,7 @@ async fn choose_start(
             if job.phase != Phase::Done {
                 let branch_here = git::branch_exists(repo, &job_branch(job.id)).await?;
                 if let Some(why) = plan::cannot_continue_here(&job, repo, branch_here) {
-                    return Err(InputError::Resume {
+                    return Err(BadInput::Resume {
                         job: given.clone(),
                         reason: format!("job {} cannot continue here: {why}", job.id),
                     }
@@ -324,7 +324,7 @@ async fn choose_start(
 /// Appends the outputs and the summary to the runner's files and prints the annotations.
 async fn write_report(
     engine: &Engine,
-    step: &Step,
+    step: &StepContext,
     job: JobId,
     not_run: Option<&NotRun>,
     check: Option<&ReportState>,

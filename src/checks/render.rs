@@ -16,6 +16,7 @@ use crate::github::{
     CheckStatus,
 };
 use crate::store::{Attempt, DlqItem, ItemCounts, Job, JobUsage};
+use crate::text::{human_millis, one_line};
 use crate::types::{ItemKey, JobId, JobStatus, Phase, Usage};
 use crate::workflow::{self, WorkflowKind};
 
@@ -208,7 +209,7 @@ pub fn final_summary(input: &FinalInput) -> String {
             out.push_str(&format!(
                 "| {} | {} | {} |\n",
                 inline_code(&s.key.0),
-                human_duration(s.longest_ms),
+                human_millis(s.longest_ms),
                 s.attempts
             ));
         }
@@ -330,7 +331,7 @@ fn usage_row(label: &str, u: &Usage) -> String {
         u.tokens(),
         usd(u.cost_usd),
         u.turns,
-        human_duration(i64::try_from(u.api_ms).unwrap_or(i64::MAX))
+        human_millis(i64::try_from(u.api_ms).unwrap_or(i64::MAX))
     )
 }
 
@@ -523,7 +524,7 @@ fn failure_history(row: &DlqItem, history: &[&Attempt]) -> String {
             .map(|end| {
                 format!(
                     ", {}",
-                    human_duration((end - a.started_at).num_milliseconds())
+                    human_millis((end - a.started_at).num_milliseconds())
                 )
             })
             .unwrap_or_default();
@@ -642,25 +643,6 @@ fn code_block(text: &str) -> String {
     format!("{fence}\n{}\n{fence}", text.trim_end())
 }
 
-/// Newlines and table pipes flattened, cut to `max` characters.
-fn one_line(text: &str, max: usize) -> String {
-    let flat: String = text
-        .chars()
-        .map(|c| match c {
-            '\n' | '\r' | '\t' => ' ',
-            '|' => '¦',
-            c => c,
-        })
-        .collect();
-    let flat = flat.trim();
-    if flat.chars().count() <= max {
-        flat.to_string()
-    } else {
-        let cut: String = flat.chars().take(max.saturating_sub(1)).collect();
-        format!("{cut}…")
-    }
-}
-
 fn last_line(text: &str) -> String {
     text.lines()
         .rev()
@@ -668,35 +650,15 @@ fn last_line(text: &str) -> String {
         .unwrap_or("")
         .to_string()
 }
-
-fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    let start = lines.len().saturating_sub(n);
-    let mut out = String::new();
-    if start > 0 {
-        out.push_str(&format!("…({start} earlier lines)\n"));
-    }
-    out.push_str(&lines[start..].join("\n"));
-    out
-}
-
 fn timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-fn human_duration(ms: i64) -> String {
-    let ms = ms.max(0);
-    if ms < 10_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        let s = ms / 1000;
-        if s < 60 {
-            format!("{s} s")
-        } else {
-            format!("{} min {} s", s / 60, s % 60)
-        }
-    } else {
-        format!("{} h {} min", ms / 3_600_000, (ms / 60_000) % 60)
+/// The last `n` lines of `text`, after a "…(N earlier lines)" line when some were cut.
+fn tail_lines(text: &str, n: usize) -> String {
+    match crate::text::tail_lines(text, n) {
+        (tail, 0) => tail,
+        (tail, cut) => format!("…({cut} earlier lines)\n{tail}"),
     }
 }
 
@@ -1359,8 +1321,5 @@ mod tests {
     fn inline_code_survives_backticks() {
         assert_eq!(inline_code("a`b"), "`` a`b ``");
         assert_eq!(inline_code("plain"), "`plain`");
-        assert_eq!(one_line("a\nb|c", 10), "a b¦c");
-        assert_eq!(human_duration(1_234), "1.2 s");
-        assert_eq!(human_duration(3_723_000), "1 h 2 min");
     }
 }

@@ -24,7 +24,7 @@ pub const EXIT_USAGE: u8 = 2;
 /// The job's budget ran out; its remaining items are pending (`prodigy resume --budget`).
 pub const EXIT_BUDGET: u8 = 3;
 /// Another process holds the job (EX_TEMPFAIL): try again later.
-pub const EXIT_HELD: u8 = 75;
+pub use prodigy::store::EXIT_HELD;
 /// Interrupted by Ctrl-C or SIGTERM; the job can be resumed.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -525,8 +525,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::DebugLock { job, hold_secs } => {
             let url = store_url(g).await?;
             let hold = std::time::Duration::from_secs_f64(hold_secs.max(0.0));
-            let code = prodigy::store::debug_lock(&url, &job, hold).await;
-            Ok(u8::try_from(code).unwrap_or(EXIT_FAILED))
+            Ok(prodigy::store::debug_lock(&url, &job, hold).await)
         }
     }
 }
@@ -534,7 +533,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 /// `prodigy action`: bad input (the runner's variables, the event file, the inputs) is exit code
 /// 2, and every error is also an `::error` the workflow run shows.
 async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::Result<u8> {
-    use prodigy::action::{InputError, Step, commands};
+    use prodigy::action::{BadInput, StepContext, commands};
     // The Action always builds the agent environment; the workflow token reaches an agent
     // only when the workflow's `env` names it.
     let mut agents = g.agent_policy(true, Vec::new())?;
@@ -547,21 +546,21 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
         }
     }
     let result = async {
-        let step = Step::from_process()?;
+        let step = StepContext::from_process()?;
         let store = open_store(g).await?;
         let mut eng = engine(g, store, &g.repo).await?;
         eng.agents = agents.clone();
         eng.agent = config
             .caps
             .policy()
-            .map_err(|e| InputError::Caps(format!("{e:#}")))?;
+            .map_err(|e| BadInput::Caps(format!("{e:#}")))?;
         let run = prodigy::action::run(&eng, &step, config, &g.repo).await?;
         Ok::<_, anyhow::Error>(output::resumed(&eng, run.job, run.resumed, false, "action").await)
     }
     .await;
     result.or_else(|e| {
         println!("{}", commands::error("prodigy", &format!("{e:#}")));
-        if e.downcast_ref::<InputError>().is_some() {
+        if e.downcast_ref::<BadInput>().is_some() {
             eprintln!("error: {e:#}");
             Ok(EXIT_USAGE)
         } else {

@@ -28,9 +28,7 @@ use crate::store::{
 };
 use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use crate::workflow::interpolate::Context;
-use crate::workflow::{
-    self, MapReduce, OnItemFailure, Phase as PhaseSteps, Workflow, WorkflowKind,
-};
+use crate::workflow::{self, MapReduce, OnItemFailure, PhaseSteps, Workflow, WorkflowKind};
 
 pub(super) enum Mode {
     Fresh,

@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::text::{human_duration, tail_lines};
+
 /// Bytes of each stream kept in memory (the last ones; the log file has everything).
 pub const OUTPUT_CAP: usize = 1 << 20;
 /// How long a group has to exit after SIGTERM before it gets SIGKILL.
@@ -121,7 +123,7 @@ impl CommandOutput {
 
     /// The last `max_lines` lines of stderr, without trailing blank lines.
     pub fn stderr_tail(&self, max_lines: usize) -> String {
-        tail_lines(&self.stderr, max_lines)
+        tail_lines(&self.stderr, max_lines).0
     }
 
     /// The stderr tail, or the stdout tail when the command wrote nothing to stderr (many tools
@@ -129,13 +131,13 @@ impl CommandOutput {
     pub fn failure_tail(&self, max_lines: usize) -> String {
         let tail = self.stderr_tail(max_lines);
         if tail.is_empty() {
-            tail_lines(&self.stdout, max_lines)
+            tail_lines(&self.stdout, max_lines).0
         } else {
             tail
         }
     }
 
-    /// "exit code 2", "killed by signal 9 (SIGKILL)", "timed out after 30s", "cancelled after 1.5s".
+    /// "exit code 2", "killed by signal 9 (SIGKILL)", "timed out after 30 s", "cancelled after 1.5 s".
     pub fn describe(&self) -> String {
         if self.timed_out {
             return format!(
@@ -675,24 +677,6 @@ impl LogSink {
         }
     }
 }
-
-fn tail_lines(text: &str, max_lines: usize) -> String {
-    let trimmed = text.trim_end();
-    let lines: Vec<&str> = trimmed.lines().collect();
-    lines[lines.len().saturating_sub(max_lines)..].join("\n")
-}
-
-fn human_duration(d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if d.subsec_millis() == 0 && d.as_secs() > 0 {
-        format!("{}s", d.as_secs())
-    } else if secs < 1.0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{secs:.1}s")
-    }
-}
-
 fn signal_name(sig: i32) -> Option<&'static str> {
     Some(match sig {
         libc::SIGHUP => "SIGHUP",
@@ -863,7 +847,7 @@ mod tests {
 
         assert!(out.timed_out, "{out:?}");
         assert!(!out.success());
-        assert_eq!(out.describe(), "timed out after 300ms");
+        assert_eq!(out.describe(), "timed out after 300 ms");
         assert_eq!(out.signal, Some(libc::SIGTERM));
         assert!(took < Duration::from_secs(2), "took {took:?}");
         let grandchildren = pids(&out.stdout);

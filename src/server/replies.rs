@@ -145,7 +145,7 @@ pub fn jobs_started(head_sha: &str, starts: &[WorkflowStart]) -> String {
             WorkflowStart::Failed { workflow, error } => {
                 format!(
                     "\n- `{workflow}`: could not start:{}",
-                    spaced(&one_line(error))
+                    spaced(&inline_or_block(error))
                 )
             }
         });
@@ -154,7 +154,7 @@ pub fn jobs_started(head_sha: &str, starts: &[WorkflowStart]) -> String {
 }
 
 /// Errors can span lines (a workflow's validation errors); keep a reply's list readable.
-fn one_line(text: &str) -> String {
+fn inline_or_block(text: &str) -> String {
     let text = text.trim();
     if text.contains('\n') {
         format!("\n  ```\n  {}\n  ```", text.replace('\n', "\n  "))
@@ -285,7 +285,7 @@ pub fn not_in_dlq(job: &JobLink, item: &str) -> String {
 pub fn command_failed(command: &str, error: &str) -> String {
     format!(
         "`{SLASH_PREFIX} {command}` failed:{}",
-        spaced(&one_line(error))
+        spaced(&inline_or_block(error))
     )
 }
 

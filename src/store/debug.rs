@@ -10,13 +10,13 @@ use crate::types::JobId;
 
 /// Exit code of `prodigy debug-lock` when the lock is held by someone else (EX_TEMPFAIL: try
 /// again later).
-pub const EXIT_HELD: i32 = 75;
+pub const EXIT_HELD: u8 = 75;
 
 /// Tries to take `job`'s lock on the database at `url`. Prints one JSON line:
 /// `{"outcome":"acquired","holder":{..},"epoch":N}` (then holds it `hold` long and releases it,
 /// exit 0) or `{"outcome":"held","holder":{..},"since":".."}` (exit 75). Errors go to stderr,
 /// exit 1.
-pub async fn debug_lock(url: &str, job: &str, hold: Duration) -> i32 {
+pub async fn debug_lock(url: &str, job: &str, hold: Duration) -> u8 {
     match run(url, job, hold).await {
         Ok(code) => code,
         Err(e) => {
@@ -26,7 +26,7 @@ pub async fn debug_lock(url: &str, job: &str, hold: Duration) -> i32 {
     }
 }
 
-async fn run(url: &str, job: &str, hold: Duration) -> anyhow::Result<i32> {
+async fn run(url: &str, job: &str, hold: Duration) -> anyhow::Result<u8> {
     use anyhow::Context;
     let store = Store::open(url)
         .await

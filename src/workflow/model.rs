@@ -178,17 +178,17 @@ pub struct EnvVar {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MapReduce {
-    pub setup: Option<Phase>,
+    pub setup: Option<PhaseSteps>,
     pub map: MapPhase,
-    pub reduce: Option<Phase>,
+    pub reduce: Option<PhaseSteps>,
     /// Steps run after reduce, in the job worktree (`${merge.*}` variables available).
-    pub merge: Option<Phase>,
+    pub merge: Option<PhaseSteps>,
     pub error_policy: ErrorPolicy,
 }
 
 /// `setup:`, `reduce:` or `merge:`: a list of steps, or `{commands, timeout}`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Phase {
+pub struct PhaseSteps {
     pub commands: Vec<Step>,
     /// Kills the phase's running step and fails the job when exceeded.
     pub timeout: Option<Duration>,

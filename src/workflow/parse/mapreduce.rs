@@ -38,9 +38,9 @@ impl Parser<'_> {
         })
     }
 
-    fn phase(&self, node: &Node, what: &str, is_setup: bool) -> R<Phase> {
+    fn phase(&self, node: &Node, what: &str, is_setup: bool) -> R<PhaseSteps> {
         match &node.value {
-            Value::Seq(_) => Ok(Phase {
+            Value::Seq(_) => Ok(PhaseSteps {
                 commands: self.steps(node, what)?,
                 timeout: None,
             }),
@@ -59,7 +59,7 @@ impl Parser<'_> {
                     self.capture_outputs(caps, &mut commands)?;
                 }
                 f.finish();
-                Ok(Phase { commands, timeout })
+                Ok(PhaseSteps { commands, timeout })
             }
             _ => self.err_at(
                 node,
