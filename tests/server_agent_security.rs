@@ -152,7 +152,10 @@ async fn run() {
         "{reply}"
     );
     let repo = prodigy::types::RepoName::new(support::server::REPO);
-    let jobs = store.find_jobs_by_pr(&repo, 2).await.unwrap();
+    let jobs = store
+        .find_jobs_by_pr(&repo, prodigy::types::PrNumber(2))
+        .await
+        .unwrap();
     assert!(jobs.is_empty(), "no job starts: {jobs:?}");
     ctx.finish().await;
 }

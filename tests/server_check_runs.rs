@@ -306,7 +306,7 @@ async fn rerun_on_a_failed_check_run_resumes_the_job_once_fixed() {
     let jobs = ctx
         .server
         .store
-        .find_jobs_by_pr(&RepoName::new(REPO), 3)
+        .find_jobs_by_pr(&RepoName::new(REPO), prodigy::types::PrNumber(3))
         .await
         .unwrap();
     assert_eq!(jobs.len(), 3, "{jobs:?}");

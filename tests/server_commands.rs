@@ -134,7 +134,10 @@ async fn refusals_typos_and_ignored_comments() {
     assert!(
         ctx.server
             .store
-            .find_jobs_by_pr(&prodigy::types::RepoName::new(REPO), 4)
+            .find_jobs_by_pr(
+                &prodigy::types::RepoName::new(REPO),
+                prodigy::types::PrNumber(4)
+            )
             .await
             .unwrap()
             .is_empty()
@@ -382,7 +385,12 @@ async fn the_daily_repository_cap_stops_a_job_and_refuses_new_ones() {
         c[1]
     );
     let repo = prodigy::types::RepoName::new(REPO);
-    let jobs = ctx.server.store.find_jobs_by_pr(&repo, 12).await.unwrap();
+    let jobs = ctx
+        .server
+        .store
+        .find_jobs_by_pr(&repo, prodigy::types::PrNumber(12))
+        .await
+        .unwrap();
     assert_eq!(jobs.len(), 1, "nothing new started");
     assert_eq!(
         ctx.server.store.get_job(job).await.unwrap().status,

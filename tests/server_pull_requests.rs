@@ -100,7 +100,7 @@ async fn fork_is_not_run_automatically_but_runs_on_a_maintainers_command() {
     let jobs = ctx
         .server
         .store
-        .find_jobs_by_pr(&RepoName::new(REPO), 2)
+        .find_jobs_by_pr(&RepoName::new(REPO), prodigy::types::PrNumber(2))
         .await
         .unwrap();
     assert!(jobs.is_empty(), "a fork ran by itself: {jobs:?}");

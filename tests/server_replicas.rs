@@ -77,7 +77,7 @@ async fn two_instances_process_one_pull_request_each_without_overlap() {
     assert!(done.iter().all(|r| r.attempts == 1), "{done:?}");
     for (pr, job) in [(1, job1), (2, job2)] {
         let jobs = store
-            .find_jobs_by_pr(&RepoName::new(REPO), pr)
+            .find_jobs_by_pr(&RepoName::new(REPO), prodigy::types::PrNumber(pr))
             .await
             .unwrap();
         assert_eq!(jobs.len(), 1, "PR {pr}: {jobs:?}");

@@ -102,7 +102,10 @@ async fn a_redelivery_does_nothing() {
     let jobs = ctx
         .server
         .store
-        .find_jobs_by_pr(&prodigy::types::RepoName::new(REPO), 7)
+        .find_jobs_by_pr(
+            &prodigy::types::RepoName::new(REPO),
+            prodigy::types::PrNumber(7),
+        )
         .await
         .unwrap();
     assert_eq!(jobs.len(), 1);
@@ -136,7 +139,10 @@ async fn a_redelivery_does_nothing() {
         "{done:?}"
     );
     let jobs = store
-        .find_jobs_by_pr(&prodigy::types::RepoName::new(REPO), 7)
+        .find_jobs_by_pr(
+            &prodigy::types::RepoName::new(REPO),
+            prodigy::types::PrNumber(7),
+        )
         .await
         .unwrap();
     assert_eq!(jobs.len(), 1);

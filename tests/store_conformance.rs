@@ -181,7 +181,7 @@ async fn check_jobs(db: &TestDb) {
     );
 
     let by_pr = store
-        .find_jobs_by_pr(&RepoName::new("OCTO/hello"), 42)
+        .find_jobs_by_pr(&RepoName::new("OCTO/hello"), PrNumber(42))
         .await
         .unwrap();
     assert_eq!(
@@ -190,7 +190,7 @@ async fn check_jobs(db: &TestDb) {
     );
     assert!(
         store
-            .find_jobs_by_pr(&RepoName::new("octo/hello"), 7)
+            .find_jobs_by_pr(&RepoName::new("octo/hello"), PrNumber(7))
             .await
             .unwrap()
             .is_empty()

@@ -591,8 +591,11 @@ impl Runner {
     }
 
     async fn jobs_of_pr(&self, repo: &RepoName, number: u64) -> anyhow::Result<Vec<Job>> {
-        let n = i64::try_from(number).context("pull request number out of range")?;
-        Ok(self.p().store.find_jobs_by_pr(repo, n).await?)
+        Ok(self
+            .p()
+            .store
+            .find_jobs_by_pr(repo, PrNumber(number))
+            .await?)
     }
 
     /// The repository's configuration at `sha` (fetching it first). `Ok(Err(reply))`: there is

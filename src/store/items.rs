@@ -24,6 +24,7 @@ macro_rules! dlq_agent_run {
 }
 
 impl Store {
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
     pub async fn item_counts(&self, job: JobId) -> Result<ItemCounts> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
@@ -45,6 +46,7 @@ impl Store {
     // ---- reads ----------------------------------------------------------------------------
 
     /// Items by position.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
     pub async fn items(&self, job: JobId, filter: &ItemFilter) -> Result<Vec<WorkItem>> {
         // SQLite allows 32766 bound values per statement; ask for keys in slices well below it.
         const KEYS_PER_QUERY: usize = 10_000;
@@ -108,6 +110,7 @@ impl Store {
     }
 
     /// One item's attempts, oldest first: its full failure history.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
     pub async fn attempts(&self, job: JobId, key: &ItemKey) -> Result<Vec<Attempt>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
@@ -123,6 +126,7 @@ impl Store {
     }
 
     /// DLQ rows of one job, or of all jobs; oldest first failure first.
+    #[tracing::instrument(level = "debug", skip_all, fields(job = ?job))]
     pub async fn dlq(&self, job: Option<JobId>) -> Result<Vec<DlqItem>> {
         Ok(on_pool!(self, pool => {
             match job {
@@ -148,6 +152,7 @@ impl Store {
     }
 
     /// Events with `seq > after`, in order, at most `limit`.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
     pub async fn events(&self, job: JobId, after: i64, limit: u32) -> Result<Vec<Event>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(

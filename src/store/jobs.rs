@@ -5,7 +5,7 @@ use sqlx::types::Json;
 
 use super::backend::{on_pool, on_pool_write};
 use super::{Job, JobRefs, JobSummary, NewJob, Result, Store, StoreError, now};
-use crate::types::{JobId, JobStatus, Phase, RepoName};
+use crate::types::{JobId, JobStatus, Phase, PrNumber, RepoName};
 
 /// `SELECT <job columns> FROM jobs` followed by the given literal tail.
 macro_rules! select_jobs {
@@ -21,6 +21,7 @@ macro_rules! select_jobs {
 pub(super) use select_jobs;
 
 impl Store {
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn create_job(&self, new: &NewJob) -> Result<Job> {
         let id = JobId::new();
         let at = now();
@@ -50,6 +51,7 @@ impl Store {
         self.get_job(id).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %id))]
     pub async fn get_job(&self, id: JobId) -> Result<Job> {
         let job: Option<Job> = on_pool!(self, pool => {
             sqlx::query_as(select_jobs!("WHERE id = $1")).bind(id).fetch_optional(pool).await?
@@ -58,6 +60,7 @@ impl Store {
     }
 
     /// A job by full id or by a unique prefix of its id's text (hyphens optional).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn find_job(&self, id_or_prefix: &str) -> Result<Job> {
         let wanted = id_or_prefix.trim().to_ascii_lowercase();
         if let Ok(id) = wanted.parse::<JobId>() {
@@ -92,6 +95,7 @@ impl Store {
     }
 
     /// Most recent first.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn list_jobs(&self, limit: u32) -> Result<Vec<JobSummary>> {
         let jobs: Vec<Job> = on_pool!(self, pool => {
             sqlx::query_as(select_jobs!("ORDER BY created_at DESC, id DESC LIMIT $1"))
@@ -109,7 +113,8 @@ impl Store {
     }
 
     /// Jobs of one pull request, most recent first (the server's `/prodigy resume` on a PR).
-    pub async fn find_jobs_by_pr(&self, repo: &RepoName, pr: i64) -> Result<Vec<Job>> {
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo))]
+    pub async fn find_jobs_by_pr(&self, repo: &RepoName, pr: PrNumber) -> Result<Vec<Job>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(select_jobs!(
                 "WHERE repo = $1 AND pr_number = $2 ORDER BY created_at DESC, id DESC"

@@ -271,6 +271,7 @@ impl Store {
     }
 
     /// Who holds the job's lock now and since when, without trying to take it (status pages).
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
     pub async fn lock_holder(&self, job: JobId) -> Result<Option<(Holder, DateTime<Utc>)>> {
         match &self.pool {
             Pool::Postgres(pool) => match pg_holder_record(pool, job, false).await? {

@@ -44,6 +44,7 @@ impl Store {
 
     /// Every attempt of every item of a job, by item key then attempt number: failure histories
     /// and item durations for a report, in one query.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
     pub async fn job_attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
@@ -59,6 +60,7 @@ impl Store {
 
     /// Jobs of one commit of a repository, most recent first (`check_suite.rerequested` names the
     /// commit, not the job; the Action's `resume: auto` looks for an unfinished run here).
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo))]
     pub async fn find_jobs_by_head_sha(&self, repo: &RepoName, head_sha: &str) -> Result<Vec<Job>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(select_jobs!(

@@ -149,6 +149,7 @@ impl Store {
     }
 
     /// What became of a delivery (e.g. "ignored: edited comment", "queued request 12").
+    #[tracing::instrument(level = "debug", skip_all, fields(delivery = delivery_id))]
     pub async fn set_delivery_outcome(&self, delivery_id: &str, outcome: &str) -> Result<()> {
         on_pool_write!(self, pool => {
             sqlx::query("UPDATE webhook_deliveries SET outcome = $2 WHERE delivery_id = $1")
@@ -162,6 +163,7 @@ impl Store {
     }
 
     /// The recorded outcome of a delivery, if it was seen.
+    #[tracing::instrument(level = "debug", skip_all, fields(delivery = delivery_id))]
     pub async fn delivery_outcome(&self, delivery_id: &str) -> Result<Option<String>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_scalar("SELECT outcome FROM webhook_deliveries WHERE delivery_id = $1")
@@ -172,6 +174,7 @@ impl Store {
     }
 
     /// Queues a request for a runner; returns its id.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn enqueue_request(&self, kind: &str, payload: &Value) -> Result<i64> {
         Ok(on_pool_write!(self, pool => {
             sqlx::query_scalar(
@@ -196,6 +199,7 @@ impl Store {
 
     /// Claims the oldest queued request of one kind (a runner without a free job slot still
     /// answers comments).
+    #[tracing::instrument(level = "debug", skip_all, fields(worker))]
     pub async fn claim_request_of_kind(&self, worker: &str, kind: &str) -> Result<Option<Request>> {
         self.claim(worker, Some(kind)).await
     }
@@ -238,6 +242,7 @@ impl Store {
     }
 
     /// Marks a claimed request done (`ok`) or failed, with a message for the operator.
+    #[tracing::instrument(level = "debug", skip_all, fields(request = id))]
     pub async fn complete_request(&self, id: i64, ok: bool, message: Option<&str>) -> Result<()> {
         let status = if ok {
             RequestStatus::Done
@@ -259,6 +264,7 @@ impl Store {
 
     /// Puts requests claimed by `worker` back in the queue (a runner restarting after a crash
     /// calls this with its own name). Returns how many.
+    #[tracing::instrument(level = "debug", skip_all, fields(worker))]
     pub async fn requeue_claimed(&self, worker: &str) -> Result<u64> {
         Ok(on_pool_write!(self, pool => {
             sqlx::query(
@@ -272,6 +278,7 @@ impl Store {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(request = id))]
     pub async fn get_request(&self, id: i64) -> Result<Option<Request>> {
         let row: Option<RequestRow> = on_pool!(self, pool => {
             sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE id = $1"))
@@ -336,6 +343,7 @@ impl Store {
     ///   `requests.delivery_id` decides), the second records the deliveries.
     ///
     /// A delivery id repeated within the batch is queued at its first place only.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn accept_deliveries(&self, batch: &[NewDelivery<'_>]) -> Result<Vec<Accepted>> {
         let mut seen = HashSet::with_capacity(batch.len());
         let firsts: Vec<&NewDelivery<'_>> = batch
@@ -421,6 +429,7 @@ impl Store {
     }
 
     /// Answers when the database takes a query (for readiness probes).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn ping(&self) -> Result<()> {
         on_pool!(self, pool => {
             sqlx::query("SELECT 1").execute(pool).await?;
@@ -445,6 +454,7 @@ impl Store {
     }
 
     /// Requests in the queue by status (for tests and operators).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn requests_with_status(&self, status: RequestStatus) -> Result<Vec<Request>> {
         let rows: Vec<RequestRow> = on_pool!(self, pool => {
             sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE status = $1 ORDER BY id"))

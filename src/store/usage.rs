@@ -169,6 +169,7 @@ impl Store {
     }
 
     /// A job's agent runs in the order they finished; only one item's when `key` is given.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
     pub async fn agent_runs(&self, job: JobId, key: Option<&ItemKey>) -> Result<Vec<AgentRunRow>> {
         Ok(on_pool!(self, pool => {
             match key {
@@ -190,11 +191,13 @@ impl Store {
     }
 
     /// A job's usage summed per phase and item.
+    #[tracing::instrument(level = "debug", skip_all, fields(%job))]
     pub async fn job_usage(&self, job: JobId) -> Result<JobUsage> {
         Ok(JobUsage::from_runs(&self.agent_runs(job, None).await?))
     }
 
     /// What the agents of a repository's jobs cost since `since` (the server's daily cap).
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo))]
     pub async fn repo_cost_since(&self, repo: &RepoName, since: DateTime<Utc>) -> Result<f64> {
         let sum: Option<f64> = on_pool!(self, pool => {
             sqlx::query_scalar(
@@ -210,6 +213,7 @@ impl Store {
     }
 
     /// The total usage of several jobs at once (the `jobs` list), by job.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn usage_totals(&self, jobs: &[JobId]) -> Result<BTreeMap<JobId, Usage>> {
         let mut out = BTreeMap::new();
         // One query per job keeps the SQL identical on both backends; the list is short.

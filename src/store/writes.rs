@@ -140,10 +140,12 @@ impl Store {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job))]
     pub async fn set_job_refs(&self, proof: &LockProof, refs: &JobRefs) -> Result<()> {
         set_job_column!(self, proof, "refs", Json(refs))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job))]
     pub async fn set_job_vars(&self, proof: &LockProof, vars: &Value) -> Result<()> {
         set_job_column!(self, proof, "vars", vars)
     }
@@ -423,6 +425,7 @@ impl Store {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job))]
     pub async fn remove_from_dlq(&self, proof: &LockProof, key: &ItemKey) -> Result<()> {
         fenced!(self, proof, tx => {
             sqlx::query("DELETE FROM dlq_items WHERE job_id = $1 AND key = $2")
