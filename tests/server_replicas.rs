@@ -84,7 +84,7 @@ async fn two_instances_process_one_pull_request_each_without_overlap() {
         let events = store.events(job, 0, 1000).await.unwrap();
         let starts = events.iter().filter(|e| e.kind == "job_started").count();
         assert_eq!(starts, 1, "job {job} started {starts} times");
-        assert_eq!(ctx.gh.comments_on(REPO, pr as u64).len(), 1);
+        assert_eq!(ctx.gh.comments_on(REPO, pr).len(), 1);
     }
     ctx.gh.assert_no_violations();
     b.stop().await;
