@@ -9,7 +9,6 @@
 //! - twenty concurrent re-run deliveries run the job once and answer every other one, on SQLite
 //!   and on PostgreSQL with two server instances sharing the database.
 
-mod common;
 mod support;
 
 use std::path::Path;
@@ -112,7 +111,7 @@ fn answers(ctx: &Ctx, pr: u64) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let dir = ctx.tmp.path().join("agent");
     std::fs::create_dir_all(&dir).unwrap();
@@ -226,7 +225,7 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rerun_on_a_failed_check_run_resumes_the_job_once_fixed() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let dir = ctx.tmp.path().join("agent");
     std::fs::create_dir_all(&dir).unwrap();
@@ -430,7 +429,7 @@ async fn twenty_reruns(ctx: &Ctx, others: &[&prodigy::server::RunningServer]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_reruns_run_once_on_sqlite() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     twenty_reruns(&ctx, &[]).await;
     ctx.finish().await;
@@ -438,7 +437,7 @@ async fn twenty_concurrent_reruns_run_once_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_reruns_over_two_instances_run_once_on_postgres() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
@@ -450,7 +449,7 @@ async fn twenty_concurrent_reruns_over_two_instances_run_once_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn closing_the_pull_request_concludes_its_check_run_cancelled() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let sha = ctx.push_pr(7, &[("items.json", &items(&[("w", "wait")]))], false);
     ctx.open_pr(7, &sha).await;
@@ -478,7 +477,7 @@ async fn closing_the_pull_request_concludes_its_check_run_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_resumed_after_a_restart_reports_to_a_new_check_run() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let mut ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let sha = ctx.push_pr(8, &[("items.json", &items(&[("w", "wait")]))], false);
     ctx.open_pr(8, &sha).await;

@@ -5,7 +5,6 @@
 //! to its transcript, which needs the page's token and shows a secret masked.
 //! Skips when the real CLI is not installed (see `real_claude`).
 
-mod common;
 mod support;
 
 use axum::http::StatusCode;
@@ -85,7 +84,7 @@ async fn real_agents_usage_reaches_the_check_run_and_the_job_page_with_transcrip
     };
     let fake = FakeAnthropic::empty();
     script(&fake);
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_real_claude(db.url(), &claude, |home| fake.cli_env(home)).await;
     let sha = ctx.push_pr(
         1,

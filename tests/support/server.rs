@@ -20,6 +20,7 @@ use tempfile::TempDir;
 use tower::ServiceExt;
 
 use super::fake_github::FakeGitHub;
+use super::git::git;
 use super::webhook::{fixture_payload, signed_request};
 
 pub const REPO: &str = "octo/widgets";
@@ -116,21 +117,6 @@ impl Default for ServerOptions {
             daily_cap: None,
         }
     }
-}
-
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Polls `f` every 25 ms until it yields, for at most `timeout`; panics naming `what`.
