@@ -210,6 +210,9 @@ async fn the_serve_binarys_agents_see_no_secret_and_cannot_leave_their_worktree(
     })
     .await;
     assert_eq!(run.conclusion.as_deref(), Some("failure"), "{run:#?}");
+    // The pull request's one reply names the job it started.
+    let reply = ctx.wait_for_comments(1, 1).await.remove(0);
+    assert!(reply.contains("started job"), "{reply}");
     let logs = all_text(&state.join("logs"));
     assert!(logs.contains("exit code 5"), "{logs}");
     // Its commit in the sandbox needed no lock it could not take.

@@ -10,7 +10,7 @@
 // Handlers bail out with a ready `Response`; boxing it would only add noise to a test server.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -210,6 +210,12 @@ pub struct World {
     pub schema_violations: Vec<String>,
     failures: HashMap<Op, VecDeque<InjectedFailure>>,
     next_id: u64,
+    /// What tests read through [`FakeGitHub::comments_on`] and [`FakeGitHub::check_runs_for`]:
+    /// comment ids, and per check run how many updates it had then.
+    seen_comments: HashSet<u64>,
+    seen_check_runs: HashMap<u64, usize>,
+    /// Woken after every answered call, for [`FakeGitHub::wait_for`].
+    answered: Arc<tokio::sync::Notify>,
 }
 
 impl World {
@@ -224,6 +230,44 @@ impl World {
 
     pub fn count(&self, op: Op) -> usize {
         self.requests.iter().filter(|r| r.op == op).count()
+    }
+
+    /// The comments posted on `repo`#`issue`, oldest first.
+    pub fn comments_on(&self, repo: &str, issue: u64) -> Vec<&Comment> {
+        let repo = repo.to_ascii_lowercase();
+        self.comments
+            .iter()
+            .filter(|c| c.repo == repo && c.issue == issue)
+            .collect()
+    }
+
+    /// The check runs of `repo` for `head_sha`.
+    pub fn check_runs_for(&self, repo: &str, head_sha: &str) -> Vec<&CheckRun> {
+        let repo = repo.to_ascii_lowercase();
+        self.check_runs
+            .values()
+            .filter(|r| r.repo == repo && r.head_sha == head_sha)
+            .collect()
+    }
+
+    /// What the bot posted that no test read: comments, and check runs updated since read.
+    fn unseen(&self) -> Vec<String> {
+        let comments = self
+            .comments
+            .iter()
+            .filter(|c| !self.seen_comments.contains(&c.id))
+            .map(|c| format!("comment on {}#{}: {}", c.repo, c.issue, c.body));
+        let runs = self
+            .check_runs
+            .values()
+            .filter(|r| self.seen_check_runs.get(&r.id) != Some(&r.updates))
+            .map(|r| {
+                format!(
+                    "check run {} {:?} after {} updates: {} {:?} {:?}",
+                    r.id, r.name, r.updates, r.status, r.conclusion, r.title
+                )
+            });
+        comments.chain(runs).collect()
     }
 }
 
@@ -355,26 +399,29 @@ impl FakeGitHub {
             .insert((git_ref.into(), path.into()), bytes.to_vec());
     }
 
-    /// The bodies of the comments posted on `repo`#`issue`, oldest first.
+    /// The bodies of the comments posted on `repo`#`issue`, oldest first; marks them read.
     pub fn comments_on(&self, repo: &str, issue: u64) -> Vec<String> {
-        let repo = repo.to_ascii_lowercase();
-        self.world()
-            .comments
-            .iter()
-            .filter(|c| c.repo == repo && c.issue == issue)
-            .map(|c| c.body.clone())
-            .collect()
+        let mut w = self.world();
+        let (ids, bodies): (Vec<u64>, Vec<String>) = w
+            .comments_on(repo, issue)
+            .into_iter()
+            .map(|c| (c.id, c.body.clone()))
+            .unzip();
+        w.seen_comments.extend(ids);
+        bodies
     }
 
-    /// The check runs of `repo` for `head_sha`.
+    /// The check runs of `repo` for `head_sha`; marks them read as they are now.
     pub fn check_runs_for(&self, repo: &str, head_sha: &str) -> Vec<CheckRun> {
-        let repo = repo.to_ascii_lowercase();
-        self.world()
-            .check_runs
-            .values()
-            .filter(|r| r.repo == repo && r.head_sha == head_sha)
+        let mut w = self.world();
+        let runs: Vec<CheckRun> = w
+            .check_runs_for(repo, head_sha)
+            .into_iter()
             .cloned()
-            .collect()
+            .collect();
+        w.seen_check_runs
+            .extend(runs.iter().map(|r| (r.id, r.updates)));
+        runs
     }
 
     /// A GitHub Actions workflow token (`GITHUB_TOKEN`) for `repo`: an installation token of its
@@ -407,6 +454,42 @@ impl FakeGitHub {
 
     pub fn count(&self, op: Op) -> usize {
         self.world().count(op)
+    }
+
+    /// Waits until `f` finds what it looks for in the world, checking after every call the fake
+    /// answers (no polling); panics naming `what` after `timeout`.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(&World) -> Option<T>,
+    ) -> T {
+        let answered = self.world().answered.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before looking, so a call answered in between still wakes us.
+            let next = answered.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if let Some(found) = f(&self.world()) {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, next).await.is_err() {
+                panic!("timed out after {timeout:?} waiting for {what} on the fake GitHub");
+            }
+        }
+    }
+
+    /// Panics with every comment and check-run update the bot posted that the test never read
+    /// (through [`FakeGitHub::comments_on`] or [`FakeGitHub::check_runs_for`]): what the bot
+    /// says is behaviour, and a test that does not look at it does not pin it.
+    pub fn assert_all_seen(&self) {
+        let unseen = self.world().unseen();
+        assert!(
+            unseen.is_empty(),
+            "the bot posted what the test never read:\n{}",
+            unseen.join("\n")
+        );
     }
 
     /// Panics with every request body that did not match GitHub's schema.
@@ -794,6 +877,7 @@ impl Call {
             Err(refused) => refused,
         };
         w.requests[index].status = response.status();
+        w.answered.notify_waiters();
         response
     }
 }
