@@ -89,15 +89,17 @@ async fn job_of_pr(ctx: &Ctx, pr: u64) -> JobId {
 
 /// Waits until `n` check runs exist on `sha` and all are completed; returns them, oldest first.
 async fn completed_check_runs(ctx: &Ctx, sha: &str, n: usize) -> Vec<CheckRun> {
-    wait_until(
-        &format!("{n} completed check runs on {sha}"),
-        WAIT,
-        || async {
-            let runs = ctx.gh.check_runs_for(REPO, sha);
-            (runs.len() == n && runs.iter().all(|r| r.status == "completed")).then_some(runs)
-        },
-    )
-    .await
+    ctx.gh
+        .wait_for_check_runs(
+            REPO,
+            sha,
+            &format!("{n} completed check runs"),
+            WAIT,
+            |runs| {
+                (runs.len() == n && runs.iter().all(|r| r.status == "completed")).then_some(runs)
+            },
+        )
+        .await
 }
 
 /// The bot's answers to re-run clicks on `pr` (they name the person who clicked).
@@ -150,11 +152,19 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
     let dlq = ctx.server.store.dlq(Some(job)).await.unwrap();
     assert_eq!(dlq.len(), 52);
     // The completion carries the first 50; the last batch is appended right after it.
-    let run = wait_until("every DLQ row as an annotation", WAIT, || async {
-        let run = ctx.gh.check_runs_for(REPO, &sha).remove(0);
-        (run.annotations.len() >= dlq.len()).then_some(run)
-    })
-    .await;
+    let run = ctx
+        .gh
+        .wait_for_check_runs(
+            REPO,
+            &sha,
+            "every DLQ row as an annotation",
+            WAIT,
+            |mut runs| {
+                let run = runs.remove(0);
+                (run.annotations.len() >= dlq.len()).then_some(run)
+            },
+        )
+        .await;
     assert_eq!(run.annotations.len(), dlq.len());
     for row in &dlq {
         assert!(
@@ -454,11 +464,15 @@ async fn closing_the_pull_request_concludes_its_check_run_cancelled() {
     let sha = ctx.push_pr(7, &[("items.json", &items(&[("w", "wait")]))], false);
     ctx.open_pr(7, &sha).await;
     let job = job_of_pr(&ctx, 7).await;
-    wait_until("the check run to be created", WAIT, || async {
-        let runs = ctx.gh.check_runs_for(REPO, &sha);
-        (runs.len() == 1 && runs[0].status == "in_progress").then_some(())
-    })
-    .await;
+    ctx.gh
+        .wait_for_check_runs(
+            REPO,
+            &sha,
+            "the check run to be in progress",
+            WAIT,
+            |runs| (runs.len() == 1 && runs[0].status == "in_progress").then_some(()),
+        )
+        .await;
     let (status, text) = ctx
         .deliver("pull_request", ctx.pr_payload(7, &sha, "closed", false))
         .await;
@@ -482,10 +496,11 @@ async fn a_job_resumed_after_a_restart_reports_to_a_new_check_run() {
     let sha = ctx.push_pr(8, &[("items.json", &items(&[("w", "wait")]))], false);
     ctx.open_pr(8, &sha).await;
     let job = job_of_pr(&ctx, 8).await;
-    wait_until("the check run to be created", WAIT, || async {
-        (ctx.gh.check_runs_for(REPO, &sha).len() == 1).then_some(())
-    })
-    .await;
+    ctx.gh
+        .wait_for_check_runs(REPO, &sha, "the check run to be created", WAIT, |runs| {
+            (runs.len() == 1).then_some(())
+        })
+        .await;
     // A deploy: the stopped run's check run is completed before the process lets go of it.
     ctx.restart("a", 2).await;
     let stopped = &ctx.gh.check_runs_for(REPO, &sha)[0];

@@ -464,6 +464,40 @@ impl FakeGitHub {
         timeout: std::time::Duration,
         mut f: impl FnMut(&World) -> Option<T>,
     ) -> T {
+        self.wait_for_mut(what, timeout, |world| f(world)).await
+    }
+
+    /// Waits until `f` accepts the check runs of `repo` for `head_sha` (as
+    /// [`FakeGitHub::wait_for`]); the runs it accepted count as read.
+    pub async fn wait_for_check_runs<T>(
+        &self,
+        repo: &str,
+        head_sha: &str,
+        what: &str,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(Vec<CheckRun>) -> Option<T>,
+    ) -> T {
+        let what = format!("{what} (check runs of {repo} at {head_sha})");
+        self.wait_for_mut(&what, timeout, |world| {
+            let runs: Vec<CheckRun> = world
+                .check_runs_for(repo, head_sha)
+                .into_iter()
+                .cloned()
+                .collect();
+            let seen: Vec<(u64, usize)> = runs.iter().map(|r| (r.id, r.updates)).collect();
+            let found = f(runs)?;
+            world.seen_check_runs.extend(seen);
+            Some(found)
+        })
+        .await
+    }
+
+    async fn wait_for_mut<T>(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(&mut World) -> Option<T>,
+    ) -> T {
         let answered = self.world().answered.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -471,7 +505,7 @@ impl FakeGitHub {
             let next = answered.notified();
             tokio::pin!(next);
             next.as_mut().enable();
-            if let Some(found) = f(&self.world()) {
+            if let Some(found) = f(&mut self.world()) {
                 return found;
             }
             if tokio::time::timeout_at(deadline, next).await.is_err() {
