@@ -11,7 +11,6 @@
 //! - `resume: auto` continues an unfinished job at the same commit (SQLite and PostgreSQL), starts
 //!   a new one once it finished or when the job cannot continue in this checkout.
 
-mod harness;
 mod support;
 
 use std::collections::BTreeMap;
@@ -19,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use support::fake_anthropic::{FakeAnthropic, Turn, Usage, first_user_text, real_claude};
 
-use harness::{Repo, text};
 use serde_json::{Value, json};
 use support::fake_github::{FakeGitHub, Op};
+use support::repo::{Repo, text};
 use support::webhook::fixture_payload;
 
 const REPO: &str = "octo-org/pipelines";
@@ -526,7 +525,7 @@ async fn a_missing_workflow_file_or_unknown_job_is_named_and_exits_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_auto_continues_an_unfinished_job_at_the_same_commit() {
-    let pg = harness::common::postgres_db().await;
+    let pg = support::db::postgres_db().await;
     let backends = [("sqlite", None)]
         .into_iter()
         .chain(pg.as_ref().map(|db| ("postgres", Some(db.url()))));

@@ -2,23 +2,13 @@
 //! Anthropic API: proves the fake speaks the API well enough for the CLI to run tools, and pins the
 //! stream-json format prodigy reads. Skips when the CLI is not installed (see `real_claude`).
 
-#[path = "support/fake_anthropic.rs"]
-mod fake_anthropic;
+mod support;
 
 use std::process::Command;
 
-use fake_anthropic::{FakeAnthropic, Turn, Usage, real_claude};
 use serde_json::Value;
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use support::fake_anthropic::{FakeAnthropic, Turn, Usage, real_claude};
+use support::git::git;
 
 #[test]
 fn the_real_cli_runs_a_scripted_bash_tool_that_commits_and_reports_usage() {

@@ -8,12 +8,12 @@
 //! fails before any agent runs, naming why (Landlock's absence is simulated with
 //! `PRODIGY_SANDBOX_SIMULATE_MISSING=1`).
 
-mod harness;
+mod support;
 
 use std::path::Path;
 
-use harness::{Repo, job_id, text};
 use prodigy::engine::sandbox::{Support, support};
+use support::repo::{Repo, job_id, text};
 
 const SECRETS: &[(&str, &str)] = &[
     ("PRODIGY_WEBHOOK_SECRET", "run-face-webhook-secret-1"),

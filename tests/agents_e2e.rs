@@ -2,13 +2,11 @@
 //! `prodigy` binary: agents commit in their worktrees, their commits merge, transcripts and usage
 //! are recorded. Skips when the CLI is not installed (see `real_claude`).
 
-#[path = "support/fake_anthropic.rs"]
-mod fake_anthropic;
-mod harness;
+mod support;
 
-use fake_anthropic::{FakeAnthropic, Turn, Usage, first_user_text, real_claude};
-use harness::{Repo, job_id, text};
 use serde_json::Value;
+use support::fake_anthropic::{FakeAnthropic, Turn, Usage, first_user_text, real_claude};
+use support::repo::{Repo, job_id, text};
 
 const ITEMS: &[&str] = &["alpha", "beta", "gamma"];
 
@@ -108,7 +106,10 @@ fn real_agents_commit_in_their_worktrees_and_their_commits_merge() {
     // Every conversation request carried the step's model and the test key.
     for r in fake.conversation() {
         assert_eq!(r.body["model"], "claude-sonnet-4-5");
-        assert_eq!(r.api_key.as_deref(), Some(fake_anthropic::TEST_API_KEY));
+        assert_eq!(
+            r.api_key.as_deref(),
+            Some(support::fake_anthropic::TEST_API_KEY)
+        );
     }
 
     // Each attempt has a transcript beside its log, with the CLI's init and result lines.

@@ -3,7 +3,6 @@
 //! concurrent deliveries of one click, split over two "instances" (engines with their own store
 //! pools), run it exactly once and every other delivery gets an answer. SQLite and PostgreSQL.
 
-mod harness;
 mod support;
 
 use std::path::Path;
@@ -11,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use harness::Repo;
 use prodigy::checks::rerun::{self, RerunOutcome, RerunRequest, Trigger};
 use prodigy::checks::{AppCheckRuns, CheckRunReporter, ReporterConfig};
 use prodigy::engine::{Engine, NewRun, Rerun, RerunWork, RetryRequest};
@@ -20,6 +18,7 @@ use prodigy::store::Store;
 use prodigy::types::{JobStatus, RepoName};
 use serde_json::{Value, json};
 use support::fake_github::{self, FakeGitHub, Op};
+use support::repo::Repo;
 use tokio_util::sync::CancellationToken;
 
 const INSTALLATION: u64 = 55;
@@ -57,7 +56,7 @@ fn engine(store: Store, repo: &Repo, instance: &str, reporter: CheckRunReporter)
         instance: Some(instance.into()),
         reporter: Arc::new(reporter),
         cancel: CancellationToken::new(),
-        agents: harness::agents_writing_tmp(),
+        agents: support::repo::agents_writing_tmp(),
     }
 }
 
@@ -72,7 +71,7 @@ fn runs(counter: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
     let mut backends = vec![("sqlite", None)];
-    if let Some(db) = harness::common::postgres_db().await {
+    if let Some(db) = support::db::postgres_db().await {
         backends.push(("postgres", Some(db)));
     }
     for (backend, db) in backends {

@@ -2,13 +2,11 @@
 //! repository through the library, the reporter sends the check run to the fake GitHub, which
 //! checks every request against GitHub's schema.
 
-mod harness;
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::Repo;
 use prodigy::checks::{AppCheckRuns, CheckRunReporter, ReportState, ReporterConfig};
 use prodigy::engine::{Engine, NewRun, RunOutcome};
 use prodigy::github::{GitHubClient, InstallationId};
@@ -16,6 +14,7 @@ use prodigy::store::Store;
 use prodigy::types::{JobStatus, RepoName};
 use serde_json::{Value, json};
 use support::fake_github::{self, CheckRun, FakeGitHub, Op};
+use support::repo::Repo;
 use tokio_util::sync::CancellationToken;
 
 const INSTALLATION: u64 = 31;
@@ -122,7 +121,7 @@ impl World {
             instance: None,
             reporter: Arc::new(reporter.clone()),
             cancel,
-            agents: harness::agents_writing_tmp(),
+            agents: support::repo::agents_writing_tmp(),
         };
         let start = Instant::now();
         let outcome = engine

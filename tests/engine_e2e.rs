@@ -1,9 +1,9 @@
 //! The engine end to end: real git repositories, real processes, the real binary.
 
-mod harness;
+mod support;
 
-use harness::{Repo, job_id, text};
 use serde_json::Value;
+use support::repo::{Repo, job_id, text};
 
 /// An agent script with one behaviour per item kind.
 const AGENT: &str = r#"#!/bin/sh
@@ -648,7 +648,7 @@ map:
 
 #[test]
 fn a_spent_budget_stops_running_agents_after_the_grace_and_leaves_their_items_pending() {
-    for (backend, db) in harness::backends() {
+    for (backend, db) in support::repo::backends() {
         let repo = Repo::new(db.as_ref().map(|d| d.url()));
         std::fs::write(repo.claude_bin(), budget_stub(&repo.out)).unwrap();
         repo.write(

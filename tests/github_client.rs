@@ -755,3 +755,43 @@ async fn a_repositorys_calls_use_a_token_narrowed_to_it_with_the_job_permissions
     assert_eq!(tokens[1].repositories, Some(vec![OTHER.to_string()]));
     fake.assert_no_violations();
 }
+
+/// What the bot posts is behaviour: the fake fails a test that never read a comment or a
+/// check-run update (`assert_all_seen`, part of the server harness's `finish`).
+#[tokio::test]
+async fn the_fake_fails_a_test_that_never_read_what_the_bot_posted() {
+    let (fake, client) = setup().await;
+    let unread = |fake: &FakeGitHub| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fake.assert_all_seen()))
+            .err()
+            .and_then(|e| e.downcast_ref::<String>().cloned())
+    };
+    client
+        .create_comment(inst(), &repo(), PrNumber(1), "posted")
+        .await
+        .unwrap();
+    let complaint = unread(&fake).expect("an unread comment fails the check");
+    assert!(complaint.contains("#1: posted"), "{complaint}");
+    assert_eq!(fake.comments_on(REPO, 1), vec!["posted"]);
+    fake.assert_all_seen();
+
+    let run = client
+        .create_check_run(inst(), &repo(), &new_run())
+        .await
+        .unwrap();
+    assert!(
+        unread(&fake).is_some(),
+        "an unread check run fails the check"
+    );
+    assert_eq!(fake.check_runs_for(REPO, SHA).len(), 1);
+    fake.assert_all_seen();
+    client
+        .update_check_run(inst(), &repo(), run, &annotations_update(0..1))
+        .await
+        .unwrap();
+    let complaint = unread(&fake).expect("an unread update fails the check");
+    assert!(complaint.contains("after 1 updates"), "{complaint}");
+    assert_eq!(fake.check_runs_for(REPO, SHA)[0].updates, 1);
+    fake.assert_all_seen();
+    fake.assert_no_violations();
+}

@@ -2,15 +2,15 @@
 //! lock freed when its holder is killed (PostgreSQL: at once; SQLite: at once when the holder's
 //! pid is gone on this host, else within one lease).
 
-mod common;
+mod support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{TestDb, sqlite_db, test_stores};
 use prodigy::store::NewJob;
 use prodigy::types::JobId;
 use serde_json::Value;
+use support::db::{TestDb, sqlite_db, test_stores};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 

@@ -6,7 +6,7 @@
 //! (`SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()`), so each case sees the transport
 //! that was really used, not what was asked for.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -100,7 +100,7 @@ async fn server_certificate(server: &str, dir: &Path) -> PathBuf {
 
 #[tokio::test]
 async fn sslmode_require_encrypts_the_connection() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     let home = tempfile::tempdir().unwrap();
@@ -114,7 +114,7 @@ async fn sslmode_require_encrypts_the_connection() {
 
 #[tokio::test]
 async fn no_sslmode_prefers_tls_as_libpq_does_and_disable_is_plain() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     let home = tempfile::tempdir().unwrap();
@@ -126,7 +126,7 @@ async fn no_sslmode_prefers_tls_as_libpq_does_and_disable_is_plain() {
 
 #[tokio::test]
 async fn verify_full_against_a_ca_the_server_does_not_use_says_what_to_do() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     let home = tempfile::tempdir().unwrap();
@@ -150,7 +150,7 @@ async fn verify_full_against_a_ca_the_server_does_not_use_says_what_to_do() {
 
 #[tokio::test]
 async fn require_with_a_root_certificate_verifies_the_ca_as_libpq_does() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     let home = tempfile::tempdir().unwrap();
@@ -164,11 +164,11 @@ async fn require_with_a_root_certificate_verifies_the_ca_as_libpq_does() {
 
 #[tokio::test]
 async fn verify_ca_checks_the_ca_and_verify_full_the_host_name_too() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     let home = tempfile::tempdir().unwrap();
-    let root = server_certificate(&common::postgres_server_url(), home.path()).await;
+    let root = server_certificate(&support::db::postgres_server_url(), home.path()).await;
     let by_ip = db.url().replace("@localhost", "@127.0.0.1");
     assert!(
         by_ip.contains("@127.0.0.1"),

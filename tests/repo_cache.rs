@@ -3,8 +3,9 @@
 //! remote is git's "dumb" HTTP protocol (static files of a bare repository after
 //! `git update-server-info`), served here, so every request's headers can be checked.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -15,24 +16,11 @@ use prodigy::github::PrNumber;
 use prodigy::server::repos::RepoCache;
 use prodigy::types::RepoName;
 use secrecy::SecretString;
+use support::git::git;
 use tempfile::TempDir;
 
 const TOKEN: &str = "ghs_test-installation-token-123";
 const REPO: &str = "octo/widgets";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 struct Remote {
     bare: PathBuf,

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use prodigy::engine::sandbox::{Support, support};
 use prodigy::server::WebhookSecret;
 use secrecy::SecretString;
-use support::server::{Ctx, REPO, SECRET, WAIT, wait_until};
+use support::server::{Ctx, REPO, SECRET, WAIT};
 
 /// In the server's environment only; no agent may find it.
 const DB_PASSWORD: &str = "serve-binary-db-password-9";
@@ -204,12 +204,20 @@ async fn the_serve_binarys_agents_see_no_secret_and_cannot_leave_their_worktree(
     assert!(status.contains("202"), "{status}");
 
     // The job reports the agent's failure as any other: its check run fails.
-    let run = wait_until("the job's check run to complete", WAIT, || async {
-        let runs = ctx.gh.check_runs_for(REPO, &sha);
-        runs.into_iter().find(|r| r.status == "completed")
-    })
-    .await;
+    let run = ctx
+        .gh
+        .wait_for_check_runs(
+            REPO,
+            &sha,
+            "the job's check run to complete",
+            WAIT,
+            |runs| runs.into_iter().find(|r| r.status == "completed"),
+        )
+        .await;
     assert_eq!(run.conclusion.as_deref(), Some("failure"), "{run:#?}");
+    // The pull request's one reply names the job it started.
+    let reply = ctx.wait_for_comments(1, 1).await.remove(0);
+    assert!(reply.contains("started job"), "{reply}");
     let logs = all_text(&state.join("logs"));
     assert!(logs.contains("exit code 5"), "{logs}");
     // Its commit in the sandbox needed no lock it could not take.

@@ -7,7 +7,6 @@
 //! (`serve --pass-env`) its agents get, and a name the operator does not pass is refused with a
 //! reply naming it.
 
-mod common;
 mod support;
 
 use prodigy::engine::sandbox::{Support, support};
@@ -64,7 +63,7 @@ fn serve_face_agents_see_no_secret_and_cannot_leave_their_worktree() {
 }
 
 async fn run() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::passing_env(db.url(), &[PICKED.0, UNPICKED.0]).await;
     let config = format!("workflows: [.prodigy/fix.yml]\npass_env: [{}]\n", PICKED.0);
     let sha = ctx.push_pr(

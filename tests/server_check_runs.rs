@@ -9,7 +9,6 @@
 //! - twenty concurrent re-run deliveries run the job once and answer every other one, on SQLite
 //!   and on PostgreSQL with two server instances sharing the database.
 
-mod common;
 mod support;
 
 use std::path::Path;
@@ -90,15 +89,17 @@ async fn job_of_pr(ctx: &Ctx, pr: u64) -> JobId {
 
 /// Waits until `n` check runs exist on `sha` and all are completed; returns them, oldest first.
 async fn completed_check_runs(ctx: &Ctx, sha: &str, n: usize) -> Vec<CheckRun> {
-    wait_until(
-        &format!("{n} completed check runs on {sha}"),
-        WAIT,
-        || async {
-            let runs = ctx.gh.check_runs_for(REPO, sha);
-            (runs.len() == n && runs.iter().all(|r| r.status == "completed")).then_some(runs)
-        },
-    )
-    .await
+    ctx.gh
+        .wait_for_check_runs(
+            REPO,
+            sha,
+            &format!("{n} completed check runs"),
+            WAIT,
+            |runs| {
+                (runs.len() == n && runs.iter().all(|r| r.status == "completed")).then_some(runs)
+            },
+        )
+        .await
 }
 
 /// The bot's answers to re-run clicks on `pr` (they name the person who clicked).
@@ -112,7 +113,7 @@ fn answers(ctx: &Ctx, pr: u64) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let dir = ctx.tmp.path().join("agent");
     std::fs::create_dir_all(&dir).unwrap();
@@ -151,11 +152,19 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
     let dlq = ctx.server.store.dlq(Some(job)).await.unwrap();
     assert_eq!(dlq.len(), 52);
     // The completion carries the first 50; the last batch is appended right after it.
-    let run = wait_until("every DLQ row as an annotation", WAIT, || async {
-        let run = ctx.gh.check_runs_for(REPO, &sha).remove(0);
-        (run.annotations.len() >= dlq.len()).then_some(run)
-    })
-    .await;
+    let run = ctx
+        .gh
+        .wait_for_check_runs(
+            REPO,
+            &sha,
+            "every DLQ row as an annotation",
+            WAIT,
+            |mut runs| {
+                let run = runs.remove(0);
+                (run.annotations.len() >= dlq.len()).then_some(run)
+            },
+        )
+        .await;
     assert_eq!(run.annotations.len(), dlq.len());
     for row in &dlq {
         assert!(
@@ -226,7 +235,7 @@ async fn a_pull_request_job_reports_to_a_check_run_within_the_call_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rerun_on_a_failed_check_run_resumes_the_job_once_fixed() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let dir = ctx.tmp.path().join("agent");
     std::fs::create_dir_all(&dir).unwrap();
@@ -430,7 +439,7 @@ async fn twenty_reruns(ctx: &Ctx, others: &[&prodigy::server::RunningServer]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_reruns_run_once_on_sqlite() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     twenty_reruns(&ctx, &[]).await;
     ctx.finish().await;
@@ -438,7 +447,7 @@ async fn twenty_concurrent_reruns_run_once_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_reruns_over_two_instances_run_once_on_postgres() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
@@ -450,16 +459,20 @@ async fn twenty_concurrent_reruns_over_two_instances_run_once_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn closing_the_pull_request_concludes_its_check_run_cancelled() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let sha = ctx.push_pr(7, &[("items.json", &items(&[("w", "wait")]))], false);
     ctx.open_pr(7, &sha).await;
     let job = job_of_pr(&ctx, 7).await;
-    wait_until("the check run to be created", WAIT, || async {
-        let runs = ctx.gh.check_runs_for(REPO, &sha);
-        (runs.len() == 1 && runs[0].status == "in_progress").then_some(())
-    })
-    .await;
+    ctx.gh
+        .wait_for_check_runs(
+            REPO,
+            &sha,
+            "the check run to be in progress",
+            WAIT,
+            |runs| (runs.len() == 1 && runs[0].status == "in_progress").then_some(()),
+        )
+        .await;
     let (status, text) = ctx
         .deliver("pull_request", ctx.pr_payload(7, &sha, "closed", false))
         .await;
@@ -478,15 +491,16 @@ async fn closing_the_pull_request_concludes_its_check_run_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_resumed_after_a_restart_reports_to_a_new_check_run() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let mut ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let sha = ctx.push_pr(8, &[("items.json", &items(&[("w", "wait")]))], false);
     ctx.open_pr(8, &sha).await;
     let job = job_of_pr(&ctx, 8).await;
-    wait_until("the check run to be created", WAIT, || async {
-        (ctx.gh.check_runs_for(REPO, &sha).len() == 1).then_some(())
-    })
-    .await;
+    ctx.gh
+        .wait_for_check_runs(REPO, &sha, "the check run to be created", WAIT, |runs| {
+            (runs.len() == 1).then_some(())
+        })
+        .await;
     // A deploy: the stopped run's check run is completed before the process lets go of it.
     ctx.restart("a", 2).await;
     let stopped = &ctx.gh.check_runs_for(REPO, &sha)[0];

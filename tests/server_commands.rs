@@ -1,6 +1,5 @@
 //! `/prodigy` commands in pull-request comments, end to end through the real router and runner.
 
-mod common;
 mod support;
 
 use prodigy::server::replies;
@@ -42,7 +41,7 @@ fn reactions_on(ctx: &Ctx, comment: u64) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn help_and_status_work_for_everyone_with_one_reply_each() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let job = pr_with_job(&ctx, 1, &[("a", "ok")]).await;
     ctx.wait_status(job, JobStatus::Succeeded).await;
@@ -72,7 +71,7 @@ async fn help_and_status_work_for_everyone_with_one_reply_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refusals_typos_and_ignored_comments() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let sha = ctx.push_pr(4, &[], false);
     ctx.gh.add_pr(REPO, 4, &sha, Some(REPO));
@@ -147,7 +146,7 @@ async fn refusals_typos_and_ignored_comments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resume_of_a_running_job_names_its_holder_and_cancel_stops_it() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     // One job slot, taken by the job: commands are still answered at once.
     let ctx = Ctx::with_instance(db.url(), "a", 1).await;
     let job = pr_with_job(&ctx, 5, &[("slow", "wait")]).await;
@@ -192,7 +191,7 @@ async fn resume_of_a_running_job_names_its_holder_and_cancel_stops_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resume_and_retry_of_a_failed_job() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let job = pr_with_job(&ctx, 6, &[("good", "ok"), ("bad", "fail")]).await;
     ctx.wait_status(job, JobStatus::Failed).await;
@@ -276,7 +275,7 @@ async fn resume_and_retry_of_a_failed_job() {
 /// maintain permission (write is refused, saying so), and the resume finishes every item.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resume_with_a_budget_raises_it_for_maintainers_only() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     ctx.gh.set_permission(REPO, "boss", "maintain");
     // Every agent run costs $1.
@@ -341,7 +340,7 @@ async fn resume_with_a_budget_raises_it_for_maintainers_only() {
 /// reply naming the cap (the stopped job is left as it is).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_daily_repository_cap_stops_a_job_and_refuses_new_ones() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_daily_cap(db.url(), 1.5).await;
     std::fs::write(
         &ctx.claude,

@@ -1,16 +1,16 @@
 //! `prodigy serve` and pull requests, end to end: signed deliveries through the real router, the
 //! runner, real git repositories behind `file://`, the stub AI CLI and the fake GitHub.
 
-mod common;
 mod support;
 
 use prodigy::store::ItemFilter;
 use prodigy::types::{JobStatus, RepoName};
-use support::server::{Ctx, MAINTAINER, REPO, WAIT, git, items, job_id_of, job_links, wait_until};
+use support::git::git;
+use support::server::{Ctx, MAINTAINER, REPO, WAIT, items, job_id_of, job_links, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn opened_pull_request_runs_its_workflow_and_links_the_page() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let sha = ctx.push_pr(
         1,
@@ -87,7 +87,7 @@ async fn opened_pull_request_runs_its_workflow_and_links_the_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fork_is_not_run_automatically_but_runs_on_a_maintainers_command() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let sha = ctx.push_pr(2, &[], true);
     let (status, text) = ctx
@@ -131,7 +131,7 @@ async fn fork_is_not_run_automatically_but_runs_on_a_maintainers_command() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_push_cancels_the_older_job_and_closing_cleans_up() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     // The first push's job blocks on the gate, so it is still running when the second arrives.
     let first = ctx.push_pr(3, &[("items.json", &items(&[("slow", "wait")]))], false);
@@ -196,7 +196,7 @@ async fn a_new_push_cancels_the_older_job_and_closing_cleans_up() {
 /// A push delivered right after `opened`, before the first job exists, still supersedes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_push_right_after_opening_supersedes_the_first_job() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_instance(db.url(), "a", 4).await;
     let first = ctx.push_pr(4, &[("items.json", &items(&[("slow", "wait")]))], false);
     let second = ctx.push_pr(4, &[("items.json", &items(&[("quick", "ok")]))], false);
@@ -227,7 +227,7 @@ async fn a_push_right_after_opening_supersedes_the_first_job() {
 /// trip over each other's half-made worktrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pull_requests_opened_together_all_run_in_one_clone() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_instance(db.url(), "a", 6).await;
     let prs = [11, 12, 13, 14];
     let shas: Vec<String> = prs
@@ -286,7 +286,7 @@ async fn pull_requests_opened_together_all_run_in_one_clone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_server_resumes_the_jobs_it_was_running() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let mut ctx = Ctx::new(db.url()).await;
     let sha = ctx.push_pr(
         8,

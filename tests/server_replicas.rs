@@ -4,7 +4,6 @@
 //! PostgreSQL tests are skipped (with a message) when no PostgreSQL is reachable, unless
 //! PRODIGY_REQUIRE_POSTGRES=1.
 
-mod common;
 mod support;
 
 use prodigy::store::RequestStatus;
@@ -13,7 +12,7 @@ use support::server::{Ctx, REPO, WAIT, items, job_id_of, job_links, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_process_one_pull_request_each_without_overlap() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     // One job slot each: an instance busy with one job leaves the next request to the other.
@@ -134,13 +133,13 @@ async fn web_only_instance_queues_what_a_runner_instance_runs(db_url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn web_only_instance_on_sqlite() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     web_only_instance_queues_what_a_runner_instance_runs(db.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn web_only_instance_on_postgres() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     web_only_instance_queues_what_a_runner_instance_runs(db.url()).await;

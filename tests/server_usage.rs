@@ -5,14 +5,13 @@
 //! to its transcript, which needs the page's token and shows a secret masked.
 //! Skips when the real CLI is not installed (see `real_claude`).
 
-mod common;
 mod support;
 
 use axum::http::StatusCode;
 use prodigy::types::JobStatus;
 use serde_json::Value;
 use support::fake_anthropic::{FakeAnthropic, Turn, Usage, first_user_text, real_claude};
-use support::server::{Ctx, REPO, WAIT, job_id_of, job_links, wait_until};
+use support::server::{Ctx, REPO, WAIT, job_id_of, job_links};
 
 const SECRET: &str = "usage-secret-value-42";
 
@@ -85,7 +84,7 @@ async fn real_agents_usage_reaches_the_check_run_and_the_job_page_with_transcrip
     };
     let fake = FakeAnthropic::empty();
     script(&fake);
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_real_claude(db.url(), &claude, |home| fake.cli_env(home)).await;
     let sha = ctx.push_pr(
         1,
@@ -99,11 +98,12 @@ async fn real_agents_usage_reaches_the_check_run_and_the_job_page_with_transcrip
     let comments = ctx.wait_for_comments(1, 1).await;
     let link = job_links(&comments[0])[0].clone();
     let job = job_id_of(&link);
-    let run = wait_until("the completed check run", WAIT, || async {
-        let runs = ctx.gh.check_runs_for(REPO, &sha);
-        runs.into_iter().find(|r| r.status == "completed")
-    })
-    .await;
+    let run = ctx
+        .gh
+        .wait_for_check_runs(REPO, &sha, "the completed check run", WAIT, |runs| {
+            runs.into_iter().find(|r| r.status == "completed")
+        })
+        .await;
     ctx.wait_idle().await;
     let stored = ctx.server.store.get_job(job).await.unwrap();
     let dlq = ctx.server.store.dlq(Some(job)).await.unwrap();

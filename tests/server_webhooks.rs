@@ -1,7 +1,6 @@
 //! The webhook endpoint of `prodigy serve` through its real router: refusals, dedup, the queue,
 //! every payload example, probes and a database that is down.
 
-mod common;
 mod support;
 
 use axum::body::Body;
@@ -24,7 +23,7 @@ fn raw(event: &str, body: Vec<u8>, signature: Option<&str>) -> Request<Body> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refusals_come_before_anything_is_recorded() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let body = ctx.pr_payload(1, &"a".repeat(40), "opened", false);
 
@@ -77,7 +76,7 @@ async fn refusals_come_before_anything_is_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redelivery_does_nothing() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let sha = ctx.push_pr(7, &[], false);
     let body = ctx.pr_payload(7, &sha, "opened", false);
@@ -154,7 +153,7 @@ async fn a_redelivery_does_nothing() {
 /// says; none is refused or fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_payload_example_is_routed_or_ignored() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let dir = fixtures_dir().join("github/webhooks");
     let mut seen = 0;
@@ -205,7 +204,7 @@ async fn every_payload_example_is_routed_or_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uninstalling_forgets_the_installation_token() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     ctx.comment(1, MAINTAINER, "/prodigy help").await;
     ctx.wait_for_comments(1, 1).await;
@@ -238,7 +237,7 @@ async fn uninstalling_forgets_the_installation_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn probes_and_a_database_that_is_down() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     assert_eq!(ctx.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(ctx.get("/readyz").await.0, StatusCode::OK);
@@ -258,13 +257,13 @@ async fn probes_and_a_database_that_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_on_postgres_answers_503_then_recovers() {
-    let Some(db) = common::postgres_db().await else {
+    let Some(db) = support::db::postgres_db().await else {
         return;
     };
     let ctx = Ctx::new(db.url()).await;
     let sha = ctx.push_pr(3, &[], false);
     // Terminate the server's sessions and refuse new ones: the database is down for it.
-    let admin = common::postgres_server_url();
+    let admin = support::db::postgres_server_url();
     let name = db
         .url()
         .rsplit('/')
@@ -317,7 +316,7 @@ async fn a_database_outage_on_postgres_answers_503_then_recovers() {
 #[tokio::test]
 async fn queue_claims_by_kind_and_accepts_each_delivery_once() {
     use prodigy::store::Accepted;
-    for (backend, db) in common::test_stores().await {
+    for (backend, db) in support::db::test_stores().await {
         let store = db.store().await;
         let payload = serde_json::json!({"n": 1});
         let raw = serde_json::value::to_raw_value(&payload).unwrap();

@@ -3,13 +3,12 @@
 // `try_lock` that application code may not call (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::Utc;
-use common::{TestDb, test_stores};
 use prodigy::store::{
     AttemptOutcome, BackendKind, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, JobEvent,
     JobLock, JobRefs, LockOutcome, NewItem, NewJob, RequestStatus, RunHolder, Store, StoreError,
@@ -19,6 +18,7 @@ use prodigy::types::{
 };
 use serde_json::json;
 use sqlx::Connection;
+use support::db::{TestDb, test_stores};
 
 /// Runs `$check(backend, &db)` on every available backend.
 macro_rules! on_every_backend {
@@ -1200,7 +1200,7 @@ async fn check_request_queue(db: &TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_opens_of_a_fresh_sqlite_file_all_migrate() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let url = db.url().to_string();

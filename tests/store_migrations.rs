@@ -4,11 +4,10 @@
 // `try_lock` that application code may not call (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{TestDb, test_stores};
 use prodigy::store::{
     Accepted, AttemptOutcome, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, JobEvent,
     LockOutcome, NewItem, NewJob, Store,
@@ -16,6 +15,7 @@ use prodigy::store::{
 use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use serde_json::json;
 use sqlx::Connection;
+use support::db::{TestDb, test_stores};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_one_by_one_onto_existing_data() {

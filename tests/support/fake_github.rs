@@ -10,14 +10,14 @@
 // Handlers bail out with a ready `Response`; boxing it would only add noise to a test server.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawPathParams, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -210,6 +210,12 @@ pub struct World {
     pub schema_violations: Vec<String>,
     failures: HashMap<Op, VecDeque<InjectedFailure>>,
     next_id: u64,
+    /// What tests read through [`FakeGitHub::comments_on`] and [`FakeGitHub::check_runs_for`]:
+    /// comment ids, and per check run how many updates it had then.
+    seen_comments: HashSet<u64>,
+    seen_check_runs: HashMap<u64, usize>,
+    /// Woken after every answered call, for [`FakeGitHub::wait_for`].
+    answered: Arc<tokio::sync::Notify>,
 }
 
 impl World {
@@ -224,6 +230,44 @@ impl World {
 
     pub fn count(&self, op: Op) -> usize {
         self.requests.iter().filter(|r| r.op == op).count()
+    }
+
+    /// The comments posted on `repo`#`issue`, oldest first.
+    pub fn comments_on(&self, repo: &str, issue: u64) -> Vec<&Comment> {
+        let repo = repo.to_ascii_lowercase();
+        self.comments
+            .iter()
+            .filter(|c| c.repo == repo && c.issue == issue)
+            .collect()
+    }
+
+    /// The check runs of `repo` for `head_sha`.
+    pub fn check_runs_for(&self, repo: &str, head_sha: &str) -> Vec<&CheckRun> {
+        let repo = repo.to_ascii_lowercase();
+        self.check_runs
+            .values()
+            .filter(|r| r.repo == repo && r.head_sha == head_sha)
+            .collect()
+    }
+
+    /// What the bot posted that no test read: comments, and check runs updated since read.
+    fn unseen(&self) -> Vec<String> {
+        let comments = self
+            .comments
+            .iter()
+            .filter(|c| !self.seen_comments.contains(&c.id))
+            .map(|c| format!("comment on {}#{}: {}", c.repo, c.issue, c.body));
+        let runs = self
+            .check_runs
+            .values()
+            .filter(|r| self.seen_check_runs.get(&r.id) != Some(&r.updates))
+            .map(|r| {
+                format!(
+                    "check run {} {:?} after {} updates: {} {:?} {:?}",
+                    r.id, r.name, r.updates, r.status, r.conclusion, r.title
+                )
+            });
+        comments.chain(runs).collect()
     }
 }
 
@@ -355,26 +399,29 @@ impl FakeGitHub {
             .insert((git_ref.into(), path.into()), bytes.to_vec());
     }
 
-    /// The bodies of the comments posted on `repo`#`issue`, oldest first.
+    /// The bodies of the comments posted on `repo`#`issue`, oldest first; marks them read.
     pub fn comments_on(&self, repo: &str, issue: u64) -> Vec<String> {
-        let repo = repo.to_ascii_lowercase();
-        self.world()
-            .comments
-            .iter()
-            .filter(|c| c.repo == repo && c.issue == issue)
-            .map(|c| c.body.clone())
-            .collect()
+        let mut w = self.world();
+        let (ids, bodies): (Vec<u64>, Vec<String>) = w
+            .comments_on(repo, issue)
+            .into_iter()
+            .map(|c| (c.id, c.body.clone()))
+            .unzip();
+        w.seen_comments.extend(ids);
+        bodies
     }
 
-    /// The check runs of `repo` for `head_sha`.
+    /// The check runs of `repo` for `head_sha`; marks them read as they are now.
     pub fn check_runs_for(&self, repo: &str, head_sha: &str) -> Vec<CheckRun> {
-        let repo = repo.to_ascii_lowercase();
-        self.world()
-            .check_runs
-            .values()
-            .filter(|r| r.repo == repo && r.head_sha == head_sha)
+        let mut w = self.world();
+        let runs: Vec<CheckRun> = w
+            .check_runs_for(repo, head_sha)
+            .into_iter()
             .cloned()
-            .collect()
+            .collect();
+        w.seen_check_runs
+            .extend(runs.iter().map(|r| (r.id, r.updates)));
+        runs
     }
 
     /// A GitHub Actions workflow token (`GITHUB_TOKEN`) for `repo`: an installation token of its
@@ -407,6 +454,76 @@ impl FakeGitHub {
 
     pub fn count(&self, op: Op) -> usize {
         self.world().count(op)
+    }
+
+    /// Waits until `f` finds what it looks for in the world, checking after every call the fake
+    /// answers (no polling); panics naming `what` after `timeout`.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(&World) -> Option<T>,
+    ) -> T {
+        self.wait_for_mut(what, timeout, |world| f(world)).await
+    }
+
+    /// Waits until `f` accepts the check runs of `repo` for `head_sha` (as
+    /// [`FakeGitHub::wait_for`]); the runs it accepted count as read.
+    pub async fn wait_for_check_runs<T>(
+        &self,
+        repo: &str,
+        head_sha: &str,
+        what: &str,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(Vec<CheckRun>) -> Option<T>,
+    ) -> T {
+        let what = format!("{what} (check runs of {repo} at {head_sha})");
+        self.wait_for_mut(&what, timeout, |world| {
+            let runs: Vec<CheckRun> = world
+                .check_runs_for(repo, head_sha)
+                .into_iter()
+                .cloned()
+                .collect();
+            let seen: Vec<(u64, usize)> = runs.iter().map(|r| (r.id, r.updates)).collect();
+            let found = f(runs)?;
+            world.seen_check_runs.extend(seen);
+            Some(found)
+        })
+        .await
+    }
+
+    async fn wait_for_mut<T>(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(&mut World) -> Option<T>,
+    ) -> T {
+        let answered = self.world().answered.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before looking, so a call answered in between still wakes us.
+            let next = answered.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if let Some(found) = f(&mut self.world()) {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, next).await.is_err() {
+                panic!("timed out after {timeout:?} waiting for {what} on the fake GitHub");
+            }
+        }
+    }
+
+    /// Panics with every comment and check-run update the bot posted that the test never read
+    /// (through [`FakeGitHub::comments_on`] or [`FakeGitHub::check_runs_for`]): what the bot
+    /// says is behaviour, and a test that does not look at it does not pin it.
+    pub fn assert_all_seen(&self) {
+        let unseen = self.world().unseen();
+        assert!(
+            unseen.is_empty(),
+            "the bot posted what the test never read:\n{}",
+            unseen.join("\n")
+        );
     }
 
     /// Panics with every request body that did not match GitHub's schema.
@@ -719,107 +836,147 @@ fn lower_repo(owner: &str, repo: &str) -> String {
     format!("{owner}/{repo}").to_ascii_lowercase()
 }
 
-// ---- handlers ----
+// ---- the call every endpoint shares ----
 
-async fn create_access_token(
-    State(world): State<Shared>,
-    Path(id): Path<u64>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut w = world.lock().unwrap();
-    let path = format!("/app/installations/{id}/access_tokens");
-    if let Err(r) = admit(
-        &mut w,
-        Op::CreateAccessToken,
-        Method::POST,
-        path,
-        &headers,
-        &body,
-    ) {
-        return r;
-    }
-    if let Err(reason) = verify_app_jwt(&headers) {
-        w.requests.last_mut().unwrap().status = StatusCode::UNAUTHORIZED;
-        return error(StatusCode::UNAUTHORIZED, &reason);
-    }
-    let Some(covered) = w.installations.get(&id).cloned() else {
-        w.requests.last_mut().unwrap().status = StatusCode::NOT_FOUND;
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    };
-    // `repositories` narrows the token to repositories of the installation, by name; GitHub
-    // answers 422 for one the installation does not cover.
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut repositories = None;
-    if let Some(names) = request.get("repositories").and_then(Value::as_array) {
-        let mut full = Vec::new();
-        for name in names.iter().filter_map(Value::as_str) {
-            let name = name.to_ascii_lowercase();
-            match covered
-                .iter()
-                .find(|r| r.rsplit('/').next() == Some(name.as_str()))
-            {
-                Some(repo) => full.push(repo.clone()),
-                None => {
-                    w.requests.last_mut().unwrap().status = StatusCode::UNPROCESSABLE_ENTITY;
-                    return error(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "There is at least one repository that does not exist or is not accessible to the parent installation.",
-                    );
-                }
-            }
-        }
-        repositories = Some(full);
-    }
-    let permissions = request.get("permissions").cloned();
-    let checks_write = permissions
-        .as_ref()
-        .is_none_or(|p| p.get("checks").and_then(Value::as_str) == Some("write"));
-    let n = w.tokens.len();
-    // Lengths vary on purpose: clients must not assume a token's size or shape.
-    let token = format!(
-        "ghs_fake{}{}",
-        "x".repeat(n % 7),
-        uuid::Uuid::now_v7().simple()
-    );
-    let expires_at = Utc::now() + w.token_lifetime;
-    w.tokens.push(IssuedToken {
-        token: token.clone(),
-        installation: id,
-        expires_at,
-        revoked: false,
-        checks_write,
-        repositories,
-        permissions,
-    });
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "token": token,
-            "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "permissions": { "checks": "write", "issues": "write", "pull_requests": "read", "contents": "read" },
-            "repository_selection": "selected",
-        })),
-    )
-        .into_response()
-}
-
-/// Admit + authorize for repository endpoints; returns the parsed body.
-fn repo_call(
-    w: &mut World,
-    op: Op,
+/// One request to the fake as an endpoint receives it. [`Call::answer`] is the path every
+/// endpoint shares: record it, apply injected failures, validate the body, authenticate (an
+/// installation token covering the repository, or the App's JWT for the App's own endpoint),
+/// then run the endpoint's own logic under the world lock and record the status it answered.
+struct Call {
+    world: Shared,
     method: Method,
     path: String,
-    headers: &HeaderMap,
-    repo: &str,
-    body: &Bytes,
-) -> Result<Option<Value>, Response> {
-    let parsed = admit(w, op, method, path, headers, body)?;
-    if let Err(r) = authorize_repo(w, op, headers, repo) {
-        w.requests.last_mut().unwrap().status = r.status();
-        return Err(r);
+    /// `owner/name` in lower case from the route's `{owner}` and `{repo}`; `None` for the App's
+    /// own endpoint.
+    repo: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl FromRequest<Shared> for Call {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, world: &Shared) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, world)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        };
+        let repo = param("owner")
+            .zip(param("repo"))
+            .map(|(owner, repo)| lower_repo(&owner, &repo));
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("body unreadable: {e}")))?;
+        Ok(Call {
+            world: world.clone(),
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            repo,
+            headers: parts.headers,
+            body,
+        })
     }
-    Ok(parsed)
+}
+
+impl Call {
+    /// Admits the call as `op` and answers it with `logic(world, repo, body)` (the body parsed,
+    /// `Null` when there is none; `repo` empty for the App's endpoint).
+    fn answer(self, op: Op, logic: impl FnOnce(&mut World, &str, Value) -> Response) -> Response {
+        let mut w = self.world.lock().unwrap();
+        let body = match admit(
+            &mut w,
+            op,
+            self.method,
+            self.path,
+            &self.headers,
+            &self.body,
+        ) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(refused) => return refused,
+        };
+        let index = w.requests.len() - 1;
+        let authorized = match &self.repo {
+            Some(repo) => authorize_repo(&w, op, &self.headers, repo),
+            None => verify_app_jwt(&self.headers)
+                .map_err(|reason| error(StatusCode::UNAUTHORIZED, &reason)),
+        };
+        let response = match authorized {
+            Ok(()) => logic(&mut w, self.repo.as_deref().unwrap_or_default(), body),
+            Err(refused) => refused,
+        };
+        w.requests[index].status = response.status();
+        w.answered.notify_waiters();
+        response
+    }
+}
+
+// ---- endpoints ----
+
+async fn create_access_token(Path(id): Path<u64>, call: Call) -> Response {
+    call.answer(Op::CreateAccessToken, |w, _, request| {
+        let Some(covered) = w.installations.get(&id).cloned() else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        // `repositories` narrows the token to repositories of the installation, by name; GitHub
+        // answers 422 for one the installation does not cover.
+        let mut repositories = None;
+        if let Some(names) = request.get("repositories").and_then(Value::as_array) {
+            let mut full = Vec::new();
+            for name in names.iter().filter_map(Value::as_str) {
+                let name = name.to_ascii_lowercase();
+                match covered
+                    .iter()
+                    .find(|r| r.rsplit('/').next() == Some(name.as_str()))
+                {
+                    Some(repo) => full.push(repo.clone()),
+                    None => {
+                        return error(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "There is at least one repository that does not exist or is not accessible to the parent installation.",
+                        );
+                    }
+                }
+            }
+            repositories = Some(full);
+        }
+        let permissions = request.get("permissions").cloned();
+        let checks_write = permissions
+            .as_ref()
+            .is_none_or(|p| p.get("checks").and_then(Value::as_str) == Some("write"));
+        let n = w.tokens.len();
+        // Lengths vary on purpose: clients must not assume a token's size or shape.
+        let token = format!(
+            "ghs_fake{}{}",
+            "x".repeat(n % 7),
+            uuid::Uuid::now_v7().simple()
+        );
+        let expires_at = Utc::now() + w.token_lifetime;
+        w.tokens.push(IssuedToken {
+            token: token.clone(),
+            installation: id,
+            expires_at,
+            revoked: false,
+            checks_write,
+            repositories,
+            permissions,
+        });
+        (
+            StatusCode::CREATED,
+            axum::Json(json!({
+                "token": token,
+                "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "permissions": { "checks": "write", "issues": "write", "pull_requests": "read", "contents": "read" },
+                "repository_selection": "selected",
+            })),
+        )
+            .into_response()
+    })
 }
 
 fn str_field(v: &Value, key: &str) -> Option<String> {
@@ -879,268 +1036,152 @@ fn check_run_json(run: &CheckRun) -> Value {
     })
 }
 
-async fn create_check_run(
-    State(world): State<Shared>,
-    Path((owner, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut w = world.lock().unwrap();
-    let full = lower_repo(&owner, &repo);
-    let path = format!("/repos/{owner}/{repo}/check-runs");
-    let body = match repo_call(
-        &mut w,
-        Op::CreateCheckRun,
-        Method::POST,
-        path,
-        &headers,
-        &full,
-        &body,
-    ) {
-        Ok(b) => b.unwrap_or_default(),
-        Err(r) => return r,
-    };
-    let id = w.next_id();
-    let mut run = CheckRun {
-        id,
-        repo: full,
-        head_sha: str_field(&body, "head_sha").unwrap_or_default(),
-        status: "queued".into(),
-        ..CheckRun::default()
-    };
-    apply_check_run_fields(&mut run, &body);
-    let out = check_run_json(&run);
-    w.check_runs.insert(id, run);
-    (StatusCode::CREATED, axum::Json(out)).into_response()
+async fn create_check_run(call: Call) -> Response {
+    call.answer(Op::CreateCheckRun, |w, repo, body| {
+        let id = w.next_id();
+        let mut run = CheckRun {
+            id,
+            repo: repo.to_string(),
+            head_sha: str_field(&body, "head_sha").unwrap_or_default(),
+            status: "queued".into(),
+            ..CheckRun::default()
+        };
+        apply_check_run_fields(&mut run, &body);
+        let out = check_run_json(&run);
+        w.check_runs.insert(id, run);
+        (StatusCode::CREATED, axum::Json(out)).into_response()
+    })
 }
 
-async fn update_check_run(
-    State(world): State<Shared>,
-    Path((owner, repo, id)): Path<(String, String, u64)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut w = world.lock().unwrap();
-    let full = lower_repo(&owner, &repo);
-    let path = format!("/repos/{owner}/{repo}/check-runs/{id}");
-    let body = match repo_call(
-        &mut w,
-        Op::UpdateCheckRun,
-        Method::PATCH,
-        path,
-        &headers,
-        &full,
-        &body,
-    ) {
-        Ok(b) => b.unwrap_or_default(),
-        Err(r) => return r,
-    };
-    let Some(run) = w.check_runs.get_mut(&id).filter(|r| r.repo == full) else {
-        w.requests.last_mut().unwrap().status = StatusCode::NOT_FOUND;
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    };
-    apply_check_run_fields(run, &body);
-    run.updates += 1;
-    let out = check_run_json(run);
-    (StatusCode::OK, axum::Json(out)).into_response()
+async fn update_check_run(Path((_, _, id)): Path<(String, String, u64)>, call: Call) -> Response {
+    call.answer(Op::UpdateCheckRun, |w, repo, body| {
+        let Some(run) = w.check_runs.get_mut(&id).filter(|r| r.repo == repo) else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        apply_check_run_fields(run, &body);
+        run.updates += 1;
+        (StatusCode::OK, axum::Json(check_run_json(run))).into_response()
+    })
 }
 
-async fn create_comment(
-    State(world): State<Shared>,
-    Path((owner, repo, number)): Path<(String, String, u64)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut w = world.lock().unwrap();
-    let full = lower_repo(&owner, &repo);
-    let path = format!("/repos/{owner}/{repo}/issues/{number}/comments");
-    let body = match repo_call(
-        &mut w,
-        Op::CreateComment,
-        Method::POST,
-        path,
-        &headers,
-        &full,
-        &body,
-    ) {
-        Ok(b) => b.unwrap_or_default(),
-        Err(r) => return r,
-    };
-    let id = w.next_id();
-    let text = str_field(&body, "body").unwrap_or_default();
-    w.comments.push(Comment {
-        id,
-        repo: full,
-        issue: number,
-        body: text.clone(),
-        author: "prodigy-test[bot]".into(),
-    });
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({ "id": id, "body": text, "user": { "login": "prodigy-test[bot]", "type": "Bot" } })),
-    )
-        .into_response()
+async fn create_comment(Path((_, _, number)): Path<(String, String, u64)>, call: Call) -> Response {
+    call.answer(Op::CreateComment, |w, repo, body| {
+        let id = w.next_id();
+        let text = str_field(&body, "body").unwrap_or_default();
+        w.comments.push(Comment {
+            id,
+            repo: repo.to_string(),
+            issue: number,
+            body: text.clone(),
+            author: "prodigy-test[bot]".into(),
+        });
+        (
+            StatusCode::CREATED,
+            axum::Json(json!({ "id": id, "body": text, "user": { "login": "prodigy-test[bot]", "type": "Bot" } })),
+        )
+            .into_response()
+    })
 }
 
 async fn create_reaction(
-    State(world): State<Shared>,
-    Path((owner, repo, comment_id)): Path<(String, String, u64)>,
-    headers: HeaderMap,
-    body: Bytes,
+    Path((_, _, comment_id)): Path<(String, String, u64)>,
+    call: Call,
 ) -> Response {
-    let mut w = world.lock().unwrap();
-    let full = lower_repo(&owner, &repo);
-    let path = format!("/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions");
-    let body = match repo_call(
-        &mut w,
-        Op::CreateReaction,
-        Method::POST,
-        path,
-        &headers,
-        &full,
-        &body,
-    ) {
-        Ok(b) => b.unwrap_or_default(),
-        Err(r) => return r,
-    };
-    let id = w.next_id();
-    let content = str_field(&body, "content").unwrap_or_default();
-    w.reactions.push(ReactionRecord {
-        repo: full,
-        comment_id,
-        content: content.clone(),
-    });
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({ "id": id, "content": content })),
-    )
-        .into_response()
+    call.answer(Op::CreateReaction, |w, repo, body| {
+        let id = w.next_id();
+        let content = str_field(&body, "content").unwrap_or_default();
+        w.reactions.push(ReactionRecord {
+            repo: repo.to_string(),
+            comment_id,
+            content: content.clone(),
+        });
+        (
+            StatusCode::CREATED,
+            axum::Json(json!({ "id": id, "content": content })),
+        )
+            .into_response()
+    })
 }
 
 async fn get_permission(
-    State(world): State<Shared>,
-    Path((owner, repo, user)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Path((_, _, user)): Path<(String, String, String)>,
+    call: Call,
 ) -> Response {
-    let mut w = world.lock().unwrap();
-    let full = lower_repo(&owner, &repo);
-    let path = format!("/repos/{owner}/{repo}/collaborators/{user}/permission");
-    if let Err(r) = repo_call(
-        &mut w,
-        Op::GetPermission,
-        Method::GET,
-        path,
-        &headers,
-        &full,
-        &Bytes::new(),
-    ) {
-        return r;
-    }
-    let role = w
-        .repos
-        .get(&full)
-        .and_then(|r| r.permissions.get(&user.to_ascii_lowercase()))
-        .cloned();
-    let Some(role) = role else {
-        w.requests.last_mut().unwrap().status = StatusCode::NOT_FOUND;
-        return error(StatusCode::NOT_FOUND, &format!("{user} is not a user"));
-    };
-    // `permission` is the legacy field: maintain folds into write, triage into read.
-    let legacy = match role.as_str() {
-        "maintain" => "write",
-        "triage" => "read",
-        other => other,
-    };
-    axum::Json(json!({
-        "permission": legacy,
-        "role_name": role,
-        "user": { "login": user },
-    }))
-    .into_response()
+    call.answer(Op::GetPermission, |w, repo, _| {
+        let role = w
+            .repos
+            .get(repo)
+            .and_then(|r| r.permissions.get(&user.to_ascii_lowercase()))
+            .cloned();
+        let Some(role) = role else {
+            return error(StatusCode::NOT_FOUND, &format!("{user} is not a user"));
+        };
+        // `permission` is the legacy field: maintain folds into write, triage into read.
+        let legacy = match role.as_str() {
+            "maintain" => "write",
+            "triage" => "read",
+            other => other,
+        };
+        axum::Json(json!({
+            "permission": legacy,
+            "role_name": role,
+            "user": { "login": user },
+        }))
+        .into_response()
+    })
 }
 
-async fn get_pull(
-    State(world): State<Shared>,
-    Path((owner, repo, number)): Path<(String, String, u64)>,
-    headers: HeaderMap,
-) -> Response {
-    let mut w = world.lock().unwrap();
-    let full = lower_repo(&owner, &repo);
-    let path = format!("/repos/{owner}/{repo}/pulls/{number}");
-    if let Err(r) = repo_call(
-        &mut w,
-        Op::GetPull,
-        Method::GET,
-        path,
-        &headers,
-        &full,
-        &Bytes::new(),
-    ) {
-        return r;
-    }
-    let pr = w.repos.get(&full).and_then(|r| r.prs.get(&number)).cloned();
-    let Some(pr) = pr else {
-        w.requests.last_mut().unwrap().status = StatusCode::NOT_FOUND;
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    };
-    axum::Json(json!({
-        "number": pr.number,
-        "state": pr.state,
-        "head": {
-            "sha": pr.head_sha, "ref": pr.head_ref,
-            "repo": pr.head_repo.as_ref().map(|r| json!({ "full_name": r })),
-        },
-        "base": { "sha": "0000000000000000000000000000000000000000", "ref": pr.base_ref, "repo": { "full_name": full } },
-    }))
-    .into_response()
+async fn get_pull(Path((_, _, number)): Path<(String, String, u64)>, call: Call) -> Response {
+    call.answer(Op::GetPull, |w, repo, _| {
+        let pr = w.repos.get(repo).and_then(|r| r.prs.get(&number)).cloned();
+        let Some(pr) = pr else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        axum::Json(json!({
+            "number": pr.number,
+            "state": pr.state,
+            "head": {
+                "sha": pr.head_sha, "ref": pr.head_ref,
+                "repo": pr.head_repo.as_ref().map(|r| json!({ "full_name": r })),
+            },
+            "base": { "sha": "0000000000000000000000000000000000000000", "ref": pr.base_ref, "repo": { "full_name": repo } },
+        }))
+        .into_response()
+    })
 }
 
 async fn get_contents(
-    State(world): State<Shared>,
-    Path((owner, repo, file)): Path<(String, String, String)>,
+    Path((_, _, file)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    call: Call,
 ) -> Response {
-    let mut w = world.lock().unwrap();
-    let full = lower_repo(&owner, &repo);
-    let path = format!("/repos/{owner}/{repo}/contents/{file}");
-    if let Err(r) = repo_call(
-        &mut w,
-        Op::GetContents,
-        Method::GET,
-        path,
-        &headers,
-        &full,
-        &Bytes::new(),
-    ) {
-        return r;
-    }
-    let git_ref = query.get("ref").cloned().unwrap_or_else(|| "main".into());
-    let bytes = w
-        .repos
-        .get(&full)
-        .and_then(|r| r.files.get(&(git_ref, file.clone())))
-        .cloned();
-    let Some(bytes) = bytes else {
-        w.requests.last_mut().unwrap().status = StatusCode::NOT_FOUND;
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    };
-    // GitHub wraps base64 content at 60 columns with newlines.
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
-    let wrapped: Vec<String> = encoded
-        .as_bytes()
-        .chunks(60)
-        .map(|c| String::from_utf8(c.to_vec()).unwrap())
-        .collect();
-    axum::Json(json!({
-        "type": "file",
-        "encoding": "base64",
-        "size": bytes.len(),
-        "name": file.rsplit('/').next().unwrap_or(&file),
-        "path": file,
-        "content": wrapped.join("\n") + "\n",
-    }))
-    .into_response()
+    call.answer(Op::GetContents, |w, repo, _| {
+        let git_ref = query.get("ref").cloned().unwrap_or_else(|| "main".into());
+        let bytes = w
+            .repos
+            .get(repo)
+            .and_then(|r| r.files.get(&(git_ref, file.clone())))
+            .cloned();
+        let Some(bytes) = bytes else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        // GitHub wraps base64 content at 60 columns with newlines.
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let wrapped: Vec<String> = encoded
+            .as_bytes()
+            .chunks(60)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        axum::Json(json!({
+            "type": "file",
+            "encoding": "base64",
+            "size": bytes.len(),
+            "name": file.rsplit('/').next().unwrap_or(&file),
+            "path": file,
+            "content": wrapped.join("\n") + "\n",
+        }))
+        .into_response()
+    })
 }
 
 async fn unknown_endpoint(

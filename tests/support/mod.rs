@@ -1,7 +1,18 @@
-//! Shared test support. Each test binary uses a different part of it.
+//! Shared test support, one tree for every test file (`mod support;`). Each test binary uses a
+//! different part of it, hence the crate-wide `dead_code` allowance.
+//!
+//! - `db`: a fresh SQLite or PostgreSQL database per test, and the stores on it.
+//! - `repo`: the CLI harness: a real git repository, the real `prodigy` binary, a stub AI CLI.
+//! - `server`: the GitHub App server in-process against the fake GitHub, driven by webhooks.
+//! - `fake_github`, `fake_anthropic`: offline stand-ins for the two remote APIs.
+//! - `git`: the git CLI for setup and checks.
+//! - `webhook`: signed webhook requests from the payload fixtures.
 #![allow(dead_code)]
 
+pub mod db;
 pub mod fake_anthropic;
 pub mod fake_github;
+pub mod git;
+pub mod repo;
 pub mod server;
 pub mod webhook;

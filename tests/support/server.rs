@@ -20,6 +20,7 @@ use tempfile::TempDir;
 use tower::ServiceExt;
 
 use super::fake_github::FakeGitHub;
+use super::git::git;
 use super::webhook::{fixture_payload, signed_request};
 
 pub const REPO: &str = "octo/widgets";
@@ -116,21 +117,6 @@ impl Default for ServerOptions {
             daily_cap: None,
         }
     }
-}
-
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Polls `f` every 25 ms until it yields, for at most `timeout`; panics naming `what`.
@@ -314,9 +300,11 @@ impl Ctx {
         self.server = self.another_instance(instance, max_jobs).await;
     }
 
-    /// The finish step: every request GitHub got was valid, and the server stops cleanly.
+    /// The finish step: every request GitHub got was valid, the test read every comment and
+    /// check-run update the bot posted, and the server stops cleanly.
     pub async fn finish(mut self) {
         self.gh.assert_no_violations();
+        self.gh.assert_all_seen();
         self.server.stop().await;
     }
 
@@ -441,11 +429,13 @@ impl Ctx {
 
     /// Waits until the bot has posted `n` comments on `pr`; returns them all.
     pub async fn wait_for_comments(&self, pr: u64, n: usize) -> Vec<String> {
-        wait_until(&format!("{n} bot comments on #{pr}"), WAIT, || async {
-            let c = self.gh.comments_on(REPO, pr);
-            (c.len() >= n).then_some(c)
-        })
-        .await
+        let what = format!("{n} bot comments on #{pr}");
+        self.gh
+            .wait_for(&what, WAIT, |world| {
+                (world.comments_on(REPO, pr).len() >= n).then_some(())
+            })
+            .await;
+        self.gh.comments_on(REPO, pr)
     }
 
     /// Waits until `job` has status `want`. On a time-out the panic tells what the job did

@@ -1,9 +1,9 @@
 //! Spec 138: failed agents land in the DLQ with their history; `dlq retry` reprocesses them.
 
-mod harness;
+mod support;
 
-use harness::{Repo, Resumable, backends, job_id, text};
 use serde_json::Value;
+use support::repo::{Repo, Resumable, backends, job_id, text};
 
 #[test]
 fn failed_agents_are_recorded_and_retried_until_they_succeed() {

@@ -1,8 +1,8 @@
 //! Spec 139: resume collects pending -> failed -> DLQ and runs each item once.
 
-mod harness;
+mod support;
 
-use harness::{Resumable, backends, count, text};
+use support::repo::{Resumable, backends, count, text};
 
 #[test]
 fn an_item_in_several_sources_runs_once_and_the_pending_version_wins() {
@@ -20,15 +20,15 @@ fn an_item_in_several_sources_runs_once_and_the_pending_version_wins() {
             .unwrap_or_else(|| r.repo.db_url.clone());
         let items = r.repo.json(&["status", &job]);
         assert_eq!(items["counts"]["pending"], 8, "{name}: {items}");
-        harness::add_stale_dlq_row(
+        support::repo::add_stale_dlq_row(
             &url,
             &job,
             "item-3",
             serde_json::json!({"id": "item-3", "name": "item-3", "v": "stale"}),
         );
-        let key5 = harness::item_key_at(&url, &job, 5);
+        let key5 = support::repo::item_key_at(&url, &job, 5);
         assert!(key5.starts_with("h-"), "{name}: {key5}");
-        harness::add_stale_dlq_row(
+        support::repo::add_stale_dlq_row(
             &url,
             &job,
             &key5,

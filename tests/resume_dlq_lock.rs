@@ -1,9 +1,9 @@
 //! The whole flow: run with failures, kill mid-map, two concurrent resumes (one refused), the
 //! winner finishes everything, no duplicates, the DLQ updated, the lock released.
 
-mod harness;
+mod support;
 
-use harness::{Resumable, backends, count, text};
+use support::repo::{Resumable, backends, count, text};
 
 #[test]
 fn crash_then_concurrent_resumes_finish_everything_once() {

@@ -1,8 +1,8 @@
 //! Shared test support: a fresh database per test on each backend.
 //!
 //! ```ignore
-//! mod common;
-//! for (backend, db) in common::test_stores().await {
+//! mod support;
+//! for (backend, db) in support::db::test_stores().await {
 //!     let store = db.store().await;          // migrated, ready
 //!     // ... or pass db.url() to the binary as --database-url
 //! }
@@ -13,7 +13,6 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped with the `TestDb`. When that server
 //! cannot be reached the PostgreSQL case is skipped with a message on stderr, unless
 //! `PRODIGY_REQUIRE_POSTGRES=1`, which turns the skip into a panic.
-#![allow(dead_code)]
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! Spec 140: concurrent resumes of one job never run it twice at once, on both backends.
 
-mod harness;
+mod support;
 
-use harness::{Resumable, backends, count, text};
+use support::repo::{Resumable, backends, count, text};
 
 /// Starts a job and kills it once `merged` items are merged, leaving it resumable.
 fn interrupted_job(r: &Resumable, merged: usize) -> String {

@@ -1,15 +1,12 @@
 //! End-to-end harness: a real git repository in a temp dir, the real `prodigy` binary, a stub
 //! AI CLI, and an explicit database URL (so a DATABASE_URL in the environment never leaks in).
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-#[path = "../common/mod.rs"]
-pub mod common;
+use super::db;
 
 pub struct Repo {
     _tmp: TempDir,
@@ -95,17 +92,7 @@ impl Repo {
     }
 
     pub fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(&self.path)
-            .output()
-            .expect("git runs");
-        assert!(
-            out.status.success(),
-            "git {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+        super::git::git(&self.path, args)
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -329,13 +316,13 @@ pub fn count(events: &[Value], kind: &str) -> usize {
 
 /// The databases each end-to-end test runs against: SQLite always, PostgreSQL when reachable
 /// (required when PRODIGY_REQUIRE_POSTGRES=1). Keep the returned guards alive for the test.
-pub fn backends() -> Vec<(&'static str, Option<common::TestDb>)> {
-    let mut out: Vec<(&'static str, Option<common::TestDb>)> = vec![("sqlite", None)];
+pub fn backends() -> Vec<(&'static str, Option<db::TestDb>)> {
+    let mut out: Vec<(&'static str, Option<db::TestDb>)> = vec![("sqlite", None)];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    if let Some(db) = rt.block_on(common::postgres_db()) {
+    if let Some(db) = rt.block_on(db::postgres_db()) {
         out.push(("postgres", Some(db)));
     }
     out

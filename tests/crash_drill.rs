@@ -1,10 +1,10 @@
 //! The crash drill: SIGKILL a 100-item job at ten moments (setup, early map, during merges,
 //! during reduce), resume each time; every item's effect lands on the job branch exactly once.
 
-mod harness;
+mod support;
 
-use harness::{Resumable, backends, count, text};
 use serde_json::Value;
+use support::repo::{Resumable, backends, count, text};
 
 const ITEMS: usize = 100;
 
