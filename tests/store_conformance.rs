@@ -18,7 +18,7 @@ use prodigy::types::{
 };
 use serde_json::json;
 use sqlx::Connection;
-use support::db::{TestDb, test_stores};
+use support::db::{TestDb, finished, started, test_stores};
 
 /// Runs `$check(backend, &db)` on every available backend.
 macro_rules! on_every_backend {
@@ -1229,26 +1229,6 @@ async fn in_memory_sqlite_works() {
         Store::open("mysql://x").await,
         Err(StoreError::BadUrl(_))
     ));
-}
-
-/// The event an attempt's start commits with (tests only check that it is there).
-fn started(key: &ItemKey) -> impl FnOnce(u32) -> JobEvent {
-    let key = key.clone();
-    move |attempt| JobEvent::ItemStarted {
-        key,
-        attempt,
-        worktree: "/wt".into(),
-        log: "/log".into(),
-    }
-}
-
-/// The event an attempt's end commits with.
-fn finished(key: &ItemKey, attempt: u32) -> JobEvent {
-    JobEvent::ItemSucceeded {
-        key: key.clone(),
-        attempt,
-        commit: None,
-    }
 }
 
 async fn record_cost(store: &Store, job: JobId, transcript: &str, cost: f64) {

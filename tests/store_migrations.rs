@@ -15,7 +15,7 @@ use prodigy::store::{
 use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use serde_json::json;
 use sqlx::Connection;
-use support::db::{TestDb, test_stores};
+use support::db::{TestDb, finished, started, test_stores};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_one_by_one_onto_existing_data() {
@@ -345,25 +345,5 @@ async fn both_backends_have_the_same_schema() {
     }
     if let Some((_, postgres)) = schemas.get(1) {
         assert_eq!(sqlite, postgres);
-    }
-}
-
-/// The event an attempt's start commits with (tests only check that it is there).
-fn started(key: &ItemKey) -> impl FnOnce(u32) -> JobEvent {
-    let key = key.clone();
-    move |attempt| JobEvent::ItemStarted {
-        key,
-        attempt,
-        worktree: "/wt".into(),
-        log: "/log".into(),
-    }
-}
-
-/// The event an attempt's end commits with.
-fn finished(key: &ItemKey, attempt: u32) -> JobEvent {
-    JobEvent::ItemSucceeded {
-        key: key.clone(),
-        attempt,
-        commit: None,
     }
 }

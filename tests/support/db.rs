@@ -17,7 +17,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use prodigy::store::Store;
+use prodigy::store::{JobEvent, Store};
+use prodigy::types::ItemKey;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
@@ -156,4 +157,24 @@ fn with_database(server: &str, name: &str) -> String {
         url.push_str(q);
     }
     url
+}
+
+/// The event an attempt's start commits with (tests only check that it is there).
+pub fn started(key: &ItemKey) -> impl FnOnce(u32) -> JobEvent {
+    let key = key.clone();
+    move |attempt| JobEvent::ItemStarted {
+        key,
+        attempt,
+        worktree: "/wt".into(),
+        log: "/log".into(),
+    }
+}
+
+/// The event an attempt's end commits with.
+pub fn finished(key: &ItemKey, attempt: u32) -> JobEvent {
+    JobEvent::ItemSucceeded {
+        key: key.clone(),
+        attempt,
+        commit: None,
+    }
 }
