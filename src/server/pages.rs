@@ -169,6 +169,10 @@ progress{width:100%;height:1.2em}\
 ol.events{padding-left:0;list-style:none;font-size:90%}ol.events li{padding:.15em 0;\
 border-bottom:1px solid #eee}ol.events time{color:#666;margin-right:.6em}\
 ul.attempts{margin:0;padding-left:1.1em}\
+@media (max-width:40em){#items tr:first-child{display:none}#items tr{display:block;\
+border:1px solid #ccc;margin-bottom:.5em}#items td{display:block;border:0}\
+#items td[data-label]:not(:empty)::before{content:attr(data-label) ': ';font-weight:600}\
+#items td:empty{display:none}}\
 .succeeded,.ok{color:#1a7f37}.failed,.bad,.cancelled{color:#cf222e}.running{color:#9a6700}";
 
 /// The client side of a live page: fetch the live endpoint and swap the content in place
@@ -189,6 +193,8 @@ fn layout(title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="robots" content="noindex";
+                // No icon: the browser would otherwise ask for /favicon.ico and get a 404.
+                link rel="icon" href="data:,";
                 title { (title) }
                 style { (PreEscaped(STYLE)) }
             }
@@ -235,7 +241,7 @@ fn live_content(page: &JobPage<'_>) -> Markup {
         h2 { "Recent events" }
         ol.events {
             @for e in page.events {
-                li { time datetime=(e.at.to_rfc3339()) { (e.at.format("%H:%M:%S")) } (event_lines::describe(e)) }
+                li { time datetime=(e.at.to_rfc3339()) { (e.at.format("%H:%M:%S")) } (without_cli_hint(&event_lines::describe(e))) }
             }
         }
     }
@@ -270,10 +276,30 @@ fn facts(page: &JobPage<'_>) -> Markup {
             dt { "started" } dd { (job.created_at.format("%Y-%m-%d %H:%M:%S UTC")) }
             dt { @if job.finished_at.is_some() { "took" } @else { "running for" } } dd #took { (took) }
             @if let Some(error) = &job.error {
-                dt { "error" } dd { pre { (error) } }
+                dt { "error" } dd { pre { (without_cli_hint(error)) } }
             }
         }
     }
+}
+
+/// `text` without the "(see `prodigy ...`)" hints the engine writes for terminal users: a web
+/// reader cannot run the CLI, and the page shows what the command would.
+pub fn without_cli_hint(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(" (see `prodigy ") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        match tail.find("`)") {
+            Some(end) => rest = &tail[end + 2..],
+            None => {
+                out.push_str(tail);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn maybe_link(href: Option<String>, text: &str) -> Markup {
@@ -332,12 +358,12 @@ fn items_table(page: &JobPage<'_>) -> Markup {
             @for item in page.items.iter().take(MAX_ITEMS_SHOWN) {
                 @let used = page.usage.by_item.get(&item.key);
                 tr {
-                    td { (item.position) }
-                    td { code { (item.key.0) } }
-                    td class=(item.status.as_str()) { (item.status.as_str()) }
-                    td { @if item.merged { "yes" } }
-                    td { @if let Some(u) = used { (usd(u.cost_usd)) } }
-                    td { @if let Some(u) = used { (u.tokens()) } }
+                    td data-label="#" { (item.position) }
+                    td data-label="item" { code { (item.key.0) } }
+                    td data-label="status" class=(item.status.as_str()) { (item.status.as_str()) }
+                    td data-label="merged" { @if item.merged { "yes" } }
+                    td data-label="cost" { @if let Some(u) = used { (usd(u.cost_usd)) } }
+                    td data-label="tokens" { @if let Some(u) = used { (u.tokens()) } }
                     td { (attempt_list(page, &item.key)) }
                 }
             }
@@ -376,7 +402,7 @@ fn attempt_list(page: &JobPage<'_>, key: &ItemKey) -> Markup {
                         " " a href=(transcript_path(page.job.id, key, a.attempt, page.token)) { "transcript" }
                     }
                     @if let Some(m) = a.message.as_deref().filter(|_| a.success == Some(false)) {
-                        br; small { (one_line(m, 200)) }
+                        br; small { (one_line(&without_cli_hint(m), 200)) }
                     }
                 }
             }
@@ -403,7 +429,7 @@ fn dlq_groups(dlq: &[DlqItem]) -> Markup {
         @for (signature, rows) in groups {
             @let last = rows.iter().max_by_key(|d| d.last_failure).expect("a group has items");
             h3 { (rows.len()) " × " (last.error_class.as_str()) " " code { (&signature[..signature.len().min(12)]) } }
-            pre.dlq-error { (last.last_message) }
+            pre.dlq-error { (without_cli_hint(&last.last_message)) }
             div.scroll { table {
                 tr { th { "item" } th { "failures" } th { "last failure" } th { "retried by a resume" } }
                 @for d in &rows {
@@ -689,6 +715,7 @@ mod tests {
         job.pr_number = Some(crate::types::PrNumber(7));
         job.head_sha = Some("c0ffee".into());
         job.check_run_id = Some(99);
+        job.error = Some("1 of 2 items failed (see `prodigy dlq list x`)".into());
         let key = r#"<a "b">"#;
         let items = [item(key), item("plain")];
         let runs = [run(key, 1, 0.25), run(key, 2, 0.5)];
@@ -798,6 +825,22 @@ mod tests {
         assert!(one < two, "{html}");
         assert!(html[one..two].contains("newest error"), "{html}");
         assert!(!html.contains("older error"), "{html}");
+    }
+
+    #[test]
+    fn cli_hints_are_left_out_for_web_readers() {
+        assert_eq!(
+            without_cli_hint("1 of 3 items failed (see `prodigy dlq list 01a2`)"),
+            "1 of 3 items failed"
+        );
+        assert_eq!(
+            without_cli_hint("a (see `prodigy x` b"),
+            "a (see `prodigy x` b"
+        );
+        assert_eq!(
+            without_cli_hint("plain (see the log)"),
+            "plain (see the log)"
+        );
     }
 
     #[test]
