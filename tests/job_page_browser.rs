@@ -1,7 +1,7 @@
 //! The job page in a real browser: headless Chromium, driven over WebDriver by chromedriver
 //! (plain HTTP, with the hyper client already in the tree), loads the page of a running job of
 //! the real server (router + runner), sees it turn to done without a reload, opens an item's
-//! log, and saves screenshots (running and done, phone-sized) under
+//! log, and saves screenshots (running and done, at a phone's width) under
 //! `target/screenshots/job-page-{running,done}.png`. Every page it opens logs no console
 //! error and needs no sideways scrolling.
 //!
@@ -14,7 +14,6 @@ mod support;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use base64::Engine as _;
@@ -26,8 +25,8 @@ use prodigy::types::JobStatus;
 use serde_json::{Value, json};
 use support::server::{Ctx, WAIT, items, job_id_of, job_links, wait_until};
 
-/// A phone's viewport (CSS pixels).
-const PHONE: (u32, u32) = (412, 915);
+/// A phone's width (CSS pixels), and tall enough for the screenshots to show the items.
+const PHONE: (u32, u32) = (412, 1600);
 
 /// `name`'s path on PATH, if any.
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -40,7 +39,11 @@ fn on_path(name: &str) -> Option<PathBuf> {
 
 /// Chromium and chromedriver, or None (after saying why) when the test is to be skipped.
 fn browser() -> Option<(PathBuf, PathBuf)> {
-    let found = on_path("chromium").zip(on_path("chromedriver"));
+    // Debian's name first, then other distributions' and Google's build.
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|n| on_path(n));
+    let found = chromium.zip(on_path("chromedriver"));
     if found.is_none() {
         let msg = "chromium and chromedriver are not both on PATH \
                    (Debian: apt-get install chromium chromium-driver; .ci/run installs them)";

@@ -170,7 +170,8 @@ ol.events{padding-left:0;list-style:none;font-size:90%}ol.events li{padding:.15e
 border-bottom:1px solid #eee}ol.events time{color:#666;margin-right:.6em}\
 ul.attempts{margin:0;padding-left:1.1em}\
 @media (max-width:40em){#items tr:first-child{display:none}#items tr{display:block;\
-border:1px solid #ccc;margin-bottom:.5em}#items td{display:block;border:0}\
+border:1px solid #ccc;margin-bottom:.5em}#items td{display:inline-block;border:0}\
+#items td:last-child{display:block}\
 #items td[data-label]:not(:empty)::before{content:attr(data-label) ': ';font-weight:600}\
 #items td:empty{display:none}}\
 .succeeded,.ok{color:#1a7f37}.failed,.bad,.cancelled{color:#cf222e}.running{color:#9a6700}";
@@ -358,7 +359,7 @@ fn items_table(page: &JobPage<'_>) -> Markup {
             @for item in page.items.iter().take(MAX_ITEMS_SHOWN) {
                 @let used = page.usage.by_item.get(&item.key);
                 tr {
-                    td data-label="#" { (item.position) }
+                    td { (item.position) }
                     td data-label="item" { code { (item.key.0) } }
                     td data-label="status" class=(item.status.as_str()) { (item.status.as_str()) }
                     td data-label="merged" { @if item.merged { "yes" } }
