@@ -310,3 +310,42 @@ async fn the_job_page_goes_live_to_done_in_a_browser_and_shows_an_items_log() {
     ctx.wait_idle().await;
     ctx.finish().await;
 }
+
+/// The live endpoint and the log pages answer only with the page's token (404 otherwise, as for
+/// an attempt without a log), through the real router; no browser needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_live_endpoint_and_logs_need_the_pages_token() {
+    let db = common::sqlite_db();
+    let ctx = Ctx::new(db.url()).await;
+    let sha = ctx.push_pr(4, &[("items.json", &items(&[("x#1", "ok")]))], false);
+    ctx.open_pr(4, &sha).await;
+    let link = job_links(&ctx.wait_for_comments(4, 1).await[0])[0].clone();
+    let job = job_id_of(&link);
+    ctx.wait_status(job, JobStatus::Succeeded).await;
+    let token = link.split("token=").nth(1).unwrap();
+
+    let (status, body) = ctx.get(&format!("/jobs/{job}/live?token={token}")).await;
+    assert_eq!(status, 200, "{body}");
+    let live: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(live["status"], "succeeded", "{live}");
+    assert_eq!(live["live"], false, "{live}");
+    let log = format!("/jobs/{job}/items/x%231/attempts/1/log?token={token}");
+    assert!(live["html"].as_str().unwrap().contains(&log), "{live}");
+
+    let (status, page) = ctx.get(&log).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("item x#1, attempt 1, log"), "{page}");
+    let wrong = "0".repeat(64);
+    for path in [
+        format!("/jobs/{job}/live"),
+        format!("/jobs/{job}/live?token={wrong}"),
+        format!("/jobs/{job}/items/x%231/attempts/1/log"),
+        format!("/jobs/{job}/items/x%231/attempts/1/log?token={wrong}"),
+        format!("/jobs/{job}/items/x%231/attempts/2/log?token={token}"),
+        format!("/jobs/{job}/items/nope/attempts/1/log?token={token}"),
+    ] {
+        assert_eq!(ctx.get(&path).await.0, 404, "{path}");
+    }
+    ctx.wait_idle().await;
+    ctx.finish().await;
+}
