@@ -323,14 +323,13 @@ async fn render_transcript(
     if files.is_empty() {
         return Ok(None);
     }
-    let (job_id, key2) = (job.id, key.clone());
     // Files are read off the runtime: a transcript can be long.
     let rendered = tokio::task::spawn_blocking(move || {
         files
             .into_iter()
             .map(|f| {
                 let path = std::path::Path::new(&f);
-                let text = pages::render_transcript_file(path, job_id, &key2, attempt)
+                let text = pages::render_transcript_file(path)
                     .unwrap_or_else(|e| format!("cannot read {f}: {e}"));
                 let name = path
                     .file_name()

@@ -512,14 +512,8 @@ pub fn read_log_tail(path: &std::path::Path) -> std::io::Result<LogTail> {
 }
 
 /// A transcript file rendered line by line for people, cut at [`MAX_TRANSCRIPT_CHARS`] with a
-/// note naming the command that shows all of it. Reads as it goes: a long transcript costs no
-/// more memory than the page.
-pub fn render_transcript_file(
-    path: &std::path::Path,
-    job: JobId,
-    key: &ItemKey,
-    attempt: i64,
-) -> std::io::Result<String> {
+/// note saying so. Reads as it goes: a long transcript costs no more memory than the page.
+pub fn render_transcript_file(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::BufRead;
     let file = std::fs::File::open(path)?;
     let mut out = String::new();
@@ -530,7 +524,7 @@ pub fn render_transcript_file(
         if out.len() + text.len() > MAX_TRANSCRIPT_CHARS {
             let _ = write!(
                 out,
-                "... cut at {MAX_TRANSCRIPT_CHARS} characters; `prodigy logs {job} {key} --attempt {attempt}` shows all of it"
+                "... cut here: the page shows the first {MAX_TRANSCRIPT_CHARS} characters"
             );
             break;
         }
@@ -588,9 +582,7 @@ mod tests {
             r#"{"type":"mystery","x":1}"#,
         ];
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        let job: JobId = "0192f5a0-0000-7000-8000-000000000001".parse().unwrap();
-        let key = ItemKey::from("k");
-        let text = render_transcript_file(&path, job, &key, 1).unwrap();
+        let text = render_transcript_file(&path).unwrap();
         let expected: Vec<String> = lines
             .iter()
             .filter_map(|l| crate::engine::agent::render_line(l))
