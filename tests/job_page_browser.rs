@@ -247,6 +247,11 @@ async fn the_job_page_goes_live_to_done_in_a_browser_and_shows_an_items_log() {
         .js("window.sameDocument = 'yes'; return document.getElementById('status').textContent;")
         .await;
     assert_eq!(shown, "running");
+    let text = browser.js("return document.body.innerText;").await;
+    assert!(
+        text.as_str().unwrap().contains("attempt 1: running"),
+        "the gated attempt is not shown running:\n{text}"
+    );
     browser.assert_clean("the running job's page").await;
     let dir = screenshots();
     browser.screenshot(&dir.join("job-page-running.png")).await;

@@ -177,11 +177,12 @@ border:1px solid #ccc;margin-bottom:.5em}#items td{display:inline-block;border:0
 .succeeded,.ok{color:#1a7f37}.failed,.bad,.cancelled{color:#cf222e}.running{color:#9a6700}";
 
 /// The client side of a live page: fetch the live endpoint and swap the content in place
-/// (the reader's scroll stays), until the job is no longer live. No reload.
+/// (the reader's scroll stays), until the job is no longer live or the link no longer valid
+/// (404: a rotated secret, a deleted job); other errors retry more slowly. No reload.
 const LIVE_SCRIPT: &str = "(function(){var m=document.getElementById('live');\
 function tick(){fetch(m.dataset.poll,{cache:'no-store'}).then(function(r){\
-if(!r.ok){throw new Error('status '+r.status);}return r.json();}).then(function(d){\
-m.innerHTML=d.html;m.dataset.status=d.status;if(d.live){setTimeout(tick,+m.dataset.every);}\
+if(r.status===404){return null;}if(!r.ok){throw new Error('status '+r.status);}\
+return r.json();}).then(function(d){if(!d){return;}m.innerHTML=d.html;m.dataset.status=d.status;if(d.live){setTimeout(tick,+m.dataset.every);}\
 }).catch(function(){setTimeout(tick,4*m.dataset.every);});}\
 if(m.dataset.status==='pending'||m.dataset.status==='running'){setTimeout(tick,+m.dataset.every);}})();";
 
