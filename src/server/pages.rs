@@ -269,8 +269,10 @@ fn facts(page: &JobPage<'_>) -> Markup {
             @if let Some(sha) = &job.head_sha {
                 dt { "commit" } dd { (maybe_link(gh.as_deref().map(|g| format!("{g}/commit/{sha}")), sha)) }
             }
+            // The job branch lives in the server's checkout (the server pushes nothing), so a
+            // GitHub link would lead nowhere.
             @if let Some(branch) = &job.refs.branch {
-                dt { "branch" } dd { (maybe_link(gh.as_deref().map(|g| format!("{g}/tree/{branch}")), branch)) }
+                dt { "job branch" } dd { code { (branch) } " (in the server's checkout)" }
             }
             @if let (Some(id), Some(gh)) = (job.check_run_id, &gh) {
                 dt { "check run" } dd { a href={ (gh) "/runs/" (id) } { (id) } }
