@@ -203,7 +203,7 @@ async fn resume_and_retry_of_a_failed_job() {
     // The page groups the DLQ by signature.
     let c = ctx.gh.comments_on(REPO, 6);
     let (_, html) = ctx.get(&job_links(&c[0])[0]).await;
-    assert!(html.contains("1 &times; command_failed"), "{html}");
+    assert!(html.contains("1 × command_failed"), "{html}");
     assert!(html.contains("widget bad exploded"), "{html}");
 
     ctx.comment(6, MAINTAINER, "/prodigy retry item=nope").await;

@@ -70,7 +70,7 @@ async fn opened_pull_request_runs_its_workflow_and_links_the_page() {
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("succeeded"), "{html}");
     assert!(html.contains("<code>x</code>"), "{html}");
-    assert!(html.contains("job_finished"), "{html}");
+    assert!(html.contains("job finished: succeeded"), "{html}");
     let bare = format!("/jobs/{job}");
     assert_eq!(ctx.get(&bare).await.0, 404);
     let other = links[0].replace("token=", "token=0");

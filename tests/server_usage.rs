@@ -165,7 +165,10 @@ async fn real_agents_usage_reaches_the_check_run_and_the_job_page_with_transcrip
     assert!(page.contains("<h2>Agent usage</h2>"), "{page}");
     assert!(page.contains(&format!("${cost:.4}")), "{page}");
     assert!(
-        page.contains(&format!("<td>${:.4}</td>", cost_of("alpha"))),
+        page.contains(&format!(
+            "<td data-label=\"cost\">${:.4}</td>",
+            cost_of("alpha")
+        )),
         "{page}"
     );
     let token = link.split("token=").nth(1).unwrap();

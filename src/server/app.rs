@@ -5,8 +5,12 @@
 //!   queued in one transaction -> 202, a redelivery -> 200 and nothing else; a database error
 //!   -> 503 so GitHub marks the delivery failed and it can be redelivered.
 //! - `GET /jobs/<id>?token=...`: the job page; no or a wrong token -> 404.
+//! - `GET /jobs/<id>/live?token=...`: the changing part of the job page as JSON
+//!   (`{"status", "live", "html"}`), which the page's script polls while the job runs.
 //! - `GET /jobs/<id>/items/<key>/attempts/<n>/transcript?token=...`: that attempt's agent
 //!   transcripts, rendered; the job page's token, else 404 (as for an attempt without any).
+//! - `GET /jobs/<id>/items/<key>/attempts/<n>/log?token=...`: the end of that attempt's log;
+//!   the same token, else 404 (as for an attempt without a log).
 //! - `GET /healthz` (the process answers), `GET /readyz` (the database answers, else 503).
 
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::sync::Notify;
@@ -26,7 +30,7 @@ use crate::types::{ItemKey, JobId, RepoName};
 
 use super::dispatch::{Route, RouteRules, Work, route};
 use super::ingest::Ingest;
-use super::pages::{self, JobPage, PageLinks};
+use super::pages::{self, AttemptView, JobPage, PageLinks};
 use super::webhook::{VerifiedEvent, WebhookSecret, webhook_body_limit, webhook_trace_layer};
 
 /// GitHub gives a delivery 10 seconds; a database that does not answer within this is down
@@ -94,6 +98,11 @@ pub fn router(state: AppState, webhook_path: &str) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/live", get(job_live))
+        .route(
+            "/jobs/{id}/items/{key}/attempts/{attempt}/log",
+            get(log_page),
+        )
         .route(
             "/jobs/{id}/items/{key}/attempts/{attempt}/transcript",
             get(transcript_page),
@@ -217,7 +226,36 @@ async fn job_page(
     if !s.links.verify(job_id, &token) {
         return not_found();
     }
-    page_response(job_id, render(&s.store, job_id, &token).await)
+    let page = load_page(&s.store, job_id).await;
+    let html = page.map(|p| p.map(|p| pages::render_job(&p.view(&token))));
+    page_response(job_id, html)
+}
+
+/// The live part of the job page as JSON, for the page's script.
+async fn job_live(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let s = &state.inner;
+    let Ok(job_id) = id.parse::<JobId>() else {
+        return not_found();
+    };
+    let token = query.token.unwrap_or_default();
+    if !s.links.verify(job_id, &token) {
+        return not_found();
+    }
+    match load_page(&s.store, job_id).await {
+        Ok(Some(p)) => {
+            let body = serde_json::json!({
+                "status": p.job.status.as_str(),
+                "live": pages::is_live(&p.job),
+                "html": pages::render_live(&p.view(&token)),
+            });
+            ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+        }
+        other => page_response(job_id, other.map(|_| None)),
+    }
 }
 
 /// A rendered page as a private, uncached answer; None -> 404; a database error -> 503.
@@ -285,14 +323,13 @@ async fn render_transcript(
     if files.is_empty() {
         return Ok(None);
     }
-    let (job_id, key2) = (job.id, key.clone());
     // Files are read off the runtime: a transcript can be long.
     let rendered = tokio::task::spawn_blocking(move || {
         files
             .into_iter()
             .map(|f| {
                 let path = std::path::Path::new(&f);
-                let text = pages::render_transcript_file(path, job_id, &key2, attempt)
+                let text = pages::render_transcript_file(path)
                     .unwrap_or_else(|e| format!("cannot read {f}: {e}"));
                 let name = path
                     .file_name()
@@ -309,7 +346,36 @@ async fn render_transcript(
     )))
 }
 
-async fn render(store: &Store, id: JobId, token: &str) -> crate::store::Result<Option<String>> {
+/// What a job page shows, read from the store.
+struct PageData {
+    job: crate::store::Job,
+    counts: crate::store::ItemCounts,
+    items: Vec<crate::store::WorkItem>,
+    attempts: Vec<AttemptView>,
+    dlq: Vec<crate::store::DlqItem>,
+    events: Vec<crate::store::Event>,
+    runs: Vec<crate::store::AgentRunRow>,
+    usage: crate::store::JobUsage,
+}
+
+impl PageData {
+    fn view<'a>(&'a self, token: &'a str) -> JobPage<'a> {
+        JobPage {
+            job: &self.job,
+            counts: self.counts,
+            items: &self.items,
+            attempts: &self.attempts,
+            dlq: &self.dlq,
+            events: &self.events,
+            runs: &self.runs,
+            usage: &self.usage,
+            token,
+            now: chrono::Utc::now(),
+        }
+    }
+}
+
+async fn load_page(store: &Store, id: JobId) -> crate::store::Result<Option<PageData>> {
     let job = match store.get_job(id).await {
         Ok(job) => job,
         Err(crate::store::StoreError::JobNotFound(_)) => return Ok(None),
@@ -320,26 +386,128 @@ async fn render(store: &Store, id: JobId, token: &str) -> crate::store::Result<O
     let dlq = store.dlq(Some(id)).await?;
     let runs = store.agent_runs(id, None).await?;
     let usage = crate::store::JobUsage::from_runs(&runs);
-    // Events come oldest first; keep reading pages and keep the most recent.
+    let (events, logs) = recent_events_and_logs(store, id).await?;
+    let attempts = store
+        .job_attempts(id)
+        .await?
+        .into_iter()
+        .map(|a| AttemptView {
+            has_log: a.log_path.is_some() || logs.contains_key(&(a.key.clone(), a.attempt)),
+            attempt: i64::from(a.attempt),
+            key: a.key,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            success: a.success,
+            message: a.message,
+        })
+        .collect();
+    Ok(Some(PageData {
+        job,
+        counts,
+        items,
+        attempts,
+        dlq,
+        events,
+        runs,
+        usage,
+    }))
+}
+
+/// Each attempt's log file, by item and attempt number, from the `item_started` events.
+type AttemptLogs = std::collections::HashMap<(ItemKey, u32), std::path::PathBuf>;
+
+/// The most recent events (oldest first) and the log file of every attempt started so far
+/// (known from its start, before the attempt's row records it at the end).
+async fn recent_events_and_logs(
+    store: &Store,
+    id: JobId,
+) -> crate::store::Result<(Vec<crate::store::Event>, AttemptLogs)> {
     let mut events = Vec::new();
+    let mut logs = AttemptLogs::new();
     let mut after = 0;
     loop {
         let page = store.events(id, after, 1000).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
+        for e in &page {
+            if let Some(crate::store::JobEvent::ItemStarted {
+                key, attempt, log, ..
+            }) = e.event()
+            {
+                logs.insert((key, attempt), log);
+            }
+        }
         events.extend(page);
         if events.len() > pages::RECENT_EVENTS {
             events.drain(..events.len() - pages::RECENT_EVENTS);
         }
     }
-    Ok(Some(pages::render_job(&JobPage {
-        job: &job,
-        counts,
-        items: &items,
-        dlq: &dlq,
-        events: &events,
-        runs: &runs,
-        usage: &usage,
-        token,
-    })))
+    Ok((events, logs))
+}
+
+async fn log_page(
+    State(state): State<AppState>,
+    Path((id, key, attempt)): Path<(String, String, i64)>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let s = &state.inner;
+    let Ok(job_id) = id.parse::<JobId>() else {
+        return not_found();
+    };
+    let token = query.token.unwrap_or_default();
+    if !s.links.verify(job_id, &token) {
+        return not_found();
+    }
+    let key = ItemKey(key);
+    page_response(
+        job_id,
+        render_log(&s.store, job_id, &key, attempt, &token).await,
+    )
+}
+
+async fn render_log(
+    store: &Store,
+    id: JobId,
+    key: &ItemKey,
+    attempt: i64,
+    token: &str,
+) -> crate::store::Result<Option<String>> {
+    let job = match store.get_job(id).await {
+        Ok(job) => job,
+        Err(crate::store::StoreError::JobNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Ok(n) = u32::try_from(attempt) else {
+        return Ok(None);
+    };
+    let recorded = store
+        .attempts(id, key)
+        .await?
+        .into_iter()
+        .find(|a| a.attempt == n)
+        .and_then(|a| a.log_path)
+        .map(std::path::PathBuf::from);
+    let path = match recorded {
+        Some(p) => p,
+        None => match recent_events_and_logs(store, id)
+            .await?
+            .1
+            .remove(&(key.clone(), n))
+        {
+            Some(p) => p,
+            None => return Ok(None),
+        },
+    };
+    let tail = tokio::task::spawn_blocking(move || {
+        pages::read_log_tail(&path).unwrap_or_else(|e| pages::LogTail {
+            text: format!("cannot read the log {}: {e}", path.display()),
+            cut: 0,
+        })
+    })
+    .await
+    .unwrap_or_else(|e| pages::LogTail {
+        text: format!("cannot read the log: {e}"),
+        cut: 0,
+    });
+    Ok(Some(pages::render_log(&job, key, attempt, token, &tail)))
 }

@@ -6,6 +6,7 @@ pub mod check_runs;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
+pub mod event_lines;
 pub mod ingest;
 pub mod pages;
 pub mod replies;

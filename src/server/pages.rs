@@ -13,12 +13,17 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use chrono::{DateTime, Utc};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::store::{AgentRunRow, DlqItem, Event, ItemCounts, Job, JobUsage, WorkItem};
-use crate::types::{ItemKey, JobId, Usage};
+use crate::text::{human_millis, one_line};
+use crate::types::{ItemKey, JobId, JobStatus, Usage};
 
+use super::event_lines;
 use super::webhook::WebhookSecret;
 
 /// At most this many items are listed on a page; the counts cover the rest.
@@ -85,6 +90,14 @@ pub fn transcript_path(job: JobId, key: &ItemKey, attempt: i64, token: &str) -> 
     )
 }
 
+/// The path (and query) of an item attempt's log page, relative to the server's root.
+pub fn log_path(job: JobId, key: &ItemKey, attempt: i64, token: &str) -> String {
+    format!(
+        "/jobs/{job}/items/{}/attempts/{attempt}/log?token={token}",
+        path_segment(&key.0)
+    )
+}
+
 /// `text` percent-encoded as one URL path segment (everything but unreserved characters).
 fn path_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -98,235 +111,342 @@ fn path_segment(text: &str) -> String {
     out
 }
 
-/// Escapes text for HTML element content and double-quoted attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Where GitHub shows a repository's pull requests, commits, branches and check runs.
+pub const GITHUB_WEB: &str = "https://github.com";
+/// While a job runs its page asks for fresh content this often (milliseconds).
+pub const POLL_MS: u64 = 1500;
+/// An attempt's log page shows at most this much of the end of the log.
+pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 
 /// Everything a job page shows.
 pub struct JobPage<'a> {
     pub job: &'a Job,
     pub counts: ItemCounts,
     pub items: &'a [WorkItem],
+    /// Every attempt of every item, with its log file when known.
+    pub attempts: &'a [AttemptView],
     pub dlq: &'a [DlqItem],
     /// The most recent events, oldest first.
     pub events: &'a [Event],
     /// The job's agent runs, in the order they finished, and their sums.
     pub runs: &'a [AgentRunRow],
     pub usage: &'a JobUsage,
-    /// The page's token, carried by the transcript links.
+    /// The page's token, carried by the links to logs, transcripts and the live endpoint.
     pub token: &'a str,
+    /// The time the page is rendered, for the duration of a job still running.
+    pub now: DateTime<Utc>,
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}\
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;\
-text-align:left;vertical-align:top}th{background:#f4f4f4}code,pre{font-size:90%}\
-pre{white-space:pre-wrap;margin:0}.succeeded{color:#1a7f37}.failed{color:#cf222e}";
+/// One attempt as the page shows it.
+#[derive(Debug, Clone)]
+pub struct AttemptView {
+    pub key: ItemKey,
+    pub attempt: i64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub success: Option<bool>,
+    pub message: Option<String>,
+    /// Whether a log file is known (the attempt's row, or its `item_started` event).
+    pub has_log: bool,
+}
 
-/// The page's HTML. Every value from the database is escaped.
+/// Whether the job can still change without someone resuming it: its page keeps polling.
+pub fn is_live(job: &Job) -> bool {
+    matches!(job.status, JobStatus::Pending | JobStatus::Running)
+}
+
+const STYLE: &str = "\
+*{box-sizing:border-box}\
+body{font-family:system-ui,sans-serif;margin:0 auto;padding:1em;max-width:70em;line-height:1.4}\
+h1{font-size:1.4em;word-break:break-word}h2{font-size:1.15em;margin-top:1.5em}\
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em;margin:0}\
+dl.facts dt{font-weight:600}dl.facts dd{margin:0;word-break:break-all}\
+.scroll{overflow-x:auto;max-width:100%}\
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em;\
+text-align:left;vertical-align:top}th{background:#f4f4f4}\
+code,pre{font-size:90%}pre{white-space:pre-wrap;word-break:break-word;margin:0}\
+progress{width:100%;height:1.2em}\
+ol.events{padding-left:0;list-style:none;font-size:90%}ol.events li{padding:.15em 0;\
+border-bottom:1px solid #eee}ol.events time{color:#666;margin-right:.6em}\
+ul.attempts{margin:0;padding-left:1.1em}\
+@media (max-width:40em){#items tr:first-child{display:none}#items tr{display:block;\
+border:1px solid #ccc;margin-bottom:.5em}#items td{display:inline-block;border:0}\
+#items td:last-child{display:block}\
+#items td[data-label]:not(:empty)::before{content:attr(data-label) ': ';font-weight:600}\
+#items td:empty{display:none}}\
+.succeeded,.ok{color:#1a7f37}.failed,.bad,.cancelled{color:#cf222e}.running{color:#9a6700}";
+
+/// The client side of a live page: fetch the live endpoint and swap the content in place
+/// (the reader's scroll stays), until the job is no longer live or the link no longer valid
+/// (404: a rotated secret, a deleted job); other errors retry more slowly. No reload.
+const LIVE_SCRIPT: &str = "(function(){var m=document.getElementById('live');\
+function tick(){fetch(m.dataset.poll,{cache:'no-store'}).then(function(r){\
+if(r.status===404){return null;}if(!r.ok){throw new Error('status '+r.status);}\
+return r.json();}).then(function(d){if(!d){return;}m.innerHTML=d.html;m.dataset.status=d.status;if(d.live){setTimeout(tick,+m.dataset.every);}\
+}).catch(function(){setTimeout(tick,4*m.dataset.every);});}\
+if(m.dataset.status==='pending'||m.dataset.status==='running'){setTimeout(tick,+m.dataset.every);}})();";
+
+/// A whole page: head (viewport for phones, no indexing), title as heading, then `body`.
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="robots" content="noindex";
+                // No icon: the browser would otherwise ask for /favicon.ico and get a 404.
+                link rel="icon" href="data:,";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { (title) }
+                (body)
+            }
+        }
+    }
+}
+
+fn page_title(job: &Job) -> String {
+    format!("prodigy job {} ({})", job.id.short(), job.workflow_name)
+}
+
+/// The job page's HTML: the live part (see [`render_live`]) and the script that refreshes it.
 pub fn render_job(page: &JobPage<'_>) -> String {
     let job = page.job;
-    let mut h = String::new();
-    let title = format!("prodigy job {} ({})", job.id.short(), job.workflow_name);
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"robots\" content=\"noindex\"><title>{}</title><style>{STYLE}</style></head><body>\n",
-        escape(&title)
-    );
-    let _ = writeln!(h, "<h1>{}</h1>", escape(&title));
-    h.push_str("<table>\n");
-    let mut row = |k: &str, v: String| {
-        let _ = writeln!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
-    };
-    row("job", format!("<code>{}</code>", job.id));
-    row(
-        "status",
-        format!(
-            "<span class=\"{0}\">{0}</span>",
-            escape(job.status.as_str())
-        ),
-    );
-    row("phase", escape(job.phase.as_str()));
-    row(
-        "workflow",
-        format!("<code>{}</code>", escape(&job.workflow_path)),
-    );
-    if let Some(repo) = &job.repo {
-        let pr = job.pr_number.map(|n| format!(" #{n}")).unwrap_or_default();
-        row("pull request", escape(&format!("{repo}{pr}")));
-    }
-    if let Some(sha) = &job.head_sha {
-        row("commit", format!("<code>{}</code>", escape(sha)));
-    }
-    if let Some(branch) = &job.refs.branch {
-        row("branch", format!("<code>{}</code>", escape(branch)));
-    }
-    row("created", escape(&job.created_at.to_rfc3339()));
-    row("updated", escape(&job.updated_at.to_rfc3339()));
-    if let Some(at) = job.finished_at {
-        row("finished", escape(&at.to_rfc3339()));
-    }
-    if let Some(error) = &job.error {
-        row("error", format!("<pre>{}</pre>", escape(error)));
-    }
-    h.push_str("</table>\n");
-
-    let c = page.counts;
-    h.push_str(
-        "<h2>Items</h2>\n<table><tr><th>total</th><th>pending</th><th>running</th>\
-                <th>succeeded</th><th>failed</th><th>merged</th><th>dead-letter queue</th></tr>\n",
-    );
-    let _ = writeln!(
-        h,
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
-        c.total, c.pending, c.running, c.succeeded, c.failed, c.merged, c.dlq
-    );
-    usage_table(&mut h, page.usage);
-    if !page.items.is_empty() {
-        h.push_str(
-            "<table><tr><th>#</th><th>item</th><th>status</th><th>attempts</th><th>merged</th>\
-             <th>cost</th><th>tokens</th><th>transcripts</th></tr>\n",
-        );
-        for item in page.items.iter().take(MAX_ITEMS_SHOWN) {
-            let used = page.usage.by_item.get(&item.key);
-            let _ = writeln!(
-                h,
-                "<tr><td>{}</td><td><code>{}</code></td><td class=\"{2}\">{2}</td><td>{3}</td><td>{4}</td>\
-                 <td>{5}</td><td>{6}</td><td>{7}</td></tr>",
-                item.position,
-                escape(&item.key.0),
-                escape(item.status.as_str()),
-                item.attempts,
-                if item.merged { "yes" } else { "" },
-                used.map(|u| usd(u.cost_usd)).unwrap_or_default(),
-                used.map(|u| u.tokens().to_string()).unwrap_or_default(),
-                transcript_links(page, &item.key),
-            );
-        }
-        h.push_str("</table>\n");
-        if page.items.len() > MAX_ITEMS_SHOWN {
-            let _ = writeln!(
-                h,
-                "<p>{} more items not shown.</p>",
-                page.items.len() - MAX_ITEMS_SHOWN
-            );
-        }
-    }
-
-    h.push_str("<h2>Dead-letter queue</h2>\n");
-    if page.dlq.is_empty() {
-        h.push_str("<p>Empty.</p>\n");
-    } else {
-        // One group per error signature: the same failure on many items reads as one problem.
-        let mut groups: BTreeMap<&str, Vec<&DlqItem>> = BTreeMap::new();
-        for d in page.dlq {
-            groups.entry(d.signature.as_str()).or_default().push(d);
-        }
-        let mut groups: Vec<_> = groups.into_iter().collect();
-        groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
-        for (signature, rows) in groups {
-            let first = rows[0];
-            let _ = writeln!(
-                h,
-                "<h3>{} &times; {} <code>{}</code></h3>\n<pre>{}</pre>",
-                rows.len(),
-                escape(first.error_class.as_str()),
-                escape(&signature[..signature.len().min(12)]),
-                escape(&first.last_message)
-            );
-            h.push_str("<table><tr><th>item</th><th>failures</th><th>last failure</th><th>reprocessable</th></tr>\n");
-            for d in rows {
-                let _ = writeln!(
-                    h,
-                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    escape(&d.key.0),
-                    d.failure_count,
-                    escape(&d.last_failure.to_rfc3339()),
-                    if d.reprocessable { "yes" } else { "no" }
-                );
+    let poll = format!("/jobs/{}/live?token={}", job.id, page.token);
+    layout(
+        &page_title(job),
+        html! {
+            main id="live" data-status=(job.status.as_str()) data-poll=(poll) data-every=(POLL_MS) {
+                (live_content(page))
             }
-            h.push_str("</table>\n");
+            script { (PreEscaped(LIVE_SCRIPT)) }
+        },
+    )
+    .into_string()
+}
+
+/// The part of the job page that changes while it runs (what the live endpoint answers).
+pub fn render_live(page: &JobPage<'_>) -> String {
+    live_content(page).into_string()
+}
+
+fn live_content(page: &JobPage<'_>) -> Markup {
+    html! {
+        (facts(page))
+        (progress(page.counts))
+        (usage_table(page.usage))
+        (items_table(page))
+        (dlq_groups(page.dlq))
+        h2 { "Recent events" }
+        ol.events {
+            @for e in page.events {
+                li { time datetime=(e.at.to_rfc3339()) { (e.at.format("%H:%M:%S")) } (without_cli_hint(&event_lines::describe(e))) }
+            }
         }
     }
+}
 
-    h.push_str("<h2>Recent events</h2>\n<table><tr><th>#</th><th>time</th><th>event</th><th>data</th></tr>\n");
-    for e in page.events {
-        let _ = writeln!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            e.seq,
-            escape(&e.at.to_rfc3339()),
-            escape(&e.kind),
-            escape(&e.data.to_string())
-        );
+/// The job's facts, with links to where GitHub shows them.
+fn facts(page: &JobPage<'_>) -> Markup {
+    let job = page.job;
+    let gh = job.repo.as_ref().map(|r| format!("{GITHUB_WEB}/{r}"));
+    let ended = job.finished_at.unwrap_or(page.now);
+    let took = human_millis((ended - job.created_at).num_milliseconds());
+    html! {
+        dl.facts {
+            dt { "status" } dd { span #status class=(job.status.as_str()) { (job.status.as_str()) } }
+            dt { "phase" } dd #phase { (job.phase.as_str()) }
+            dt { "workflow" } dd { code { (job.workflow_path) } }
+            @if let (Some(repo), Some(gh)) = (&job.repo, &gh) {
+                dt { "repository" } dd { a href=(gh) { (repo) } }
+                @if let Some(pr) = job.pr_number {
+                    dt { "pull request" } dd { a href={ (gh) "/pull/" (pr) } { "#" (pr) } }
+                }
+            }
+            @if let Some(sha) = &job.head_sha {
+                dt { "commit" } dd { (maybe_link(gh.as_deref().map(|g| format!("{g}/commit/{sha}")), sha)) }
+            }
+            // The job branch lives in the server's checkout (the server pushes nothing), so a
+            // GitHub link would lead nowhere.
+            @if let Some(branch) = &job.refs.branch {
+                dt { "job branch" } dd { code { (branch) } " (in the server's checkout)" }
+            }
+            @if let (Some(id), Some(gh)) = (job.check_run_id, &gh) {
+                dt { "check run" } dd { a href={ (gh) "/runs/" (id) } { (id) } }
+            }
+            dt { "started" } dd { (job.created_at.format("%Y-%m-%d %H:%M:%S UTC")) }
+            dt { @if job.finished_at.is_some() { "took" } @else { "running for" } } dd #took { (took) }
+            @if let Some(error) = &job.error {
+                dt { "error" } dd { pre { (without_cli_hint(error)) } }
+            }
+        }
     }
-    h.push_str("</table>\n</body></html>\n");
-    h
+}
+
+/// `text` without the "(see `prodigy ...`)" hints the engine writes for terminal users: a web
+/// reader cannot run the CLI, and the page shows what the command would.
+pub fn without_cli_hint(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(" (see `prodigy ") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        match tail.find("`)") {
+            Some(end) => rest = &tail[end + 2..],
+            None => {
+                out.push_str(tail);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn maybe_link(href: Option<String>, text: &str) -> Markup {
+    html! {
+        @if let Some(href) = href { a href=(href) { code { (text) } } } @else { code { (text) } }
+    }
+}
+
+/// The progress bar (items finished of all) and the counts.
+fn progress(c: ItemCounts) -> Markup {
+    let done = c.succeeded + c.failed;
+    html! {
+        h2 { "Items" }
+        progress #progress max=(c.total.max(1)) value=(done) { (done) " of " (c.total) }
+        p #counts {
+            (done) " of " (c.total) " done: " (c.succeeded) " succeeded, " (c.failed) " failed, "
+            (c.running) " running, " (c.pending) " pending, " (c.merged) " merged, "
+            (c.dlq) " in the dead-letter queue"
+        }
+    }
 }
 
 /// The "Agent usage" table: the job, then each phase that ran an agent. Nothing when none did.
-fn usage_table(h: &mut String, usage: &JobUsage) {
+fn usage_table(usage: &JobUsage) -> Markup {
     if usage.runs == 0 {
-        return;
+        return html! {};
     }
-    h.push_str(
-        "<h2>Agent usage</h2>\n<table><tr><th></th><th>input</th><th>output</th><th>cache write</th>\
-         <th>cache read</th><th>tokens</th><th>cost</th><th>turns</th><th>API time</th></tr>\n",
-    );
-    let mut row = |label: &str, u: &Usage| {
-        let _ = writeln!(
-            h,
-            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{:.1} s</td></tr>",
-            escape(label),
-            u.input_tokens,
-            u.output_tokens,
-            u.cache_creation_tokens,
-            u.cache_read_tokens,
-            u.tokens(),
-            usd(u.cost_usd),
-            u.turns,
-            u.api_ms as f64 / 1000.0
-        );
+    let row = |label: &str, u: &Usage| {
+        html! {
+            tr {
+                th { (label) } td { (u.input_tokens) } td { (u.output_tokens) }
+                td { (u.cache_creation_tokens) } td { (u.cache_read_tokens) } td { (u.tokens()) }
+                td { (usd(u.cost_usd)) } td { (u.turns) } td { (format!("{:.1} s", u.api_ms as f64 / 1000.0)) }
+            }
+        }
     };
-    row("job", &usage.total);
-    for (phase, u) in usage.phases() {
-        row(phase, u);
+    html! {
+        h2 { "Agent usage" }
+        div.scroll { table {
+            tr { th {} th { "input" } th { "output" } th { "cache write" } th { "cache read" }
+                 th { "tokens" } th { "cost" } th { "turns" } th { "API time" } }
+            (row("job", &usage.total))
+            @for (phase, u) in usage.phases() { (row(phase, u)) }
+        } }
     }
-    h.push_str("</table>\n");
 }
 
-/// Links to the transcripts of an item's attempts that ran an agent, one per attempt.
-fn transcript_links(page: &JobPage<'_>, key: &ItemKey) -> String {
-    let mut attempts: Vec<i64> = page
+/// One row per item: its status, cost and attempts, each with its log and transcripts.
+fn items_table(page: &JobPage<'_>) -> Markup {
+    if page.items.is_empty() {
+        return html! {};
+    }
+    html! {
+        div.scroll { table #items {
+            tr { th { "#" } th { "item" } th { "status" } th { "merged" } th { "cost" } th { "tokens" } th { "attempts" } }
+            @for item in page.items.iter().take(MAX_ITEMS_SHOWN) {
+                @let used = page.usage.by_item.get(&item.key);
+                tr {
+                    td { (item.position) }
+                    td data-label="item" { code { (item.key.0) } }
+                    td data-label="status" class=(item.status.as_str()) { (item.status.as_str()) }
+                    td data-label="merged" { @if item.merged { "yes" } }
+                    td data-label="cost" { @if let Some(u) = used { (usd(u.cost_usd)) } }
+                    td data-label="tokens" { @if let Some(u) = used { (u.tokens()) } }
+                    td { (attempt_list(page, &item.key)) }
+                }
+            }
+        } }
+        @if page.items.len() > MAX_ITEMS_SHOWN {
+            p { (page.items.len() - MAX_ITEMS_SHOWN) " more items not shown." }
+        }
+    }
+}
+
+/// An item's attempts: how each ended, how long it took, its log and its agent transcripts.
+fn attempt_list(page: &JobPage<'_>, key: &ItemKey) -> Markup {
+    let mut transcripts: Vec<i64> = page
         .runs
         .iter()
         .filter(|r| r.key.as_ref() == Some(key))
         .filter_map(|r| r.attempt)
         .collect();
-    attempts.dedup();
-    attempts
-        .iter()
-        .map(|n| {
-            format!(
-                "<a href=\"{}\">attempt {n}</a>",
-                escape(&transcript_path(page.job.id, key, *n, page.token))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    transcripts.dedup();
+    let attempts: Vec<&AttemptView> = page.attempts.iter().filter(|a| &a.key == key).collect();
+    html! {
+        ul.attempts {
+            @for a in &attempts {
+                @let (word, class) = match a.success {
+                    Some(true) => ("succeeded", "ok"),
+                    Some(false) => ("failed", "bad"),
+                    None => ("running", "running"),
+                };
+                @let took = human_millis((a.finished_at.unwrap_or(page.now) - a.started_at).num_milliseconds());
+                li {
+                    "attempt " (a.attempt) ": " span class=(class) { (word) } " (" (took) ")"
+                    @if a.has_log {
+                        " " a.log href=(log_path(page.job.id, key, a.attempt, page.token)) { "log" }
+                    }
+                    @if transcripts.contains(&a.attempt) {
+                        " " a href=(transcript_path(page.job.id, key, a.attempt, page.token)) { "transcript" }
+                    }
+                    @if let Some(m) = a.message.as_deref().filter(|_| a.success == Some(false)) {
+                        br; small { (one_line(&without_cli_hint(m), 200)) }
+                    }
+                }
+            }
+            // Agent runs recorded for attempts whose row is not shown (none known yet).
+            @for n in transcripts.iter().filter(|n| !attempts.iter().any(|a| a.attempt == **n)) {
+                li { a href=(transcript_path(page.job.id, key, *n, page.token)) { "attempt " (n) " transcript" } }
+            }
+        }
+    }
+}
+
+/// The dead-letter queue, one group per error signature (the same failure on many items reads
+/// as one problem), largest first, each with its last error.
+fn dlq_groups(dlq: &[DlqItem]) -> Markup {
+    let mut groups: BTreeMap<&str, Vec<&DlqItem>> = BTreeMap::new();
+    for d in dlq {
+        groups.entry(d.signature.as_str()).or_default().push(d);
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+    html! {
+        h2 { "Dead-letter queue" }
+        @if groups.is_empty() { p { "Empty." } }
+        @for (signature, rows) in groups {
+            @let last = rows.iter().max_by_key(|d| d.last_failure).expect("a group has items");
+            h3 { (rows.len()) " × " (last.error_class.as_str()) " " code { (&signature[..signature.len().min(12)]) } }
+            pre.dlq-error { (without_cli_hint(&last.last_message)) }
+            div.scroll { table {
+                tr { th { "item" } th { "failures" } th { "last failure" } th { "retried by a resume" } }
+                @for d in &rows {
+                    tr {
+                        td { code { (d.key.0) } }
+                        td { (d.failure_count) }
+                        td { (d.last_failure.format("%Y-%m-%d %H:%M:%S UTC")) }
+                        td { @if d.reprocessable { "yes" } @else { "no" } }
+                    }
+                }
+            } }
+        }
+    }
 }
 
 fn usd(cost: f64) -> String {
@@ -342,46 +462,61 @@ pub fn render_transcript(
     token: &str,
     transcripts: &[(String, String)],
 ) -> String {
-    let mut h = String::new();
-    let title = format!(
-        "prodigy job {} ({}): item {key}, attempt {attempt}",
-        job.id.short(),
-        job.workflow_name
-    );
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"robots\" content=\"noindex\"><title>{}</title><style>{STYLE}</style></head><body>\n",
-        escape(&title)
-    );
-    let _ = writeln!(
-        h,
-        "<h1>{}</h1>\n<p><a href=\"/jobs/{}?token={}\">back to the job</a></p>",
-        escape(&title),
-        job.id,
-        escape(token)
-    );
-    for (file, text) in transcripts {
-        let _ = writeln!(
-            h,
-            "<h2><code>{}</code></h2>\n<pre>{}</pre>",
-            escape(file),
-            escape(text)
-        );
-    }
-    h.push_str("</body></html>\n");
-    h
+    let title = format!("{}: item {key}, attempt {attempt}", page_title(job));
+    layout(
+        &title,
+        html! {
+            p { a href={ "/jobs/" (job.id) "?token=" (token) } { "back to the job" } }
+            @for (file, text) in transcripts {
+                h2 { code { (file) } }
+                pre { (text) }
+            }
+        },
+    )
+    .into_string()
+}
+
+/// The log page of one item attempt: the end of its log file (`cut` bytes before it left out).
+pub fn render_log(job: &Job, key: &ItemKey, attempt: i64, token: &str, log: &LogTail) -> String {
+    let title = format!("{}: item {key}, attempt {attempt}, log", page_title(job));
+    layout(
+        &title,
+        html! {
+            p { a href={ "/jobs/" (job.id) "?token=" (token) } { "back to the job" } }
+            @if log.cut > 0 { p { "The first " (log.cut) " bytes are left out; this is the end of the log." } }
+            @if log.text.is_empty() { p { "The log is empty so far." } }
+            pre #log { (log.text) }
+        },
+    )
+    .into_string()
+}
+
+/// The end of a log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTail {
+    pub text: String,
+    /// Bytes before `text` that were left out.
+    pub cut: u64,
+}
+
+/// The last [`MAX_LOG_BYTES`] of the file at `path` (lossy UTF-8: a log is for reading).
+pub fn read_log_tail(path: &std::path::Path) -> std::io::Result<LogTail> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let cut = len.saturating_sub(MAX_LOG_BYTES);
+    file.seek(SeekFrom::Start(cut))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(LogTail {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        cut,
+    })
 }
 
 /// A transcript file rendered line by line for people, cut at [`MAX_TRANSCRIPT_CHARS`] with a
-/// note naming the command that shows all of it. Reads as it goes: a long transcript costs no
-/// more memory than the page.
-pub fn render_transcript_file(
-    path: &std::path::Path,
-    job: JobId,
-    key: &ItemKey,
-    attempt: i64,
-) -> std::io::Result<String> {
+/// note saying so. Reads as it goes: a long transcript costs no more memory than the page.
+pub fn render_transcript_file(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::BufRead;
     let file = std::fs::File::open(path)?;
     let mut out = String::new();
@@ -392,7 +527,7 @@ pub fn render_transcript_file(
         if out.len() + text.len() > MAX_TRANSCRIPT_CHARS {
             let _ = write!(
                 out,
-                "... cut at {MAX_TRANSCRIPT_CHARS} characters; `prodigy logs {job} {key} --attempt {attempt}` shows all of it"
+                "... cut here: the page shows the first {MAX_TRANSCRIPT_CHARS} characters"
             );
             break;
         }
@@ -450,16 +585,14 @@ mod tests {
             r#"{"type":"mystery","x":1}"#,
         ];
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        let job: JobId = "0192f5a0-0000-7000-8000-000000000001".parse().unwrap();
-        let key = ItemKey::from("k");
-        let text = render_transcript_file(&path, job, &key, 1).unwrap();
+        let text = render_transcript_file(&path).unwrap();
         let expected: Vec<String> = lines
             .iter()
             .filter_map(|l| crate::engine::agent::render_line(l))
             .collect();
         assert_eq!(text, expected.join("\n") + "\n");
         assert!(text.contains("assistant: <b>done</b>"), "{text}");
-        let html = escape(&text);
+        let html = html! { (text) }.into_string();
         assert!(
             html.contains("assistant: &lt;b&gt;done&lt;/b&gt;"),
             "{html}"
@@ -526,63 +659,198 @@ mod tests {
         }
     }
 
+    fn attempt(key: &str, n: i64, success: Option<bool>) -> AttemptView {
+        let t = chrono::Utc::now();
+        AttemptView {
+            key: ItemKey::from(key),
+            attempt: n,
+            started_at: t - chrono::Duration::seconds(3),
+            finished_at: success.map(|_| t),
+            success,
+            message: Some("widget <exploded>".into()),
+            has_log: true,
+        }
+    }
+
+    /// A small well-formedness check: every element the page opens is closed in order (void
+    /// elements aside), and nothing but the constant style and script holds a raw `<`.
+    fn assert_well_formed(html: &str) {
+        const VOID: &[&str] = &["meta", "br", "link", "img", "input", "hr"];
+        let body = html.strip_prefix("<!DOCTYPE html>").unwrap_or(html);
+        let mut stack: Vec<String> = Vec::new();
+        let mut rest = body;
+        while let Some(i) = rest.find('<') {
+            let tail = &rest[i + 1..];
+            let end = tail
+                .find('>')
+                .unwrap_or_else(|| panic!("unclosed tag in {html}"));
+            let tag = &tail[..end];
+            let (closing, name) = match tag.strip_prefix('/') {
+                Some(n) => (true, n),
+                None => (false, tag),
+            };
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            assert!(!name.is_empty(), "not a tag: <{tag}> in {html}");
+            if closing {
+                assert_eq!(stack.pop().as_deref(), Some(name.as_str()), "in {html}");
+            } else if !VOID.contains(&name.as_str()) {
+                stack.push(name);
+            }
+            rest = &tail[end + 1..];
+        }
+        assert!(stack.is_empty(), "left open: {stack:?} in {html}");
+    }
+
     #[test]
     fn the_page_shows_usage_per_item_and_links_each_attempt_escaped() {
-        let job = job();
+        let mut job = job();
+        job.repo = Some(crate::types::RepoName::new("octo/<w>"));
+        job.pr_number = Some(crate::types::PrNumber(7));
+        job.head_sha = Some("c0ffee".into());
+        job.check_run_id = Some(99);
+        job.error = Some("1 of 2 items failed (see `prodigy dlq list x`)".into());
         let key = r#"<a "b">"#;
         let items = [item(key), item("plain")];
         let runs = [run(key, 1, 0.25), run(key, 2, 0.5)];
+        let attempts = [attempt(key, 1, Some(false)), attempt(key, 2, Some(true))];
+        let events = [Event {
+            seq: 1,
+            at: chrono::Utc::now(),
+            kind: "job_finished".into(),
+            data: serde_json::json!({"status": "succeeded", "phase": "done", "error": null,
+                "counts": {"total": 2, "pending": 0, "running": 0, "succeeded": 2, "failed": 0,
+                           "merged": 2, "dlq": 0}}),
+        }];
         let usage = JobUsage::from_runs(&runs);
         let page = |runs: &[AgentRunRow], usage: &JobUsage| {
             render_job(&JobPage {
                 job: &job,
                 counts: ItemCounts::default(),
                 items: &items,
+                attempts: &attempts,
                 dlq: &[],
-                events: &[],
+                events: &events,
                 runs,
                 usage,
                 token: "tok",
+                now: chrono::Utc::now(),
             })
         };
         let html = page(&runs, &usage);
+        assert_well_formed(&html);
+        assert!(html.contains(r#"<meta name="viewport""#), "{html}");
         assert!(html.contains("<h2>Agent usage</h2>"), "{html}");
         assert!(
             html.contains("<tr><th>job</th><td>200</td><td>40</td><td>6</td><td>8</td><td>254</td><td>$0.7500</td><td>4</td><td>3.0 s</td></tr>"),
             "{html}"
         );
-        let link = |n: u32| {
-            format!(
-                "<a href=\"/jobs/{}/items/%3Ca%20%22b%22%3E/attempts/{n}/transcript?token=tok\">attempt {n}</a>",
-                job.id
-            )
-        };
-        assert!(
-            html.contains(&format!(
-                "<td>$0.7500</td><td>254</td><td>{} {}</td>",
-                link(1),
-                link(2)
-            )),
-            "{html}"
-        );
+        let enc = "%3Ca%20%22b%22%3E";
+        for (n, what) in [(1, "log"), (2, "log"), (1, "transcript"), (2, "transcript")] {
+            let link = format!("/jobs/{}/items/{enc}/attempts/{n}/{what}?token=tok", job.id);
+            assert!(html.contains(&link), "no {link} in {html}");
+        }
         assert!(
             html.contains("<code>&lt;a &quot;b&quot;&gt;</code>"),
             "{html}"
         );
+        assert!(html.contains("widget &lt;exploded&gt;"), "{html}");
         assert!(!html.contains(r#"<a "b">"#), "{html}");
-        // The item without agent runs has empty usage cells; no runs at all, no usage table.
+        // GitHub links from the repository and ids, escaped like the rest.
+        let gh = "https://github.com/octo/&lt;w&gt;";
+        for path in ["/pull/7", "/commit/c0ffee", "/runs/99"] {
+            assert!(
+                html.contains(&format!("href=\"{gh}{path}\"")),
+                "no {path} in {html}"
+            );
+        }
+        // Events read as sentences; the live endpoint is polled with the same token.
         assert!(
-            html.contains("<td>yes</td><td></td><td></td><td></td></tr>"),
+            html.contains("job finished: succeeded in phase done"),
             "{html}"
         );
+        assert!(html.contains(&format!("data-poll=\"/jobs/{}/live?token=tok\"", job.id)));
+        assert!(
+            !html.contains("prodigy dlq"),
+            "no CLI hints on the page: {html}"
+        );
+        // No runs at all, no usage table.
         assert!(!page(&[], &JobUsage::default()).contains("Agent usage"));
     }
 
     #[test]
-    fn escape_covers_markup_and_quotes() {
+    fn the_dlq_is_grouped_by_signature_with_the_last_error() {
+        let job = job();
+        let t = chrono::Utc::now();
+        let d = |key: &str, sig: &str, msg: &str, secs: i64| DlqItem {
+            job_id: job.id,
+            key: ItemKey::from(key),
+            data: serde_json::Value::Null,
+            first_failure: t,
+            last_failure: t + chrono::Duration::seconds(secs),
+            failure_count: 1,
+            error_class: crate::types::ErrorClass::CommandFailed,
+            signature: sig.into(),
+            last_message: msg.into(),
+            reprocessable: true,
+            manual_review: false,
+            json_log_location: None,
+            session_id: None,
+        };
+        let dlq = [
+            d("a", "sig-one", "older error", 1),
+            d("b", "sig-one", "newest error", 5),
+            d("c", "sig-two", "other error", 2),
+        ];
+        let html = render_live(&JobPage {
+            job: &job,
+            counts: ItemCounts::default(),
+            items: &[],
+            attempts: &[],
+            dlq: &dlq,
+            events: &[],
+            runs: &[],
+            usage: &JobUsage::default(),
+            token: "tok",
+            now: t,
+        });
+        let one = html.find("<h3>2 × command_failed").expect(&html);
+        let two = html.find("<h3>1 × command_failed").expect(&html);
+        assert!(one < two, "{html}");
+        assert!(html[one..two].contains("newest error"), "{html}");
+        assert!(!html.contains("older error"), "{html}");
+    }
+
+    #[test]
+    fn cli_hints_are_left_out_for_web_readers() {
         assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+            without_cli_hint("1 of 3 items failed (see `prodigy dlq list 01a2`)"),
+            "1 of 3 items failed"
         );
+        assert_eq!(
+            without_cli_hint("a (see `prodigy x` b"),
+            "a (see `prodigy x` b"
+        );
+        assert_eq!(
+            without_cli_hint("plain (see the log)"),
+            "plain (see the log)"
+        );
+    }
+
+    #[test]
+    fn log_tails_keep_the_end_of_a_long_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attempt.log");
+        let long = "x".repeat(MAX_LOG_BYTES as usize) + "the end\n";
+        std::fs::write(&path, &long).unwrap();
+        let tail = read_log_tail(&path).unwrap();
+        assert_eq!(tail.cut, 8);
+        assert!(tail.text.ends_with("the end\n"));
+        let job = job();
+        let html = render_log(&job, &ItemKey::from("k"), 1, "tok", &tail);
+        assert_well_formed(&html);
+        assert!(html.contains("The first 8 bytes are left out"), "{html}");
     }
 }
