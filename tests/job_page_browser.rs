@@ -8,7 +8,6 @@
 //! Skips when `chromium` or `chromedriver` is not on PATH, unless `PRODIGY_REQUIRE_BROWSER=1`
 //! (set by `.ci/run`, which installs both), which turns their absence into a failure.
 
-mod common;
 mod support;
 
 use std::net::TcpListener;
@@ -23,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prodigy::types::JobStatus;
 use serde_json::{Value, json};
-use support::server::{Ctx, WAIT, items, job_id_of, job_links, wait_until};
+use support::server::{Ctx, REPO, WAIT, items, job_id_of, job_links, wait_until};
 
 /// A phone's width (CSS pixels), and tall enough for the screenshots to show the items.
 const PHONE: (u32, u32) = (412, 1600);
@@ -224,7 +223,7 @@ async fn the_job_page_goes_live_to_done_in_a_browser_and_shows_an_items_log() {
     let Some((chromium, chromedriver)) = browser() else {
         return;
     };
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::with_check_runs(db.url(), "a", 2).await;
     let list = items(&[("quick", "ok"), ("slow", "wait"), ("bad", "fail")]);
     let sha = ctx.push_pr(3, &[("items.json", &list)], false);
@@ -313,6 +312,18 @@ async fn the_job_page_goes_live_to_done_in_a_browser_and_shows_an_items_log() {
     browser.assert_clean("the log page").await;
     browser.close().await;
     ctx.wait_idle().await;
+    // The check run the page links to ended as the page said.
+    let conclusion = ctx
+        .gh
+        .wait_for_check_runs(
+            REPO,
+            &sha,
+            "the job's check run to complete",
+            WAIT,
+            |runs| runs.into_iter().find_map(|r| r.conclusion.clone()),
+        )
+        .await;
+    assert_eq!(conclusion, "failure");
     ctx.finish().await;
 }
 
@@ -320,7 +331,7 @@ async fn the_job_page_goes_live_to_done_in_a_browser_and_shows_an_items_log() {
 /// an attempt without a log), through the real router; no browser needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_live_endpoint_and_logs_need_the_pages_token() {
-    let db = common::sqlite_db();
+    let db = support::db::sqlite_db();
     let ctx = Ctx::new(db.url()).await;
     let sha = ctx.push_pr(4, &[("items.json", &items(&[("x#1", "ok")]))], false);
     ctx.open_pr(4, &sha).await;
