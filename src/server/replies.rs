@@ -356,6 +356,36 @@ pub fn status(rows: &[StatusRow<'_>]) -> String {
     out
 }
 
+// ---- check-run re-runs ---------------------------------------------------------------
+
+/// A re-run of a complete job found that a fresh run, started after the click, covers it.
+pub fn fresh_run_covered(old: JobId, newer: &JobLink, asked_by: &str) -> String {
+    format!(
+        "@{asked_by} job `{old}` was already run again as job [`{}`]({}) after this request \
+         arrived; its check run shows the outcome, so this request started nothing.",
+        newer.id, newer.url
+    )
+}
+
+/// A re-run of a complete job arrived while another trigger is starting its fresh run.
+pub fn fresh_run_pending(
+    old: JobId,
+    holder: &Holder,
+    since: DateTime<Utc>,
+    asked_by: &str,
+) -> String {
+    format!(
+        "@{asked_by} a new run of job `{old}` is being started by {holder} (since {}) for an \
+         earlier request; this request started nothing. Its check run appears on the commit.",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+/// A re-run that failed before it could run anything.
+pub fn rerun_failed(job: JobId, error: &str, asked_by: &str) -> String {
+    format!("@{asked_by} the re-run of job `{job}` failed before it ran: {error}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,61 +32,15 @@ use crate::github::{CommentId, GitHubClient, InstallationId, PrNumber, Reaction}
 use crate::store::{Exclusive, Holder, Job, JobEvent, Request, Store, StoreError};
 use crate::types::{ItemKey, JobId, JobStatus, RepoName};
 
-use super::check_runs::RunReporter;
 use super::commands::{Command, JobRef, parse_comment};
 use super::dispatch::{CommentWork, PullRequestWork, Work};
 use super::pages::PageLinks;
 use super::replies::{self, CancelReply, JobLink, StatusRow, WorkflowStart};
 use super::repo_config::{CONFIG_PATH, RepoConfig};
+use super::reporting::{JobContext, ReporterFactory};
 use super::repos::RepoCache;
 
 mod reruns;
-
-/// What a per-job reporter is told about the job it reports on.
-#[derive(Debug, Clone)]
-pub struct JobContext {
-    pub repo: RepoName,
-    pub pr_number: Option<u64>,
-    pub head_sha: Option<crate::types::CommitSha>,
-    pub installation: InstallationId,
-    /// The workflow file, as configured.
-    pub workflow: String,
-    /// Mints the job page's link (the check run's `details_url`) once the job id is known
-    /// (`Progress::JobStarted`).
-    pub links: PageLinks,
-    /// The repository configuration's `pass_env`: which of the operator's passed variables
-    /// this job's agents get (None: all of them).
-    pub pass_env: Option<Vec<String>>,
-}
-
-/// Builds the reporter of one job run: `prodigy serve` uses check runs
-/// ([`super::CheckRunReporters`]); [`LogReporters`] only logs.
-pub trait ReporterFactory: Send + Sync {
-    fn reporter(&self, job: &JobContext) -> Arc<dyn Reporter>;
-
-    /// The reporter of one run, told the run's cancel token, with what the runner awaits once
-    /// the engine returned (the check run's final state). Default: `reporter`, nothing to await.
-    fn run_reporter(&self, job: &JobContext, _cancel: &CancellationToken) -> RunReporter {
-        RunReporter::immediate(self.reporter(job))
-    }
-}
-
-/// Logs each transition with the job's repository and pull request.
-pub struct LogReporters;
-
-impl ReporterFactory for LogReporters {
-    fn reporter(&self, job: &JobContext) -> Arc<dyn Reporter> {
-        Arc::new(LogReporter(job.clone()))
-    }
-}
-
-struct LogReporter(JobContext);
-
-impl Reporter for LogReporter {
-    fn report(&self, event: &Progress) {
-        tracing::info!(repo = %self.0.repo, pr = ?self.0.pr_number, workflow = %self.0.workflow, ?event, "job progress");
-    }
-}
 
 /// The runner's parts.
 pub struct RunnerParts {
