@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::commands::{COMMAND_WORDS, Command, CommandError, SLASH_PREFIX};
+use super::commands::{COMMANDS, Command, CommandError, SLASH_PREFIX};
 use crate::store::{Holder, ItemCounts};
 use crate::types::{JobId, JobStatus, Phase};
 
@@ -15,15 +15,20 @@ pub fn help(app_slug: Option<&str>) -> String {
     let mut out =
         String::from("**prodigy commands** (one per line, in a pull-request comment)\n\n");
     out.push_str("| command | what it does |\n|---|---|\n");
-    for word in COMMAND_WORDS {
-        let (usage, what) = describe(word);
-        out.push_str(&format!("| `{SLASH_PREFIX} {usage}` | {what} |\n"));
+    for c in &COMMANDS {
+        out.push_str(&format!("| `{SLASH_PREFIX} {}` | {} |\n", c.usage, c.what));
     }
-    out.push_str(
-        "\n`run`, `resume`, `retry` and `cancel` need write, maintain or admin permission on the repository. \
+    let writers: Vec<String> = COMMANDS
+        .iter()
+        .filter(|c| c.writes)
+        .map(|c| format!("`{}`", c.word))
+        .collect();
+    out.push_str(&format!(
+        "\n{} need write, maintain or admin permission on the repository. \
          Without `job=` they act on this pull request's latest job. \
          Commands inside code blocks, inline code and quotes are ignored.",
-    );
+        and_list(&writers)
+    ));
     if let Some(slug) = app_slug {
         out.push_str(&format!(
             "\nYou can also write `@{slug} <command>` instead of `{SLASH_PREFIX} <command>`."
@@ -32,25 +37,12 @@ pub fn help(app_slug: Option<&str>) -> String {
     out
 }
 
-fn describe(word: &str) -> (&'static str, &'static str) {
-    match word {
-        "run" => (
-            "run [workflow=NAME]",
-            "run the repository's workflows (or one of them) on the head commit",
-        ),
-        "resume" => (
-            "resume [job=ID] [budget=USD]",
-            "continue a stopped or failed job; finished items are not run again; `budget=` \
-             (maintainers) raises the cost budget of a job stopped by it",
-        ),
-        "retry" => (
-            "retry [job=ID] [item=KEY]",
-            "retry the failed items (dead-letter queue), or one of them",
-        ),
-        "cancel" => ("cancel [job=ID]", "stop a running job"),
-        "status" => ("status", "show the jobs of this pull request"),
-        "help" => ("help", "show this message"),
-        other => unreachable!("COMMAND_WORDS has `{other}` without a description"),
+/// `a`, `b` and `c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
 }
 
