@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 
 use super::commands::{COMMANDS, Command, CommandError, SLASH_PREFIX};
+use crate::checks::rerun::{Ignored, RerunAnswer};
 use crate::store::{Holder, ItemCounts};
 use crate::types::{JobId, JobStatus, Phase};
 
@@ -106,6 +107,37 @@ pub enum WorkflowStart {
         workflow: String,
         error: String,
     },
+    /// Not started, for a reason the reply explains.
+    Refused {
+        workflow: String,
+        why: Refusal,
+    },
+}
+
+/// Why a workflow was not started.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The operator's daily cost cap for the repository is reached (`why` says how);
+    /// `automatic`: asked by a push, which `run` can repeat later.
+    OverDailyCap { why: String, automatic: bool },
+    /// The configured workflow file is not in the commit.
+    MissingWorkflow { head_sha: String },
+}
+
+fn refusal(workflow: &str, why: &Refusal) -> String {
+    match why {
+        Refusal::OverDailyCap {
+            why,
+            automatic: true,
+        } => format!("not started: {why}. `{SLASH_PREFIX} run` starts it once the cap allows"),
+        Refusal::OverDailyCap {
+            why,
+            automatic: false,
+        } => format!("not started: {why}"),
+        Refusal::MissingWorkflow { head_sha } => {
+            format!("`{workflow}` does not exist at `{}`", short_sha(head_sha))
+        }
+    }
 }
 
 fn short_sha(sha: &str) -> &str {
@@ -138,6 +170,12 @@ pub fn jobs_started(head_sha: &str, starts: &[WorkflowStart]) -> String {
                 format!(
                     "\n- `{workflow}`: could not start:{}",
                     spaced(&inline_or_block(error))
+                )
+            }
+            WorkflowStart::Refused { workflow, why } => {
+                format!(
+                    "\n- `{workflow}`: could not start: {}",
+                    refusal(workflow, why)
                 )
             }
         });
@@ -378,10 +416,77 @@ pub fn rerun_failed(job: JobId, error: &str, asked_by: &str) -> String {
     format!("@{asked_by} the re-run of job `{job}` failed before it ran: {error}")
 }
 
+/// Why a check-run re-run or button started nothing, told to `asked_by`.
+pub fn rerun_answer(answer: &RerunAnswer, asked_by: &str) -> String {
+    match answer {
+        RerunAnswer::Ignored(why) => rerun_ignored(why, asked_by),
+        RerunAnswer::Covered { job, finished_at } => rerun_covered(*job, *finished_at, asked_by),
+        RerunAnswer::Running { job, holder, since } => {
+            rerun_running(*job, holder, *since, asked_by)
+        }
+        RerunAnswer::AlreadyFinished { job, status, dlq } => {
+            rerun_finished(*job, *status, *dlq, asked_by)
+        }
+    }
+}
+
+/// The answer when the job turned out finished once the lock was taken.
+fn rerun_finished(job: JobId, status: JobStatus, dlq: u64, asked_by: &str) -> String {
+    let rest = if dlq > 0 {
+        format!(" {dlq} items are in its dead-letter queue: press **Retry failed** to run them.")
+    } else {
+        String::new()
+    };
+    format!("@{asked_by} job `{job}` has already finished ({status}); nothing was resumed.{rest}")
+}
+
+/// The answer to a trigger that a running resume already covers (the engine said `Held`).
+fn rerun_running(job: JobId, holder: &Holder, since: DateTime<Utc>, asked_by: &str) -> String {
+    format!(
+        "@{asked_by} job `{job}` is already running on {holder}, since {}. That run covers every \
+         pending item, so this request started nothing; the check run shows its outcome. If items \
+         are left when it finishes, press **Re-run** again.",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+/// The answer to a trigger that a run which has since finished already covered.
+fn rerun_covered(job: JobId, finished_at: DateTime<Utc>, asked_by: &str) -> String {
+    format!(
+        "@{asked_by} job `{job}` was already re-run when this request arrived; that run finished \
+         at {} and its check run shows the outcome. Press **Re-run** again to run once more.",
+        finished_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+/// The answer to an ignored trigger.
+fn rerun_ignored(reason: &Ignored, asked_by: &str) -> String {
+    let why = match reason {
+        Ignored::NotAProdigyRun => {
+            "this check run was not created by prodigy, so there is no job to re-run".to_string()
+        }
+        Ignored::UnknownJob(id) => format!(
+            "no job `{id}` is known to this server (its database may have been reset); \
+             start a new one with `{SLASH_PREFIX} run`"
+        ),
+        Ignored::UnknownButton(id) => format!(
+            "the button `{id}` is not one prodigy offers; use **Resume** or **Retry failed**"
+        ),
+        Ignored::NothingToRetry { job } => {
+            format!("job `{job}` has no failed items to retry")
+        }
+        Ignored::NothingToResume { job } => {
+            format!("job `{job}` has finished and nothing is left to run")
+        }
+    };
+    format!("@{asked_by} {why}.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::server::commands::parse_comment;
+    use chrono::TimeZone;
 
     #[test]
     fn help_text() {
@@ -483,5 +588,44 @@ mod tests {
         |---|---|---|---|---|---|---|---|
         | [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) | `.prodigy/fix.yml` | `0123456` | running | map | 4 / 10 | 1 | 1 |
         ");
+    }
+
+    #[test]
+    fn refused_workflows_say_why() {
+        let refused = |why| WorkflowStart::Refused {
+            workflow: ".prodigy/fix.yml".into(),
+            why,
+        };
+        let cap = |automatic| Refusal::OverDailyCap {
+            why: "octo/repo spent $12.00 of its $10.00 daily cap".into(),
+            automatic,
+        };
+        insta::assert_snapshot!(jobs_started(&"a".repeat(40), &[
+            refused(cap(true)),
+            refused(cap(false)),
+            refused(Refusal::MissingWorkflow { head_sha: "b".repeat(40) }),
+        ]), @r"
+        prodigy on `aaaaaaa`:
+
+        - `.prodigy/fix.yml`: could not start: not started: octo/repo spent $12.00 of its $10.00 daily cap. `/prodigy run` starts it once the cap allows
+        - `.prodigy/fix.yml`: could not start: not started: octo/repo spent $12.00 of its $10.00 daily cap
+        - `.prodigy/fix.yml`: could not start: `.prodigy/fix.yml` does not exist at `bbbbbbb`
+        ");
+    }
+
+    #[test]
+    fn rerun_answers() {
+        let id: JobId = "0192f5a0-0000-7000-8000-000000000001".parse().unwrap();
+        let t = |secs: i64| Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap();
+        let holder = Holder {
+            id: "h".into(),
+            host: "runner-1".into(),
+            pid: 4242,
+            instance: Some("prodigy-a".into()),
+        };
+        insta::assert_snapshot!(rerun_answer(&RerunAnswer::Running { job: id, holder, since: t(5) }, "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` is already running on server instance prodigy-a (pid 4242 on runner-1), since 2027-01-15 08:00:05 UTC. That run covers every pending item, so this request started nothing; the check run shows its outcome. If items are left when it finishes, press **Re-run** again.");
+        insta::assert_snapshot!(rerun_answer(&RerunAnswer::Covered { job: id, finished_at: t(65) }, "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` was already re-run when this request arrived; that run finished at 2027-01-15 08:01:05 UTC and its check run shows the outcome. Press **Re-run** again to run once more.");
+        insta::assert_snapshot!(rerun_answer(&RerunAnswer::AlreadyFinished { job: id, status: JobStatus::Failed, dlq: 3 }, "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` has already finished (failed); nothing was resumed. 3 items are in its dead-letter queue: press **Retry failed** to run them.");
+        insta::assert_snapshot!(rerun_answer(&RerunAnswer::Ignored(Ignored::UnknownJob("0192".into())), "octocat"), @"@octocat no job `0192` is known to this server (its database may have been reset); start a new one with `/prodigy run`.");
     }
 }

@@ -35,7 +35,7 @@ use crate::types::{ItemKey, JobId, JobStatus, RepoName};
 use super::commands::{Command, JobRef, parse_comment};
 use super::dispatch::{CommentWork, PullRequestWork, Work};
 use super::pages::PageLinks;
-use super::replies::{self, CancelReply, JobLink, StatusRow, WorkflowStart};
+use super::replies::{self, CancelReply, JobLink, Refusal, StatusRow, WorkflowStart};
 use super::repo_config::{CONFIG_PATH, RepoConfig};
 use super::reporting::{JobContext, ReporterFactory};
 use super::repos::RepoCache;
@@ -601,20 +601,23 @@ impl Runner {
         let over_cap = self.repo_over_daily_cap(repo).await;
         for workflow in workflows {
             if let Some(why) = &over_cap {
-                out.push(WorkflowStart::Failed {
+                out.push(WorkflowStart::Refused {
                     workflow: workflow.clone(),
-                    error: format!(
-                        "not started: {why}. `/prodigy run` starts it once the cap allows"
-                    ),
+                    why: Refusal::OverDailyCap {
+                        why: why.clone(),
+                        automatic: true,
+                    },
                 });
                 continue;
             }
             let text = match self.p().repos.read_file(repo, sha, workflow).await {
                 Ok(Some(text)) => text,
                 Ok(None) => {
-                    out.push(WorkflowStart::Failed {
+                    out.push(WorkflowStart::Refused {
                         workflow: workflow.clone(),
-                        error: format!("`{workflow}` does not exist at `{}`", short(sha)),
+                        why: Refusal::MissingWorkflow {
+                            head_sha: sha.to_string(),
+                        },
                     });
                     continue;
                 }
@@ -1069,9 +1072,12 @@ impl Runner {
                 if let Some(why) = self.repo_over_daily_cap(&w.repo).await {
                     let refused: Vec<WorkflowStart> = selected
                         .iter()
-                        .map(|workflow| WorkflowStart::Failed {
+                        .map(|workflow| WorkflowStart::Refused {
                             workflow: workflow.clone(),
-                            error: format!("not started: {why}"),
+                            why: Refusal::OverDailyCap {
+                                why: why.clone(),
+                                automatic: false,
+                            },
                         })
                         .collect();
                     return Ok(replies::jobs_started(&sha, &refused));

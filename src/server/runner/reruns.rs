@@ -19,7 +19,7 @@ use crate::checks::rerun::{self, Decision, RerunOutcome, RerunRequest};
 use crate::engine::{Engine, NewRun, Resumed};
 use crate::github::InstallationId;
 use crate::server::dispatch::CheckRerunWork;
-use crate::server::replies::{fresh_run_covered, fresh_run_pending, rerun_failed};
+use crate::server::replies::{self, fresh_run_covered, fresh_run_pending, rerun_failed};
 use crate::server::reporting::JobContext;
 use crate::store::{Exclusive, Job, StoreError};
 use crate::types::CommitSha;
@@ -155,7 +155,8 @@ impl Runner {
                 self.answer(w, &job, &text).await;
                 return Err(e.context(format!("re-run of job {}", job.id)));
             }
-            Ok(Started::Rerun(RerunOutcome::Answered(text))) => {
+            Ok(Started::Rerun(RerunOutcome::Answered(answer))) => {
+                let text = replies::rerun_answer(&answer, &w.sender);
                 self.answer(w, &job, &text).await;
                 format!("re-run of job {} answered", job.id)
             }
