@@ -320,16 +320,17 @@ pub fn command_failed(command: &str, error: &str) -> String {
 }
 
 /// What `cancel` did.
-pub enum CancelReply<'a> {
+#[derive(Debug, Clone)]
+pub enum CancelReply {
     Cancelled,
     /// Running here or on another instance; it stops at its next step.
     Stopping {
-        holder: Option<&'a Holder>,
+        holder: Option<Holder>,
     },
     AlreadyFinished(JobStatus),
 }
 
-pub fn cancel(job: &JobLink, outcome: CancelReply<'_>) -> String {
+pub fn cancel(job: &JobLink, outcome: &CancelReply) -> String {
     match outcome {
         CancelReply::Cancelled => format!("Cancelled job {}.", job.md()),
         CancelReply::Stopping { holder: Some(h) } => format!(
@@ -353,16 +354,17 @@ pub fn cancel(job: &JobLink, outcome: CancelReply<'_>) -> String {
 }
 
 /// One row of `status`.
-pub struct StatusRow<'a> {
+#[derive(Debug, Clone)]
+pub struct StatusRow {
     pub job: JobLink,
-    pub workflow: &'a str,
-    pub head_sha: Option<&'a str>,
+    pub workflow: String,
+    pub head_sha: Option<String>,
     pub status: JobStatus,
     pub phase: Phase,
     pub counts: ItemCounts,
 }
 
-pub fn status(rows: &[StatusRow<'_>]) -> String {
+pub fn status(rows: &[StatusRow]) -> String {
     if rows.is_empty() {
         return no_such_job(None);
     }
@@ -374,7 +376,7 @@ pub fn status(rows: &[StatusRow<'_>]) -> String {
             "| {} | `{}` | `{}` | {} | {} | {} / {} | {} | {} |\n",
             r.job.md(),
             r.workflow,
-            short_sha(r.head_sha.unwrap_or("-")),
+            short_sha(r.head_sha.as_deref().unwrap_or("-")),
             r.status,
             r.phase,
             r.counts.merged,
@@ -384,6 +386,90 @@ pub fn status(rows: &[StatusRow<'_>]) -> String {
         ));
     }
     out
+}
+
+/// What a command (or a pull request's push) came to, rendered by [`render`].
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Help {
+        app_slug: Option<String>,
+    },
+    Status(Vec<StatusRow>),
+    JobsStarted {
+        head_sha: String,
+        starts: Vec<WorkflowStart>,
+    },
+    NoConfig {
+        head_sha: String,
+        config_path: &'static str,
+    },
+    BadConfig {
+        head_sha: String,
+        error: String,
+    },
+    UnknownWorkflow {
+        name: String,
+        known: Vec<String>,
+    },
+    NoSuchJob(Option<String>),
+    NotInDlq {
+        job: JobLink,
+        item: String,
+    },
+    Cancel {
+        job: JobLink,
+        outcome: CancelReply,
+    },
+    Resuming {
+        job: JobLink,
+        retry: bool,
+    },
+    ResumeHeld {
+        job: JobLink,
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
+    AlreadyFinished {
+        job: JobLink,
+        status: JobStatus,
+        dlq: u64,
+    },
+    ResumeEnded {
+        job: JobLink,
+        status: JobStatus,
+        counts: ItemCounts,
+    },
+    CommandFailed {
+        command: &'static str,
+        error: String,
+    },
+}
+
+/// The text of `reply`.
+pub fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::Help { app_slug } => help(app_slug.as_deref()),
+        Reply::Status(rows) => status(rows),
+        Reply::JobsStarted { head_sha, starts } => jobs_started(head_sha, starts),
+        Reply::NoConfig {
+            head_sha,
+            config_path,
+        } => no_config(head_sha, config_path),
+        Reply::BadConfig { head_sha, error } => bad_config(head_sha, error),
+        Reply::UnknownWorkflow { name, known } => unknown_workflow(name, known),
+        Reply::NoSuchJob(wanted) => no_such_job(wanted.as_deref()),
+        Reply::NotInDlq { job, item } => not_in_dlq(job, item),
+        Reply::Cancel { job, outcome } => cancel(job, outcome),
+        Reply::Resuming { job, retry } => resuming(job, *retry),
+        Reply::ResumeHeld { job, holder, since } => resume_held(job, holder, *since),
+        Reply::AlreadyFinished { job, status, dlq } => already_finished(job, *status, *dlq),
+        Reply::ResumeEnded {
+            job,
+            status,
+            counts,
+        } => resume_ended(job, *status, counts),
+        Reply::CommandFailed { command, error } => command_failed(command, error),
+    }
 }
 
 // ---- check-run re-runs ---------------------------------------------------------------
@@ -574,12 +660,12 @@ mod tests {
         let since = "2026-01-02T03:04:05Z".parse().unwrap();
         insta::assert_snapshot!(resume_held(&link(), &holder, since), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) is already running on server instance web-1 (pid 42 on box) since 2026-01-02 03:04:05 UTC; that run covers every pending item, so nothing new was started.");
         insta::assert_snapshot!(already_finished(&link(), JobStatus::Failed, 3), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) has already finished (failed); nothing to resume. 3 items are in its dead-letter queue: `/prodigy retry job=0192f5a0` runs them again.");
-        insta::assert_snapshot!(cancel(&link(), CancelReply::Stopping { holder: Some(&holder) }), @"Cancelling job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t): it runs on server instance web-1 (pid 42 on box), which stops its agents now. `/prodigy resume job=0192f5a0` continues it later.");
+        insta::assert_snapshot!(cancel(&link(), &CancelReply::Stopping { holder: Some(holder.clone()) }), @"Cancelling job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t): it runs on server instance web-1 (pid 42 on box), which stops its agents now. `/prodigy resume job=0192f5a0` continues it later.");
         insta::assert_snapshot!(no_such_job(None), @"This pull request has no prodigy job yet. Start one with `/prodigy run`.");
         insta::assert_snapshot!(status(&[StatusRow {
             job: link(),
-            workflow: ".prodigy/fix.yml",
-            head_sha: Some(sha),
+            workflow: ".prodigy/fix.yml".into(),
+            head_sha: Some(sha.into()),
             status: JobStatus::Running,
             phase: Phase::Map,
             counts: ItemCounts { total: 10, merged: 4, failed: 1, dlq: 1, ..Default::default() },

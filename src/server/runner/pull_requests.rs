@@ -12,7 +12,7 @@ use crate::types::{JobStatus, RepoName};
 
 use super::{JobAction, Runner, Slots, Started, short};
 use crate::server::dispatch::PullRequestWork;
-use crate::server::replies::{self, Refusal, WorkflowStart};
+use crate::server::replies::{self, Refusal, Reply, WorkflowStart};
 use crate::server::repo_config::{CONFIG_PATH, RepoConfig};
 use crate::server::reporting::JobContext;
 
@@ -49,7 +49,7 @@ impl Runner {
             Ok(config) => config,
             Err(reply) => {
                 // No configuration is how a repository says "not using prodigy": stay quiet.
-                tracing::info!(repo = %w.repo, pr = w.number, "{reply}");
+                tracing::info!(repo = %w.repo, pr = w.number, "{}", replies::render(&reply));
                 return Ok(format!("not run: no usable {CONFIG_PATH}"));
             }
         };
@@ -131,19 +131,25 @@ impl Runner {
         repo: &RepoName,
         pr: u64,
         sha: &str,
-    ) -> anyhow::Result<Result<RepoConfig, String>> {
+    ) -> anyhow::Result<Result<RepoConfig, Reply>> {
         let token = self.token_for_git(installation, repo).await?;
         self.p()
             .repos
             .prepare(repo, Some(PrNumber(pr)), sha, token)
             .await?;
         let Some(text) = self.p().repos.read_file(repo, sha, CONFIG_PATH).await? else {
-            return Ok(Err(replies::no_config(sha, CONFIG_PATH)));
+            return Ok(Err(Reply::NoConfig {
+                head_sha: sha.to_string(),
+                config_path: CONFIG_PATH,
+            }));
         };
         let offered = &self.p().engine.agents.env.pass;
         Ok(RepoConfig::parse(&text)
             .and_then(|c| c.check_pass_env(offered).map(|()| c))
-            .map_err(|e| replies::bad_config(sha, &e.to_string())))
+            .map_err(|e| Reply::BadConfig {
+                head_sha: sha.to_string(),
+                error: e.to_string(),
+            }))
     }
 
     /// Why new jobs of `repo` may not start today (the operator's daily cost cap), if so.
