@@ -388,6 +388,38 @@ pub fn status(rows: &[StatusRow]) -> String {
     out
 }
 
+/// Why the runner cancelled a job: recorded on the job, shown on its page and check run.
+#[derive(Debug, Clone)]
+pub enum CancelReason {
+    /// A push to the pull request (its new head commit).
+    Pushed {
+        head_sha: String,
+    },
+    /// `run` at the head commit.
+    RunCommand {
+        head_sha: String,
+    },
+    /// `cancel` by this user.
+    Command {
+        user: String,
+    },
+    PullRequestClosed,
+}
+
+pub fn cancel_reason(reason: &CancelReason) -> String {
+    match reason {
+        CancelReason::Pushed { head_sha } => format!("superseded by {}", short_sha(head_sha)),
+        CancelReason::RunCommand { head_sha } => {
+            format!(
+                "superseded by `{SLASH_PREFIX} run` on {}",
+                short_sha(head_sha)
+            )
+        }
+        CancelReason::Command { user } => format!("cancelled by @{user}"),
+        CancelReason::PullRequestClosed => "the pull request was closed".into(),
+    }
+}
+
 /// What a command (or a pull request's push) came to, rendered by [`render`].
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -674,6 +706,31 @@ mod tests {
         |---|---|---|---|---|---|---|---|
         | [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) | `.prodigy/fix.yml` | `0123456` | running | map | 4 / 10 | 1 | 1 |
         ");
+    }
+
+    #[test]
+    fn cancel_reasons() {
+        let sha = "0123456789abcdef0123456789abcdef01234567".to_string();
+        let reasons = [
+            CancelReason::Pushed {
+                head_sha: sha.clone(),
+            },
+            CancelReason::RunCommand { head_sha: sha },
+            CancelReason::Command {
+                user: "octocat".into(),
+            },
+            CancelReason::PullRequestClosed,
+        ];
+        let texts: Vec<String> = reasons.iter().map(cancel_reason).collect();
+        assert_eq!(
+            texts,
+            [
+                "superseded by 0123456",
+                "superseded by `/prodigy run` on 0123456",
+                "cancelled by @octocat",
+                "the pull request was closed",
+            ]
+        );
     }
 
     #[test]

@@ -8,10 +8,12 @@ use crate::github::{CommentId, InstallationId, PrNumber, Reaction};
 use crate::store::{Job, StoreError};
 use crate::types::{ItemKey, RepoName};
 
-use super::{CancelOutcome, JobAction, PrTurn, Runner, Slots, Started, short};
+use super::{CancelOutcome, JobAction, PrTurn, Runner, Slots, Started};
 use crate::server::commands::{Command, JobRef, parse_comment};
 use crate::server::dispatch::CommentWork;
-use crate::server::replies::{self, CancelReply, Refusal, Reply, StatusRow, WorkflowStart};
+use crate::server::replies::{
+    self, CancelReason, CancelReply, Refusal, Reply, StatusRow, WorkflowStart,
+};
 use crate::server::reporting::JobContext;
 
 impl Runner {
@@ -189,7 +191,9 @@ impl Runner {
         // An explicit command supersedes older jobs as a push does.
         let turn = PrTurn::join(self.pr_lock(&w.repo, w.number)).await;
         let _turn = turn.wait(slots).await;
-        let reason = format!("superseded by `/prodigy run` on {}", short(&sha));
+        let reason = replies::cancel_reason(&CancelReason::RunCommand {
+            head_sha: sha.clone(),
+        });
         for job in self.jobs_of_pr(&w.repo, w.number).await? {
             let same_workflow = selected.contains(&job.workflow_path);
             if same_workflow && !job.status.is_finished() {
@@ -219,8 +223,11 @@ impl Runner {
             Ok(job) => job,
             Err(reply) => return Ok(reply),
         };
+        let reason = CancelReason::Command {
+            user: w.author.clone(),
+        };
         let outcome = self
-            .cancel_job(&job, &format!("cancelled by @{}", w.author), false)
+            .cancel_job(&job, &replies::cancel_reason(&reason), false)
             .await?;
         Ok(Reply::Cancel {
             job: self.link(job.id),

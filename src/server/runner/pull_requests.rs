@@ -12,7 +12,7 @@ use crate::types::{JobStatus, RepoName};
 
 use super::{JobAction, Runner, Slots, Started, short};
 use crate::server::dispatch::PullRequestWork;
-use crate::server::replies::{self, Refusal, Reply, WorkflowStart};
+use crate::server::replies::{self, CancelReason, Refusal, Reply, WorkflowStart};
 use crate::server::repo_config::{CONFIG_PATH, RepoConfig};
 use crate::server::reporting::JobContext;
 
@@ -36,7 +36,9 @@ impl Runner {
             return Ok("fork pull request: not run automatically".into());
         }
         // A new push makes the older jobs of this pull request pointless.
-        let reason = format!("superseded by {}", short(&w.head_sha));
+        let reason = replies::cancel_reason(&CancelReason::Pushed {
+            head_sha: w.head_sha.clone(),
+        });
         for job in self.jobs_of_pr(&w.repo, w.number).await? {
             if job.head_sha.as_deref() != Some(&w.head_sha) && !job.status.is_finished() {
                 self.cancel_job(&job, &reason, true).await?;
@@ -107,8 +109,8 @@ impl Runner {
             if job.status.is_finished() {
                 continue;
             }
-            self.cancel_job(&job, "the pull request was closed", true)
-                .await?;
+            let reason = replies::cancel_reason(&CancelReason::PullRequestClosed);
+            self.cancel_job(&job, &reason, true).await?;
             n += 1;
         }
         Ok(format!("closed: {n} jobs cancelled"))
