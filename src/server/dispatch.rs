@@ -253,8 +253,10 @@ pub fn route_check_event(event: &WebhookEvent) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::github::{CommentId, CommitSha, PrNumber};
-    use crate::server::webhook::{IssueCommentEvent, PullRequestEvent};
+    use crate::github::{CheckRunId, CommentId, CommitSha, PrNumber};
+    use crate::server::webhook::{
+        CheckRunEvent, CheckSuiteEvent, IssueCommentEvent, PullRequestEvent,
+    };
 
     fn allow() -> Vec<RepoName> {
         vec![RepoName::new("octo/repo")]
@@ -376,13 +378,6 @@ mod tests {
         assert_eq!(v["type"], "pull_request_closed");
         assert_eq!(serde_json::from_value::<Work>(v).unwrap(), w);
     }
-}
-
-#[cfg(test)]
-mod check_event_tests {
-    use super::*;
-    use crate::github::{CheckRunId, CommitSha};
-    use crate::server::webhook::{CheckRunEvent, CheckSuiteEvent};
 
     fn run(action: CheckRunAction, button: Option<&str>, external: Option<&str>) -> WebhookEvent {
         WebhookEvent::CheckRun(CheckRunEvent {
