@@ -200,7 +200,8 @@ async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
                         Some("Success")
                     );
                 }
-                RerunOutcome::Answered(text) => {
+                RerunOutcome::Answered(answer) => {
+                    let text = prodigy::server::replies::rerun_answer(&answer, "user");
                     assert!(
                         state.check_run.is_none(),
                         "{backend}: a loser made a check run"

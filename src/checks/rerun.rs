@@ -1,5 +1,6 @@
 //! Re-runs and button presses on a check run: what they ask for, decided from the job's recorded
-//! state alone, and the answers a person sees. The server wires it: it finds the job (by the
+//! state alone, and why a trigger started nothing ([`RerunAnswer`]; its text is in
+//! `server::replies`). The server wires it: it finds the job (by the
 //! check run's `external_id`, or by repository and head commit for a check suite), calls
 //! [`decide`], and runs the decision through the same path as `/prodigy resume`, under the lock.
 //!
@@ -162,25 +163,50 @@ pub enum RerunOutcome {
         workflow_path: String,
         head_sha: Option<String>,
     },
-    /// Nothing started; post this to the sender (a PR comment), so no click goes unanswered.
-    Answered(String),
+    /// Nothing started; post its text (`server::replies::rerun_answer`) to the sender as a PR
+    /// comment, so no click goes unanswered.
+    Answered(RerunAnswer),
+}
+
+/// Why a trigger started nothing, as told to whoever asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RerunAnswer {
+    Ignored(Ignored),
+    /// A run that has since finished (at `finished_at`) covered the trigger.
+    Covered {
+        job: JobId,
+        finished_at: DateTime<Utc>,
+    },
+    /// A running resume holds the job and covers the trigger (the engine said `Held`).
+    Running {
+        job: JobId,
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
+    /// The job turned out finished once the lock was taken.
+    AlreadyFinished {
+        job: JobId,
+        status: JobStatus,
+        dlq: u64,
+    },
 }
 
 /// Handles one trigger: finds the job, decides, and resumes or retries it through the engine
 /// under the job lock ([`Engine::rerun`]). Give `engine` the reporter of the check run to
 /// update (a new one per trigger); it only hears from the engine if this trigger runs the job.
 pub async fn handle(engine: &Engine, req: &RerunRequest) -> anyhow::Result<RerunOutcome> {
-    let answer = |text: String| Ok(RerunOutcome::Answered(text));
+    let answer = |a: RerunAnswer| Ok(RerunOutcome::Answered(a));
+    let ignored = |why: Ignored| answer(RerunAnswer::Ignored(why));
     let Some(id_text) = req.job.as_deref() else {
-        return answer(ignored(&Ignored::NotAProdigyRun, &req.sender));
+        return ignored(Ignored::NotAProdigyRun);
     };
     let Some(id) = job_of_external_id(Some(id_text)) else {
-        return answer(ignored(&Ignored::NotAProdigyRun, &req.sender));
+        return ignored(Ignored::NotAProdigyRun);
     };
     let job = match engine.store.get_job(id).await {
         Ok(job) => job,
         Err(StoreError::JobNotFound(_)) => {
-            return answer(ignored(&Ignored::UnknownJob(id_text.into()), &req.sender));
+            return ignored(Ignored::UnknownJob(id_text.into()));
         }
         Err(e) => return Err(e.into()),
     };
@@ -204,80 +230,32 @@ pub async fn handle(engine: &Engine, req: &RerunRequest) -> anyhow::Result<Rerun
             });
         }
         Decision::Covered { job, finished_at } => {
-            return answer(already_covered(job, finished_at, &req.sender));
+            return answer(RerunAnswer::Covered { job, finished_at });
         }
-        Decision::Ignore(reason) => return answer(ignored(&reason, &req.sender)),
+        Decision::Ignore(reason) => return ignored(reason),
     };
     // Decided on a read without the lock; the engine checks "covered" again under it.
     Ok(match engine.rerun(id, &work, req.requested_at).await? {
         Rerun::Resumed(Resumed::Ran(outcome)) => RerunOutcome::Ran(outcome),
         Rerun::Resumed(Resumed::Held { holder, since }) => {
-            RerunOutcome::Answered(already_running(id, &holder, since, &req.sender))
+            RerunOutcome::Answered(RerunAnswer::Running {
+                job: id,
+                holder,
+                since,
+            })
         }
         Rerun::Resumed(Resumed::AlreadyFinished { status, dlq }) => {
-            RerunOutcome::Answered(already_finished(id, status, dlq, &req.sender))
+            RerunOutcome::Answered(RerunAnswer::AlreadyFinished {
+                job: id,
+                status,
+                dlq,
+            })
         }
-        Rerun::Covered { finished_at } => {
-            RerunOutcome::Answered(already_covered(id, finished_at, &req.sender))
-        }
+        Rerun::Covered { finished_at } => RerunOutcome::Answered(RerunAnswer::Covered {
+            job: id,
+            finished_at,
+        }),
     })
-}
-
-/// The answer when the job turned out finished once the lock was taken.
-pub fn already_finished(job: JobId, status: JobStatus, dlq: u64, asked_by: &str) -> String {
-    let rest = if dlq > 0 {
-        format!(" {dlq} items are in its dead-letter queue: press **Retry failed** to run them.")
-    } else {
-        String::new()
-    };
-    format!("@{asked_by} job `{job}` has already finished ({status}); nothing was resumed.{rest}")
-}
-
-/// The answer to a trigger that a running resume already covers (the engine said `Held`).
-pub fn already_running(
-    job: JobId,
-    holder: &Holder,
-    since: DateTime<Utc>,
-    asked_by: &str,
-) -> String {
-    format!(
-        "@{asked_by} job `{job}` is already running on {holder}, since {}. That run covers every \
-         pending item, so this request started nothing; the check run shows its outcome. If items \
-         are left when it finishes, press **Re-run** again.",
-        since.format("%Y-%m-%d %H:%M:%S UTC")
-    )
-}
-
-/// The answer to a trigger that a run which has since finished already covered.
-pub fn already_covered(job: JobId, finished_at: DateTime<Utc>, asked_by: &str) -> String {
-    format!(
-        "@{asked_by} job `{job}` was already re-run when this request arrived; that run finished \
-         at {} and its check run shows the outcome. Press **Re-run** again to run once more.",
-        finished_at.format("%Y-%m-%d %H:%M:%S UTC")
-    )
-}
-
-/// The answer to an ignored trigger.
-pub fn ignored(reason: &Ignored, asked_by: &str) -> String {
-    let why = match reason {
-        Ignored::NotAProdigyRun => {
-            "this check run was not created by prodigy, so there is no job to re-run".to_string()
-        }
-        Ignored::UnknownJob(id) => format!(
-            "no job `{id}` is known to this server (its database may have been reset); \
-             start a new one with `/prodigy run`"
-        ),
-        Ignored::UnknownButton(id) => format!(
-            "the button `{id}` is not one prodigy offers; use **Resume** or **Retry failed**"
-        ),
-        Ignored::NothingToRetry { job } => {
-            format!("job `{job}` has no failed items to retry")
-        }
-        Ignored::NothingToResume { job } => {
-            format!("job `{job}` has finished and nothing is left to run")
-        }
-    };
-    format!("@{asked_by} {why}.")
 }
 
 #[cfg(test)]
@@ -440,20 +418,5 @@ mod tests {
             decide(&Trigger::CheckRunRerequested, Err(None), &counts(0), t(0)),
             Decision::Ignore(Ignored::NotAProdigyRun)
         );
-    }
-
-    #[test]
-    fn answers() {
-        let j = job(Phase::Map, JobStatus::Running, None);
-        let holder = Holder {
-            id: "h".into(),
-            host: "runner-1".into(),
-            pid: 4242,
-            instance: Some("prodigy-a".into()),
-        };
-        insta::assert_snapshot!(already_running(j.id, &holder, t(5), "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` is already running on server instance prodigy-a (pid 4242 on runner-1), since 2027-01-15 08:00:05 UTC. That run covers every pending item, so this request started nothing; the check run shows its outcome. If items are left when it finishes, press **Re-run** again.");
-        insta::assert_snapshot!(already_covered(j.id, t(65), "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` was already re-run when this request arrived; that run finished at 2027-01-15 08:01:05 UTC and its check run shows the outcome. Press **Re-run** again to run once more.");
-        insta::assert_snapshot!(already_finished(j.id, JobStatus::Failed, 3, "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` has already finished (failed); nothing was resumed. 3 items are in its dead-letter queue: press **Retry failed** to run them.");
-        insta::assert_snapshot!(ignored(&Ignored::UnknownJob("0192".into()), "octocat"), @"@octocat no job `0192` is known to this server (its database may have been reset); start a new one with `/prodigy run`.");
     }
 }

@@ -39,9 +39,10 @@ pub enum Command {
 }
 
 impl Command {
-    /// `help` and `status` only read; anything else needs write, maintain or admin permission.
+    /// `help` and `status` only read; anything else needs write, maintain or admin permission
+    /// ([`CommandSpec::writes`]).
     pub fn needs_write_permission(&self) -> bool {
-        !matches!(self, Command::Status | Command::Help)
+        COMMANDS.iter().any(|c| c.word == self.name() && c.writes)
     }
 
     /// Raising a budget spends the repository's money: maintain or admin permission.
@@ -108,8 +109,76 @@ impl fmt::Display for JobRef {
     }
 }
 
-/// Every command word, in the order `help` lists them.
-pub const COMMAND_WORDS: [&str; 6] = ["run", "resume", "retry", "cancel", "status", "help"];
+/// One command of the language: its word, how `help` shows it, who may use it, its parser.
+/// [`COMMANDS`] is the one list; `help`, the parser and "did you mean" all read it.
+pub struct CommandSpec {
+    pub word: &'static str,
+    /// What follows the prefix in `help`, e.g. `cancel [job=ID]`.
+    pub usage: &'static str,
+    /// What it does, for `help`.
+    pub what: &'static str,
+    /// Needs write, maintain or admin permission (`help` and `status` only read).
+    pub writes: bool,
+    parse: fn(&[&str]) -> Result<Command, CommandError>,
+}
+
+/// Every command, in the order `help` lists them.
+pub const COMMANDS: [CommandSpec; 6] = [
+    CommandSpec {
+        word: "run",
+        usage: "run [workflow=NAME]",
+        what: "run the repository's workflows (or one of them) on the head commit",
+        writes: true,
+        parse: parse_run,
+    },
+    CommandSpec {
+        word: "resume",
+        usage: "resume [job=ID] [budget=USD]",
+        what: "continue a stopped or failed job; finished items are not run again; `budget=` \
+               (maintainers) raises the cost budget of a job stopped by it",
+        writes: true,
+        parse: parse_resume,
+    },
+    CommandSpec {
+        word: "retry",
+        usage: "retry [job=ID] [item=KEY]",
+        what: "retry the failed items (dead-letter queue), or one of them",
+        writes: true,
+        parse: parse_retry,
+    },
+    CommandSpec {
+        word: "cancel",
+        usage: "cancel [job=ID]",
+        what: "stop a running job",
+        writes: true,
+        parse: parse_cancel,
+    },
+    CommandSpec {
+        word: "status",
+        usage: "status",
+        what: "show the jobs of this pull request",
+        writes: false,
+        parse: parse_status,
+    },
+    CommandSpec {
+        word: "help",
+        usage: "help",
+        what: "show this message",
+        writes: false,
+        parse: parse_help,
+    },
+];
+
+/// Every command word, in the order `help` lists them (the words of [`COMMANDS`]).
+pub const COMMAND_WORDS: [&str; COMMANDS.len()] = {
+    let mut words = [""; COMMANDS.len()];
+    let mut i = 0;
+    while i < COMMANDS.len() {
+        words[i] = COMMANDS[i].word;
+        i += 1;
+    }
+    words
+};
 
 /// What went wrong with one command line. `Display` is the text the bot replies with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,18 +385,6 @@ fn strip_prefix<'a>(line: &'a str, app_slug: Option<&str>) -> Option<&'a str> {
     (is_slash || is_mention).then_some(rest)
 }
 
-type Parser = fn(&str, &[&str]) -> Option<Result<Command, CommandError>>;
-
-/// Each parser claims its word or passes (`None`).
-const PARSERS: [Parser; 6] = [
-    parse_run,
-    parse_resume,
-    parse_retry,
-    parse_cancel,
-    parse_status,
-    parse_help,
-];
-
 fn parse_command(rest: &str) -> Result<Command, CommandError> {
     let mut words = rest.split_whitespace();
     let Some(word) = words.next() else {
@@ -335,15 +392,13 @@ fn parse_command(rest: &str) -> Result<Command, CommandError> {
     };
     let word = word.to_ascii_lowercase();
     let args: Vec<&str> = words.collect();
-    PARSERS
-        .iter()
-        .find_map(|parser| parser(&word, &args))
-        .unwrap_or_else(|| {
-            Err(CommandError::UnknownCommand {
-                suggestion: closest_command(&word),
-                word,
-            })
-        })
+    match COMMANDS.iter().find(|c| c.word == word) {
+        Some(command) => (command.parse)(&args),
+        None => Err(CommandError::UnknownCommand {
+            suggestion: closest_command(&word),
+            word,
+        }),
+    }
 }
 
 /// The command word closest to `word` (see [`crate::suggest`]).
@@ -404,57 +459,49 @@ fn job_arg(args: &[(&'static str, &str)]) -> Result<Option<JobRef>, CommandError
         .transpose()
 }
 
-fn parse_run(word: &str, args: &[&str]) -> Option<Result<Command, CommandError>> {
-    (word == "run").then(|| {
-        let args = parse_args("run", &["workflow"], args)?;
-        Ok(Command::Run {
-            workflow: arg(&args, "workflow").map(str::to_string),
-        })
+fn parse_run(args: &[&str]) -> Result<Command, CommandError> {
+    let args = parse_args("run", &["workflow"], args)?;
+    Ok(Command::Run {
+        workflow: arg(&args, "workflow").map(str::to_string),
     })
 }
 
-fn parse_resume(word: &str, args: &[&str]) -> Option<Result<Command, CommandError>> {
-    (word == "resume").then(|| {
-        let args = parse_args("resume", &["job", "budget"], args)?;
-        let budget = arg(&args, "budget")
-            .map(|v| {
-                Usd::parse(v).ok_or_else(|| CommandError::BadBudget {
-                    value: v.to_string(),
-                })
+fn parse_resume(args: &[&str]) -> Result<Command, CommandError> {
+    let args = parse_args("resume", &["job", "budget"], args)?;
+    let budget = arg(&args, "budget")
+        .map(|v| {
+            Usd::parse(v).ok_or_else(|| CommandError::BadBudget {
+                value: v.to_string(),
             })
-            .transpose()?;
-        Ok(Command::Resume {
-            job: job_arg(&args)?,
-            budget,
         })
+        .transpose()?;
+    Ok(Command::Resume {
+        job: job_arg(&args)?,
+        budget,
     })
 }
 
-fn parse_retry(word: &str, args: &[&str]) -> Option<Result<Command, CommandError>> {
-    (word == "retry").then(|| {
-        let args = parse_args("retry", &["job", "item"], args)?;
-        Ok(Command::Retry {
-            job: job_arg(&args)?,
-            item: arg(&args, "item").map(str::to_string),
-        })
+fn parse_retry(args: &[&str]) -> Result<Command, CommandError> {
+    let args = parse_args("retry", &["job", "item"], args)?;
+    Ok(Command::Retry {
+        job: job_arg(&args)?,
+        item: arg(&args, "item").map(str::to_string),
     })
 }
 
-fn parse_cancel(word: &str, args: &[&str]) -> Option<Result<Command, CommandError>> {
-    (word == "cancel").then(|| {
-        let args = parse_args("cancel", &["job"], args)?;
-        Ok(Command::Cancel {
-            job: job_arg(&args)?,
-        })
+fn parse_cancel(args: &[&str]) -> Result<Command, CommandError> {
+    let args = parse_args("cancel", &["job"], args)?;
+    Ok(Command::Cancel {
+        job: job_arg(&args)?,
     })
 }
 
-fn parse_status(word: &str, args: &[&str]) -> Option<Result<Command, CommandError>> {
-    (word == "status").then(|| parse_args("status", &[], args).map(|_| Command::Status))
+fn parse_status(args: &[&str]) -> Result<Command, CommandError> {
+    parse_args("status", &[], args).map(|_| Command::Status)
 }
 
-fn parse_help(word: &str, args: &[&str]) -> Option<Result<Command, CommandError>> {
-    (word == "help").then(|| parse_args("help", &[], args).map(|_| Command::Help))
+fn parse_help(args: &[&str]) -> Result<Command, CommandError> {
+    parse_args("help", &[], args).map(|_| Command::Help)
 }
 
 #[cfg(test)]
@@ -466,6 +513,17 @@ mod tests {
             .into_iter()
             .map(|p| p.result)
             .collect()
+    }
+
+    #[test]
+    fn every_command_of_the_table_parses_to_its_own_word() {
+        for c in &COMMANDS {
+            let parsed = one(&format!("/prodigy {}", c.word)).expect(c.word);
+            assert_eq!(parsed.name(), c.word);
+            assert_eq!(parsed.needs_write_permission(), c.writes, "{}", c.word);
+            assert!(c.usage.starts_with(c.word), "{}", c.usage);
+        }
+        assert_eq!(COMMAND_WORDS.len(), COMMANDS.len());
     }
 
     fn one(body: &str) -> Result<Command, CommandError> {

@@ -7,11 +7,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::checks::rerun::Trigger;
 use crate::github::InstallationId;
 use crate::types::RepoName;
 
 use super::commands::parse_comment;
-use super::webhook::{CommentAction, InstallationAction, PullRequestAction, WebhookEvent};
+use super::webhook::{
+    CheckRunAction, CheckSuiteAction, CommentAction, InstallationAction, PullRequestAction,
+    WebhookEvent,
+};
 
 /// One unit of work in the request queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +28,7 @@ pub enum Work {
     /// A PR comment with at least one command line.
     Comment(CommentWork),
     /// A re-run or button press on a check run, or a check suite's re-run.
-    CheckRerun(super::check_runs::CheckRerunWork),
+    CheckRerun(CheckRerunWork),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,9 +147,7 @@ pub fn route(event: &WebhookEvent, rules: &RouteRules<'_>) -> Route {
             Route::Forget(i.installation_id)
         }
         WebhookEvent::Installation(_) => ignore("installation event other than deleted"),
-        WebhookEvent::CheckRun(_) | WebhookEvent::CheckSuite(_) => {
-            super::check_runs::route_check_event(event)
-        }
+        WebhookEvent::CheckRun(_) | WebhookEvent::CheckSuite(_) => route_check_event(event),
         WebhookEvent::Ping => ignore("ping"),
         WebhookEvent::Ignored { event, action } => Route::Ignore(match action {
             Some(a) => format!("{event}.{a} is not acted on"),
@@ -154,11 +156,107 @@ pub fn route(event: &WebhookEvent, rules: &RouteRules<'_>) -> Route {
     }
 }
 
+/// A re-run or button press, queued for the runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRerunWork {
+    pub repo: RepoName,
+    pub installation: u64,
+    pub trigger: RerunTrigger,
+    /// The check run's `external_id` (prodigy's job id); `None` for a check suite, whose jobs
+    /// are found by `head_sha`.
+    pub job: Option<String>,
+    pub head_sha: String,
+    pub sender: String,
+}
+
+/// [`Trigger`] as queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "identifier", rename_all = "snake_case")]
+pub enum RerunTrigger {
+    CheckRunRerequested,
+    CheckSuiteRerequested,
+    Button(String),
+}
+
+impl RerunTrigger {
+    pub fn to_trigger(&self) -> Trigger {
+        match self {
+            RerunTrigger::CheckRunRerequested => Trigger::CheckRunRerequested,
+            RerunTrigger::CheckSuiteRerequested => Trigger::CheckSuiteRerequested,
+            RerunTrigger::Button(id) => Trigger::Button(id.clone()),
+        }
+    }
+}
+
+impl CheckRerunWork {
+    /// The delivery's event and action, for the deliveries table.
+    pub fn event_and_action(&self) -> (&'static str, Option<&'static str>) {
+        match self.trigger {
+            RerunTrigger::CheckRunRerequested => ("check_run", Some("rerequested")),
+            RerunTrigger::Button(_) => ("check_run", Some("requested_action")),
+            RerunTrigger::CheckSuiteRerequested => ("check_suite", Some("rerequested")),
+        }
+    }
+}
+
+/// Routes a `check_run` or `check_suite` delivery (the allow-list was checked by the caller).
+pub fn route_check_event(event: &WebhookEvent) -> Route {
+    let ignore = |why: &str| Route::Ignore(why.to_string());
+    let work = match event {
+        WebhookEvent::CheckRun(e) => {
+            let trigger = match (&e.action, &e.requested_action_identifier) {
+                (CheckRunAction::Rerequested, _) => RerunTrigger::CheckRunRerequested,
+                (CheckRunAction::RequestedAction, Some(id)) => RerunTrigger::Button(id.clone()),
+                (CheckRunAction::RequestedAction, None) => {
+                    return ignore("check_run.requested_action without an identifier");
+                }
+                (other, _) => return ignore(&format!("check_run action {other:?}")),
+            };
+            // GitHub sends re-runs only to the App that made the run; one without a job id is
+            // not prodigy's, and there is no job to name in an answer.
+            let Some(job) = &e.external_id else {
+                return ignore("check run without an external_id: not a prodigy job");
+            };
+            let Some(installation) = e.installation_id else {
+                return ignore("check_run without an installation: not sent to an App");
+            };
+            CheckRerunWork {
+                repo: e.repo.clone(),
+                installation: installation.0,
+                trigger,
+                job: Some(job.clone()),
+                head_sha: e.head_sha.0.clone(),
+                sender: e.sender_login.clone(),
+            }
+        }
+        WebhookEvent::CheckSuite(e) => {
+            if e.action != CheckSuiteAction::Rerequested {
+                return ignore(&format!("check_suite action {:?}", e.action));
+            }
+            let Some(installation) = e.installation_id else {
+                return ignore("check_suite without an installation: not sent to an App");
+            };
+            CheckRerunWork {
+                repo: e.repo.clone(),
+                installation: installation.0,
+                trigger: RerunTrigger::CheckSuiteRerequested,
+                job: None,
+                head_sha: e.head_sha.0.clone(),
+                sender: e.sender_login.clone(),
+            }
+        }
+        _ => return ignore("not a check event"),
+    };
+    Route::Queue(Work::CheckRerun(work))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::github::{CommentId, CommitSha, PrNumber};
-    use crate::server::webhook::{IssueCommentEvent, PullRequestEvent};
+    use crate::github::{CheckRunId, CommentId, CommitSha, PrNumber};
+    use crate::server::webhook::{
+        CheckRunEvent, CheckSuiteEvent, IssueCommentEvent, PullRequestEvent,
+    };
 
     fn allow() -> Vec<RepoName> {
         vec![RepoName::new("octo/repo")]
@@ -278,6 +376,87 @@ mod tests {
         };
         let v = serde_json::to_value(&w).unwrap();
         assert_eq!(v["type"], "pull_request_closed");
+        assert_eq!(serde_json::from_value::<Work>(v).unwrap(), w);
+    }
+
+    fn run(action: CheckRunAction, button: Option<&str>, external: Option<&str>) -> WebhookEvent {
+        WebhookEvent::CheckRun(CheckRunEvent {
+            action,
+            external_id: external.map(str::to_string),
+            check_run_id: CheckRunId(9),
+            requested_action_identifier: button.map(str::to_string),
+            head_sha: CommitSha("b".repeat(40)),
+            repo: RepoName::new("octo/repo"),
+            installation_id: Some(InstallationId(3)),
+            sender_login: "dev".into(),
+        })
+    }
+
+    #[test]
+    fn reruns_and_buttons_are_queued_other_check_events_ignored() {
+        let job = "0192f5a0-0000-7000-8000-000000000001";
+        let Route::Queue(Work::CheckRerun(w)) =
+            route_check_event(&run(CheckRunAction::Rerequested, None, Some(job)))
+        else {
+            panic!("rerequested is queued")
+        };
+        assert_eq!(w.trigger, RerunTrigger::CheckRunRerequested);
+        assert_eq!(w.job.as_deref(), Some(job));
+        assert_eq!(w.installation, 3);
+        assert_eq!(w.event_and_action(), ("check_run", Some("rerequested")));
+        let Route::Queue(Work::CheckRerun(w)) = route_check_event(&run(
+            CheckRunAction::RequestedAction,
+            Some("retry_failed"),
+            Some(job),
+        )) else {
+            panic!("a button is queued")
+        };
+        assert_eq!(
+            w.trigger.to_trigger(),
+            Trigger::Button("retry_failed".into())
+        );
+        for ignored in [
+            run(CheckRunAction::Created, None, Some(job)),
+            run(CheckRunAction::Completed, None, Some(job)),
+            run(CheckRunAction::RequestedAction, None, Some(job)),
+            run(CheckRunAction::Rerequested, None, None),
+        ] {
+            assert!(
+                matches!(route_check_event(&ignored), Route::Ignore(_)),
+                "{ignored:?}"
+            );
+        }
+        let suite = |action| {
+            WebhookEvent::CheckSuite(CheckSuiteEvent {
+                action,
+                head_sha: CommitSha("c".repeat(40)),
+                repo: RepoName::new("octo/repo"),
+                installation_id: Some(InstallationId(3)),
+                sender_login: "dev".into(),
+            })
+        };
+        assert!(matches!(
+            route_check_event(&suite(CheckSuiteAction::Rerequested)),
+            Route::Queue(Work::CheckRerun(CheckRerunWork { job: None, .. }))
+        ));
+        assert!(matches!(
+            route_check_event(&suite(CheckSuiteAction::Requested)),
+            Route::Ignore(_)
+        ));
+    }
+
+    #[test]
+    fn queued_work_round_trips() {
+        let w = Work::CheckRerun(CheckRerunWork {
+            repo: RepoName::new("octo/repo"),
+            installation: 1,
+            trigger: RerunTrigger::Button("resume".into()),
+            job: Some("j".into()),
+            head_sha: "a".repeat(40),
+            sender: "dev".into(),
+        });
+        let v = serde_json::to_value(&w).unwrap();
+        assert_eq!(v["type"], "check_rerun");
         assert_eq!(serde_json::from_value::<Work>(v).unwrap(), w);
     }
 }

@@ -2,7 +2,6 @@
 //! drives the engine per pull request, PR-comment commands, and job pages.
 
 pub mod app;
-pub mod check_runs;
 pub mod commands;
 pub mod config;
 pub mod dispatch;
@@ -11,14 +10,14 @@ pub mod ingest;
 pub mod pages;
 pub mod replies;
 pub mod repo_config;
+pub mod reporting;
 pub mod repos;
 pub mod runner;
 pub mod serve;
 pub mod webhook;
 
-pub use check_runs::{CheckRunReporters, RunReporter};
 pub use commands::{Command, CommandError, JobRef, ParsedLine, parse_comment};
 pub use config::{ServeConfig, Settings};
-pub use runner::{JobContext, LogReporters, ReporterFactory};
+pub use reporting::{CheckRunReporters, JobContext, LogReporters, ReporterFactory, RunReporter};
 pub use serve::{RunningServer, serve, start, start_with_check_runs};
 pub use webhook::{VerifiedEvent, WebhookEvent, WebhookRejection, WebhookSecret};

@@ -6,7 +6,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::commands::{COMMAND_WORDS, Command, CommandError, SLASH_PREFIX};
+use super::commands::{COMMANDS, Command, CommandError, SLASH_PREFIX};
+use crate::checks::rerun::{Ignored, RerunAnswer};
 use crate::store::{Holder, ItemCounts};
 use crate::types::{JobId, JobStatus, Phase};
 
@@ -15,15 +16,20 @@ pub fn help(app_slug: Option<&str>) -> String {
     let mut out =
         String::from("**prodigy commands** (one per line, in a pull-request comment)\n\n");
     out.push_str("| command | what it does |\n|---|---|\n");
-    for word in COMMAND_WORDS {
-        let (usage, what) = describe(word);
-        out.push_str(&format!("| `{SLASH_PREFIX} {usage}` | {what} |\n"));
+    for c in &COMMANDS {
+        out.push_str(&format!("| `{SLASH_PREFIX} {}` | {} |\n", c.usage, c.what));
     }
-    out.push_str(
-        "\n`run`, `resume`, `retry` and `cancel` need write, maintain or admin permission on the repository. \
+    let writers: Vec<String> = COMMANDS
+        .iter()
+        .filter(|c| c.writes)
+        .map(|c| format!("`{}`", c.word))
+        .collect();
+    out.push_str(&format!(
+        "\n{} need write, maintain or admin permission on the repository. \
          Without `job=` they act on this pull request's latest job. \
          Commands inside code blocks, inline code and quotes are ignored.",
-    );
+        and_list(&writers)
+    ));
     if let Some(slug) = app_slug {
         out.push_str(&format!(
             "\nYou can also write `@{slug} <command>` instead of `{SLASH_PREFIX} <command>`."
@@ -32,25 +38,12 @@ pub fn help(app_slug: Option<&str>) -> String {
     out
 }
 
-fn describe(word: &str) -> (&'static str, &'static str) {
-    match word {
-        "run" => (
-            "run [workflow=NAME]",
-            "run the repository's workflows (or one of them) on the head commit",
-        ),
-        "resume" => (
-            "resume [job=ID] [budget=USD]",
-            "continue a stopped or failed job; finished items are not run again; `budget=` \
-             (maintainers) raises the cost budget of a job stopped by it",
-        ),
-        "retry" => (
-            "retry [job=ID] [item=KEY]",
-            "retry the failed items (dead-letter queue), or one of them",
-        ),
-        "cancel" => ("cancel [job=ID]", "stop a running job"),
-        "status" => ("status", "show the jobs of this pull request"),
-        "help" => ("help", "show this message"),
-        other => unreachable!("COMMAND_WORDS has `{other}` without a description"),
+/// `a`, `b` and `c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
 }
 
@@ -114,6 +107,37 @@ pub enum WorkflowStart {
         workflow: String,
         error: String,
     },
+    /// Not started, for a reason the reply explains.
+    Refused {
+        workflow: String,
+        why: Refusal,
+    },
+}
+
+/// Why a workflow was not started.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The operator's daily cost cap for the repository is reached (`why` says how);
+    /// `automatic`: asked by a push, which `run` can repeat later.
+    OverDailyCap { why: String, automatic: bool },
+    /// The configured workflow file is not in the commit.
+    MissingWorkflow { head_sha: String },
+}
+
+fn refusal(workflow: &str, why: &Refusal) -> String {
+    match why {
+        Refusal::OverDailyCap {
+            why,
+            automatic: true,
+        } => format!("not started: {why}. `{SLASH_PREFIX} run` starts it once the cap allows"),
+        Refusal::OverDailyCap {
+            why,
+            automatic: false,
+        } => format!("not started: {why}"),
+        Refusal::MissingWorkflow { head_sha } => {
+            format!("`{workflow}` does not exist at `{}`", short_sha(head_sha))
+        }
+    }
 }
 
 fn short_sha(sha: &str) -> &str {
@@ -146,6 +170,12 @@ pub fn jobs_started(head_sha: &str, starts: &[WorkflowStart]) -> String {
                 format!(
                     "\n- `{workflow}`: could not start:{}",
                     spaced(&inline_or_block(error))
+                )
+            }
+            WorkflowStart::Refused { workflow, why } => {
+                format!(
+                    "\n- `{workflow}`: could not start: {}",
+                    refusal(workflow, why)
                 )
             }
         });
@@ -290,16 +320,17 @@ pub fn command_failed(command: &str, error: &str) -> String {
 }
 
 /// What `cancel` did.
-pub enum CancelReply<'a> {
+#[derive(Debug, Clone)]
+pub enum CancelReply {
     Cancelled,
     /// Running here or on another instance; it stops at its next step.
     Stopping {
-        holder: Option<&'a Holder>,
+        holder: Option<Holder>,
     },
     AlreadyFinished(JobStatus),
 }
 
-pub fn cancel(job: &JobLink, outcome: CancelReply<'_>) -> String {
+pub fn cancel(job: &JobLink, outcome: &CancelReply) -> String {
     match outcome {
         CancelReply::Cancelled => format!("Cancelled job {}.", job.md()),
         CancelReply::Stopping { holder: Some(h) } => format!(
@@ -323,16 +354,17 @@ pub fn cancel(job: &JobLink, outcome: CancelReply<'_>) -> String {
 }
 
 /// One row of `status`.
-pub struct StatusRow<'a> {
+#[derive(Debug, Clone)]
+pub struct StatusRow {
     pub job: JobLink,
-    pub workflow: &'a str,
-    pub head_sha: Option<&'a str>,
+    pub workflow: String,
+    pub head_sha: Option<String>,
     pub status: JobStatus,
     pub phase: Phase,
     pub counts: ItemCounts,
 }
 
-pub fn status(rows: &[StatusRow<'_>]) -> String {
+pub fn status(rows: &[StatusRow]) -> String {
     if rows.is_empty() {
         return no_such_job(None);
     }
@@ -344,7 +376,7 @@ pub fn status(rows: &[StatusRow<'_>]) -> String {
             "| {} | `{}` | `{}` | {} | {} | {} / {} | {} | {} |\n",
             r.job.md(),
             r.workflow,
-            short_sha(r.head_sha.unwrap_or("-")),
+            short_sha(r.head_sha.as_deref().unwrap_or("-")),
             r.status,
             r.phase,
             r.counts.merged,
@@ -356,10 +388,223 @@ pub fn status(rows: &[StatusRow<'_>]) -> String {
     out
 }
 
+/// Why the runner cancelled a job: recorded on the job, shown on its page and check run.
+#[derive(Debug, Clone)]
+pub enum CancelReason {
+    /// A push to the pull request (its new head commit).
+    Pushed {
+        head_sha: String,
+    },
+    /// `run` at the head commit.
+    RunCommand {
+        head_sha: String,
+    },
+    /// `cancel` by this user.
+    Command {
+        user: String,
+    },
+    PullRequestClosed,
+}
+
+pub fn cancel_reason(reason: &CancelReason) -> String {
+    match reason {
+        CancelReason::Pushed { head_sha } => format!("superseded by {}", short_sha(head_sha)),
+        CancelReason::RunCommand { head_sha } => {
+            format!(
+                "superseded by `{SLASH_PREFIX} run` on {}",
+                short_sha(head_sha)
+            )
+        }
+        CancelReason::Command { user } => format!("cancelled by @{user}"),
+        CancelReason::PullRequestClosed => "the pull request was closed".into(),
+    }
+}
+
+/// What a command (or a pull request's push) came to, rendered by [`render`].
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Help {
+        app_slug: Option<String>,
+    },
+    Status(Vec<StatusRow>),
+    JobsStarted {
+        head_sha: String,
+        starts: Vec<WorkflowStart>,
+    },
+    NoConfig {
+        head_sha: String,
+        config_path: &'static str,
+    },
+    BadConfig {
+        head_sha: String,
+        error: String,
+    },
+    UnknownWorkflow {
+        name: String,
+        known: Vec<String>,
+    },
+    NoSuchJob(Option<String>),
+    NotInDlq {
+        job: JobLink,
+        item: String,
+    },
+    Cancel {
+        job: JobLink,
+        outcome: CancelReply,
+    },
+    Resuming {
+        job: JobLink,
+        retry: bool,
+    },
+    ResumeHeld {
+        job: JobLink,
+        holder: Holder,
+        since: DateTime<Utc>,
+    },
+    AlreadyFinished {
+        job: JobLink,
+        status: JobStatus,
+        dlq: u64,
+    },
+    ResumeEnded {
+        job: JobLink,
+        status: JobStatus,
+        counts: ItemCounts,
+    },
+    CommandFailed {
+        command: &'static str,
+        error: String,
+    },
+}
+
+/// The text of `reply`.
+pub fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::Help { app_slug } => help(app_slug.as_deref()),
+        Reply::Status(rows) => status(rows),
+        Reply::JobsStarted { head_sha, starts } => jobs_started(head_sha, starts),
+        Reply::NoConfig {
+            head_sha,
+            config_path,
+        } => no_config(head_sha, config_path),
+        Reply::BadConfig { head_sha, error } => bad_config(head_sha, error),
+        Reply::UnknownWorkflow { name, known } => unknown_workflow(name, known),
+        Reply::NoSuchJob(wanted) => no_such_job(wanted.as_deref()),
+        Reply::NotInDlq { job, item } => not_in_dlq(job, item),
+        Reply::Cancel { job, outcome } => cancel(job, outcome),
+        Reply::Resuming { job, retry } => resuming(job, *retry),
+        Reply::ResumeHeld { job, holder, since } => resume_held(job, holder, *since),
+        Reply::AlreadyFinished { job, status, dlq } => already_finished(job, *status, *dlq),
+        Reply::ResumeEnded {
+            job,
+            status,
+            counts,
+        } => resume_ended(job, *status, counts),
+        Reply::CommandFailed { command, error } => command_failed(command, error),
+    }
+}
+
+// ---- check-run re-runs ---------------------------------------------------------------
+
+/// A re-run of a complete job found that a fresh run, started after the click, covers it.
+pub fn fresh_run_covered(old: JobId, newer: &JobLink, asked_by: &str) -> String {
+    format!(
+        "@{asked_by} job `{old}` was already run again as job [`{}`]({}) after this request \
+         arrived; its check run shows the outcome, so this request started nothing.",
+        newer.id, newer.url
+    )
+}
+
+/// A re-run of a complete job arrived while another trigger is starting its fresh run.
+pub fn fresh_run_pending(
+    old: JobId,
+    holder: &Holder,
+    since: DateTime<Utc>,
+    asked_by: &str,
+) -> String {
+    format!(
+        "@{asked_by} a new run of job `{old}` is being started by {holder} (since {}) for an \
+         earlier request; this request started nothing. Its check run appears on the commit.",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+/// A re-run that failed before it could run anything.
+pub fn rerun_failed(job: JobId, error: &str, asked_by: &str) -> String {
+    format!("@{asked_by} the re-run of job `{job}` failed before it ran: {error}")
+}
+
+/// Why a check-run re-run or button started nothing, told to `asked_by`.
+pub fn rerun_answer(answer: &RerunAnswer, asked_by: &str) -> String {
+    match answer {
+        RerunAnswer::Ignored(why) => rerun_ignored(why, asked_by),
+        RerunAnswer::Covered { job, finished_at } => rerun_covered(*job, *finished_at, asked_by),
+        RerunAnswer::Running { job, holder, since } => {
+            rerun_running(*job, holder, *since, asked_by)
+        }
+        RerunAnswer::AlreadyFinished { job, status, dlq } => {
+            rerun_finished(*job, *status, *dlq, asked_by)
+        }
+    }
+}
+
+/// The answer when the job turned out finished once the lock was taken.
+fn rerun_finished(job: JobId, status: JobStatus, dlq: u64, asked_by: &str) -> String {
+    let rest = if dlq > 0 {
+        format!(" {dlq} items are in its dead-letter queue: press **Retry failed** to run them.")
+    } else {
+        String::new()
+    };
+    format!("@{asked_by} job `{job}` has already finished ({status}); nothing was resumed.{rest}")
+}
+
+/// The answer to a trigger that a running resume already covers (the engine said `Held`).
+fn rerun_running(job: JobId, holder: &Holder, since: DateTime<Utc>, asked_by: &str) -> String {
+    format!(
+        "@{asked_by} job `{job}` is already running on {holder}, since {}. That run covers every \
+         pending item, so this request started nothing; the check run shows its outcome. If items \
+         are left when it finishes, press **Re-run** again.",
+        since.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+/// The answer to a trigger that a run which has since finished already covered.
+fn rerun_covered(job: JobId, finished_at: DateTime<Utc>, asked_by: &str) -> String {
+    format!(
+        "@{asked_by} job `{job}` was already re-run when this request arrived; that run finished \
+         at {} and its check run shows the outcome. Press **Re-run** again to run once more.",
+        finished_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+/// The answer to an ignored trigger.
+fn rerun_ignored(reason: &Ignored, asked_by: &str) -> String {
+    let why = match reason {
+        Ignored::NotAProdigyRun => {
+            "this check run was not created by prodigy, so there is no job to re-run".to_string()
+        }
+        Ignored::UnknownJob(id) => format!(
+            "no job `{id}` is known to this server (its database may have been reset); \
+             start a new one with `{SLASH_PREFIX} run`"
+        ),
+        Ignored::UnknownButton(id) => format!(
+            "the button `{id}` is not one prodigy offers; use **Resume** or **Retry failed**"
+        ),
+        Ignored::NothingToRetry { job } => {
+            format!("job `{job}` has no failed items to retry")
+        }
+        Ignored::NothingToResume { job } => {
+            format!("job `{job}` has finished and nothing is left to run")
+        }
+    };
+    format!("@{asked_by} {why}.")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::server::commands::parse_comment;
+    use chrono::TimeZone;
 
     #[test]
     fn help_text() {
@@ -447,12 +692,12 @@ mod tests {
         let since = "2026-01-02T03:04:05Z".parse().unwrap();
         insta::assert_snapshot!(resume_held(&link(), &holder, since), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) is already running on server instance web-1 (pid 42 on box) since 2026-01-02 03:04:05 UTC; that run covers every pending item, so nothing new was started.");
         insta::assert_snapshot!(already_finished(&link(), JobStatus::Failed, 3), @"Job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) has already finished (failed); nothing to resume. 3 items are in its dead-letter queue: `/prodigy retry job=0192f5a0` runs them again.");
-        insta::assert_snapshot!(cancel(&link(), CancelReply::Stopping { holder: Some(&holder) }), @"Cancelling job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t): it runs on server instance web-1 (pid 42 on box), which stops its agents now. `/prodigy resume job=0192f5a0` continues it later.");
+        insta::assert_snapshot!(cancel(&link(), &CancelReply::Stopping { holder: Some(holder.clone()) }), @"Cancelling job [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t): it runs on server instance web-1 (pid 42 on box), which stops its agents now. `/prodigy resume job=0192f5a0` continues it later.");
         insta::assert_snapshot!(no_such_job(None), @"This pull request has no prodigy job yet. Start one with `/prodigy run`.");
         insta::assert_snapshot!(status(&[StatusRow {
             job: link(),
-            workflow: ".prodigy/fix.yml",
-            head_sha: Some(sha),
+            workflow: ".prodigy/fix.yml".into(),
+            head_sha: Some(sha.into()),
             status: JobStatus::Running,
             phase: Phase::Map,
             counts: ItemCounts { total: 10, merged: 4, failed: 1, dlq: 1, ..Default::default() },
@@ -461,5 +706,69 @@ mod tests {
         |---|---|---|---|---|---|---|---|
         | [`0192f5a0`](https://p.example/jobs/0192f5a0-0000-7000-8000-000000000001?token=t) | `.prodigy/fix.yml` | `0123456` | running | map | 4 / 10 | 1 | 1 |
         ");
+    }
+
+    #[test]
+    fn cancel_reasons() {
+        let sha = "0123456789abcdef0123456789abcdef01234567".to_string();
+        let reasons = [
+            CancelReason::Pushed {
+                head_sha: sha.clone(),
+            },
+            CancelReason::RunCommand { head_sha: sha },
+            CancelReason::Command {
+                user: "octocat".into(),
+            },
+            CancelReason::PullRequestClosed,
+        ];
+        let texts: Vec<String> = reasons.iter().map(cancel_reason).collect();
+        assert_eq!(
+            texts,
+            [
+                "superseded by 0123456",
+                "superseded by `/prodigy run` on 0123456",
+                "cancelled by @octocat",
+                "the pull request was closed",
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_workflows_say_why() {
+        let refused = |why| WorkflowStart::Refused {
+            workflow: ".prodigy/fix.yml".into(),
+            why,
+        };
+        let cap = |automatic| Refusal::OverDailyCap {
+            why: "octo/repo spent $12.00 of its $10.00 daily cap".into(),
+            automatic,
+        };
+        insta::assert_snapshot!(jobs_started(&"a".repeat(40), &[
+            refused(cap(true)),
+            refused(cap(false)),
+            refused(Refusal::MissingWorkflow { head_sha: "b".repeat(40) }),
+        ]), @r"
+        prodigy on `aaaaaaa`:
+
+        - `.prodigy/fix.yml`: could not start: not started: octo/repo spent $12.00 of its $10.00 daily cap. `/prodigy run` starts it once the cap allows
+        - `.prodigy/fix.yml`: could not start: not started: octo/repo spent $12.00 of its $10.00 daily cap
+        - `.prodigy/fix.yml`: could not start: `.prodigy/fix.yml` does not exist at `bbbbbbb`
+        ");
+    }
+
+    #[test]
+    fn rerun_answers() {
+        let id: JobId = "0192f5a0-0000-7000-8000-000000000001".parse().unwrap();
+        let t = |secs: i64| Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap();
+        let holder = Holder {
+            id: "h".into(),
+            host: "runner-1".into(),
+            pid: 4242,
+            instance: Some("prodigy-a".into()),
+        };
+        insta::assert_snapshot!(rerun_answer(&RerunAnswer::Running { job: id, holder, since: t(5) }, "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` is already running on server instance prodigy-a (pid 4242 on runner-1), since 2027-01-15 08:00:05 UTC. That run covers every pending item, so this request started nothing; the check run shows its outcome. If items are left when it finishes, press **Re-run** again.");
+        insta::assert_snapshot!(rerun_answer(&RerunAnswer::Covered { job: id, finished_at: t(65) }, "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` was already re-run when this request arrived; that run finished at 2027-01-15 08:01:05 UTC and its check run shows the outcome. Press **Re-run** again to run once more.");
+        insta::assert_snapshot!(rerun_answer(&RerunAnswer::AlreadyFinished { job: id, status: JobStatus::Failed, dlq: 3 }, "octocat"), @"@octocat job `0192f5a0-0000-7000-8000-000000000001` has already finished (failed); nothing was resumed. 3 items are in its dead-letter queue: press **Retry failed** to run them.");
+        insta::assert_snapshot!(rerun_answer(&RerunAnswer::Ignored(Ignored::UnknownJob("0192".into())), "octocat"), @"@octocat no job `0192` is known to this server (its database may have been reset); start a new one with `/prodigy run`.");
     }
 }

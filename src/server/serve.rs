@@ -13,11 +13,11 @@ use crate::github::{AppAuth, GitHubClient, RetryPolicy};
 use crate::store::{Store, redact_url};
 
 use super::app::{AppState, router};
-use super::check_runs::CheckRunReporters;
 use super::config::{ServeConfig, Settings};
 use super::pages::PageLinks;
+use super::reporting::{CheckRunReporters, ReporterFactory};
 use super::repos::RepoCache;
-use super::runner::{ReporterFactory, Runner, RunnerParts};
+use super::runner::{Runner, RunnerParts};
 
 /// A started server: its address, its store and its router (tests send requests to either).
 pub struct RunningServer {

@@ -1,4 +1,4 @@
-//! The runner's side of check-run re-runs and buttons (queued by `check_runs::route_check_event`).
+//! The runner's side of check-run re-runs and buttons (queued by `dispatch::route_check_event`).
 //!
 //! Each trigger goes through `checks::rerun::handle` in a job task, with the run's own
 //! check-run reporter: under the job lock it resumes or retries the job, or it answers (the lock
@@ -14,13 +14,13 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use super::{JobAction, JobContext, Runner, Slots, Started, short};
+use super::{JobAction, Runner, Slots, Started, short};
 use crate::checks::rerun::{self, Decision, RerunOutcome, RerunRequest};
 use crate::engine::{Engine, NewRun, Resumed};
 use crate::github::InstallationId;
-use crate::server::check_runs::{
-    CheckRerunWork, fresh_run_covered, fresh_run_pending, rerun_failed,
-};
+use crate::server::dispatch::CheckRerunWork;
+use crate::server::replies::{self, fresh_run_covered, fresh_run_pending, rerun_failed};
+use crate::server::reporting::JobContext;
 use crate::store::{Exclusive, Job, StoreError};
 use crate::types::CommitSha;
 
@@ -155,7 +155,8 @@ impl Runner {
                 self.answer(w, &job, &text).await;
                 return Err(e.context(format!("re-run of job {}", job.id)));
             }
-            Ok(Started::Rerun(RerunOutcome::Answered(text))) => {
+            Ok(Started::Rerun(RerunOutcome::Answered(answer))) => {
+                let text = replies::rerun_answer(&answer, &w.sender);
                 self.answer(w, &job, &text).await;
                 format!("re-run of job {} answered", job.id)
             }
