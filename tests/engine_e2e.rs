@@ -673,7 +673,7 @@ fn a_spent_budget_stops_running_agents_after_the_grace_and_leaves_their_items_pe
         );
         let error = status["job"]["error"].as_str().unwrap();
         assert!(
-            error.contains("$1.0000 spent of a $0.50 budget") && error.contains("300ms"),
+            error.contains("$1.0000 spent of a $0.50 budget") && error.contains("300 ms"),
             "[{backend}] {error}"
         );
         let c = &status["counts"];

@@ -1,0 +1,553 @@
+//! One run of one job, under its lock: the job's state and events, and the phases in order.
+//!
+//! The phases are split by subject: `steps` (setup and reduce: a phase's steps in the job
+//! worktree), `map` (the scheduler, its workers, budgets and the error policy), `item` (one
+//! attempt of one item: the agent, its commit, the merge queue, failures into the DLQ).
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context as _, anyhow};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+mod item;
+mod map;
+mod steps;
+
+use map::{ItemRun, Scheduler};
+
+use super::agent::AgentScope;
+use super::agent_env::AgentEnv;
+use super::classify::{self, FailureFacts, FailureStage};
+use super::git;
+use super::plan::{self, Candidate, DlqMode};
+use super::progress::Progress;
+use super::sandbox;
+use super::step::{self, StepEnv, StepFailure};
+use super::worktree::{Slot, Workspace, sanitize_ref};
+use super::{Engine, RetryRequest};
+use crate::store::{
+    AttemptOutcome, DlqDisposition, ItemCounts, ItemFilter, Job, JobEvent, JobRefs, LockProof,
+    NewAgentRun, NewItem, RunHolder, Skipped, Store,
+};
+use crate::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
+use crate::workflow::interpolate::Context;
+use crate::workflow::{self, MapReduce, OnItemFailure, PhaseSteps, Workflow, WorkflowKind};
+
+pub(super) enum Mode {
+    Fresh,
+    Resume(DlqMode),
+    Retry(RetryRequest),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub job: JobId,
+    pub status: JobStatus,
+    pub phase: Phase,
+    pub counts: ItemCounts,
+    pub error: Option<String>,
+    /// The branch holding the job's merged work.
+    pub branch: String,
+    /// Items found in more than one resume source and run once.
+    pub duplicates_removed: usize,
+}
+
+pub(super) struct JobRun<'a> {
+    engine: &'a Engine,
+    store: &'a Store,
+    proof: &'a LockProof,
+    job: Job,
+    workflow: Workflow,
+    ws: Workspace,
+    logs: PathBuf,
+    env: Vec<(String, String)>,
+    /// Values of the workflow's secret env vars and of the variables the operator passes.
+    secrets: Vec<String>,
+    /// The environment agents start with (before the workflow's `env`).
+    agent_env: AgentEnv,
+    /// Whether agents of this run are sandboxed, decided once per run.
+    verdict: sandbox::Verdict,
+    max_parallel: Option<usize>,
+    cancel: CancellationToken,
+    duplicates_removed: usize,
+}
+
+/// Why a phase stopped the job (setup, reduce, merge, the map input, or a spent budget), and the
+/// status the job ends with.
+struct PhaseFailure {
+    message: String,
+    status: JobStatus,
+}
+
+impl PhaseFailure {
+    /// A failure: the job ends `failed`.
+    fn new(message: String) -> Self {
+        PhaseFailure {
+            message,
+            status: JobStatus::Failed,
+        }
+    }
+}
+
+impl<'a> JobRun<'a> {
+    pub(super) fn new(
+        engine: &'a Engine,
+        job: Job,
+        proof: &'a LockProof,
+        max_parallel: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let parsed = workflow::parse(Path::new(&job.workflow_path), &job.workflow_text)
+            .context("the job's workflow snapshot no longer parses")?;
+        super::agent::check_workflow(
+            &parsed.workflow,
+            &engine.agent,
+            super::agent::running_as_root(),
+        )
+        .map_err(|e| anyhow!("{}: {e}", job.workflow_path))?;
+        let ws = engine.workspace(Path::new(&job.repo_path), job.id);
+        let logs = engine.state_dir.join("logs").join(job.id.to_string());
+        let agent_env = engine.agents.env.build(std::env::vars());
+        let env = resolve_env(&parsed.workflow, &agent_env)?;
+        let secrets = secret_values(&parsed.workflow, &env, &agent_env);
+        let verdict = sandbox::verdict(engine.agents.sandbox.mode);
+        Ok(JobRun {
+            engine,
+            store: &engine.store,
+            proof,
+            ws,
+            logs,
+            env,
+            secrets,
+            agent_env,
+            verdict,
+            workflow: parsed.workflow,
+            job,
+            max_parallel,
+            cancel: engine.cancel.child_token(),
+            duplicates_removed: 0,
+        })
+    }
+
+    fn report(&self, p: Progress) {
+        self.engine.reporter.report(&p);
+    }
+
+    async fn event(&self, event: JobEvent) -> anyhow::Result<()> {
+        self.store.append_event(self.proof, &event).await?;
+        Ok(())
+    }
+
+    async fn set_state(
+        &mut self,
+        status: JobStatus,
+        phase: Phase,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.store
+            .set_job_state(self.proof, status, phase, error)
+            .await?;
+        if phase != self.job.phase {
+            self.event(JobEvent::Phase { phase, status }).await?;
+            self.report(Progress::PhaseStarted { phase });
+        }
+        self.job.status = status;
+        self.job.phase = phase;
+        Ok(())
+    }
+
+    async fn set_refs(&mut self, refs: JobRefs) -> anyhow::Result<()> {
+        self.store.set_job_refs(self.proof, &refs).await?;
+        self.job.refs = refs;
+        Ok(())
+    }
+
+    pub(super) async fn run(mut self, mode: Mode) -> anyhow::Result<RunOutcome> {
+        let resumed = !matches!(mode, Mode::Fresh);
+        self.report(Progress::JobStarted {
+            job: self.job.id,
+            workflow: self.workflow.name.clone(),
+            resumed,
+            lease_epoch: self.proof.epoch(),
+        });
+        let holder = RunHolder::this_process();
+        self.event(match &mode {
+            Mode::Fresh => JobEvent::JobStarted(holder),
+            Mode::Resume(_) => JobEvent::JobResumed(holder),
+            Mode::Retry(_) => JobEvent::DlqRetryStarted(holder),
+        })
+        .await?;
+        let phase = self.job.phase;
+        self.set_state(JobStatus::Running, phase, None).await?;
+
+        let span = tracing::info_span!("job", job = %self.job.id);
+        let result = self.drive(mode).instrument(span).await;
+        let (status, error) = match result {
+            Ok(Ok(status)) => (status, None),
+            Ok(Err(f)) => (f.status, Some(f.message)),
+            Err(e) => {
+                // Infrastructure trouble (database, git): record it when we still can.
+                let message = format!("{e:#}");
+                let phase = self.job.phase;
+                let _ = self
+                    .set_state(JobStatus::Failed, phase, Some(&message))
+                    .await;
+                let _ = self.event(JobEvent::JobError { message }).await;
+                return Err(e);
+            }
+        };
+        let phase = self.job.phase;
+        self.set_state(status, phase, error.as_deref()).await?;
+        if status == JobStatus::BudgetExhausted {
+            let budget = self.engine.agent.budget(&self.workflow.budget);
+            let used = self.store.job_usage(self.job.id).await?.total;
+            self.event(JobEvent::BudgetExhausted {
+                message: error.clone(),
+                spent: used,
+                max_cost_usd: budget.max_cost_usd,
+                max_tokens: budget.max_tokens,
+                max_duration_secs: budget.max_duration.map(|d| d.as_secs_f64()),
+                grace_secs: budget.grace().as_secs_f64(),
+            })
+            .await?;
+        }
+        let counts = self.store.item_counts(self.job.id).await?;
+        self.event(JobEvent::JobFinished {
+            status,
+            phase,
+            error: error.clone(),
+            counts,
+        })
+        .await?;
+        if phase == Phase::Done {
+            self.ws.remove_all().await?;
+        } else {
+            // An unfinished job keeps its worktree for resume: setup may have left inputs there
+            // that reduce reads. Agent worktrees are never needed again.
+            self.ws.remove_pool().await?;
+        }
+        self.report(Progress::JobFinished {
+            counts,
+            error: error.clone(),
+        });
+        Ok(RunOutcome {
+            job: self.job.id,
+            status,
+            phase,
+            counts,
+            error,
+            branch: self.ws.branch.clone(),
+            duplicates_removed: self.duplicates_removed,
+        })
+    }
+
+    /// Runs the phases that are not done yet. The outer error is infrastructure; the inner is a
+    /// job failure with its message.
+    async fn drive(&mut self, mode: Mode) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        let base = self
+            .job
+            .refs
+            .base_commit
+            .clone()
+            .ok_or_else(|| anyhow!("job {} has no base commit recorded", self.job.id))?;
+        match self.verdict.clone() {
+            sandbox::Verdict::Enforced { abi } => {
+                self.event(JobEvent::Sandbox {
+                    enforced: true,
+                    landlock_abi: Some(abi),
+                    warning: None,
+                    refused: None,
+                })
+                .await?;
+            }
+            sandbox::Verdict::Unconfined { warning } => {
+                tracing::warn!(job = %self.job.id, "{warning}");
+                self.event(JobEvent::Sandbox {
+                    enforced: false,
+                    landlock_abi: None,
+                    warning: Some(warning),
+                    refused: None,
+                })
+                .await?;
+            }
+            sandbox::Verdict::Refused { reason } => {
+                self.event(JobEvent::Sandbox {
+                    enforced: false,
+                    landlock_abi: None,
+                    warning: None,
+                    refused: Some(reason.clone()),
+                })
+                .await?;
+                return Ok(Err(PhaseFailure::new(reason)));
+            }
+        }
+        let identity = git::ensure_identity(&self.ws.repo).await;
+        self.env.extend(identity);
+        self.ws
+            .ensure_job_worktree(&base)
+            .await
+            .context("cannot prepare the job worktree")?;
+        let kind = self.workflow.kind.clone();
+        match kind {
+            WorkflowKind::Standard { commands } => self.run_standard(&commands, &base).await,
+            WorkflowKind::MapReduce(mr) => self.run_mapreduce(&mr, mode, &base).await,
+        }
+    }
+
+    async fn run_standard(
+        &mut self,
+        commands: &[workflow::Step],
+        base: &str,
+    ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        // A standard workflow is one phase: after an interruption it runs again from the base.
+        self.ws.reset_job_to(base).await?;
+        let phase = PhaseSteps {
+            commands: commands.to_vec(),
+            timeout: None,
+        };
+        let mut ctx = self.base_context(&Value::Null);
+        if let Err(f) = self.run_phase("commands", &phase, &mut ctx).await? {
+            return Ok(Err(f));
+        }
+        self.set_state(JobStatus::Running, Phase::Done, None)
+            .await?;
+        Ok(Ok(JobStatus::Succeeded))
+    }
+
+    async fn run_mapreduce(
+        &mut self,
+        mr: &MapReduce,
+        mode: Mode,
+        base: &str,
+    ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        if let Mode::Retry(req) = &mode {
+            return self.retry(mr, req).await;
+        }
+        if self.job.phase == Phase::Setup
+            && let Err(f) = self.setup(mr, base).await?
+        {
+            return Ok(Err(f));
+        }
+        if self.job.phase == Phase::Map {
+            let dlq = match mode {
+                Mode::Resume(d) => Some(d),
+                _ => None,
+            };
+            if let Some(stop) = self.map(mr, dlq).await? {
+                return Ok(Err(stop));
+            }
+            let map_commit = git::head(&self.ws.job_dir).await?;
+            let refs = JobRefs {
+                map_commit: Some(map_commit),
+                ..self.job.refs.clone()
+            };
+            self.set_refs(refs).await?;
+            self.set_state(JobStatus::Running, Phase::Reduce, None)
+                .await?;
+        }
+        if self.job.phase == Phase::Reduce {
+            if let Err(f) = self.reduce(mr).await? {
+                return Ok(Err(f));
+            }
+            self.set_state(JobStatus::Running, Phase::Done, None)
+                .await?;
+        }
+        let counts = self.store.item_counts(self.job.id).await?;
+        if counts.failed > 0 && !mr.error_policy.failures_acceptable {
+            return Ok(Err(PhaseFailure::new(format!(
+                "{} of {} items failed (see `prodigy dlq list {}`)",
+                counts.failed, counts.total, self.job.id
+            ))));
+        }
+        Ok(Ok(JobStatus::Succeeded))
+    }
+
+    /// Whether the job's budget is spent (usage so far from the store, time since creation),
+    /// or its repository's daily cost cap.
+    async fn budget_spent(&self) -> anyhow::Result<Option<String>> {
+        if let (Some(cap), Some(repo)) = (self.engine.agent.repo_daily_cost_usd, &self.job.repo) {
+            let since = super::agent::utc_midnight(chrono::Utc::now());
+            let spent = self.store.repo_cost_since(repo, since).await?;
+            if let Some(why) = super::agent::repo_daily_spent(repo.as_str(), spent, cap) {
+                return Ok(Some(why));
+            }
+        }
+        let budget = self.engine.agent.budget(&self.workflow.budget);
+        if budget.is_empty() {
+            return Ok(None);
+        }
+        let used = self.store.job_usage(self.job.id).await?.total;
+        let elapsed = (chrono::Utc::now() - self.job.created_at)
+            .to_std()
+            .unwrap_or_default();
+        Ok(super::agent::budget_spent(&budget, &used, elapsed))
+    }
+
+    /// Stores the agent runs of a phase or an attempt and announces their usage.
+    async fn record_agent_runs(
+        &self,
+        phase: &str,
+        item: Option<(&ItemKey, u32)>,
+        scope: &AgentScope,
+    ) -> anyhow::Result<()> {
+        for run in scope.runs() {
+            self.store
+                .record_agent_run(
+                    self.proof,
+                    &NewAgentRun {
+                        phase: phase.to_string(),
+                        key: item.map(|(k, _)| k.clone()),
+                        attempt: item.map(|(_, a)| a),
+                        session_id: run.session_id.clone(),
+                        model: run.model.clone(),
+                        transcript: run.transcript.display().to_string(),
+                        subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                        usage: run.usage,
+                    },
+                )
+                .await?;
+            self.event(JobEvent::AgentFinished {
+                phase: phase.to_string(),
+                key: item.map(|(k, _)| k.clone()),
+                attempt: item.map(|(_, a)| a),
+                session_id: run.session_id.clone(),
+                model: run.model.clone(),
+                json_log_location: run.transcript.clone(),
+                subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                usage: run.usage,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The environment and sandbox of the commands that run in `worktree`, with a private
+    /// temporary directory that is removed when the returned value is dropped.
+    fn confine(&self, worktree: &Path, label: &str) -> anyhow::Result<Confined> {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("prodigy-{}-{label}-", self.job.id))
+            .tempdir()
+            .context("cannot create the agent's temporary directory")?;
+        let mut base_env: Vec<(String, String)> = self
+            .agent_env
+            .base
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        base_env.retain(|(k, _)| k != "TMPDIR");
+        base_env.push(("TMPDIR".into(), tmp.path().display().to_string()));
+        let plan = match self.verdict {
+            sandbox::Verdict::Enforced { .. } => {
+                let settings = &self.engine.agents.sandbox;
+                let home = self.agent_env.base.get("HOME").map(PathBuf::from);
+                let paths = sandbox::AgentPaths {
+                    worktree,
+                    tmp: tmp.path(),
+                    home: home.as_deref(),
+                    claude_bin: &self.engine.claude_bin,
+                    path: self.agent_env.base.get("PATH").map(String::as_str),
+                    state_dir: &self.engine.state_dir,
+                };
+                Some(sandbox::Plan::for_agent(settings, &paths).with_context(|| {
+                    format!("cannot plan the sandbox for {}", worktree.display())
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Confined {
+            _tmp: tmp,
+            base_env,
+            plan,
+        })
+    }
+
+    /// Workflow env, the agent environment and what setup captured.
+    fn base_context(&self, _extra: &Value) -> Context {
+        let mut ctx = Context::new().with_env_map(&self.agent_env.visible_map());
+        for (k, v) in &self.env {
+            ctx.set_env(k.clone(), v.clone());
+        }
+        if let Value::Object(vars) = &self.job.vars {
+            for (k, v) in vars {
+                ctx.set_var(k.clone(), v.clone());
+            }
+        }
+        ctx
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+}
+
+/// The variables setup captured, stored with the job so a resumed map/reduce sees them.
+fn ctx_captures(ctx: &Context) -> Value {
+    Value::Object(
+        ctx.vars()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("shell.") && !k.starts_with("claude."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+}
+
+/// Every value masked in what a job prints: the workflow's `env` entries marked `secret`
+/// (`env` is the resolved workflow env) and the variables the operator passes.
+fn secret_values(wf: &Workflow, env: &[(String, String)], agent_env: &AgentEnv) -> Vec<String> {
+    // Short values would mask ordinary text everywhere; a secret that short is no secret.
+    let mut secrets: Vec<String> = wf
+        .env
+        .iter()
+        .filter(|v| v.secret)
+        .filter_map(|v| env.iter().find(|(k, _)| *k == v.name))
+        .map(|(_, value)| value.clone())
+        .filter(|value| value.len() >= 4)
+        .collect();
+    secrets.extend(agent_env.secrets.iter().cloned());
+    secrets
+}
+
+/// The values a job of `workflow_text` will mask, computed before it runs: the Action
+/// registers them with `::add-mask::` before it prints anything else.
+pub fn masked_values(
+    policy: &super::AgentPolicy,
+    workflow_path: &Path,
+    workflow_text: &str,
+) -> anyhow::Result<Vec<String>> {
+    let parsed = workflow::parse(workflow_path, workflow_text)?;
+    let agent_env = policy.env.build(std::env::vars());
+    let env = resolve_env(&parsed.workflow, &agent_env)?;
+    Ok(secret_values(&parsed.workflow, &env, &agent_env))
+}
+
+/// What one phase or agent runs with: see [`JobRun::confine`].
+struct Confined {
+    _tmp: tempfile::TempDir,
+    base_env: Vec<(String, String)>,
+    plan: Option<sandbox::Plan>,
+}
+
+/// Resolves workflow env values against what agents may see: a workflow (which a pull request
+/// can change) cannot copy prodigy's own secrets into an agent's environment.
+fn resolve_env(wf: &Workflow, agent_env: &AgentEnv) -> anyhow::Result<Vec<(String, String)>> {
+    let mut ctx = Context::new().with_env_map(&agent_env.visible_map());
+    let mut out = Vec::new();
+    for var in &wf.env {
+        let value = crate::workflow::interpolate::render_text(&var.value, &ctx)
+            .with_context(|| format!("workflow env {}", var.name))?;
+        ctx.set_env(var.name.clone(), value.clone());
+        out.push((var.name.clone(), value));
+    }
+    Ok(out)
+}

@@ -1,0 +1,178 @@
+//! Setup and reduce: a phase's steps, run in the job worktree.
+
+use super::*;
+
+impl JobRun<'_> {
+    pub(super) async fn setup(
+        &mut self,
+        mr: &MapReduce,
+        base: &str,
+    ) -> anyhow::Result<Result<(), PhaseFailure>> {
+        // Setup not recorded done: whatever an interrupted setup committed is discarded.
+        self.ws.reset_job_to(base).await?;
+        let mut ctx = self.base_context(&Value::Null);
+        if let Some(setup) = &mr.setup
+            && let Err(f) = self.run_phase("setup", setup, &mut ctx).await?
+        {
+            return Ok(Err(f));
+        }
+        let items = match workflow::input::load_items_in(&mr.map, &self.ws.job_dir, &ctx).await {
+            Ok(items) => items,
+            Err(e) => {
+                return Ok(Err(PhaseFailure::new(format!("map input: {e}"))));
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut new_items = Vec::with_capacity(items.len());
+        let mut duplicates = 0usize;
+        for data in items {
+            let key = workflow::input::item_key(&data, mr.map.item_id.as_deref());
+            if !seen.insert(key.clone()) {
+                duplicates += 1;
+                continue;
+            }
+            new_items.push(NewItem {
+                key,
+                position: new_items.len() as i64,
+                data,
+            });
+        }
+        self.store.insert_items(self.proof, &new_items).await?;
+        self.event(JobEvent::ItemsLoaded {
+            count: new_items.len(),
+            duplicates_removed: duplicates,
+        })
+        .await?;
+        if duplicates > 0 {
+            tracing::warn!(
+                duplicates,
+                "map input had items with the same key; the first of each was kept"
+            );
+        }
+        let setup_commit = git::head(&self.ws.job_dir).await?;
+        self.store
+            .set_job_vars(self.proof, &ctx_captures(&ctx))
+            .await?;
+        self.job.vars = ctx_captures(&ctx);
+        let refs = JobRefs {
+            setup_commit: Some(setup_commit),
+            ..self.job.refs.clone()
+        };
+        self.set_refs(refs).await?;
+        self.set_state(JobStatus::Running, Phase::Map, None).await?;
+        Ok(Ok(()))
+    }
+
+    /// Runs a setup/reduce/merge phase's steps in the job worktree.
+    pub(super) async fn run_phase(
+        &self,
+        name: &str,
+        phase: &PhaseSteps,
+        ctx: &mut Context,
+    ) -> anyhow::Result<Result<(), PhaseFailure>> {
+        let log = self.logs.join(format!("{name}.log"));
+        let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
+        let confined = self.confine(&self.ws.job_dir, name)?;
+        let env = StepEnv {
+            cwd: &self.ws.job_dir,
+            log: &log,
+            env: &self.env,
+            claude_bin: &self.engine.claude_bin,
+            cancel: &self.cancel,
+            deadline: phase.timeout.map(|t| Instant::now() + t),
+            secrets: &self.secrets,
+            agent: &scope,
+            base_env: &confined.base_env,
+            sandbox: confined.plan.as_ref(),
+        };
+        self.event(JobEvent::PhaseStepsStarted {
+            phase: name.to_string(),
+            steps: phase.commands.len(),
+            log: log.clone(),
+        })
+        .await?;
+        let result = step::run_steps(&phase.commands, ctx, &env).await;
+        self.record_agent_runs(name, None, &scope).await?;
+        match result {
+            Ok(()) => {
+                self.event(JobEvent::PhaseStepsFinished {
+                    phase: name.to_string(),
+                })
+                .await?;
+                Ok(Ok(()))
+            }
+            Err(f) => {
+                let message = if f.cancelled() {
+                    format!(
+                        "{name} was interrupted; resume with `prodigy resume {}`",
+                        self.job.id
+                    )
+                } else {
+                    format!("{name} failed: {} (log: {})", f.message(), log.display())
+                };
+                self.event(JobEvent::PhaseStepsFailed {
+                    phase: name.to_string(),
+                    line: f.line,
+                    class: f.class(),
+                    message: message.clone(),
+                })
+                .await?;
+                Ok(Err(PhaseFailure::new(message)))
+            }
+        }
+    }
+
+    pub(super) async fn reduce(
+        &mut self,
+        mr: &MapReduce,
+    ) -> anyhow::Result<Result<(), PhaseFailure>> {
+        // Reduce not recorded done: whatever an interrupted reduce committed is discarded.
+        let map_commit = self
+            .job
+            .refs
+            .map_commit
+            .clone()
+            .ok_or_else(|| anyhow!("job {} has no map commit recorded", self.job.id))?;
+        self.ws.reset_job_to(&map_commit).await?;
+        let items = self
+            .store
+            .items(self.job.id, &ItemFilter::default())
+            .await?;
+        let successful = items
+            .iter()
+            .filter(|i| i.status == ItemStatus::Succeeded)
+            .count();
+        let failed = items
+            .iter()
+            .filter(|i| i.status == ItemStatus::Failed)
+            .count();
+        let results: Vec<Value> = items.iter().filter_map(|i| i.result.clone()).collect();
+        let mut ctx = self.base_context(&Value::Null);
+        ctx.set_var("map.successful", json!(successful));
+        ctx.set_var("map.failed", json!(failed));
+        ctx.set_var("map.total", json!(items.len()));
+        ctx.set_var("map.results", Value::Array(results));
+        if let Some(reduce) = &mr.reduce
+            && let Err(f) = self.run_phase("reduce", reduce, &mut ctx).await?
+        {
+            return Ok(Err(f));
+        }
+        if let Some(merge) = &mr.merge {
+            ctx.set_var("merge.worktree", json!(self.ws.job_dir));
+            ctx.set_var("merge.source_branch", json!(self.ws.branch));
+            ctx.set_var(
+                "merge.target_branch",
+                json!(
+                    git::git(&self.ws.repo, &["rev-parse", "--abbrev-ref", "HEAD"])
+                        .await
+                        .unwrap_or_default()
+                ),
+            );
+            ctx.set_var("merge.session_id", json!(self.job.id));
+            if let Err(f) = self.run_phase("merge", merge, &mut ctx).await? {
+                return Ok(Err(f));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
