@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", render_error(&e));
-            ExitCode::from(cli::EXIT_FAILED)
+            ExitCode::from(cli::exit_for_error(&e))
         }
     }
 }

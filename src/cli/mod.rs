@@ -665,6 +665,29 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
     }
 }
 
+/// Exit code for an error a command returned: [`EXIT_USAGE`] when the input was bad (an unknown
+/// or ambiguous job, an unknown item, a workflow that is missing, invalid or has placeholders
+/// that can never resolve), else [`EXIT_FAILED`].
+pub fn exit_for_error(e: &anyhow::Error) -> u8 {
+    use prodigy::store::StoreError;
+    let bad_input = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(
+                StoreError::JobNotFound(_)
+                    | StoreError::AmbiguousJob { .. }
+                    | StoreError::ItemNotFound { .. }
+            )
+        ) || cause
+            .downcast_ref::<prodigy::workflow::WorkflowError>()
+            .is_some()
+            || cause
+                .downcast_ref::<prodigy::workflow::interpolate::UnresolvedPlaceholders>()
+                .is_some()
+    });
+    if bad_input { EXIT_USAGE } else { EXIT_FAILED }
+}
+
 /// Exit code of a finished run.
 pub fn exit_for(status: JobStatus, interrupted: bool) -> u8 {
     if interrupted {
