@@ -1,6 +1,7 @@
 //! Commands of the `prodigy` binary. Every flag also has an environment variable, and `--help`
 //! is the reference.
 
+mod ids;
 mod output;
 
 use std::io::IsTerminal;

@@ -261,16 +261,19 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
         println!("no jobs yet: start one with `prodigy run WORKFLOW.yml`");
         return Ok(0);
     }
+    let ids: Vec<JobId> = list.iter().map(|s| s.job.id).collect();
+    let shown = super::ids::unique_prefixes(&ids);
+    let w = shown.first().map_or(8, String::len);
     println!(
-        "{:<36}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  workflow",
+        "{:<w$}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  workflow",
         "job", "status", "phase", "items", "merged", "failed", "dlq", "cost", "created"
     );
-    for s in list {
+    for (s, id) in list.iter().zip(&shown) {
         let j = &s.job;
         let c = &s.counts;
         println!(
-            "{:<36}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  {}",
-            j.id,
+            "{:<w$}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  {}",
+            id,
             j.status,
             j.phase,
             c.total,
@@ -410,15 +413,17 @@ pub fn dlq_list(rows: &[DlqItem], as_json: bool) -> anyhow::Result<u8> {
         println!("the DLQ is empty");
         return Ok(0);
     }
+    let ids: Vec<JobId> = rows.iter().map(|r| r.job_id).collect();
+    let w = super::ids::prefix_len(&ids);
     println!(
-        "{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  last message",
+        "{:<w$}  {:<24}  {:>8}  {:<24}  {:<12}  last message",
         "job", "item", "failures", "error class", "signature"
     );
     for r in rows {
         let msg = r.last_message.lines().last().unwrap_or("");
         println!(
-            "{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  {}",
-            r.job_id.short(),
+            "{:<w$}  {:<24}  {:>8}  {:<24}  {:<12}  {}",
+            &r.job_id.to_string()[..w],
             r.key,
             r.failure_count,
             r.error_class,
