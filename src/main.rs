@@ -15,17 +15,23 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say_error(&format!("cannot start the async runtime: {e}"));
             return ExitCode::from(cli::EXIT_FAILED);
         }
     };
     match runtime.block_on(cli::dispatch(args)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {}", render_error(&e));
+            say_error(&render_error(&e));
             ExitCode::from(cli::exit_for_error(&e))
         }
     }
+}
+
+/// `error: ...` on stderr; a closed stderr loses it rather than panicking.
+fn say_error(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "error: {text}");
 }
 
 /// The error and its causes, each said once: many errors (sqlx's among them) repeat their

@@ -1,8 +1,53 @@
 //! Commands of the `prodigy` binary. Every flag also has an environment variable, and `--help`
 //! is the reference.
 
+/// `println!` for command output: a closed stdout (`prodigy run wf.yml | head -2`) ends the
+/// output quietly instead of panicking, and the command goes on (a run still finishes its job).
+macro_rules! out {
+    () => {
+        $crate::cli::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for progress and messages: a closed stderr (`prodigy run wf.yml 2>&1 | head`)
+/// loses them instead of panicking in the middle of a run.
+macro_rules! eout {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod ids;
 mod output;
+
+/// Set once a write to stdout failed: the reader went away, nothing more is written.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes command output; after a failed write (EPIPE) it writes nothing more.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether stdout's reader went away (following commands stop then).
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -371,7 +416,7 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
         }
-        eprintln!("interrupted: stopping agents; the job can be resumed");
+        eout!("interrupted: stopping agents; the job can be resumed");
         c.cancel();
     });
     Ok(Engine {
@@ -416,7 +461,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 Some(false) => ", connected without TLS",
                 None => "",
             };
-            println!(
+            out!(
                 "database {} is at migration {} ({} applied now: {:?}{transport})",
                 redact_url(&url),
                 known.last().copied().unwrap_or(0),
@@ -459,7 +504,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let job = store.find_job(&job).await?;
             let eng = engine(g, store, Path::new(&job.repo_path)).await?;
             if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
-                eprintln!("--budget must be a positive amount of USD, e.g. --budget 5");
+                eout!("--budget must be a positive amount of USD, e.g. --budget 5");
                 return Ok(EXIT_USAGE);
             }
             let budget =
@@ -543,7 +588,7 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
     // The runner masks line by line: a multi-line secret (a PEM) is registered per line.
     for value in action_masks(g, config, &agents) {
         for line in value.lines().map(str::trim).filter(|l| l.len() >= 4) {
-            println!("::add-mask::{}", commands::escape_data(line));
+            out!("::add-mask::{}", commands::escape_data(line));
         }
     }
     let result = async {
@@ -560,9 +605,9 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
     }
     .await;
     result.or_else(|e| {
-        println!("{}", commands::error("prodigy", &format!("{e:#}")));
+        out!("{}", commands::error("prodigy", &format!("{e:#}")));
         if e.downcast_ref::<BadInput>().is_some() {
-            eprintln!("error: {e:#}");
+            eout!("error: {e:#}");
             Ok(EXIT_USAGE)
         } else {
             Err(e)
@@ -625,7 +670,7 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
         } => {
             let job = store.find_job(&job).await?;
             if store.dlq(Some(job.id)).await?.is_empty() {
-                println!("job {} has nothing in its DLQ", job.id);
+                out!("job {} has nothing in its DLQ", job.id);
                 return Ok(0);
             }
             let eng = engine(g, store, Path::new(&job.repo_path)).await?;
@@ -649,14 +694,14 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
             let n = match purged {
                 prodigy::store::Exclusive::Performed(n) => n,
                 prodigy::store::Exclusive::Held { holder, since } => {
-                    eprintln!(
+                    eout!(
                         "job {} is held by {holder} since {since}; purge it when that run ends",
                         job.id
                     );
                     return Ok(EXIT_HELD);
                 }
             };
-            println!("removed {} DLQ rows of job {}", n, job.id);
+            out!("removed {} DLQ rows of job {}", n, job.id);
             Ok(0)
         }
         DlqCommand::Export { job, format } => {
