@@ -53,6 +53,7 @@ fn bad_input_is_exit_2_for_every_command() {
         vec!["dlq", "retry", unknown],
         vec!["dlq", "purge", unknown],
         vec!["dlq", "export", unknown],
+        vec!["cancel", unknown],
     ] {
         expect(&repo, &args, 2, "no job matches '0123abcd'");
     }

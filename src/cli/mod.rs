@@ -21,6 +21,7 @@ macro_rules! eout {
     }};
 }
 
+mod cancel;
 mod ids;
 mod output;
 
@@ -269,6 +270,18 @@ pub enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Stop a job: the process running it stops as on Ctrl-C (the job can be resumed); a job
+    /// that nothing runs is marked cancelled.
+    Cancel {
+        /// Job id or a unique prefix of it.
+        job: String,
+        /// Why, recorded in the job's events.
+        #[arg(long, default_value = "cancelled with prodigy cancel")]
+        reason: String,
+        /// Print the outcome as JSON: {"job": ID, "outcome": {"kind": ..., "detail": ...}}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a workflow file: errors with file:line:col, warnings for unknown keys.
     Validate { workflow: PathBuf },
     /// Apply pending database migrations and exit.
@@ -419,6 +432,12 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
         eout!("interrupted: stopping agents; the job can be resumed");
         c.cancel();
     });
+    // `prodigy cancel` from another process stops this run as Ctrl-C does.
+    let reporter = cancel::watch(
+        store.clone(),
+        Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
+        cancel.clone(),
+    );
     Ok(Engine {
         store,
         state_dir: state_dir(global, repo).await?,
@@ -426,7 +445,7 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
         agent: Default::default(),
         api_backoff: Default::default(),
         instance: None,
-        reporter: Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
+        reporter,
         cancel,
         agents: global.agent_policy(false, Vec::new())?,
     })
@@ -541,6 +560,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
             output::status(&store, &job, json).await
+        }
+        Command::Cancel { job, reason, json } => {
+            let store = open_store(g).await?;
+            let job = store.find_job(&job).await?;
+            cancel::cancel(&store, &job, &reason, json).await
         }
         Command::Events { job, follow, json } => {
             let store = open_store(g).await?;
