@@ -214,6 +214,7 @@ pub enum Command {
         /// Include DLQ items that are not marked reprocessable too.
         #[arg(long)]
         all_dlq: bool,
+        /// Agents at once, overriding the workflow's map.max_parallel.
         #[arg(long, env = "PRODIGY_MAX_PARALLEL")]
         max_parallel: Option<usize>,
         /// Raise (or set) the job's cost budget in USD for this run, e.g. after it stopped with
@@ -223,6 +224,7 @@ pub enum Command {
         /// Raise (or set) the job's token budget for this run.
         #[arg(long, value_name = "TOKENS")]
         budget_tokens: Option<u64>,
+        /// Print the final outcome as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -233,20 +235,26 @@ pub enum Command {
     },
     /// Recent jobs with status and item counts.
     Jobs {
+        /// How many jobs, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// The jobs with their counts and usage as a JSON array.
         #[arg(long)]
         json: bool,
     },
     /// One job: phase, status, items by status, DLQ count.
     Status {
+        /// Job id or a unique prefix of it.
         job: String,
+        /// The job, its counts and usage as JSON.
         #[arg(long)]
         json: bool,
     },
     /// A job's event log.
     Events {
+        /// Job id or a unique prefix of it.
         job: String,
+
         /// Keep printing new events until the job finishes (Ctrl-C to stop).
         #[arg(short, long)]
         follow: bool,
@@ -257,7 +265,9 @@ pub enum Command {
     /// An agent transcript for people: what the AI said, the tools it called, the result and
     /// its usage. Without ITEM: every agent run of the job (setup, items, reduce) in order.
     Logs {
+        /// Job id or a unique prefix of it.
         job: String,
+
         /// A work item's key.
         item: Option<String>,
         /// Only this attempt of the item (default: every attempt).
@@ -283,18 +293,32 @@ pub enum Command {
         json: bool,
     },
     /// Check a workflow file: errors with file:line:col, warnings for unknown keys.
-    Validate { workflow: PathBuf },
+    Validate {
+        /// The workflow YAML to check.
+        workflow: PathBuf,
+        /// Print the findings as JSON: {"valid": bool, "errors": [...], "warnings": [...]}, each
+        /// with file, line, column and message.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Run the GitHub App server: webhooks in, jobs per pull request, `/prodigy` comment commands.
     Serve(Box<prodigy::server::ServeConfig>),
     /// Run a workflow as a GitHub Actions step: a check run, the step's outputs and summary.
     Action(Box<prodigy::action::ActionConfig>),
+    /// Print a shell completion script, e.g. `prodigy completions bash > ~/.local/share/bash-completion/completions/prodigy`.
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
     /// Try to take a job's lock and hold it (for operators and tests).
     #[command(hide = true)]
     DebugLock {
+        /// Job id or a unique prefix of it.
         #[arg(long)]
         job: String,
+        /// Hold the lock this many seconds before releasing it.
         #[arg(long, default_value_t = 0.0)]
         hold_secs: f64,
     },
@@ -306,40 +330,54 @@ pub enum DlqCommand {
     List {
         /// A job id (prefix); all jobs when absent.
         job: Option<String>,
+        /// The rows as a JSON array.
         #[arg(long)]
         json: bool,
     },
     /// One item's full failure history, log locations and kept commits.
     Show {
+        /// Job id or a unique prefix of it.
         job: String,
+        /// The work item's key (as `prodigy dlq list` prints it).
         item: String,
+        /// The row and its history as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Reprocess DLQ items under the job lock; items that succeed leave the DLQ and are merged.
     Retry {
+        /// Job id or a unique prefix of it.
         job: String,
+
         /// Only this item (repeatable).
         #[arg(long = "item")]
         items: Vec<String>,
         /// Only items that failed with this error class.
         #[arg(long, value_parser = parse_class)]
         error_class: Option<ErrorClass>,
+        /// Agents at once, overriding the workflow's map.max_parallel.
         #[arg(long, env = "PRODIGY_MAX_PARALLEL")]
         max_parallel: Option<usize>,
+        /// Print the final outcome as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Delete DLQ rows (the attempt history stays).
     Purge {
+        /// Job id or a unique prefix of it.
         job: String,
         /// Only rows whose last failure is older than this, e.g. 7d, 12h, 30m.
         #[arg(long, value_parser = parse_age)]
         older_than: Option<chrono::Duration>,
+        /// Print {"job": ID, "removed": N} as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a job's DLQ rows with their histories.
     Export {
+        /// Job id or a unique prefix of it.
         job: String,
+        /// `json` (one document) or `jsonl` (one row per line).
         #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
         format: ExportFormat,
     },
@@ -457,7 +495,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     // may read its memory or its /proc/<pid>/environ.
     prodigy::engine::sandbox::make_undumpable().context("prctl(PR_SET_DUMPABLE, 0)")?;
     match cli.command {
-        Command::Validate { workflow } => output::validate(&workflow),
+        Command::Validate { workflow, json } => output::validate(&workflow, json),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "prodigy", &mut script);
+            out!("{}", String::from_utf8_lossy(&script).trim_end());
+            Ok(0)
+        }
         Command::Serve(config) => {
             let deny = config.secret_files();
             let agents = g.agent_policy(true, deny)?;
@@ -706,7 +751,11 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
             let r = eng.retry(job.id, &req).await?;
             Ok(output::resumed(&eng, job.id, r, json, "dlq retry").await)
         }
-        DlqCommand::Purge { job, older_than } => {
+        DlqCommand::Purge {
+            job,
+            older_than,
+            json,
+        } => {
             let job = store.find_job(&job).await?;
             let cutoff = older_than.map(|age| chrono::Utc::now() - age);
             let holder = prodigy::store::Holder::this_process(None);
@@ -725,7 +774,11 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
                     return Ok(EXIT_HELD);
                 }
             };
-            out!("removed {} DLQ rows of job {}", n, job.id);
+            if json {
+                out!("{}", serde_json::json!({ "job": job.id, "removed": n }));
+            } else {
+                out!("removed {} DLQ rows of job {}", n, job.id);
+            }
             Ok(0)
         }
         DlqCommand::Export { job, format } => {
@@ -768,5 +821,63 @@ pub fn exit_for(status: JobStatus, interrupted: bool) -> u8 {
         EXIT_BUDGET
     } else {
         EXIT_FAILED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every argument of every command, with the command path that has it.
+    fn args(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, bool)>) {
+        for arg in cmd.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            out.push((
+                path.to_string(),
+                arg.get_id().to_string(),
+                !help.trim().is_empty(),
+            ));
+        }
+        for sub in cmd.get_subcommands() {
+            args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        let cmd = super::Cli::command();
+        let mut all = Vec::new();
+        args(&cmd, "prodigy", &mut all);
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|(_, _, has)| !has)
+            .map(|(path, id, _)| format!("{path}: {id}"))
+            .collect();
+        assert!(
+            all.len() > 50,
+            "the walk found only {} arguments",
+            all.len()
+        );
+        assert!(
+            missing.is_empty(),
+            "arguments without help:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_command_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "prodigy", &mut missing);
+        assert!(missing.is_empty(), "commands without help: {missing:?}");
     }
 }

@@ -114,48 +114,82 @@ impl Reporter for CliReporter {
     }
 }
 
-pub fn validate(path: &Path) -> anyhow::Result<u8> {
-    match prodigy::workflow::load(path) {
+/// `prodigy validate`: warnings and errors with file:line:col on stderr, or with `--json` one
+/// document on stdout: `{"workflow", "valid", "kind", "errors": [...], "warnings": [...]}`,
+/// each finding `{"line", "column", "message"}` (line and column null when unknown).
+pub fn validate(path: &Path, as_json: bool) -> anyhow::Result<u8> {
+    let finding = |line: Option<usize>, column: Option<usize>, message: &str| json!({ "line": line, "column": column, "message": message });
+    let (kind, warnings, errors) = match prodigy::workflow::load(path) {
         Ok(parsed) => {
-            for w in &parsed.warnings {
-                eout!(
-                    "{}:{}:{}: warning: {}",
-                    path.display(),
-                    w.line,
-                    w.column,
-                    w.message
-                );
-            }
-            let problems = prodigy::workflow::interpolate::check_workflow(&parsed.workflow);
-            for (line, m) in &problems {
-                eout!("{}:{line}: error: {m}", path.display());
-            }
-            if !problems.is_empty() {
-                return Ok(EXIT_USAGE);
-            }
-            let kind = match &parsed.workflow.kind {
-                prodigy::workflow::WorkflowKind::Standard { commands } => {
-                    format!("standard workflow, {} steps", commands.len())
-                }
-                prodigy::workflow::WorkflowKind::MapReduce(mr) => format!(
-                    "mapreduce workflow: {} setup steps, {} agent steps, max_parallel {}, {} reduce steps",
-                    mr.setup.as_ref().map_or(0, |p| p.commands.len()),
-                    mr.map.agent_template.len(),
-                    mr.map.max_parallel,
-                    mr.reduce.as_ref().map_or(0, |p| p.commands.len()),
-                ),
-            };
+            let warnings: Vec<_> = parsed
+                .warnings
+                .iter()
+                .map(|w| finding(Some(w.line), Some(w.column), &w.message))
+                .collect();
+            let errors: Vec<_> = prodigy::workflow::interpolate::check_workflow(&parsed.workflow)
+                .iter()
+                .map(|(line, m)| finding(Some(*line), None, m))
+                .collect();
+            (Some(describe(&parsed.workflow)), warnings, errors)
+        }
+        Err(e) => {
+            let (line, column) = e.position().unzip();
+            (
+                None,
+                Vec::new(),
+                vec![finding(line, column, &e.to_string())],
+            )
+        }
+    };
+    let valid = errors.is_empty();
+    if as_json {
+        let doc = json!({
+            "workflow": path.display().to_string(),
+            "valid": valid,
+            "kind": kind,
+            "errors": errors,
+            "warnings": warnings,
+        });
+        out!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_findings(path, &warnings, "warning");
+        print_findings(path, &errors, "error");
+        if let Some(kind) = kind.filter(|_| valid) {
             out!(
                 "{}: ok ({kind}, {} warnings)",
                 path.display(),
-                parsed.warnings.len()
+                warnings.len()
             );
-            Ok(0)
         }
-        Err(e) => {
-            eout!("error: {e}");
-            Ok(EXIT_USAGE)
+    }
+    Ok(if valid { 0 } else { EXIT_USAGE })
+}
+
+/// Findings as `file:line[:col]: what: message` on stderr; a parse error already names its place.
+fn print_findings(path: &Path, findings: &[serde_json::Value], what: &str) {
+    for f in findings {
+        let message = f["message"].as_str().unwrap_or_default();
+        match (f["line"].as_u64(), f["column"].as_u64()) {
+            _ if message.starts_with(&path.display().to_string()) => eout!("error: {message}"),
+            (Some(line), Some(col)) => eout!("{}:{line}:{col}: {what}: {message}", path.display()),
+            (Some(line), None) => eout!("{}:{line}: {what}: {message}", path.display()),
+            _ => eout!("{what}: {message}"),
         }
+    }
+}
+
+fn describe(wf: &prodigy::workflow::Workflow) -> String {
+    match &wf.kind {
+        prodigy::workflow::WorkflowKind::Standard { commands } => {
+            format!("standard workflow, {} steps", commands.len())
+        }
+        prodigy::workflow::WorkflowKind::MapReduce(mr) => format!(
+            "mapreduce workflow: {} setup steps, {} agent steps, max_parallel {}, {} reduce steps",
+            mr.setup.as_ref().map_or(0, |p| p.commands.len()),
+            mr.map.agent_template.len(),
+            mr.map.max_parallel,
+            mr.reduce.as_ref().map_or(0, |p| p.commands.len()),
+        ),
     }
 }
 
