@@ -8,7 +8,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.verbose);
+    let serve = matches!(args.command, cli::Command::Serve(_));
+    cli::init_tracing(args.verbose, args.log_format, serve);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

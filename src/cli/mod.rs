@@ -88,6 +88,10 @@ pub struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines as `text` (colour only on a terminal, without NO_COLOR) or `json` (one object
+    /// per line, for log collectors).
+    #[arg(long, env = "PRODIGY_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -408,19 +412,33 @@ fn parse_age(s: &str) -> Result<chrono::Duration, String> {
     }
 }
 
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "debug",
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs on stderr. The level: RUST_LOG, else `-v` debug, `-vv` trace (SQL statements too), else
+/// `info` for the long-running `serve` and `warn` for everything else.
+pub fn init_tracing(verbose: u8, format: LogFormat, serve: bool) {
+    let default = match (verbose, serve) {
+        (0, true) => "info",
+        (0, false) => "warn",
+        (1, _) => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => fmt.with_ansi(ansi).try_init(),
+        LogFormat::Json => fmt.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Where state lives for a repository: `--home`, or `<git common dir>/prodigy`.
