@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let serve = matches!(args.command, cli::Command::Serve(_));
     cli::init_tracing(args.verbose, args.log_format, serve);
+    cli::color::init(args.color);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

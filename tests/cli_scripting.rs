@@ -80,3 +80,39 @@ fn validate_and_dlq_purge_speak_json() {
     let purged = repo.json(&["dlq", "purge", &job]);
     assert_eq!(purged, serde_json::json!({"job": job, "removed": 0}));
 }
+
+#[test]
+fn status_words_are_coloured_only_when_asked_or_on_a_terminal() {
+    let repo = Repo::new(None);
+    repo.write("ok.yml", "- shell: echo hi\n");
+    repo.commit_all("workflow");
+    let run = repo.prodigy(&["run", "ok.yml"]);
+    // stdout is a pipe here: `auto` (the default) writes no escapes.
+    assert!(!run.stdout.contains(&0x1b), "{}", text(&run));
+    let job = harness::job_id(&run);
+
+    let coloured = repo.prodigy(&["jobs", "--color", "always"]);
+    let table = String::from_utf8_lossy(&coloured.stdout).to_string();
+    assert!(table.contains("\x1b[32msucceeded\x1b[0m"), "{table:?}");
+    let status = repo
+        .command(&["status", &job])
+        .env("PRODIGY_COLOR", "always")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("\x1b[32msucceeded"),
+        "{}",
+        text(&status)
+    );
+    for args in [
+        &["jobs", "--color", "never"][..],
+        &["jobs", "--json", "--color", "always"],
+    ] {
+        let out = repo.prodigy(args);
+        assert!(
+            !out.stdout.contains(&0x1b),
+            "prodigy {args:?}: {}",
+            text(&out)
+        );
+    }
+}

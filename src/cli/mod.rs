@@ -22,6 +22,7 @@ macro_rules! eout {
 }
 
 mod cancel;
+pub mod color;
 mod ids;
 mod output;
 
@@ -92,6 +93,10 @@ pub struct Cli {
     /// per line, for log collectors).
     #[arg(long, env = "PRODIGY_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Colour status words on stdout: `auto` (a terminal, unless NO_COLOR is set), `always` or
+    /// `never`.
+    #[arg(long, env = "PRODIGY_COLOR", global = true, value_enum, default_value_t = color::ColorChoice::Auto)]
+    pub color: color::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -201,7 +201,8 @@ pub fn outcome(o: &RunOutcome, as_json: bool, interrupted: bool) -> u8 {
         );
     } else {
         let c = &o.counts;
-        out!("job {}: {} (phase {})", o.job, o.status, o.phase);
+        let status = super::color::status(&o.status.to_string(), 0);
+        out!("job {}: {status} (phase {})", o.job, o.phase);
         if c.total > 0 {
             out!(
                 "items: {} total, {} merged, {} failed, {} pending, {} in DLQ",
@@ -322,9 +323,9 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
         let j = &s.job;
         let c = &s.counts;
         out!(
-            "{:<w$}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  {}",
+            "{:<w$}  {}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  {}",
             id,
-            j.status,
+            super::color::status(&j.status.to_string(), 16),
             j.phase,
             c.total,
             c.merged,
@@ -351,7 +352,10 @@ pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u
     out!("job       {}", job.id);
     out!("workflow  {} ({})", job.workflow_name, job.workflow_path);
     out!("repo      {}", job.repo_path);
-    out!("status    {}", job.status);
+    out!(
+        "status    {}",
+        super::color::status(&job.status.to_string(), 0)
+    );
     out!("phase     {}", job.phase);
     if let Some(b) = &job.refs.branch {
         out!("branch    {b}");
