@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let serve = matches!(args.command, cli::Command::Serve(_));
     cli::init_tracing(args.verbose, args.log_format, serve);
     cli::color::init(args.color);
+    cli::phase_output::ENABLED.store(args.verbose > 0, std::sync::atomic::Ordering::Relaxed);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -3,7 +3,8 @@
 //! its events and stops as on Ctrl-C (the job stays resumable). A job that nothing runs is marked
 //! `cancelled` under its lock.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,33 +15,62 @@ use prodigy::engine::{Progress, Reporter};
 use prodigy::store::{Exclusive, Holder, Job, JobEvent, Store};
 use prodigy::types::{JobId, JobStatus};
 
+use super::phase_output::PhaseOutput;
+
 /// How often a running CLI job looks for cancel requests.
 const POLL: Duration = Duration::from_millis(250);
 
 /// The job a run started, and when: cancel requests from before that are not for this run.
 type Started = Option<(JobId, DateTime<Utc>)>;
 
-/// Passes every progress event on and tells the cancel watcher which job started.
+/// Passes every progress event on, tells the cancel watcher which job started and, with `-v`,
+/// follows the job's phase output ([`PhaseOutput`]).
 pub struct Watched {
     inner: Arc<dyn Reporter>,
     started: watch::Sender<Started>,
+    /// The state directory when `-v` asked for phase output.
+    phase_logs: Option<PathBuf>,
+    phase_output: Mutex<Option<Arc<PhaseOutput>>>,
 }
 
 impl Reporter for Watched {
     fn report(&self, event: &Progress) {
         if let Progress::JobStarted { job, .. } = event {
             self.started.send_replace(Some((*job, Utc::now())));
+            if let Some(dir) = &self.phase_logs
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                let output = Arc::new(PhaseOutput::new(dir, *job));
+                *self.phase_output.lock().expect("phase output") = Some(output.clone());
+                rt.spawn(output.follow());
+            }
+        }
+        if let Progress::JobFinished { .. } | Progress::PhaseStarted { .. } = event
+            && let Some(output) = self.phase_output.lock().expect("phase output").as_ref()
+        {
+            // A phase's last lines before the next phase or the outcome is printed.
+            output.drain();
         }
         self.inner.report(event);
     }
 }
 
 /// Wraps `inner` and starts the task that cancels `cancel` when someone asks to cancel the
-/// job this process runs.
-pub fn watch(store: Store, inner: Arc<dyn Reporter>, cancel: CancellationToken) -> Arc<Watched> {
+/// job this process runs. `phase_logs`: the state directory, when `-v` asked for phase output.
+pub fn watch(
+    store: Store,
+    inner: Arc<dyn Reporter>,
+    cancel: CancellationToken,
+    phase_logs: Option<PathBuf>,
+) -> Arc<Watched> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(watch_requests(store, rx, cancel));
-    Arc::new(Watched { inner, started: tx })
+    Arc::new(Watched {
+        inner,
+        started: tx,
+        phase_logs,
+        phase_output: Mutex::default(),
+    })
 }
 
 async fn watch_requests(store: Store, mut rx: watch::Receiver<Started>, cancel: CancellationToken) {

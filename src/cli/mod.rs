@@ -25,6 +25,7 @@ mod cancel;
 pub mod color;
 mod ids;
 mod output;
+pub mod phase_output;
 
 /// Set once a write to stdout failed: the reader went away, nothing more is written.
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -86,7 +87,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    /// More logging (-v debug, -vv trace; RUST_LOG overrides). With `run`, `resume` and
+    /// `dlq retry`, -v also shows the output of setup, reduce and commands as it happens.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Log lines as `text` (colour only on a terminal, without NO_COLOR) or `json` (one object
@@ -493,15 +495,19 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
         eout!("interrupted: stopping agents; the job can be resumed");
         c.cancel();
     });
-    // `prodigy cancel` from another process stops this run as Ctrl-C does.
+    let state_dir = state_dir(global, repo).await?;
+    // `prodigy cancel` from another process stops this run as Ctrl-C does; `-v` shows the
+    // output of setup and reduce as it happens.
+    let show_phases = phase_output::ENABLED.load(std::sync::atomic::Ordering::Relaxed);
     let reporter = cancel::watch(
         store.clone(),
         Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
         cancel.clone(),
+        show_phases.then(|| state_dir.clone()),
     );
     Ok(Engine {
         store,
-        state_dir: state_dir(global, repo).await?,
+        state_dir,
         claude_bin: global.claude_bin.clone(),
         agent: Default::default(),
         api_backoff: Default::default(),
