@@ -8,24 +8,33 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.verbose);
+    let serve = matches!(args.command, cli::Command::Serve(_));
+    cli::init_tracing(args.verbose, args.log_format, serve);
+    cli::color::init(args.color);
+    cli::phase_output::ENABLED.store(args.verbose > 0, std::sync::atomic::Ordering::Relaxed);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say_error(&format!("cannot start the async runtime: {e}"));
             return ExitCode::from(cli::EXIT_FAILED);
         }
     };
     match runtime.block_on(cli::dispatch(args)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {}", render_error(&e));
-            ExitCode::from(cli::EXIT_FAILED)
+            say_error(&render_error(&e));
+            ExitCode::from(cli::exit_for_error(&e))
         }
     }
+}
+
+/// `error: ...` on stderr; a closed stderr loses it rather than panicking.
+fn say_error(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "error: {text}");
 }
 
 /// The error and its causes, each said once: many errors (sqlx's among them) repeat their

@@ -1,7 +1,56 @@
 //! Commands of the `prodigy` binary. Every flag also has an environment variable, and `--help`
 //! is the reference.
 
+/// `println!` for command output: a closed stdout (`prodigy run wf.yml | head -2`) ends the
+/// output quietly instead of panicking, and the command goes on (a run still finishes its job).
+macro_rules! out {
+    () => {
+        $crate::cli::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for progress and messages: a closed stderr (`prodigy run wf.yml 2>&1 | head`)
+/// loses them instead of panicking in the middle of a run.
+macro_rules! eout {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+mod cancel;
+pub mod color;
+mod ids;
 mod output;
+pub mod phase_output;
+
+/// Set once a write to stdout failed: the reader went away, nothing more is written.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes command output; after a failed write (EPIPE) it writes nothing more.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether stdout's reader went away (following commands stop then).
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -38,9 +87,18 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    /// More logging (-v debug, -vv trace; RUST_LOG overrides). With `run`, `resume` and
+    /// `dlq retry`, -v also shows the output of setup, reduce and commands as it happens.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines as `text` (colour only on a terminal, without NO_COLOR) or `json` (one object
+    /// per line, for log collectors).
+    #[arg(long, env = "PRODIGY_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Colour status words on stdout: `auto` (a terminal, unless NO_COLOR is set), `always` or
+    /// `never`.
+    #[arg(long, env = "PRODIGY_COLOR", global = true, value_enum, default_value_t = color::ColorChoice::Auto)]
+    pub color: color::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -167,6 +225,7 @@ pub enum Command {
         /// Include DLQ items that are not marked reprocessable too.
         #[arg(long)]
         all_dlq: bool,
+        /// Agents at once, overriding the workflow's map.max_parallel.
         #[arg(long, env = "PRODIGY_MAX_PARALLEL")]
         max_parallel: Option<usize>,
         /// Raise (or set) the job's cost budget in USD for this run, e.g. after it stopped with
@@ -176,6 +235,7 @@ pub enum Command {
         /// Raise (or set) the job's token budget for this run.
         #[arg(long, value_name = "TOKENS")]
         budget_tokens: Option<u64>,
+        /// Print the final outcome as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -186,20 +246,26 @@ pub enum Command {
     },
     /// Recent jobs with status and item counts.
     Jobs {
+        /// How many jobs, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// The jobs with their counts and usage as a JSON array.
         #[arg(long)]
         json: bool,
     },
     /// One job: phase, status, items by status, DLQ count.
     Status {
+        /// Job id or a unique prefix of it.
         job: String,
+        /// The job, its counts and usage as JSON.
         #[arg(long)]
         json: bool,
     },
     /// A job's event log.
     Events {
+        /// Job id or a unique prefix of it.
         job: String,
+
         /// Keep printing new events until the job finishes (Ctrl-C to stop).
         #[arg(short, long)]
         follow: bool,
@@ -210,7 +276,9 @@ pub enum Command {
     /// An agent transcript for people: what the AI said, the tools it called, the result and
     /// its usage. Without ITEM: every agent run of the job (setup, items, reduce) in order.
     Logs {
+        /// Job id or a unique prefix of it.
         job: String,
+
         /// A work item's key.
         item: Option<String>,
         /// Only this attempt of the item (default: every attempt).
@@ -223,19 +291,45 @@ pub enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Stop a job: the process running it stops as on Ctrl-C (the job can be resumed); a job
+    /// that nothing runs is marked cancelled.
+    Cancel {
+        /// Job id or a unique prefix of it.
+        job: String,
+        /// Why, recorded in the job's events.
+        #[arg(long, default_value = "cancelled with prodigy cancel")]
+        reason: String,
+        /// Print the outcome as JSON: {"job": ID, "outcome": {"kind": ..., "detail": ...}}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a workflow file: errors with file:line:col, warnings for unknown keys.
-    Validate { workflow: PathBuf },
+    Validate {
+        /// The workflow YAML to check.
+        workflow: PathBuf,
+        /// Print the findings as JSON: {"valid": bool, "errors": [...], "warnings": [...]}, each
+        /// with file, line, column and message.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Run the GitHub App server: webhooks in, jobs per pull request, `/prodigy` comment commands.
     Serve(Box<prodigy::server::ServeConfig>),
     /// Run a workflow as a GitHub Actions step: a check run, the step's outputs and summary.
     Action(Box<prodigy::action::ActionConfig>),
+    /// Print a shell completion script, e.g. `prodigy completions bash > ~/.local/share/bash-completion/completions/prodigy`.
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
     /// Try to take a job's lock and hold it (for operators and tests).
     #[command(hide = true)]
     DebugLock {
+        /// Job id or a unique prefix of it.
         #[arg(long)]
         job: String,
+        /// Hold the lock this many seconds before releasing it.
         #[arg(long, default_value_t = 0.0)]
         hold_secs: f64,
     },
@@ -247,40 +341,54 @@ pub enum DlqCommand {
     List {
         /// A job id (prefix); all jobs when absent.
         job: Option<String>,
+        /// The rows as a JSON array.
         #[arg(long)]
         json: bool,
     },
     /// One item's full failure history, log locations and kept commits.
     Show {
+        /// Job id or a unique prefix of it.
         job: String,
+        /// The work item's key (as `prodigy dlq list` prints it).
         item: String,
+        /// The row and its history as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Reprocess DLQ items under the job lock; items that succeed leave the DLQ and are merged.
     Retry {
+        /// Job id or a unique prefix of it.
         job: String,
+
         /// Only this item (repeatable).
         #[arg(long = "item")]
         items: Vec<String>,
         /// Only items that failed with this error class.
         #[arg(long, value_parser = parse_class)]
         error_class: Option<ErrorClass>,
+        /// Agents at once, overriding the workflow's map.max_parallel.
         #[arg(long, env = "PRODIGY_MAX_PARALLEL")]
         max_parallel: Option<usize>,
+        /// Print the final outcome as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Delete DLQ rows (the attempt history stays).
     Purge {
+        /// Job id or a unique prefix of it.
         job: String,
         /// Only rows whose last failure is older than this, e.g. 7d, 12h, 30m.
         #[arg(long, value_parser = parse_age)]
         older_than: Option<chrono::Duration>,
+        /// Print {"job": ID, "removed": N} as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a job's DLQ rows with their histories.
     Export {
+        /// Job id or a unique prefix of it.
         job: String,
+        /// `json` (one document) or `jsonl` (one row per line).
         #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
         format: ExportFormat,
     },
@@ -311,19 +419,33 @@ fn parse_age(s: &str) -> Result<chrono::Duration, String> {
     }
 }
 
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "debug",
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs on stderr. The level: RUST_LOG, else `-v` debug, `-vv` trace (SQL statements too), else
+/// `info` for the long-running `serve` and `warn` for everything else.
+pub fn init_tracing(verbose: u8, format: LogFormat, serve: bool) {
+    let default = match (verbose, serve) {
+        (0, true) => "info",
+        (0, false) => "warn",
+        (1, _) => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => fmt.with_ansi(ansi).try_init(),
+        LogFormat::Json => fmt.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Where state lives for a repository: `--home`, or `<git common dir>/prodigy`.
@@ -370,17 +492,27 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
         }
-        eprintln!("interrupted: stopping agents; the job can be resumed");
+        eout!("interrupted: stopping agents; the job can be resumed");
         c.cancel();
     });
+    let state_dir = state_dir(global, repo).await?;
+    // `prodigy cancel` from another process stops this run as Ctrl-C does; `-v` shows the
+    // output of setup and reduce as it happens.
+    let show_phases = phase_output::ENABLED.load(std::sync::atomic::Ordering::Relaxed);
+    let reporter = cancel::watch(
+        store.clone(),
+        Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
+        cancel.clone(),
+        show_phases.then(|| state_dir.clone()),
+    );
     Ok(Engine {
         store,
-        state_dir: state_dir(global, repo).await?,
+        state_dir,
         claude_bin: global.claude_bin.clone(),
         agent: Default::default(),
         api_backoff: Default::default(),
         instance: None,
-        reporter: Arc::new(output::CliReporter::new(std::io::stderr().is_terminal())),
+        reporter,
         cancel,
         agents: global.agent_policy(false, Vec::new())?,
     })
@@ -392,7 +524,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     // may read its memory or its /proc/<pid>/environ.
     prodigy::engine::sandbox::make_undumpable().context("prctl(PR_SET_DUMPABLE, 0)")?;
     match cli.command {
-        Command::Validate { workflow } => output::validate(&workflow),
+        Command::Validate { workflow, json } => output::validate(&workflow, json),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "prodigy", &mut script);
+            out!("{}", String::from_utf8_lossy(&script).trim_end());
+            Ok(0)
+        }
         Command::Serve(config) => {
             let deny = config.secret_files();
             let agents = g.agent_policy(true, deny)?;
@@ -415,7 +554,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 Some(false) => ", connected without TLS",
                 None => "",
             };
-            println!(
+            out!(
                 "database {} is at migration {} ({} applied now: {:?}{transport})",
                 redact_url(&url),
                 known.last().copied().unwrap_or(0),
@@ -458,7 +597,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let job = store.find_job(&job).await?;
             let eng = engine(g, store, Path::new(&job.repo_path)).await?;
             if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
-                eprintln!("--budget must be a positive amount of USD, e.g. --budget 5");
+                eout!("--budget must be a positive amount of USD, e.g. --budget 5");
                 return Ok(EXIT_USAGE);
             }
             let budget =
@@ -495,6 +634,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
             output::status(&store, &job, json).await
+        }
+        Command::Cancel { job, reason, json } => {
+            let store = open_store(g).await?;
+            let job = store.find_job(&job).await?;
+            cancel::cancel(&store, &job, &reason, json).await
         }
         Command::Events { job, follow, json } => {
             let store = open_store(g).await?;
@@ -542,7 +686,7 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
     // The runner masks line by line: a multi-line secret (a PEM) is registered per line.
     for value in action_masks(g, config, &agents) {
         for line in value.lines().map(str::trim).filter(|l| l.len() >= 4) {
-            println!("::add-mask::{}", commands::escape_data(line));
+            out!("::add-mask::{}", commands::escape_data(line));
         }
     }
     let result = async {
@@ -559,9 +703,9 @@ async fn action(g: &Global, config: &prodigy::action::ActionConfig) -> anyhow::R
     }
     .await;
     result.or_else(|e| {
-        println!("{}", commands::error("prodigy", &format!("{e:#}")));
+        out!("{}", commands::error("prodigy", &format!("{e:#}")));
         if e.downcast_ref::<BadInput>().is_some() {
-            eprintln!("error: {e:#}");
+            eout!("error: {e:#}");
             Ok(EXIT_USAGE)
         } else {
             Err(e)
@@ -624,7 +768,7 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
         } => {
             let job = store.find_job(&job).await?;
             if store.dlq(Some(job.id)).await?.is_empty() {
-                println!("job {} has nothing in its DLQ", job.id);
+                out!("job {} has nothing in its DLQ", job.id);
                 return Ok(0);
             }
             let eng = engine(g, store, Path::new(&job.repo_path)).await?;
@@ -636,7 +780,11 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
             let r = eng.retry(job.id, &req).await?;
             Ok(output::resumed(&eng, job.id, r, json, "dlq retry").await)
         }
-        DlqCommand::Purge { job, older_than } => {
+        DlqCommand::Purge {
+            job,
+            older_than,
+            json,
+        } => {
             let job = store.find_job(&job).await?;
             let cutoff = older_than.map(|age| chrono::Utc::now() - age);
             let holder = prodigy::store::Holder::this_process(None);
@@ -648,14 +796,18 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
             let n = match purged {
                 prodigy::store::Exclusive::Performed(n) => n,
                 prodigy::store::Exclusive::Held { holder, since } => {
-                    eprintln!(
+                    eout!(
                         "job {} is held by {holder} since {since}; purge it when that run ends",
                         job.id
                     );
                     return Ok(EXIT_HELD);
                 }
             };
-            println!("removed {} DLQ rows of job {}", n, job.id);
+            if json {
+                out!("{}", serde_json::json!({ "job": job.id, "removed": n }));
+            } else {
+                out!("removed {} DLQ rows of job {}", n, job.id);
+            }
             Ok(0)
         }
         DlqCommand::Export { job, format } => {
@@ -663,6 +815,29 @@ async fn dlq(g: &Global, command: DlqCommand) -> anyhow::Result<u8> {
             output::dlq_export(&store, job.id, format).await
         }
     }
+}
+
+/// Exit code for an error a command returned: [`EXIT_USAGE`] when the input was bad (an unknown
+/// or ambiguous job, an unknown item, a workflow that is missing, invalid or has placeholders
+/// that can never resolve), else [`EXIT_FAILED`].
+pub fn exit_for_error(e: &anyhow::Error) -> u8 {
+    use prodigy::store::StoreError;
+    let bad_input = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(
+                StoreError::JobNotFound(_)
+                    | StoreError::AmbiguousJob { .. }
+                    | StoreError::ItemNotFound { .. }
+            )
+        ) || cause
+            .downcast_ref::<prodigy::workflow::WorkflowError>()
+            .is_some()
+            || cause
+                .downcast_ref::<prodigy::workflow::interpolate::UnresolvedPlaceholders>()
+                .is_some()
+    });
+    if bad_input { EXIT_USAGE } else { EXIT_FAILED }
 }
 
 /// Exit code of a finished run.
@@ -675,5 +850,63 @@ pub fn exit_for(status: JobStatus, interrupted: bool) -> u8 {
         EXIT_BUDGET
     } else {
         EXIT_FAILED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every argument of every command, with the command path that has it.
+    fn args(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, bool)>) {
+        for arg in cmd.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            out.push((
+                path.to_string(),
+                arg.get_id().to_string(),
+                !help.trim().is_empty(),
+            ));
+        }
+        for sub in cmd.get_subcommands() {
+            args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        let cmd = super::Cli::command();
+        let mut all = Vec::new();
+        args(&cmd, "prodigy", &mut all);
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|(_, _, has)| !has)
+            .map(|(path, id, _)| format!("{path}: {id}"))
+            .collect();
+        assert!(
+            all.len() > 50,
+            "the walk found only {} arguments",
+            all.len()
+        );
+        assert!(
+            missing.is_empty(),
+            "arguments without help:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_command_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "prodigy", &mut missing);
+        assert!(missing.is_empty(), "commands without help: {missing:?}");
     }
 }

@@ -29,9 +29,9 @@ impl CliReporter {
         match &self.bar {
             Some(bar) => match bar.lock().expect("progress bar lock").as_ref() {
                 Some(b) => b.println(text),
-                None => eprintln!("{text}"),
+                None => eout!("{text}"),
             },
-            None => eprintln!("{text}"),
+            None => eout!("{text}"),
         }
     }
 
@@ -73,14 +73,14 @@ impl Reporter for CliReporter {
             }
             Progress::ItemStarted { key, attempt } => {
                 if self.bar.is_none() {
-                    eprintln!("item {key}: started (attempt {attempt})");
+                    eout!("item {key}: started (attempt {attempt})");
                 }
             }
             Progress::ItemSucceeded { .. } => {}
             Progress::ItemMerged { key } => {
                 self.with_bar(|b| b.inc(1));
                 if self.bar.is_none() {
-                    eprintln!("item {key}: merged");
+                    eout!("item {key}: merged");
                 }
             }
             Progress::ItemFailed {
@@ -114,90 +114,133 @@ impl Reporter for CliReporter {
     }
 }
 
-pub fn validate(path: &Path) -> anyhow::Result<u8> {
-    match prodigy::workflow::load(path) {
+/// `prodigy validate`: warnings and errors with file:line:col on stderr, or with `--json` one
+/// document on stdout: `{"workflow", "valid", "kind", "errors": [...], "warnings": [...]}`,
+/// each finding `{"line", "column", "message"}` (line and column null when unknown).
+pub fn validate(path: &Path, as_json: bool) -> anyhow::Result<u8> {
+    let finding = |line: Option<usize>, column: Option<usize>, message: &str| json!({ "line": line, "column": column, "message": message });
+    let (kind, warnings, errors) = match prodigy::workflow::load(path) {
         Ok(parsed) => {
-            for w in &parsed.warnings {
-                eprintln!(
-                    "{}:{}:{}: warning: {}",
-                    path.display(),
-                    w.line,
-                    w.column,
-                    w.message
-                );
-            }
-            let problems = prodigy::workflow::interpolate::check_workflow(&parsed.workflow);
-            for (line, m) in &problems {
-                eprintln!("{}:{line}: error: {m}", path.display());
-            }
-            if !problems.is_empty() {
-                return Ok(EXIT_USAGE);
-            }
-            let kind = match &parsed.workflow.kind {
-                prodigy::workflow::WorkflowKind::Standard { commands } => {
-                    format!("standard workflow, {} steps", commands.len())
-                }
-                prodigy::workflow::WorkflowKind::MapReduce(mr) => format!(
-                    "mapreduce workflow: {} setup steps, {} agent steps, max_parallel {}, {} reduce steps",
-                    mr.setup.as_ref().map_or(0, |p| p.commands.len()),
-                    mr.map.agent_template.len(),
-                    mr.map.max_parallel,
-                    mr.reduce.as_ref().map_or(0, |p| p.commands.len()),
-                ),
-            };
-            println!(
-                "{}: ok ({kind}, {} warnings)",
-                path.display(),
-                parsed.warnings.len()
-            );
-            Ok(0)
+            let warnings: Vec<_> = parsed
+                .warnings
+                .iter()
+                .map(|w| finding(Some(w.line), Some(w.column), &w.message))
+                .collect();
+            let errors: Vec<_> = prodigy::workflow::interpolate::check_workflow(&parsed.workflow)
+                .iter()
+                .map(|(line, m)| finding(Some(*line), None, m))
+                .collect();
+            (Some(describe(&parsed.workflow)), warnings, errors)
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            Ok(EXIT_USAGE)
+            let (line, column) = e.position().unzip();
+            (
+                None,
+                Vec::new(),
+                vec![finding(line, column, &e.to_string())],
+            )
         }
+    };
+    let valid = errors.is_empty();
+    if as_json {
+        let doc = json!({
+            "workflow": path.display().to_string(),
+            "valid": valid,
+            "kind": kind,
+            "errors": errors,
+            "warnings": warnings,
+        });
+        out!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_findings(path, &warnings, "warning");
+        print_findings(path, &errors, "error");
+        if let Some(kind) = kind.filter(|_| valid) {
+            out!(
+                "{}: ok ({kind}, {} warnings)",
+                path.display(),
+                warnings.len()
+            );
+        }
+    }
+    Ok(if valid { 0 } else { EXIT_USAGE })
+}
+
+/// Findings as `file:line[:col]: what: message` on stderr; a parse error already names its place.
+fn print_findings(path: &Path, findings: &[serde_json::Value], what: &str) {
+    for f in findings {
+        let message = f["message"].as_str().unwrap_or_default();
+        match (f["line"].as_u64(), f["column"].as_u64()) {
+            _ if message.starts_with(&path.display().to_string()) => eout!("error: {message}"),
+            (Some(line), Some(col)) => eout!("{}:{line}:{col}: {what}: {message}", path.display()),
+            (Some(line), None) => eout!("{}:{line}: {what}: {message}", path.display()),
+            _ => eout!("{what}: {message}"),
+        }
+    }
+}
+
+fn describe(wf: &prodigy::workflow::Workflow) -> String {
+    match &wf.kind {
+        prodigy::workflow::WorkflowKind::Standard { commands } => {
+            format!("standard workflow, {} steps", commands.len())
+        }
+        prodigy::workflow::WorkflowKind::MapReduce(mr) => format!(
+            "mapreduce workflow: {} setup steps, {} agent steps, max_parallel {}, {} reduce steps",
+            mr.setup.as_ref().map_or(0, |p| p.commands.len()),
+            mr.map.agent_template.len(),
+            mr.map.max_parallel,
+            mr.reduce.as_ref().map_or(0, |p| p.commands.len()),
+        ),
     }
 }
 
 pub fn outcome(o: &RunOutcome, as_json: bool, interrupted: bool) -> u8 {
     if as_json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(o).expect("outcome serializes")
         );
     } else {
         let c = &o.counts;
-        println!("job {}: {} (phase {})", o.job, o.status, o.phase);
+        let status = super::color::status(&o.status.to_string(), 0);
+        out!("job {}: {status} (phase {})", o.job, o.phase);
         if c.total > 0 {
-            println!(
+            out!(
                 "items: {} total, {} merged, {} failed, {} pending, {} in DLQ",
-                c.total, c.merged, c.failed, c.pending, c.dlq
+                c.total,
+                c.merged,
+                c.failed,
+                c.pending,
+                c.dlq
             );
         }
         if let Some(e) = &o.error {
-            println!("error: {e}");
+            out!("error: {e}");
         }
         if o.duplicates_removed > 0 {
-            println!("{} duplicate items were run once", o.duplicates_removed);
+            out!("{} duplicate items were run once", o.duplicates_removed);
         }
-        println!(
+        out!(
             "branch: {} (merge it with `git merge {}`)",
-            o.branch, o.branch
+            o.branch,
+            o.branch
         );
         if o.status == JobStatus::BudgetExhausted {
-            println!(
+            out!(
                 "next: `prodigy status {}` shows what was spent; `prodigy resume {} --budget <USD>` continues it with a raised budget",
-                o.job, o.job
+                o.job,
+                o.job
             );
         } else if o.phase != Phase::Done {
-            println!(
+            out!(
                 "next: `prodigy status {}` shows where it stopped; `prodigy resume {}` continues it",
-                o.job, o.job
+                o.job,
+                o.job
             );
         } else if c.dlq > 0 {
-            println!(
+            out!(
                 "next: `prodigy dlq list {}` shows what failed; `prodigy dlq retry {}` runs it again",
-                o.job, o.job
+                o.job,
+                o.job
             );
         }
     }
@@ -223,12 +266,12 @@ pub async fn resumed(engine: &Engine, job: JobId, r: Resumed, as_json: bool, wha
                 )
                 .await;
             if as_json {
-                println!(
+                out!(
                     "{}",
                     json!({"outcome": "held", "job": job, "holder": holder, "since": since, "message": text})
                 );
             } else {
-                eprintln!("{text}");
+                eout!("{text}");
             }
             EXIT_HELD
         }
@@ -241,12 +284,12 @@ pub async fn resumed(engine: &Engine, job: JobId, r: Resumed, as_json: bool, wha
                 format!("job {job} has already finished ({status}); nothing to resume")
             };
             if as_json {
-                println!(
+                out!(
                     "{}",
                     json!({"outcome": "finished", "job": job, "status": status, "dlq": dlq, "message": text})
                 );
             } else {
-                println!("{text}");
+                out!("{text}");
             }
             0
         }
@@ -258,20 +301,31 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
         return print_json(list);
     }
     if list.is_empty() {
-        println!("no jobs yet: start one with `prodigy run WORKFLOW.yml`");
+        out!("no jobs yet: start one with `prodigy run WORKFLOW.yml`");
         return Ok(0);
     }
-    println!(
-        "{:<36}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  workflow",
-        "job", "status", "phase", "items", "merged", "failed", "dlq", "cost", "created"
+    let ids: Vec<JobId> = list.iter().map(|s| s.job.id).collect();
+    let shown = super::ids::unique_prefixes(&ids);
+    let w = shown.first().map_or(8, String::len);
+    out!(
+        "{:<w$}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  workflow",
+        "job",
+        "status",
+        "phase",
+        "items",
+        "merged",
+        "failed",
+        "dlq",
+        "cost",
+        "created"
     );
-    for s in list {
+    for (s, id) in list.iter().zip(&shown) {
         let j = &s.job;
         let c = &s.counts;
-        println!(
-            "{:<36}  {:<16}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  {}",
-            j.id,
-            j.status,
+        out!(
+            "{:<w$}  {}  {:<7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>9}  {:<19}  {}",
+            id,
+            super::color::status(&j.status.to_string(), 16),
             j.phase,
             c.total,
             c.merged,
@@ -289,26 +343,29 @@ pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u
     let counts = store.item_counts(job.id).await?;
     let usage = store.job_usage(job.id).await?;
     if as_json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&json!({"job": job, "counts": counts, "usage": usage}))?
         );
         return Ok(0);
     }
-    println!("job       {}", job.id);
-    println!("workflow  {} ({})", job.workflow_name, job.workflow_path);
-    println!("repo      {}", job.repo_path);
-    println!("status    {}", job.status);
-    println!("phase     {}", job.phase);
+    out!("job       {}", job.id);
+    out!("workflow  {} ({})", job.workflow_name, job.workflow_path);
+    out!("repo      {}", job.repo_path);
+    out!(
+        "status    {}",
+        super::color::status(&job.status.to_string(), 0)
+    );
+    out!("phase     {}", job.phase);
     if let Some(b) = &job.refs.branch {
-        println!("branch    {b}");
+        out!("branch    {b}");
     }
-    println!("created   {}", job.created_at);
-    println!("updated   {}", job.updated_at);
+    out!("created   {}", job.created_at);
+    out!("updated   {}", job.updated_at);
     if let Some(e) = &job.error {
-        println!("error     {e}");
+        out!("error     {e}");
     }
-    println!(
+    out!(
         "items     {} total: {} pending, {} running, {} succeeded, {} failed; {} merged; {} in DLQ",
         counts.total,
         counts.pending,
@@ -327,15 +384,15 @@ fn print_usage(u: &prodigy::store::JobUsage) {
     if u.runs == 0 {
         return;
     }
-    println!("usage     {}", usage_line(&u.total));
+    out!("usage     {}", usage_line(&u.total));
     for (phase, p) in &u.by_phase {
-        println!("  {phase:<8}{}", usage_line(p));
+        out!("  {phase:<8}{}", usage_line(p));
     }
     let top = u.most_expensive(5);
     if !top.is_empty() {
-        println!("most expensive items:");
+        out!("most expensive items:");
         for (key, p) in top {
-            println!("  {key:<24}  {}", usage_line(p));
+            out!("  {key:<24}  {}", usage_line(p));
         }
     }
 }
@@ -360,14 +417,14 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
         if batch.len() == 1000 {
             continue;
         }
-        if !follow {
+        if !follow || super::stdout_closed() {
             return Ok(0);
         }
         let running = store.get_job(job).await?.status == prodigy::types::JobStatus::Running;
         // A job recorded as running with nobody holding it was interrupted: nothing will come.
         let orphaned = running && store.lock_holder(job).await?.is_none();
         if orphaned {
-            eprintln!(
+            eout!(
                 "job {job} is not running anywhere (interrupted?); `prodigy resume {job}` continues it"
             );
         }
@@ -384,9 +441,9 @@ pub async fn events(store: &Store, job: JobId, follow: bool, as_json: bool) -> a
 
 fn print_event(e: &prodigy::store::Event, as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        println!("{}", serde_json::to_string(e)?);
+        out!("{}", serde_json::to_string(e)?);
     } else {
-        println!(
+        out!(
             "{:>6}  {}  {:<20}  {}",
             e.seq,
             e.at.format("%H:%M:%S%.3f"),
@@ -398,7 +455,7 @@ fn print_event(e: &prodigy::store::Event, as_json: bool) -> anyhow::Result<()> {
 }
 
 fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<u8> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?);
     Ok(0)
 }
 
@@ -407,18 +464,24 @@ pub fn dlq_list(rows: &[DlqItem], as_json: bool) -> anyhow::Result<u8> {
         return print_json(rows);
     }
     if rows.is_empty() {
-        println!("the DLQ is empty");
+        out!("the DLQ is empty");
         return Ok(0);
     }
-    println!(
-        "{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  last message",
-        "job", "item", "failures", "error class", "signature"
+    let ids: Vec<JobId> = rows.iter().map(|r| r.job_id).collect();
+    let w = super::ids::prefix_len(&ids);
+    out!(
+        "{:<w$}  {:<24}  {:>8}  {:<24}  {:<12}  last message",
+        "job",
+        "item",
+        "failures",
+        "error class",
+        "signature"
     );
     for r in rows {
         let msg = r.last_message.lines().last().unwrap_or("");
-        println!(
-            "{:<8}  {:<24}  {:>8}  {:<24}  {:<12}  {}",
-            r.job_id.short(),
+        out!(
+            "{:<w$}  {:<24}  {:>8}  {:<24}  {:<12}  {}",
+            &r.job_id.to_string()[..w],
             r.key,
             r.failure_count,
             r.error_class,
@@ -442,14 +505,15 @@ pub async fn dlq_show(
         .find(|r| &r.key == key);
     let history = store.attempts(job.id, key).await?;
     if history.is_empty() && row.is_none() {
-        eprintln!(
+        eout!(
             "job {} has no item '{key}' (see `prodigy dlq list {}`)",
-            job.id, job.id
+            job.id,
+            job.id
         );
         return Ok(EXIT_USAGE);
     }
     if as_json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&json!({"dlq": row, "attempts": history}))?
         );
@@ -457,25 +521,26 @@ pub async fn dlq_show(
     }
     match &row {
         Some(r) => {
-            println!("item        {}", r.key);
-            println!(
+            out!("item        {}", r.key);
+            out!(
                 "in DLQ      yes ({} failures, reprocessable: {})",
-                r.failure_count, r.reprocessable
+                r.failure_count,
+                r.reprocessable
             );
-            println!("error class {}", r.error_class);
-            println!("signature   {}", r.signature);
-            println!("first/last  {} / {}", r.first_failure, r.last_failure);
-            println!("data        {}", r.data);
+            out!("error class {}", r.error_class);
+            out!("signature   {}", r.signature);
+            out!("first/last  {} / {}", r.first_failure, r.last_failure);
+            out!("data        {}", r.data);
             if let Some(t) = &r.json_log_location {
-                println!("transcript  {t}");
+                out!("transcript  {t}");
             }
             if let Some(s) = &r.session_id {
-                println!("session     {s}");
+                out!("session     {s}");
             }
         }
-        None => println!("item        {key} (not in the DLQ)"),
+        None => out!("item        {key} (not in the DLQ)"),
     }
-    println!("history:");
+    out!("history:");
     for a in &history {
         let outcome = match a.success {
             Some(true) => "succeeded".to_string(),
@@ -486,20 +551,20 @@ pub async fn dlq_show(
             ),
             None => "running or interrupted".to_string(),
         };
-        println!("  attempt {} at {}: {}", a.attempt, a.started_at, outcome);
+        out!("  attempt {} at {}: {}", a.attempt, a.started_at, outcome);
         if let Some(code) = a.exit_code {
-            println!("    exit code {code}");
+            out!("    exit code {code}");
         }
         if let Some(m) = &a.message {
             for l in m.lines().take(12) {
-                println!("    | {l}");
+                out!("    | {l}");
             }
         }
         if let Some(l) = &a.log_path {
-            println!("    log: {l}");
+            out!("    log: {l}");
         }
         if let Some(w) = &a.worktree {
-            println!(
+            out!(
                 "    worktree: {w} (branch {})",
                 a.branch.as_deref().unwrap_or("-")
             );
@@ -520,9 +585,9 @@ pub async fn dlq_show(
     .await
     .unwrap_or_default();
     if !refs.is_empty() {
-        println!("kept commits of failed attempts (inspect with `git log REF`):");
+        out!("kept commits of failed attempts (inspect with `git log REF`):");
         for r in refs.lines() {
-            println!("  {r}");
+            out!("  {r}");
         }
     }
     Ok(0)
@@ -536,10 +601,10 @@ pub async fn dlq_export(store: &Store, job: JobId, format: ExportFormat) -> anyh
         out.push(json!({"item": r, "attempts": history}));
     }
     match format {
-        ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        ExportFormat::Json => out!("{}", serde_json::to_string_pretty(&out)?),
         ExportFormat::Jsonl => {
             for v in out {
-                println!("{}", serde_json::to_string(&v)?);
+                out!("{}", serde_json::to_string(&v)?);
             }
         }
     }
@@ -604,7 +669,7 @@ pub async fn logs(store: &Store, job: &Job, logs: &Path, req: &LogsRequest) -> a
             };
             if *offset == 0 {
                 if !req.raw {
-                    println!("=== {}", path.display());
+                    out!("=== {}", path.display());
                 }
                 any = true;
             }
@@ -615,14 +680,14 @@ pub async fn logs(store: &Store, job: &Job, logs: &Path, req: &LogsRequest) -> a
             while reader.read_line(&mut line)? > 0 && line.ends_with('\n') {
                 *offset += line.len() as u64;
                 if req.raw {
-                    print!("{line}");
+                    crate::cli::write_out(format_args!("{line}"));
                 } else if let Some(text) = prodigy::engine::agent::render_line(line.trim_end()) {
-                    println!("{text}");
+                    out!("{text}");
                 }
                 line.clear();
             }
         }
-        if !req.follow {
+        if !req.follow || super::stdout_closed() {
             break;
         }
         let running = store.get_job(job.id).await?.status == prodigy::types::JobStatus::Running;
@@ -648,7 +713,7 @@ pub async fn logs(store: &Store, job: &Job, logs: &Path, req: &LogsRequest) -> a
             Some(k) => format!("item '{k}'"),
             None => "this job".to_string(),
         };
-        eprintln!(
+        eout!(
             "no agent transcripts for {what} of job {} under {} (claude: steps write them; see `prodigy status {}`)",
             job.id,
             logs.display(),

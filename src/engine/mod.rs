@@ -146,8 +146,12 @@ impl Engine {
             .with_context(|| format!("{} is not inside a git repository", req.repo.display()))?;
         let text = match &req.workflow_text {
             Some(text) => text.clone(),
-            None => std::fs::read_to_string(&req.workflow_path)
-                .with_context(|| format!("cannot read workflow {}", req.workflow_path.display()))?,
+            None => std::fs::read_to_string(&req.workflow_path).map_err(|source| {
+                workflow::WorkflowError::Read {
+                    path: req.workflow_path.clone(),
+                    source,
+                }
+            })?,
         };
         let parsed = workflow::parse(&req.workflow_path, &text)?;
         for w in &parsed.warnings {
@@ -165,10 +169,7 @@ impl Engine {
                 .iter()
                 .map(|(line, m)| format!("{}:{line}: {m}", req.workflow_path.display()))
                 .collect();
-            bail!(
-                "the workflow has placeholders that can never resolve:\n{}",
-                list.join("\n")
-            );
+            return Err(workflow::interpolate::UnresolvedPlaceholders(list).into());
         }
         let base = match &req.base_commit {
             Some(rev) => {

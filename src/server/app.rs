@@ -108,7 +108,20 @@ pub fn router(state: AppState, webhook_path: &str) -> Router {
             get(transcript_page),
         )
         .merge(webhook)
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One info line per request handled: method, path (never the query, which carries page
+/// tokens), status and milliseconds.
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let start = std::time::Instant::now();
+    let res = next.run(req).await;
+    let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(%method, %path, status = res.status().as_u16(), ms, "request");
+    res
 }
 
 async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Response {

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Postgres, Sqlite, Transaction};
+use sqlx::{ConnectOptions as _, Postgres, Sqlite, Transaction};
 
 use super::{LockProof, Result, Store, StoreError, check_epoch, pg_tls};
 
@@ -246,7 +246,9 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Every statement only at trace level: `-v` (debug) is for prodigy's own logs.
+                .log_statements(log::LevelFilter::Trace);
             let in_memory = options.get_filename() == Path::new(":memory:");
             if in_memory {
                 // Each connection to `:memory:` is its own database: keep exactly one.

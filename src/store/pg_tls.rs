@@ -156,7 +156,10 @@ pub fn connect_options(raw: &str) -> Result<(PgConnectOptions, TlsPlan), StoreEr
     let root = url_param(&url, &["sslrootcert", "ssl-root-cert", "ssl-ca"])
         .or_else(|| std::env::var("PGSSLROOTCERT").ok());
     let tls = plan(mode.as_deref(), root.as_deref(), default_root_file()).map_err(bad)?;
-    let mut options = PgConnectOptions::from_url(&url)?.ssl_mode(tls.mode.to_sqlx());
+    let mut options = PgConnectOptions::from_url(&url)?
+        .ssl_mode(tls.mode.to_sqlx())
+        // Every statement only at trace level: `-v` (debug) is for prodigy's own logs.
+        .log_statements(log::LevelFilter::Trace);
     options = match &tls.root {
         RootCert::File(path) => options.ssl_root_cert(path),
         // No file of our own: sqlx then trusts its built-in public CAs (webpki-roots) alone.

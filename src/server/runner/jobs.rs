@@ -85,7 +85,9 @@ impl Runner {
         });
         let this = self.clone();
         let asked = Utc::now();
-        tokio::spawn(async move {
+        // Every log line of the job names it (the request's span adds the delivery id).
+        let span = tracing::info_span!("job", repo = %ctx.repo, pr = ctx.pr_number, workflow = %ctx.workflow);
+        let task = async move {
             let shutdown = this.p().engine.cancel.clone();
             let cancel = shutdown.child_token();
             let run_reporter = this.p().reporters.run_reporter(&ctx, &cancel);
@@ -151,7 +153,8 @@ impl Runner {
                 let _ = tx.send(Started::Ended(result));
             }
             drop(permit);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
         outer_rx
     }
 
@@ -196,7 +199,12 @@ pub(super) struct Tracker {
 
 impl Reporter for Tracker {
     fn report(&self, event: &Progress) {
-        if let Progress::JobStarted { job, .. } = event {
+        if let Progress::JobFinished { counts, error } = event {
+            let job = self.job.lock().expect("tracker").map(|j| j.to_string());
+            tracing::info!(job = %job.unwrap_or_default(), items = counts.total, merged = counts.merged, failed = counts.failed, dlq = counts.dlq, error = %error.as_deref().unwrap_or("-"), "job finished");
+        }
+        if let Progress::JobStarted { job, resumed, .. } = event {
+            tracing::info!(%job, resumed, "job started");
             *self.job.lock().expect("tracker") = Some(*job);
             if let Some(runner) = self.runner.upgrade() {
                 runner.running.lock().expect("running map").insert(

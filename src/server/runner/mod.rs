@@ -174,7 +174,12 @@ impl Runner {
         permit: Option<OwnedSemaphorePermit>,
         turn: Option<PrTurn>,
     ) {
-        let span = tracing::info_span!("request", id = request.id, kind = %request.kind);
+        let span = tracing::info_span!(
+            "request",
+            id = request.id,
+            kind = %request.kind,
+            delivery = %request.delivery_id.as_deref().unwrap_or("-")
+        );
         let mut slots = Slots {
             spare: permit,
             all: self.inner.slots.clone(),

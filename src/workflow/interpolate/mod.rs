@@ -56,3 +56,9 @@ pub enum InterpolateError {
 }
 
 pub(crate) type R<T> = Result<T, InterpolateError>;
+
+/// A workflow whose static check ([`check_workflow`]) found placeholders that can never
+/// resolve: bad input, refused before a job is created. Each finding is `file:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the workflow has placeholders that can never resolve:\n{}", .0.join("\n"))]
+pub struct UnresolvedPlaceholders(pub Vec<String>);
