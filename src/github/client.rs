@@ -24,6 +24,7 @@ use super::auth::{
 use super::checks::{CheckRunUpdate, NewCheckRun};
 use super::ids::{CheckRunId, CommentId, CommitSha, InstallationId, PrNumber};
 use super::retry::{RetryDecision, RetryPolicy};
+use super::wire::WireBranch;
 use crate::types::RepoName;
 
 /// GitHub's REST API version this client speaks.
@@ -179,20 +180,6 @@ struct WirePull {
     state: String,
     head: WireBranch,
     base: WireBranch,
-}
-
-#[derive(Deserialize)]
-struct WireBranch {
-    sha: String,
-    #[serde(rename = "ref")]
-    git_ref: String,
-    #[serde(default)]
-    repo: Option<WireRepo>,
-}
-
-#[derive(Deserialize)]
-struct WireRepo {
-    full_name: String,
 }
 
 #[derive(Deserialize)]

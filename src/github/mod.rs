@@ -7,6 +7,7 @@ pub mod checks;
 pub mod client;
 pub mod ids;
 pub mod retry;
+pub(crate) mod wire;
 
 pub use auth::{AppAuth, AuthError, InstallationToken, TokenCache};
 pub use checks::{

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::github::GitHubClient;
-use crate::store::{Accepted, ItemFilter, Store, StoreError};
+use crate::store::{Accepted, ItemFilter, Job, Store, StoreError};
 use crate::types::{ItemKey, JobId, RepoName};
 
 use super::dispatch::{Route, RouteRules, Work, route};
@@ -224,21 +224,33 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "no such job page").into_response()
 }
 
+/// The job a page asks for and its token, when the token is that job's; None is answered 404,
+/// as a job that does not exist. The token is checked before the database is asked, so an
+/// unauthorised request learns nothing, not even whether the job exists.
+fn page_access(links: &PageLinks, id: &str, query: PageQuery) -> Option<(JobId, String)> {
+    let job = id.parse::<JobId>().ok()?;
+    let token = query.token.unwrap_or_default();
+    links.verify(job, &token).then_some((job, token))
+}
+
+/// The job, or None when there is no such job (a page answers 404 for it).
+async fn job_or_none(store: &Store, id: JobId) -> crate::store::Result<Option<Job>> {
+    match store.get_job(id).await {
+        Ok(job) => Ok(Some(job)),
+        Err(crate::store::StoreError::JobNotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 async fn job_page(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Response {
     let s = &state.inner;
-    let Ok(job_id) = id.parse::<JobId>() else {
+    let Some((job_id, token)) = page_access(&s.links, &id, query) else {
         return not_found();
     };
-    // The token is checked before the database is asked, so an unauthorised request learns
-    // nothing, not even whether the job exists.
-    let token = query.token.unwrap_or_default();
-    if !s.links.verify(job_id, &token) {
-        return not_found();
-    }
     let page = load_page(&s.store, job_id).await;
     let html = page.map(|p| p.map(|p| pages::render_job(&p.view(&token))));
     page_response(job_id, html)
@@ -251,13 +263,9 @@ async fn job_live(
     Query(query): Query<PageQuery>,
 ) -> Response {
     let s = &state.inner;
-    let Ok(job_id) = id.parse::<JobId>() else {
+    let Some((job_id, token)) = page_access(&s.links, &id, query) else {
         return not_found();
     };
-    let token = query.token.unwrap_or_default();
-    if !s.links.verify(job_id, &token) {
-        return not_found();
-    }
     match load_page(&s.store, job_id).await {
         Ok(Some(p)) => {
             let body = serde_json::json!({
@@ -300,13 +308,9 @@ async fn transcript_page(
     Query(query): Query<PageQuery>,
 ) -> Response {
     let s = &state.inner;
-    let Ok(job_id) = id.parse::<JobId>() else {
+    let Some((job_id, token)) = page_access(&s.links, &id, query) else {
         return not_found();
     };
-    let token = query.token.unwrap_or_default();
-    if !s.links.verify(job_id, &token) {
-        return not_found();
-    }
     let key = ItemKey(key);
     page_response(
         job_id,
@@ -321,10 +325,8 @@ async fn render_transcript(
     attempt: i64,
     token: &str,
 ) -> crate::store::Result<Option<String>> {
-    let job = match store.get_job(id).await {
-        Ok(job) => job,
-        Err(crate::store::StoreError::JobNotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(job) = job_or_none(store, id).await? else {
+        return Ok(None);
     };
     let files: Vec<String> = store
         .agent_runs(id, Some(key))
@@ -361,7 +363,7 @@ async fn render_transcript(
 
 /// What a job page shows, read from the store.
 struct PageData {
-    job: crate::store::Job,
+    job: Job,
     counts: crate::store::ItemCounts,
     items: Vec<crate::store::WorkItem>,
     attempts: Vec<AttemptView>,
@@ -389,10 +391,8 @@ impl PageData {
 }
 
 async fn load_page(store: &Store, id: JobId) -> crate::store::Result<Option<PageData>> {
-    let job = match store.get_job(id).await {
-        Ok(job) => job,
-        Err(crate::store::StoreError::JobNotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(job) = job_or_none(store, id).await? else {
+        return Ok(None);
     };
     let counts = store.item_counts(id).await?;
     let items = store.items(id, &ItemFilter::default()).await?;
@@ -464,13 +464,9 @@ async fn log_page(
     Query(query): Query<PageQuery>,
 ) -> Response {
     let s = &state.inner;
-    let Ok(job_id) = id.parse::<JobId>() else {
+    let Some((job_id, token)) = page_access(&s.links, &id, query) else {
         return not_found();
     };
-    let token = query.token.unwrap_or_default();
-    if !s.links.verify(job_id, &token) {
-        return not_found();
-    }
     let key = ItemKey(key);
     page_response(
         job_id,
@@ -485,10 +481,8 @@ async fn render_log(
     attempt: i64,
     token: &str,
 ) -> crate::store::Result<Option<String>> {
-    let job = match store.get_job(id).await {
-        Ok(job) => job,
-        Err(crate::store::StoreError::JobNotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(job) = job_or_none(store, id).await? else {
+        return Ok(None);
     };
     let Ok(n) = u32::try_from(attempt) else {
         return Ok(None);

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::Sha256;
 
+use crate::github::wire::{WireBranch, WireRepo};
 use crate::github::{CheckRunId, CommentId, CommitSha, InstallationId, PrNumber};
 use crate::types::RepoName;
 
@@ -394,11 +395,6 @@ pub struct InstallationEvent {
 // Small wire structs: only the fields prodigy reads. Anything older payloads may lack is an Option.
 
 #[derive(Deserialize)]
-struct WireRepository {
-    full_name: String,
-}
-
-#[derive(Deserialize)]
 struct WireUser {
     login: String,
     #[serde(rename = "type", default)]
@@ -422,7 +418,7 @@ struct WirePullRequestPayload {
     action: String,
     number: u64,
     pull_request: WirePullRequest,
-    repository: WireRepository,
+    repository: WireRepo,
     #[serde(default)]
     installation: Option<WireInstallationRef>,
     sender: WireUser,
@@ -435,21 +431,11 @@ struct WirePullRequest {
 }
 
 #[derive(Deserialize)]
-struct WireBranch {
-    sha: String,
-    #[serde(rename = "ref")]
-    git_ref: String,
-    /// Null when the fork the PR came from was deleted.
-    #[serde(default)]
-    repo: Option<WireRepository>,
-}
-
-#[derive(Deserialize)]
 struct WireIssueCommentPayload {
     action: String,
     issue: WireIssue,
     comment: WireComment,
-    repository: WireRepository,
+    repository: WireRepo,
     #[serde(default)]
     installation: Option<WireInstallationRef>,
 }
@@ -476,7 +462,7 @@ struct WireCheckRunPayload {
     check_run: WireCheckRun,
     #[serde(default)]
     requested_action: Option<WireRequestedAction>,
-    repository: WireRepository,
+    repository: WireRepo,
     #[serde(default)]
     installation: Option<WireInstallationRef>,
     sender: WireUser,
@@ -499,7 +485,7 @@ struct WireRequestedAction {
 struct WireCheckSuitePayload {
     action: String,
     check_suite: WireCheckSuite,
-    repository: WireRepository,
+    repository: WireRepo,
     #[serde(default)]
     installation: Option<WireInstallationRef>,
     sender: WireUser,
