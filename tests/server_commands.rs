@@ -81,7 +81,10 @@ async fn refusals_typos_and_ignored_comments() {
     let c = ctx.wait_for_comments(4, 1).await;
     assert_eq!(
         c[0],
-        replies::permission_refused(STRANGER, &prodigy::server::Command::Run { workflow: None })
+        replies::permission_refused(
+            STRANGER,
+            &prodigy::server::PrCommand::Run { workflow: None }
+        )
     );
 
     // A typo gets the closest command.

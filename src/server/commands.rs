@@ -18,7 +18,7 @@ pub const SLASH_PREFIX: &str = "/prodigy";
 
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub enum PrCommand {
     Run {
         workflow: Option<String>,
     },
@@ -38,9 +38,9 @@ pub enum Command {
     Help,
 }
 
-impl Command {
+impl PrCommand {
     /// `help` and `status` only read; anything else needs write, maintain or admin permission
-    /// ([`CommandSpec::writes`]).
+    /// ([`CommandRow::writes`]).
     pub fn needs_write_permission(&self) -> bool {
         COMMANDS.iter().any(|c| c.word == self.name() && c.writes)
     }
@@ -49,7 +49,7 @@ impl Command {
     pub fn needs_maintain_permission(&self) -> bool {
         matches!(
             self,
-            Command::Resume {
+            PrCommand::Resume {
                 budget: Some(_),
                 ..
             }
@@ -58,12 +58,12 @@ impl Command {
 
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Run { .. } => "run",
-            Command::Resume { .. } => "resume",
-            Command::Retry { .. } => "retry",
-            Command::Cancel { .. } => "cancel",
-            Command::Status => "status",
-            Command::Help => "help",
+            PrCommand::Run { .. } => "run",
+            PrCommand::Resume { .. } => "resume",
+            PrCommand::Retry { .. } => "retry",
+            PrCommand::Cancel { .. } => "cancel",
+            PrCommand::Status => "status",
+            PrCommand::Help => "help",
         }
     }
 }
@@ -111,7 +111,7 @@ impl fmt::Display for JobRef {
 
 /// One command of the language: its word, how `help` shows it, who may use it, its parser.
 /// [`COMMANDS`] is the one list; `help`, the parser and "did you mean" all read it.
-pub struct CommandSpec {
+pub struct CommandRow {
     pub word: &'static str,
     /// What follows the prefix in `help`, e.g. `cancel [job=ID]`.
     pub usage: &'static str,
@@ -119,19 +119,19 @@ pub struct CommandSpec {
     pub what: &'static str,
     /// Needs write, maintain or admin permission (`help` and `status` only read).
     pub writes: bool,
-    parse: fn(&[&str]) -> Result<Command, CommandError>,
+    parse: fn(&[&str]) -> Result<PrCommand, CommandError>,
 }
 
 /// Every command, in the order `help` lists them.
-pub const COMMANDS: [CommandSpec; 6] = [
-    CommandSpec {
+pub const COMMANDS: [CommandRow; 6] = [
+    CommandRow {
         word: "run",
         usage: "run [workflow=NAME]",
         what: "run the repository's workflows (or one of them) on the head commit",
         writes: true,
         parse: parse_run,
     },
-    CommandSpec {
+    CommandRow {
         word: "resume",
         usage: "resume [job=ID] [budget=USD]",
         what: "continue a stopped or failed job; finished items are not run again; `budget=` \
@@ -139,28 +139,28 @@ pub const COMMANDS: [CommandSpec; 6] = [
         writes: true,
         parse: parse_resume,
     },
-    CommandSpec {
+    CommandRow {
         word: "retry",
         usage: "retry [job=ID] [item=KEY]",
         what: "retry the failed items (dead-letter queue), or one of them",
         writes: true,
         parse: parse_retry,
     },
-    CommandSpec {
+    CommandRow {
         word: "cancel",
         usage: "cancel [job=ID]",
         what: "stop a running job",
         writes: true,
         parse: parse_cancel,
     },
-    CommandSpec {
+    CommandRow {
         word: "status",
         usage: "status",
         what: "show the jobs of this pull request",
         writes: false,
         parse: parse_status,
     },
-    CommandSpec {
+    CommandRow {
         word: "help",
         usage: "help",
         what: "show this message",
@@ -285,7 +285,7 @@ impl std::error::Error for CommandError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedLine {
     pub line: String,
-    pub result: Result<Command, CommandError>,
+    pub result: Result<PrCommand, CommandError>,
 }
 
 /// Finds every command line in a comment body, in order. `app_slug` enables the `@slug` form.
@@ -385,7 +385,7 @@ fn strip_prefix<'a>(line: &'a str, app_slug: Option<&str>) -> Option<&'a str> {
     (is_slash || is_mention).then_some(rest)
 }
 
-fn parse_command(rest: &str) -> Result<Command, CommandError> {
+fn parse_command(rest: &str) -> Result<PrCommand, CommandError> {
     let mut words = rest.split_whitespace();
     let Some(word) = words.next() else {
         return Err(CommandError::MissingCommand);
@@ -459,14 +459,14 @@ fn job_arg(args: &[(&'static str, &str)]) -> Result<Option<JobRef>, CommandError
         .transpose()
 }
 
-fn parse_run(args: &[&str]) -> Result<Command, CommandError> {
+fn parse_run(args: &[&str]) -> Result<PrCommand, CommandError> {
     let args = parse_args("run", &["workflow"], args)?;
-    Ok(Command::Run {
+    Ok(PrCommand::Run {
         workflow: arg(&args, "workflow").map(str::to_string),
     })
 }
 
-fn parse_resume(args: &[&str]) -> Result<Command, CommandError> {
+fn parse_resume(args: &[&str]) -> Result<PrCommand, CommandError> {
     let args = parse_args("resume", &["job", "budget"], args)?;
     let budget = arg(&args, "budget")
         .map(|v| {
@@ -475,40 +475,40 @@ fn parse_resume(args: &[&str]) -> Result<Command, CommandError> {
             })
         })
         .transpose()?;
-    Ok(Command::Resume {
+    Ok(PrCommand::Resume {
         job: job_arg(&args)?,
         budget,
     })
 }
 
-fn parse_retry(args: &[&str]) -> Result<Command, CommandError> {
+fn parse_retry(args: &[&str]) -> Result<PrCommand, CommandError> {
     let args = parse_args("retry", &["job", "item"], args)?;
-    Ok(Command::Retry {
+    Ok(PrCommand::Retry {
         job: job_arg(&args)?,
         item: arg(&args, "item").map(str::to_string),
     })
 }
 
-fn parse_cancel(args: &[&str]) -> Result<Command, CommandError> {
+fn parse_cancel(args: &[&str]) -> Result<PrCommand, CommandError> {
     let args = parse_args("cancel", &["job"], args)?;
-    Ok(Command::Cancel {
+    Ok(PrCommand::Cancel {
         job: job_arg(&args)?,
     })
 }
 
-fn parse_status(args: &[&str]) -> Result<Command, CommandError> {
-    parse_args("status", &[], args).map(|_| Command::Status)
+fn parse_status(args: &[&str]) -> Result<PrCommand, CommandError> {
+    parse_args("status", &[], args).map(|_| PrCommand::Status)
 }
 
-fn parse_help(args: &[&str]) -> Result<Command, CommandError> {
-    parse_args("help", &[], args).map(|_| Command::Help)
+fn parse_help(args: &[&str]) -> Result<PrCommand, CommandError> {
+    parse_args("help", &[], args).map(|_| PrCommand::Help)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(body: &str) -> Vec<Result<Command, CommandError>> {
+    fn parse(body: &str) -> Vec<Result<PrCommand, CommandError>> {
         parse_comment(body, Some("prodigy-bot"))
             .into_iter()
             .map(|p| p.result)
@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(COMMAND_WORDS.len(), COMMANDS.len());
     }
 
-    fn one(body: &str) -> Result<Command, CommandError> {
+    fn one(body: &str) -> Result<PrCommand, CommandError> {
         let mut all = parse(body);
         assert_eq!(all.len(), 1, "expected one command in {body:?}: {all:?}");
         all.remove(0)
@@ -536,10 +536,10 @@ mod tests {
 
     #[test]
     fn run_without_and_with_workflow() {
-        assert_eq!(one("/prodigy run"), Ok(Command::Run { workflow: None }));
+        assert_eq!(one("/prodigy run"), Ok(PrCommand::Run { workflow: None }));
         assert_eq!(
             one("/prodigy run workflow=lint"),
-            Ok(Command::Run {
+            Ok(PrCommand::Run {
                 workflow: Some("lint".into())
             })
         );
@@ -550,7 +550,7 @@ mod tests {
         let c = one("/prodigy resume budget=5").unwrap();
         assert_eq!(
             c,
-            Command::Resume {
+            PrCommand::Resume {
                 job: None,
                 budget: Usd::parse("5")
             }
@@ -559,7 +559,7 @@ mod tests {
         assert!(!one("/prodigy resume").unwrap().needs_maintain_permission());
         assert_eq!(
             one("/prodigy resume job=0192F0C4 budget=$2.50"),
-            Ok(Command::Resume {
+            Ok(PrCommand::Resume {
                 job: Some(JobRef("0192f0c4".into())),
                 budget: Some(Usd(2.5))
             })
@@ -588,49 +588,49 @@ mod tests {
     fn resume_retry_cancel_take_jobs() {
         assert_eq!(
             one("/prodigy resume"),
-            Ok(Command::Resume {
+            Ok(PrCommand::Resume {
                 job: None,
                 budget: None
             })
         );
         assert_eq!(
             one(&format!("/prodigy resume job={JOB}")),
-            Ok(Command::Resume {
+            Ok(PrCommand::Resume {
                 job: JobRef::parse(JOB),
                 budget: None
             })
         );
         assert_eq!(
             one("/prodigy retry job=0192F0C4 item=src/a.rs"),
-            Ok(Command::Retry {
+            Ok(PrCommand::Retry {
                 job: Some(JobRef("0192f0c4".into())),
                 item: Some("src/a.rs".into())
             })
         );
         assert_eq!(
             one("/prodigy retry item=k"),
-            Ok(Command::Retry {
+            Ok(PrCommand::Retry {
                 job: None,
                 item: Some("k".into())
             })
         );
-        assert_eq!(one("/prodigy cancel"), Ok(Command::Cancel { job: None }));
+        assert_eq!(one("/prodigy cancel"), Ok(PrCommand::Cancel { job: None }));
     }
 
     #[test]
     fn status_and_help() {
-        assert_eq!(one("/prodigy status"), Ok(Command::Status));
-        assert_eq!(one("/prodigy help"), Ok(Command::Help));
-        assert!(!Command::Status.needs_write_permission());
-        assert!(!Command::Help.needs_write_permission());
-        assert!(Command::Run { workflow: None }.needs_write_permission());
+        assert_eq!(one("/prodigy status"), Ok(PrCommand::Status));
+        assert_eq!(one("/prodigy help"), Ok(PrCommand::Help));
+        assert!(!PrCommand::Status.needs_write_permission());
+        assert!(!PrCommand::Help.needs_write_permission());
+        assert!(PrCommand::Run { workflow: None }.needs_write_permission());
     }
 
     #[test]
     fn mention_form_and_case() {
-        assert_eq!(one("@prodigy-bot status"), Ok(Command::Status));
-        assert_eq!(one("@Prodigy-Bot HELP"), Ok(Command::Help));
-        assert_eq!(one("/PRODIGY Status"), Ok(Command::Status));
+        assert_eq!(one("@prodigy-bot status"), Ok(PrCommand::Status));
+        assert_eq!(one("@Prodigy-Bot HELP"), Ok(PrCommand::Help));
+        assert_eq!(one("/PRODIGY Status"), Ok(PrCommand::Status));
         // Another app's mention is not ours.
         assert!(parse("@other-bot status").is_empty());
         // Without a configured slug only the slash form counts.
@@ -641,7 +641,7 @@ mod tests {
     fn prefix_must_be_a_whole_word_at_line_start() {
         assert!(parse("/prodigyrun").is_empty());
         assert!(parse("please /prodigy run").is_empty());
-        assert_eq!(one("   /prodigy status"), Ok(Command::Status));
+        assert_eq!(one("   /prodigy status"), Ok(PrCommand::Status));
     }
 
     #[test]
@@ -649,17 +649,17 @@ mod tests {
         let all = parse("Thanks!\n/prodigy run\nsome text\n/prodigy status\n");
         assert_eq!(
             all,
-            vec![Ok(Command::Run { workflow: None }), Ok(Command::Status)]
+            vec![Ok(PrCommand::Run { workflow: None }), Ok(PrCommand::Status)]
         );
     }
 
     #[test]
     fn fenced_code_is_ignored() {
         let body = "```\n/prodigy run\n```\n~~~sh\n/prodigy cancel\n~~~\n/prodigy status";
-        assert_eq!(parse(body), vec![Ok(Command::Status)]);
+        assert_eq!(parse(body), vec![Ok(PrCommand::Status)]);
         // A shorter or different fence does not close the block.
         let body = "````\n```\n/prodigy run\n~~~\n````\n/prodigy help";
-        assert_eq!(parse(body), vec![Ok(Command::Help)]);
+        assert_eq!(parse(body), vec![Ok(PrCommand::Help)]);
         // An unclosed fence swallows the rest, as Markdown renders it.
         assert!(parse("```\n/prodigy run").is_empty());
     }
@@ -676,7 +676,7 @@ mod tests {
         assert!(parse(">> /prodigy run").is_empty());
         assert_eq!(
             parse("> /prodigy run\n\n/prodigy status"),
-            vec![Ok(Command::Status)]
+            vec![Ok(PrCommand::Status)]
         );
     }
 
@@ -685,7 +685,7 @@ mod tests {
         assert!(parse("> earlier comment\n/prodigy run").is_empty());
         assert_eq!(
             parse("> earlier comment\n/prodigy run\n\n/prodigy help"),
-            vec![Ok(Command::Help)]
+            vec![Ok(PrCommand::Help)]
         );
     }
 
@@ -695,7 +695,7 @@ mod tests {
         assert!(parse("``/prodigy run``").is_empty());
         assert_eq!(
             one("/prodigy run `ignored=1` workflow=x"),
-            Ok(Command::Run {
+            Ok(PrCommand::Run {
                 workflow: Some("x".into())
             })
         );

@@ -16,7 +16,7 @@ pub mod runner;
 pub mod serve;
 pub mod webhook;
 
-pub use commands::{Command, CommandError, JobRef, ParsedLine, parse_comment};
+pub use commands::{CommandError, JobRef, ParsedLine, PrCommand, parse_comment};
 pub use config::{ServeConfig, Settings};
 pub use reporting::{CheckRunReporters, JobContext, LogReporters, ReporterFactory, RunReporter};
 pub use serve::{RunningServer, serve, start, start_with_check_runs};

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::commands::{COMMANDS, Command, CommandError, SLASH_PREFIX};
+use super::commands::{COMMANDS, CommandError, PrCommand, SLASH_PREFIX};
 use crate::checks::rerun::{Ignored, RerunAnswer};
 use crate::store::{Holder, ItemCounts};
 use crate::types::{JobId, JobStatus, Phase};
@@ -53,7 +53,7 @@ pub fn command_error(line: &str, error: &CommandError) -> String {
 }
 
 /// The one polite refusal for a user without write access.
-pub fn permission_refused(user: &str, command: &Command) -> String {
+pub fn permission_refused(user: &str, command: &PrCommand) -> String {
     if command.needs_maintain_permission() {
         return format!(
             "@{user}, `{SLASH_PREFIX} resume budget=` raises what this job may spend, which needs \
@@ -640,7 +640,7 @@ mod tests {
     #[test]
     fn refusal_and_fork_texts() {
         insta::assert_snapshot!(
-            permission_refused("octocat", &Command::Run { workflow: None }),
+            permission_refused("octocat", &PrCommand::Run { workflow: None }),
             @"@octocat, `/prodigy run` needs write, maintain or admin permission on this repository, which you do not have. `/prodigy status` and `/prodigy help` work for everyone."
         );
         insta::assert_snapshot!(

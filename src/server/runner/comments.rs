@@ -9,7 +9,7 @@ use crate::store::{Job, StoreError};
 use crate::types::{ItemKey, RepoName};
 
 use super::{CancelOutcome, JobAction, PrTurn, Runner, Slots, Started};
-use crate::server::commands::{Command, JobRef, parse_comment};
+use crate::server::commands::{JobRef, PrCommand, parse_comment};
 use crate::server::dispatch::CommentWork;
 use crate::server::replies::{
     self, CancelReason, CancelReply, Refusal, Reply, StatusRow, WorkflowStart,
@@ -89,18 +89,18 @@ impl Runner {
     /// Runs one command: one function per command, each returning what `replies` renders.
     pub(super) async fn execute(
         &self,
-        command: &Command,
+        command: &PrCommand,
         w: &CommentWork,
         slots: &mut Slots,
     ) -> anyhow::Result<Reply> {
         match command {
-            Command::Help => Ok(Reply::Help {
+            PrCommand::Help => Ok(Reply::Help {
                 app_slug: self.p().app_slug.clone(),
             }),
-            Command::Status => self.status(&w.repo, w.number).await,
-            Command::Run { workflow } => self.run_command(workflow.as_deref(), w, slots).await,
-            Command::Cancel { job } => self.cancel_command(job.as_ref(), w).await,
-            Command::Resume { job, budget } => {
+            PrCommand::Status => self.status(&w.repo, w.number).await,
+            PrCommand::Run { workflow } => self.run_command(workflow.as_deref(), w, slots).await,
+            PrCommand::Cancel { job } => self.cancel_command(job.as_ref(), w).await,
+            PrCommand::Resume { job, budget } => {
                 let job = match self.resolve(&w.repo, w.number, job.as_ref()).await? {
                     Ok(job) => job,
                     Err(reply) => return Ok(reply),
@@ -116,7 +116,7 @@ impl Runner {
                 let action = JobAction::Resume(job.id, request);
                 self.restart(command.name(), &job, action, w, slots).await
             }
-            Command::Retry { job, item } => {
+            PrCommand::Retry { job, item } => {
                 let job = match self.resolve(&w.repo, w.number, job.as_ref()).await? {
                     Ok(job) => job,
                     Err(reply) => return Ok(reply),
