@@ -13,11 +13,13 @@
 //!   the same token, else 404 (as for an attempt without a log).
 //! - `GET /healthz` (the process answers), `GET /readyz` (the database answers, else 503).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, Path, Query, State};
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -224,13 +226,35 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "no such job page").into_response()
 }
 
-/// The job a page asks for and its token, when the token is that job's; None is answered 404,
-/// as a job that does not exist. The token is checked before the database is asked, so an
+/// A page request whose token is its job's: the job and the token. Any other is answered 404,
+/// as a job that does not exist, and the token is checked before the database is asked, so an
 /// unauthorised request learns nothing, not even whether the job exists.
-fn page_access(links: &PageLinks, id: &str, query: PageQuery) -> Option<(JobId, String)> {
-    let job = id.parse::<JobId>().ok()?;
-    let token = query.token.unwrap_or_default();
-    links.verify(job, &token).then_some((job, token))
+struct PageAccess {
+    job: JobId,
+    token: String,
+}
+
+impl FromRequestParts<AppState> for PageAccess {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(query) = Query::<PageQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let job = params
+            .get("id")
+            .and_then(|id| id.parse::<JobId>().ok())
+            .ok_or_else(not_found)?;
+        let token = query.token.unwrap_or_default();
+        if state.inner.links.verify(job, &token) {
+            Ok(PageAccess { job, token })
+        } else {
+            Err(not_found())
+        }
+    }
 }
 
 /// The job, or None when there is no such job (a page answers 404 for it).
@@ -242,31 +266,16 @@ async fn job_or_none(store: &Store, id: JobId) -> crate::store::Result<Option<Jo
     }
 }
 
-async fn job_page(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<PageQuery>,
-) -> Response {
-    let s = &state.inner;
-    let Some((job_id, token)) = page_access(&s.links, &id, query) else {
-        return not_found();
-    };
-    let page = load_page(&s.store, job_id).await;
-    let html = page.map(|p| p.map(|p| pages::render_job(&p.view(&token))));
-    page_response(job_id, html)
+async fn job_page(State(state): State<AppState>, access: PageAccess) -> Response {
+    let page = load_page(&state.inner.store, access.job).await;
+    let html = page.map(|p| p.map(|p| pages::render_job(&p.view(&access.token))));
+    page_response(access.job, html)
 }
 
 /// The live part of the job page as JSON, for the page's script.
-async fn job_live(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<PageQuery>,
-) -> Response {
-    let s = &state.inner;
-    let Some((job_id, token)) = page_access(&s.links, &id, query) else {
-        return not_found();
-    };
-    match load_page(&s.store, job_id).await {
+async fn job_live(State(state): State<AppState>, access: PageAccess) -> Response {
+    let PageAccess { job: job_id, token } = access;
+    match load_page(&state.inner.store, job_id).await {
         Ok(Some(p)) => {
             let body = serde_json::json!({
                 "status": p.job.status.as_str(),
@@ -303,31 +312,54 @@ fn page_response(job: JobId, rendered: crate::store::Result<Option<String>>) -> 
 }
 
 async fn transcript_page(
-    State(state): State<AppState>,
-    Path((id, key, attempt)): Path<(String, String, i64)>,
-    Query(query): Query<PageQuery>,
+    state: State<AppState>,
+    path: Path<(String, String, i64)>,
+    access: PageAccess,
 ) -> Response {
-    let s = &state.inner;
-    let Some((job_id, token)) = page_access(&s.links, &id, query) else {
-        return not_found();
-    };
+    attempt_page(state, path, access, AttemptPage::Transcript).await
+}
+
+async fn log_page(
+    state: State<AppState>,
+    path: Path<(String, String, i64)>,
+    access: PageAccess,
+) -> Response {
+    attempt_page(state, path, access, AttemptPage::Log).await
+}
+
+/// The two pages of one attempt of an item.
+#[derive(Clone, Copy)]
+enum AttemptPage {
+    Transcript,
+    Log,
+}
+
+async fn attempt_page(
+    State(state): State<AppState>,
+    Path((_, key, attempt)): Path<(String, String, i64)>,
+    PageAccess { job, token }: PageAccess,
+    page: AttemptPage,
+) -> Response {
+    let store = &state.inner.store;
     let key = ItemKey(key);
-    page_response(
-        job_id,
-        render_transcript(&s.store, job_id, &key, attempt, &token).await,
-    )
+    let html = match job_or_none(store, job).await {
+        Ok(Some(job)) => match page {
+            AttemptPage::Transcript => render_transcript(store, &job, &key, attempt, &token).await,
+            AttemptPage::Log => render_log(store, &job, &key, attempt, &token).await,
+        },
+        other => other.map(|_| None),
+    };
+    page_response(job, html)
 }
 
 async fn render_transcript(
     store: &Store,
-    id: JobId,
+    job: &Job,
     key: &ItemKey,
     attempt: i64,
     token: &str,
 ) -> crate::store::Result<Option<String>> {
-    let Some(job) = job_or_none(store, id).await? else {
-        return Ok(None);
-    };
+    let id = job.id;
     let files: Vec<String> = store
         .agent_runs(id, Some(key))
         .await?
@@ -357,7 +389,7 @@ async fn render_transcript(
     .await
     .unwrap_or_default();
     Ok(Some(pages::render_transcript(
-        &job, key, attempt, token, &rendered,
+        job, key, attempt, token, &rendered,
     )))
 }
 
@@ -458,32 +490,14 @@ async fn recent_events_and_logs(
     Ok((events, logs))
 }
 
-async fn log_page(
-    State(state): State<AppState>,
-    Path((id, key, attempt)): Path<(String, String, i64)>,
-    Query(query): Query<PageQuery>,
-) -> Response {
-    let s = &state.inner;
-    let Some((job_id, token)) = page_access(&s.links, &id, query) else {
-        return not_found();
-    };
-    let key = ItemKey(key);
-    page_response(
-        job_id,
-        render_log(&s.store, job_id, &key, attempt, &token).await,
-    )
-}
-
 async fn render_log(
     store: &Store,
-    id: JobId,
+    job: &Job,
     key: &ItemKey,
     attempt: i64,
     token: &str,
 ) -> crate::store::Result<Option<String>> {
-    let Some(job) = job_or_none(store, id).await? else {
-        return Ok(None);
-    };
+    let id = job.id;
     let Ok(n) = u32::try_from(attempt) else {
         return Ok(None);
     };
@@ -516,5 +530,5 @@ async fn render_log(
         text: format!("cannot read the log: {e}"),
         cut: 0,
     });
-    Ok(Some(pages::render_log(&job, key, attempt, token, &tail)))
+    Ok(Some(pages::render_log(job, key, attempt, token, &tail)))
 }

@@ -303,14 +303,7 @@ impl JobRun<'_> {
                     log: None,
                     artifact: None,
                 };
-                self.store
-                    .finish_attempt(self.proof, key, attempt, &outcome, &failed)
-                    .await?;
-                self.report(Progress::ItemFailed {
-                    key: key.clone(),
-                    class,
-                    message: text,
-                });
+                self.record_failure(&outcome, failed).await?;
                 Ok(false)
             }
         }
@@ -365,13 +358,32 @@ impl JobRun<'_> {
             log: Some(log.to_path_buf()),
             artifact: artifact.clone(),
         };
+        self.record_failure(&outcome, failed).await
+    }
+
+    /// Records a failed attempt and its `item_failed` event in one transaction, then shows it.
+    async fn record_failure(
+        &self,
+        outcome: &AttemptOutcome,
+        failed: JobEvent,
+    ) -> anyhow::Result<()> {
+        let JobEvent::ItemFailed {
+            key,
+            attempt,
+            class,
+            message,
+            ..
+        } = &failed
+        else {
+            anyhow::bail!("an item failure is recorded with an item_failed event");
+        };
         self.store
-            .finish_attempt(self.proof, key, attempt, &outcome, &failed)
+            .finish_attempt(self.proof, key, *attempt, outcome, &failed)
             .await?;
         self.report(Progress::ItemFailed {
             key: key.clone(),
-            class,
-            message,
+            class: *class,
+            message: message.clone(),
         });
         Ok(())
     }
