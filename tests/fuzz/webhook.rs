@@ -69,6 +69,7 @@ fn payload_scalar() -> impl Strategy<Value = Value> {
             "/prodigy run\n@prodigy-bot cancel job=zz".into()
         )),
         Just(Value::String("nul \u{0} inside".into())),
+        Just(Value::String("/prodigy help \u{0}".into())),
     ]
 }
 
@@ -280,4 +281,51 @@ proptest! {
             Err(other) => prop_assert!(false, "parse_event refused with {other:?}"),
         }
     }
+}
+
+/// The case the property found on PostgreSQL, pinned: a command comment carrying a NUL is
+/// queued (202), not refused by the database (503) on every redelivery.
+#[test]
+fn a_comment_with_a_nul_is_queued_on_every_backend() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_, mut body) = examples()
+        .into_iter()
+        .find(|(event, b)| {
+            event == "issue_comment" && b["action"] == "created" && b.get("installation").is_some()
+        })
+        .expect("an issue_comment.created example with an installation");
+    body["issue"]["pull_request"] = serde_json::json!({"url": "https://example.invalid/pr/1"});
+    body["comment"]["body"] = Value::String("/prodigy help \u{0}".into());
+    let repo = RepoName::new(body["repository"]["full_name"].as_str().unwrap());
+    let bytes = serde_json::to_vec(&body).unwrap();
+    rt.block_on(async {
+        let mut dbs = vec![db::sqlite_db()];
+        dbs.extend(db::postgres_db().await);
+        for d in &dbs {
+            let state = AppState::new(
+                d.store().await,
+                secret(SECRET),
+                PageLinks::new("http://127.0.0.1", &secret(SECRET)),
+                None,
+                vec![repo.clone()],
+                Some("prodigy-bot".into()),
+                Arc::new(tokio::sync::Notify::new()),
+            );
+            let delivery = Delivery {
+                event: Some("issue_comment".into()),
+                delivery_id: Some("nul-1".into()),
+                signature: Signature::Valid,
+                body: bytes.clone(),
+            };
+            let res = router(state, "/webhook")
+                .oneshot(request(&delivery))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::ACCEPTED, "{}", d.backend);
+        }
+    });
 }
