@@ -51,6 +51,13 @@ impl<S: CheckRunSink> Task<S> {
             return;
         }
         self.record_delivered(&completion);
+        if let Some(id) = self.check_run
+            && let Ok(stored) = i64::try_from(id.0)
+            && let Err(e) = self.store.check_run_completed(started.job, stored).await
+        {
+            // Left open in the store, a later run of the job would close it again.
+            tracing::warn!(job = %started.job, check_run = id.0, error = %e, "could not record the check run as completed");
+        }
         let Some(id) = self.check_run else { return };
         for update in updates {
             if !self.final_request(FinalRequest::Update(id, &update)).await {

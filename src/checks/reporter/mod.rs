@@ -391,6 +391,33 @@ impl<S: CheckRunSink> Task<S> {
             // The check run works without it; only re-runs from GitHub need the job to point here.
             tracing::warn!(job = %started.job, error = %e, "could not record the check-run id on the job");
         }
+        if let Err(e) = self
+            .store
+            .record_check_run(started.job, stored, started.lease_epoch)
+            .await
+        {
+            tracing::warn!(job = %started.job, error = %e, "could not record the check run as open");
+        }
+        // Check runs of earlier runs still in progress: their runs are gone (this one holds the
+        // lock), so this run continues them.
+        let details = self
+            .config
+            .details_url
+            .as_ref()
+            .map(|u| u.replace("{job}", &started.job.to_string()));
+        let closing = super::stale::closing_update(started.job, Some(id), details.as_deref());
+        if let Err(e) = super::stale::close_stale(
+            &self.sink,
+            &self.store,
+            started.job,
+            started.lease_epoch,
+            Some(id),
+            &closing,
+        )
+        .await
+        {
+            tracing::warn!(job = %started.job, error = %format!("{e:#}"), "cannot close the check runs earlier runs left open");
+        }
     }
 
     async fn send_progress(&mut self) {
