@@ -603,7 +603,7 @@ fn rerun_ignored(reason: &Ignored, asked_by: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::commands::parse_comment;
+    use crate::comments::commands::parse_comment;
     use chrono::TimeZone;
 
     #[test]
