@@ -699,3 +699,69 @@ printf '{{"type":"result","subtype":"success","is_error":false,"num_turns":1,"re
     assert_eq!(bad.code(), Some(2), "{}", text(&bad.out));
     assert!(bad.stdout().contains("max-cost-usd"), "{}", text(&bad.out));
 }
+
+/// `workflow_dispatch` from the Actions tab, with the inputs a workflow maps to the action's
+/// (`resume: <job id>`, `retry: true`): the DLQ of the named job runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_dispatch_retries_the_dlq_of_a_named_job() {
+    let step = Step::new(None, false, true).await;
+    step.fail("beta");
+    let first = step.run(&[]).await;
+    assert_eq!(first.code(), Some(1), "{}", text(&first.out));
+    let job = first.output("job-id").to_string();
+    assert_eq!(first.output("dlq"), "1");
+
+    let mut v: Value = serde_json::from_slice(&support::webhook::fixture_payload(
+        "workflow_dispatch/event.payload.json",
+    ))
+    .unwrap();
+    v["inputs"] = json!({"workflow": WORKFLOW_FILE, "job": job, "retry": "true"});
+    v["repository"]["full_name"] = json!(REPO);
+    let event = step.runner.path().join("dispatch.json");
+    std::fs::write(&event, serde_json::to_vec(&v).unwrap()).unwrap();
+    let vars = [
+        ("GITHUB_EVENT_NAME", "workflow_dispatch"),
+        ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
+        ("GITHUB_SHA", step.head.as_str()),
+        ("PRODIGY_RESUME", job.as_str()),
+        ("PRODIGY_RETRY", "true"),
+    ];
+    // Without a job to retry, `retry` says what it needs.
+    let refused = step
+        .run(&[
+            vars[0],
+            vars[1],
+            vars[2],
+            ("PRODIGY_RESUME", "new"),
+            vars[4],
+        ])
+        .await;
+    assert_eq!(refused.code(), Some(2), "{}", text(&refused.out));
+    assert!(
+        refused.stderr().contains("`retry: true` needs a job"),
+        "{}",
+        text(&refused.out)
+    );
+
+    step.unfail("beta");
+    let ran = step.run(&vars).await;
+    assert_eq!(ran.code(), Some(0), "{}", text(&ran.out));
+    assert_eq!(ran.output("job-id"), job);
+    assert_eq!(ran.output("status"), "succeeded");
+    assert_eq!(ran.output("dlq"), "0");
+    assert_eq!(
+        step.repo.show(&format!("prodigy/{job}:out-beta.txt")),
+        "beta"
+    );
+    let conclusions: Vec<Option<String>> = step
+        .check_runs_on_head()
+        .into_iter()
+        .filter(|r| r.external_id.as_deref() == Some(job.as_str()))
+        .map(|r| r.conclusion)
+        .collect();
+    assert_eq!(
+        conclusions,
+        [Some("failure".to_string()), Some("success".to_string())]
+    );
+    step.fake.assert_no_violations();
+}

@@ -213,6 +213,7 @@ impl JobEvent {
             self,
             JobEvent::CancelRequested { .. }
                 | JobEvent::ServerContext { .. }
+                | JobEvent::ActionRun { .. }
                 | JobEvent::ResumeRefused { .. }
         )
     }

@@ -246,6 +246,7 @@ impl Step {
             self.runner.path(),
             &["init", "-q", "--bare", origin.to_str().unwrap()],
         );
+        super::git::git(&origin, &["symbolic-ref", "HEAD", "refs/heads/main"]);
         self.repo
             .git(&["remote", "add", "origin", origin.to_str().unwrap()]);
         self.repo
