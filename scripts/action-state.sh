@@ -41,7 +41,9 @@ push_unfinished() {
       say "pushed $branch to origin: a re-run continues job $job from it"
     else
       out=$(printf '%s' "$out" | tr '\n' ' ' | cut -c1-300)
-      printf '::notice title=prodigy: job branch not pushed::cannot push %s to origin (%s). A re-run on another runner starts a new job; give the workflow `permissions: contents: write` to continue this one.\n' "$branch" "$out"
+      # A workflow command: `:` in the title and `%` in the message are escaped as the runner reads them.
+      out=${out//%/%25}
+      printf '::notice title=prodigy%%3A job branch not pushed::cannot push %s to origin (%s). A re-run on another runner starts a new job; give the workflow permissions: contents: write to continue this one.\n' "$branch" "$out"
     fi
   done <"$home/$list"
 }

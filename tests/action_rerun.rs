@@ -292,3 +292,24 @@ async fn two_steps_resuming_one_job_on_postgres_run_it_once() {
     assert_eq!(runs_of(&step, "gamma"), 1);
     step.fake.assert_no_violations();
 }
+
+/// Without a pushable origin the save step says what a re-run will do; a restore never
+/// overwrites a state that is already there (a self-hosted runner that kept its checkout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_script_says_when_it_cannot_push_and_never_restores_over_a_state() {
+    let step = Step::with_workflow(None, BLOCKING, true).await;
+    step.fail("beta");
+    let first = step.run(&refs(&agent_env(&step))).await;
+    assert_eq!(first.code(), Some(1), "{}", text(&first.out));
+    let job = first.output("job-id").to_string();
+    let cache = step.runner.path().join("cache");
+    let saved = state_script("save", &cache, &step.repo.path, &step.repo.home);
+    assert!(
+        saved.contains(&format!(
+            "::notice title=prodigy%3A job branch not pushed::cannot push prodigy/{job} to origin ("
+        )) && saved.contains("permissions: contents: write"),
+        "{saved}"
+    );
+    let restored = state_script("restore", &cache, &step.repo.path, &step.repo.home);
+    assert!(restored.contains("is not restored over it"), "{restored}");
+}

@@ -145,7 +145,7 @@ pub(crate) async fn run_job(
             let request = ResumeRequest {
                 dlq: DlqMode::Reprocessable,
                 max_parallel: config.max_parallel,
-                budget: budget.clone(),
+                budget: *budget,
             };
             eng.resume(*job, &request).await
         }
@@ -171,10 +171,9 @@ pub(crate) async fn run_job(
     };
     let Some(job) = job else {
         // Only an error gets here: the workflow was refused before a job was recorded.
-        if let (Some((comment, command)), Some(t), Err(e)) = (&req.tracking, &tracking, &result) {
+        if let (Some((_, command)), Some(t), Err(e)) = (&req.tracking, &tracking, &result) {
             t.finish(replies::command_failed(command, &format!("{e:#}")))
                 .await;
-            let _ = comment;
         }
         result?;
         anyhow::bail!("the engine returned without naming a job");

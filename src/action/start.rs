@@ -108,14 +108,14 @@ async fn named(
         }
         Err(e) => return Err(e.into()),
     };
-    if job.phase != Phase::Done || config.retry {
-        if let Some(why) = cannot_continue(repo, &job).await? {
-            return Err(BadInput::Resume {
-                job: given.to_string(),
-                reason: format!("job {} cannot continue here: {why}", job.id),
-            }
-            .into());
+    if (job.phase != Phase::Done || config.retry)
+        && let Some(why) = cannot_continue(repo, &job).await?
+    {
+        return Err(BadInput::Resume {
+            job: given.to_string(),
+            reason: format!("job {} cannot continue here: {why}", job.id),
         }
+        .into());
     }
     Ok(if config.retry {
         Start::Retry {
