@@ -355,7 +355,7 @@ impl Ctx<'_> {
         let request = JobRequest {
             workflow,
             start: planned.start,
-            preface: None,
+            preface: planned.preface,
             head_sha: planned.head_sha,
             pr: Some(self.pr()),
             tracking: Some((tracked, command.name())),
@@ -389,8 +389,22 @@ impl Ctx<'_> {
             )));
         }
         branch::checkout_pull_request(self.repo, self.pr().0, &pr.head_sha.0).await?;
+        // A re-run of this comment's workflow run continues the job its earlier attempt started.
+        let jobs = self
+            .engine
+            .store
+            .find_jobs_by_head_sha(&self.step.env.repository, &pr.head_sha.0)
+            .await?;
+        let (start, preface) =
+            match start::rerun_of_earlier_attempt(self.engine, self.step, self.repo, ours, &jobs)
+                .await?
+            {
+                Some(chosen) => (chosen.start, chosen.preface),
+                None => (Start::New, None),
+            };
         Ok(Ok(Planned {
-            start: Start::New,
+            start,
+            preface,
             head_sha: pr.head_sha.0,
         }))
     }
@@ -410,6 +424,7 @@ impl Ctx<'_> {
         }
         Ok(Ok(Planned {
             start: start(job.id),
+            preface: None,
             head_sha: job
                 .head_sha
                 .map(|s| s.0)
@@ -444,6 +459,8 @@ impl Ctx<'_> {
 /// A job command's start and the commit it reports on.
 struct Planned {
     start: Start,
+    /// Put before the check run's summary (a re-run names what it continues).
+    preface: Option<String>,
     head_sha: String,
 }
 
@@ -473,6 +490,42 @@ mod tests {
             assert!(names_workflow(name, ".prodigy/review.yml"), "{name}");
         }
         assert!(!names_workflow("lint", ".prodigy/review.yml"));
+    }
+
+    fn example(file: &str, edit: impl FnOnce(&mut serde_json::Value)) -> IssueCommentEvent {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/github/webhooks/issue_comment")
+            .join(file);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        edit(&mut v);
+        match parse_event("issue_comment", &serde_json::to_vec(&v).unwrap()).unwrap() {
+            WebhookEvent::IssueComment(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_new_comments_on_pull_requests_by_people_are_answered() {
+        let on_pr = |v: &mut serde_json::Value| v["issue"]["pull_request"] = serde_json::json!({});
+        assert_eq!(ignored(&example("created.payload.json", on_pr)), None);
+        let c = example("created.payload.json", on_pr);
+        assert_eq!(c.author_association.as_deref(), Some("OWNER"));
+        assert!(
+            ignored(&example("created.payload.json", |_| {}))
+                .is_some_and(|w| w.contains("not on a pull request"))
+        );
+        for file in ["edited.payload.json", "deleted.payload.json"] {
+            assert!(
+                ignored(&example(file, on_pr)).is_some_and(|w| w.contains("edited or deleted")),
+                "{file}"
+            );
+        }
+        let bot = example("created.payload.json", |v| {
+            on_pr(v);
+            v["comment"]["user"]["type"] = "Bot".into();
+        });
+        assert_eq!(ignored(&bot), Some("a comment by a bot"));
     }
 
     #[test]

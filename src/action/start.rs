@@ -159,7 +159,7 @@ async fn latest_with_dlq(
 }
 
 /// A re-run continues the job an earlier attempt of this run started, when there is one.
-async fn rerun_of_earlier_attempt(
+pub(crate) async fn rerun_of_earlier_attempt(
     engine: &Engine,
     step: &StepContext,
     repo: &Path,
