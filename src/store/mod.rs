@@ -7,7 +7,7 @@
 //! The store is split by subject: [`model`] (the rows), `backend` (opening, migrating, the
 //! per-backend macros), `jobs`, `items` (reads), `writes` (fenced writes), `lock` (the job
 //! lock), `usage` (agent runs), `server` (webhook deliveries and the request queue),
-//! `reporting` (what check runs read).
+//! `reporting` (what check runs read), `check_runs` (which check runs are still open).
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -15,6 +15,7 @@ use crate::types::{ItemKey, JobId};
 
 mod backend;
 mod cancel;
+mod check_runs;
 mod debug;
 mod event;
 mod items;
