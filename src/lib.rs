@@ -2,6 +2,7 @@
 
 pub mod action;
 pub mod checks;
+pub mod comments;
 pub mod engine;
 pub mod github;
 pub mod server;

@@ -13,250 +13,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
+use support::action_step::*;
 use support::fake_anthropic::{FakeAnthropic, Turn, Usage, first_user_text, real_claude};
 
 use serde_json::{Value, json};
-use support::fake_github::{FakeGitHub, Op};
-use support::repo::{Repo, text};
-use support::webhook::fixture_payload;
-
-const REPO: &str = "octo-org/pipelines";
-/// The App installation the fake starts with; the Action never uses it.
-const INSTALLATION: u64 = 31;
-/// GITHUB_SHA of a `pull_request` run: the merge commit GitHub made, not the PR's head.
-const MERGE_SHA: &str = "4a7c0ffee00000000000000000000000000000d1";
-const WORKFLOW_FILE: &str = ".prodigy/review.yml";
-
-/// Items whose id is in `$FLAGS/fail-<id>` fail with exit code 3; the others commit a file.
-/// `continue_on_failure: false` with one agent at a time stops the map phase at a failure.
-fn workflow(stop_on_failure: bool) -> String {
-    let policy = if stop_on_failure {
-        "error_policy:\n  continue_on_failure: false\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"name: review
-mode: mapreduce
-{policy}map:
-  input: items.json
-  json_path: "$[*]"
-  max_parallel: 1
-  agent_template:
-    - shell: |
-        if [ -f "$FLAGS/fail-${{item.id}}" ]; then echo "review: ${{item.id}} has 2 problems" >&2; exit 3; fi
-        echo "${{item.id}}" > "out-${{item.id}}.txt" && git add . && git commit -q -m "item ${{item.id}}"
-"#
-    )
-}
-
-const ITEMS: &str = r#"[
-  {"id": "alpha"},
-  {"id": "beta", "file": "src/beta.rs", "line": 4},
-  {"id": "gamma"}
-]"#;
-
-/// The runner's variables a test may leave out; removed so the test's own environment (say,
-/// a real GitHub Actions job) never leaks in.
-const RUNNER_VARS: &[&str] = &[
-    "GITHUB_EVENT_PATH",
-    "GITHUB_EVENT_NAME",
-    "GITHUB_REPOSITORY",
-    "GITHUB_SHA",
-    "GITHUB_WORKSPACE",
-    "GITHUB_API_URL",
-    "GITHUB_SERVER_URL",
-    "GITHUB_RUN_ID",
-    "GITHUB_TOKEN",
-    "GITHUB_OUTPUT",
-    "GITHUB_STEP_SUMMARY",
-    "PRODIGY_RESUME",
-    "PRODIGY_WORKFLOW",
-    "PRODIGY_MAX_PARALLEL",
-];
-
-struct Step {
-    fake: FakeGitHub,
-    repo: Repo,
-    /// The pull request's head commit: the repository's HEAD.
-    head: String,
-    token: String,
-    flags: tempfile::TempDir,
-    runner: tempfile::TempDir,
-}
-
-/// What one run of the step left.
-struct Ran {
-    out: Output,
-    outputs: BTreeMap<String, String>,
-    summary: String,
-}
-
-impl Ran {
-    fn code(&self) -> Option<i32> {
-        self.out.status.code()
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-
-    fn output(&self, name: &str) -> &str {
-        self.outputs.get(name).unwrap_or_else(|| {
-            panic!(
-                "no output `{name}`: {:?}\n{}",
-                self.outputs,
-                text(&self.out)
-            )
-        })
-    }
-}
-
-impl Step {
-    async fn new(db_url: Option<&str>, stop_on_failure: bool, checks_write: bool) -> Step {
-        Step::with_workflow(db_url, &workflow(stop_on_failure), checks_write).await
-    }
-
-    async fn with_workflow(db_url: Option<&str>, workflow: &str, checks_write: bool) -> Step {
-        let fake = FakeGitHub::start(INSTALLATION, &[REPO]).await;
-        let token = fake.issue_workflow_token(REPO, checks_write);
-        let repo = Repo::new(db_url);
-        repo.write(WORKFLOW_FILE, workflow);
-        repo.write("items.json", ITEMS);
-        repo.commit_all("review workflow");
-        let head = repo.git(&["rev-parse", "HEAD"]);
-        let step = Step {
-            fake,
-            repo,
-            head,
-            token,
-            flags: tempfile::tempdir().unwrap(),
-            runner: tempfile::tempdir().unwrap(),
-        };
-        std::fs::write(step.event_path(), step.event()).unwrap();
-        step
-    }
-
-    fn event_path(&self) -> PathBuf {
-        self.runner.path().join("event.json")
-    }
-
-    /// GitHub's `pull_request.opened` example, about our repository and its HEAD.
-    fn event(&self) -> Vec<u8> {
-        let mut v: Value =
-            serde_json::from_slice(&fixture_payload("pull_request/opened.payload.json")).unwrap();
-        v["pull_request"]["head"]["sha"] = json!(self.head);
-        v["pull_request"]["head"]["repo"]["full_name"] = json!(REPO);
-        v["pull_request"]["base"]["repo"]["full_name"] = json!(REPO);
-        v["repository"]["full_name"] = json!(REPO);
-        serde_json::to_vec(&v).unwrap()
-    }
-
-    fn fail(&self, id: &str) {
-        std::fs::write(self.flags.path().join(format!("fail-{id}")), "").unwrap();
-    }
-
-    fn unfail(&self, id: &str) {
-        std::fs::remove_file(self.flags.path().join(format!("fail-{id}"))).unwrap();
-    }
-
-    /// The runner's variables for a `pull_request` run in `workspace`.
-    fn vars(&self, workspace: &Path) -> Vec<(&'static str, String)> {
-        vec![
-            ("GITHUB_EVENT_PATH", self.event_path().display().to_string()),
-            ("GITHUB_EVENT_NAME", "pull_request".into()),
-            ("GITHUB_REPOSITORY", REPO.into()),
-            ("GITHUB_SHA", MERGE_SHA.into()),
-            ("GITHUB_WORKSPACE", workspace.display().to_string()),
-            ("GITHUB_API_URL", self.fake.base_url()),
-            ("GITHUB_SERVER_URL", "https://github.example".into()),
-            ("GITHUB_RUN_ID", "4242".into()),
-            ("GITHUB_TOKEN", self.token.clone()),
-        ]
-    }
-
-    /// Runs `prodigy action` in the repository with its variables, `extra` overriding them
-    /// (an empty value removes one).
-    async fn run(&self, extra: &[(&str, &str)]) -> Ran {
-        self.run_in(&self.repo.path, extra).await
-    }
-
-    async fn run_in(&self, workspace: &Path, extra: &[(&str, &str)]) -> Ran {
-        let output_file = self
-            .runner
-            .path()
-            .join(format!("output-{}", uuid::Uuid::now_v7()));
-        let summary_file = self
-            .runner
-            .path()
-            .join(format!("summary-{}", uuid::Uuid::now_v7()));
-        let mut cmd = self.repo.command(&["action", WORKFLOW_FILE]);
-        // Agents of the Action get a built environment: FLAGS reaches them because it is passed.
-        cmd.current_dir(workspace)
-            .env("FLAGS", self.flags.path())
-            .env("PRODIGY_PASS_ENV", "FLAGS");
-        for var in RUNNER_VARS {
-            cmd.env_remove(var);
-        }
-        let mut vars = self.vars(workspace);
-        vars.push(("GITHUB_OUTPUT", output_file.display().to_string()));
-        vars.push(("GITHUB_STEP_SUMMARY", summary_file.display().to_string()));
-        for (k, v) in extra {
-            vars.retain(|(name, _)| name != k);
-            if !v.is_empty() {
-                vars.push((k, v.to_string()));
-            }
-        }
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        // The fake answers on this test's runtime while the step runs.
-        let out = tokio::task::spawn_blocking(move || cmd.output().expect("prodigy runs"))
-            .await
-            .unwrap();
-        let outputs = std::fs::read_to_string(&output_file)
-            .map(|t| parse_outputs(&t))
-            .unwrap_or_default();
-        let summary = std::fs::read_to_string(&summary_file).unwrap_or_default();
-        Ran {
-            out,
-            outputs,
-            summary,
-        }
-    }
-
-    fn check_runs_on_head(&self) -> Vec<support::fake_github::CheckRun> {
-        self.fake.check_runs_for(REPO, &self.head)
-    }
-}
-
-/// `$GITHUB_OUTPUT` in the runner's multiline form (`name<<DELIM` ... `DELIM`); each name once.
-fn parse_outputs(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let (name, delimiter) = line
-            .split_once("<<")
-            .unwrap_or_else(|| panic!("not a multiline output line: {line:?} in\n{text}"));
-        let mut value = Vec::new();
-        for l in lines.by_ref() {
-            if l == delimiter {
-                break;
-            }
-            value.push(l);
-        }
-        let previous = out.insert(name.to_string(), value.join("\n"));
-        assert!(previous.is_none(), "output `{name}` written twice:\n{text}");
-    }
-    out
-}
+use support::fake_github::Op;
+use support::repo::text;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_request_run_reports_a_check_run_outputs_summary_and_annotations() {
@@ -935,4 +698,70 @@ printf '{{"type":"result","subtype":"success","is_error":false,"num_turns":1,"re
     let bad = step.run(&[("PRODIGY_MAX_COST_USD", "-2")]).await;
     assert_eq!(bad.code(), Some(2), "{}", text(&bad.out));
     assert!(bad.stdout().contains("max-cost-usd"), "{}", text(&bad.out));
+}
+
+/// `workflow_dispatch` from the Actions tab, with the inputs a workflow maps to the action's
+/// (`resume: <job id>`, `retry: true`): the DLQ of the named job runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_dispatch_retries_the_dlq_of_a_named_job() {
+    let step = Step::new(None, false, true).await;
+    step.fail("beta");
+    let first = step.run(&[]).await;
+    assert_eq!(first.code(), Some(1), "{}", text(&first.out));
+    let job = first.output("job-id").to_string();
+    assert_eq!(first.output("dlq"), "1");
+
+    let mut v: Value = serde_json::from_slice(&support::webhook::fixture_payload(
+        "workflow_dispatch/event.payload.json",
+    ))
+    .unwrap();
+    v["inputs"] = json!({"workflow": WORKFLOW_FILE, "job": job, "retry": "true"});
+    v["repository"]["full_name"] = json!(REPO);
+    let event = step.runner.path().join("dispatch.json");
+    std::fs::write(&event, serde_json::to_vec(&v).unwrap()).unwrap();
+    let vars = [
+        ("GITHUB_EVENT_NAME", "workflow_dispatch"),
+        ("GITHUB_EVENT_PATH", event.to_str().unwrap()),
+        ("GITHUB_SHA", step.head.as_str()),
+        ("PRODIGY_RESUME", job.as_str()),
+        ("PRODIGY_RETRY", "true"),
+    ];
+    // Without a job to retry, `retry` says what it needs.
+    let refused = step
+        .run(&[
+            vars[0],
+            vars[1],
+            vars[2],
+            ("PRODIGY_RESUME", "new"),
+            vars[4],
+        ])
+        .await;
+    assert_eq!(refused.code(), Some(2), "{}", text(&refused.out));
+    assert!(
+        refused.stderr().contains("`retry: true` needs a job"),
+        "{}",
+        text(&refused.out)
+    );
+
+    step.unfail("beta");
+    let ran = step.run(&vars).await;
+    assert_eq!(ran.code(), Some(0), "{}", text(&ran.out));
+    assert_eq!(ran.output("job-id"), job);
+    assert_eq!(ran.output("status"), "succeeded");
+    assert_eq!(ran.output("dlq"), "0");
+    assert_eq!(
+        step.repo.show(&format!("prodigy/{job}:out-beta.txt")),
+        "beta"
+    );
+    let conclusions: Vec<Option<String>> = step
+        .check_runs_on_head()
+        .into_iter()
+        .filter(|r| r.external_id.as_deref() == Some(job.as_str()))
+        .map(|r| r.conclusion)
+        .collect();
+    assert_eq!(
+        conclusions,
+        [Some("failure".to_string()), Some("success".to_string())]
+    );
+    step.fake.assert_no_violations();
 }

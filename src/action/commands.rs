@@ -39,6 +39,10 @@ pub fn warning(title: &str, message: &str) -> String {
     command("warning", &[("title", title.to_string())], message)
 }
 
+pub fn notice(title: &str, message: &str) -> String {
+    command("notice", &[("title", title.to_string())], message)
+}
+
 pub fn error(title: &str, message: &str) -> String {
     command("error", &[("title", title.to_string())], message)
 }

@@ -27,6 +27,9 @@ pub struct ActionEnv {
     pub server_url: String,
     /// `GITHUB_RUN_ID`, for the link to the run.
     pub run_id: Option<String>,
+    /// `GITHUB_RUN_ATTEMPT` (default 1): above 1 this is a re-run, which continues the job an
+    /// earlier attempt of the same run started.
+    pub run_attempt: u32,
     /// `GITHUB_OUTPUT`: the file the step's outputs are appended to.
     pub output: Option<PathBuf>,
     /// `GITHUB_STEP_SUMMARY`: the file the step's Markdown summary is appended to.
@@ -93,6 +96,20 @@ impl ActionEnv {
                 })
             }
         };
+        let run_attempt = match get("GITHUB_RUN_ATTEMPT") {
+            None => 1,
+            Some(v) => {
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or(EnvError::Invalid {
+                        name: "GITHUB_RUN_ATTEMPT",
+                        value: v,
+                        expected: "a number from 1",
+                    })?
+            }
+        };
         Ok(ActionEnv {
             event_name: required("GITHUB_EVENT_NAME")?,
             event_path: PathBuf::from(required("GITHUB_EVENT_PATH")?),
@@ -102,6 +119,7 @@ impl ActionEnv {
             api_url: url("GITHUB_API_URL", "https://api.github.com")?,
             server_url: url("GITHUB_SERVER_URL", "https://github.com")?,
             run_id: get("GITHUB_RUN_ID"),
+            run_attempt,
             output: get("GITHUB_OUTPUT").map(PathBuf::from),
             step_summary: get("GITHUB_STEP_SUMMARY").map(PathBuf::from),
         })
@@ -118,6 +136,11 @@ impl ActionEnv {
             "{}/{}/actions/runs/{run}",
             self.server_url, self.repository
         ))
+    }
+
+    /// This attempt of the workflow run, as lock holders and replies name it.
+    pub fn attempt_url(&self) -> Option<String> {
+        Some(format!("{}/attempts/{}", self.run_url()?, self.run_attempt))
     }
 
     /// Reads the event file and takes what prodigy needs from it.
@@ -228,11 +251,26 @@ mod tests {
         assert_eq!(env.server_url, "https://ghe.example");
         assert_eq!(env.output, Some(PathBuf::from("/runner/_temp/out")));
         assert_eq!(env.step_summary, None);
+        assert_eq!(env.run_attempt, 1);
         assert_eq!(env.workspace, None);
         assert_eq!(
             env.run_url().as_deref(),
             Some("https://ghe.example/octo-org/hello-world/actions/runs/4242")
         );
+    }
+
+    #[test]
+    fn the_run_attempt() {
+        let env = parse(&vars(&[("GITHUB_RUN_ATTEMPT", "3")])).unwrap();
+        assert_eq!(env.run_attempt, 3);
+        assert_eq!(
+            env.attempt_url().as_deref(),
+            Some("https://github.com/octo-org/hello-world/actions/runs/4242/attempts/3")
+        );
+        for bad in ["0", "two", "-1"] {
+            let err = parse(&vars(&[("GITHUB_RUN_ATTEMPT", bad)])).unwrap_err();
+            assert!(err.to_string().contains("GITHUB_RUN_ATTEMPT"), "{err}");
+        }
     }
 
     #[test]

@@ -69,11 +69,18 @@ pub fn repo_relative(path: &Path, repo: &Path) -> Option<String> {
 /// The unfinished jobs of `workflow` (repository-relative) among `jobs` (most recent first, all
 /// at the step's commit), in that order.
 pub fn unfinished_jobs<'a>(jobs: &'a [Job], workflow: &str) -> Vec<&'a Job> {
+    jobs_of_workflow(jobs, workflow)
+        .into_iter()
+        .filter(|j| j.phase != Phase::Done)
+        .collect()
+}
+
+/// The jobs of `workflow` (repository-relative) among `jobs`, finished or not, in their order.
+pub fn jobs_of_workflow<'a>(jobs: &'a [Job], workflow: &str) -> Vec<&'a Job> {
     jobs.iter()
         .filter(|j| {
-            j.phase != Phase::Done
-                && repo_relative(Path::new(&j.workflow_path), Path::new(&j.repo_path)).as_deref()
-                    == Some(workflow)
+            repo_relative(Path::new(&j.workflow_path), Path::new(&j.repo_path)).as_deref()
+                == Some(workflow)
         })
         .collect()
 }

@@ -7,8 +7,12 @@ use axum::http::StatusCode;
 
 use super::commands;
 use crate::checks::{CheckRunSink, Refused};
+/// GitHub's limit on a check run's summary, in characters.
+const SUMMARY_LIMIT: usize = 65_535;
+
 use crate::github::{
-    CheckRunId, CheckRunUpdate, GitHubClient, GitHubError, NewCheckRun, TOKEN_INSTALLATION,
+    CheckRunId, CheckRunOutput, CheckRunUpdate, GitHubClient, GitHubError, NewCheckRun,
+    TOKEN_INSTALLATION,
 };
 use crate::types::RepoName;
 
@@ -20,6 +24,8 @@ pub struct TokenCheckRuns {
     client: GitHubClient,
     repo: RepoName,
     warned: Arc<AtomicBool>,
+    /// Markdown put before every summary (a re-run names the attempt it continues).
+    preface: Option<String>,
 }
 
 impl TokenCheckRuns {
@@ -28,7 +34,25 @@ impl TokenCheckRuns {
             client,
             repo,
             warned: Arc::new(AtomicBool::new(false)),
+            preface: None,
         }
+    }
+
+    pub fn with_preface(mut self, preface: Option<String>) -> Self {
+        self.preface = preface;
+        self
+    }
+
+    /// `output` with the preface before its summary, within GitHub's 65,535 characters.
+    fn prefaced(&self, output: Option<&CheckRunOutput>) -> Option<CheckRunOutput> {
+        let (Some(preface), Some(output)) = (&self.preface, output) else {
+            return None;
+        };
+        let mut output = output.clone();
+        let room = SUMMARY_LIMIT.saturating_sub(preface.chars().count());
+        let summary: String = output.summary.chars().take(room).collect();
+        output.summary = format!("{preface}{summary}");
+        Some(output)
     }
 
     fn map_error(&self, e: GitHubError) -> anyhow::Error {
@@ -60,15 +84,37 @@ pub fn refusal_text(e: &GitHubError, repo: &RepoName) -> String {
 
 impl CheckRunSink for TokenCheckRuns {
     async fn create(&self, run: &NewCheckRun) -> anyhow::Result<CheckRunId> {
+        let prefaced = self
+            .prefaced(run.output.as_ref())
+            .map(|output| NewCheckRun {
+                output: Some(output),
+                ..run.clone()
+            });
         self.client
-            .create_check_run(TOKEN_INSTALLATION, &self.repo, run)
+            .create_check_run(
+                TOKEN_INSTALLATION,
+                &self.repo,
+                prefaced.as_ref().unwrap_or(run),
+            )
             .await
             .map_err(|e| self.map_error(e))
     }
 
     async fn update(&self, id: CheckRunId, update: &CheckRunUpdate) -> anyhow::Result<()> {
+        // Appended annotation batches carry no summary of their own to preface.
+        let prefaced = self
+            .prefaced(update.output.as_ref().filter(|o| !o.summary.is_empty()))
+            .map(|output| CheckRunUpdate {
+                output: Some(output),
+                ..update.clone()
+            });
         self.client
-            .update_check_run(TOKEN_INSTALLATION, &self.repo, id, update)
+            .update_check_run(
+                TOKEN_INSTALLATION,
+                &self.repo,
+                id,
+                prefaced.as_ref().unwrap_or(update),
+            )
             .await
             .map_err(|e| self.map_error(e))
     }

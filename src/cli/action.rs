@@ -11,7 +11,8 @@ pub(super) async fn action(
     g: &Global,
     config: &prodigy::action::ActionConfig,
 ) -> anyhow::Result<u8> {
-    use prodigy::action::{BadInput, StepContext, commands};
+    use prodigy::action::{ActionRun, BadInput, StepContext, StepOutcome, commands};
+    use prodigy::engine::Resumed;
     // The Action always builds the agent environment; the workflow token reaches an agent
     // only when the workflow's `env` names it.
     let mut agents = g.agent_policy(true, Vec::new())?;
@@ -32,8 +33,20 @@ pub(super) async fn action(
             .caps
             .policy()
             .map_err(|e| BadInput::Caps(format!("{e:#}")))?;
-        let run = prodigy::action::run(&eng, &step, config, &g.repo).await?;
-        Ok::<_, anyhow::Error>(output::resumed(&eng, run.job, run.resumed, false, "action").await)
+        // Lock holders name this attempt of the workflow run.
+        eng.instance = step.env.attempt_url().or(eng.instance);
+        let code = match prodigy::action::run(&eng, &step, config, &g.repo).await? {
+            StepOutcome::Answered => 0,
+            // Another run has the job: a notice, and the workflow stays green.
+            StepOutcome::Ran(ActionRun {
+                resumed: Resumed::Held { .. },
+                ..
+            }) => 0,
+            StepOutcome::Ran(run) => {
+                output::resumed(&eng, run.job, run.resumed, false, "action").await
+            }
+        };
+        Ok::<_, anyhow::Error>(code)
     }
     .await;
     result.or_else(|e| {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use prodigy::engine::{Progress, Reporter};
-use prodigy::store::{Exclusive, Holder, Job, JobEvent, Store};
+use prodigy::store::{CancelOutcome, Holder, Job, JobEvent, Store};
 use prodigy::types::{JobId, JobStatus};
 
 use super::phase_output::PhaseOutput;
@@ -137,35 +137,13 @@ enum Outcome {
 }
 
 async fn request(store: &Store, job: &Job, reason: &str) -> anyhow::Result<Outcome> {
-    if job.status.is_finished() {
-        return Ok(Outcome::AlreadyFinished(job.status));
-    }
     let holder = Holder::this_process(None);
-    let request = JobEvent::CancelRequested {
-        reason: reason.to_string(),
-        cleanup: false,
-        by: Some(format!("prodigy cancel ({holder})")),
-    };
-    store.append_outside_event(job.id, &request).await?;
-    let marked = store
-        .with_job_lock(job.id, &holder, async |proof| {
-            // Read under the lock: a run may have finished it meanwhile.
-            let current = store.get_job(job.id).await?;
-            if current.status.is_finished() {
-                return anyhow::Ok(Outcome::AlreadyFinished(current.status));
-            }
-            store
-                .set_job_state(proof, JobStatus::Cancelled, current.phase, Some(reason))
-                .await?;
-            let cancelled = JobEvent::Cancelled {
-                reason: reason.to_string(),
-            };
-            store.append_event(proof, &cancelled).await?;
-            Ok(Outcome::Cancelled)
-        })
-        .await?;
-    Ok(match marked {
-        Exclusive::Performed(outcome) => outcome,
-        Exclusive::Held { holder, .. } => Outcome::Stopping(holder.to_string()),
-    })
+    let by = format!("prodigy cancel ({holder})");
+    Ok(
+        match store.request_cancel(job, reason, &by, &holder).await? {
+            CancelOutcome::AlreadyFinished(status) => Outcome::AlreadyFinished(status),
+            CancelOutcome::Cancelled => Outcome::Cancelled,
+            CancelOutcome::Stopping(holder) => Outcome::Stopping(holder.to_string()),
+        },
+    )
 }

@@ -329,6 +329,7 @@ mod tests {
             body: body.into(),
             author_login: "dev".into(),
             author_is_bot: bot,
+            author_association: None,
             installation_id: Some(InstallationId(1)),
         })
     }

@@ -157,6 +157,11 @@ pub fn describe(event: &Event) -> String {
             Some(pr) => format!("started by the server for pull request #{pr} ({workflow})"),
             None => format!("started by the server ({workflow})"),
         },
+        JobEvent::ActionRun {
+            run_id, attempt, ..
+        } => {
+            format!("run by GitHub Actions run {run_id} (attempt {attempt})")
+        }
         JobEvent::ResumeRefused { holder, what, .. } => {
             format!(
                 "{what} refused: the job is held by {} (pid {})",

@@ -2,13 +2,13 @@
 //! drives the engine per pull request, PR-comment commands, and job pages.
 
 pub mod app;
-pub mod commands;
+pub use crate::comments::commands;
 pub mod config;
 pub mod dispatch;
 pub mod event_lines;
 pub mod ingest;
 pub mod pages;
-pub mod replies;
+pub use crate::comments::replies;
 pub mod repo_config;
 pub mod reporting;
 pub mod repos;

@@ -189,6 +189,13 @@ pub enum JobEvent {
         #[serde(default)]
         pass_env: Option<Vec<String>>,
     },
+    /// A GitHub Actions run (`prodigy action`) started or continued the job: how a re-run of
+    /// that workflow run finds the job an earlier attempt started.
+    ActionRun {
+        run_id: String,
+        attempt: u32,
+        url: Option<String>,
+    },
     /// A resume or retry found the job held and did nothing.
     ResumeRefused {
         holder: Holder,
@@ -228,6 +235,7 @@ impl JobEvent {
             self,
             JobEvent::CancelRequested { .. }
                 | JobEvent::ServerContext { .. }
+                | JobEvent::ActionRun { .. }
                 | JobEvent::ResumeRefused { .. }
         )
     }

@@ -42,6 +42,8 @@ impl Holder {
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.instance {
+            // A GitHub Actions step names itself by its run's address.
+            Some(i) if i.contains("://") => write!(f, "{i} (pid {} on {})", self.pid, self.host),
             Some(i) => write!(f, "server instance {i} (pid {} on {})", self.pid, self.host),
             None => write!(f, "pid {} on {}", self.pid, self.host),
         }

@@ -14,6 +14,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use crate::types::{ItemKey, JobId};
 
 mod backend;
+mod cancel;
 mod check_runs;
 mod debug;
 mod event;
@@ -29,6 +30,7 @@ mod usage;
 mod writes;
 
 pub use backend::{BackendKind, DEFAULT_LOCK_LEASE};
+pub use cancel::CancelOutcome;
 pub use debug::{EXIT_HELD, debug_lock};
 pub use event::{Event, JobEvent, RunHolder, Skipped};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};

@@ -68,6 +68,7 @@ pub enum Op {
     CreateCheckRun,
     UpdateCheckRun,
     CreateComment,
+    UpdateComment,
     CreateReaction,
     GetPermission,
     GetPull,
@@ -85,6 +86,10 @@ impl Op {
                 "post",
                 "/repos/{owner}/{repo}/issues/{issue_number}/comments",
             ),
+            Op::UpdateComment => (
+                "patch",
+                "/repos/{owner}/{repo}/issues/comments/{comment_id}",
+            ),
             Op::CreateReaction => (
                 "post",
                 "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions",
@@ -98,11 +103,12 @@ impl Op {
         }
     }
 
-    const ALL: [Op; 8] = [
+    const ALL: [Op; 9] = [
         Op::CreateAccessToken,
         Op::CreateCheckRun,
         Op::UpdateCheckRun,
         Op::CreateComment,
+        Op::UpdateComment,
         Op::CreateReaction,
         Op::GetPermission,
         Op::GetPull,
@@ -161,6 +167,8 @@ pub struct Comment {
     pub issue: u64,
     pub body: String,
     pub author: String,
+    /// Every earlier body, oldest first (the comment was edited in place this often).
+    pub history: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +322,10 @@ impl FakeGitHub {
             .route(
                 "/repos/{owner}/{repo}/issues/{number}/comments",
                 post(create_comment),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/comments/{id}",
+                patch(update_comment),
             )
             .route(
                 "/repos/{owner}/{repo}/issues/comments/{id}/reactions",
@@ -1074,11 +1086,31 @@ async fn create_comment(Path((_, _, number)): Path<(String, String, u64)>, call:
             issue: number,
             body: text.clone(),
             author: "prodigy-test[bot]".into(),
+            history: Vec::new(),
         });
         (
             StatusCode::CREATED,
             axum::Json(json!({ "id": id, "body": text, "user": { "login": "prodigy-test[bot]", "type": "Bot" } })),
         )
+            .into_response()
+    })
+}
+
+async fn update_comment(Path((_, _, id)): Path<(String, String, u64)>, call: Call) -> Response {
+    call.answer(Op::UpdateComment, |w, repo, body| {
+        let Some(comment) = w
+            .comments
+            .iter_mut()
+            .find(|c| c.id == id && c.repo == repo)
+        else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        let text = str_field(&body, "body").unwrap_or_default();
+        let old = std::mem::replace(&mut comment.body, text.clone());
+        comment.history.push(old);
+        // An edited comment is new to the test again.
+        w.seen_comments.remove(&id);
+        axum::Json(json!({ "id": id, "body": text, "user": { "login": "prodigy-test[bot]", "type": "Bot" } }))
             .into_response()
     })
 }

@@ -296,6 +296,26 @@ impl GitHubClient {
         Ok(CommentId(wire.id))
     }
 
+    /// Replaces the body of an issue or pull-request comment (the Action's tracking reply).
+    pub async fn update_comment(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+        comment: CommentId,
+        body: &str,
+    ) -> Result<(), GitHubError> {
+        let path = format!("/repos/{}/issues/comments/{comment}", repo_path(repo)?);
+        let _: WireId = self
+            .call_json(
+                Method::PATCH,
+                &path,
+                Auth::Installation(installation, repo),
+                Some(serde_json::json!({ "body": body })),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn create_reaction(
         &self,
         installation: InstallationId,

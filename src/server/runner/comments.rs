@@ -53,12 +53,7 @@ impl Runner {
                                 p
                             }
                         };
-                        let allowed = if command.needs_maintain_permission() {
-                            p.can_maintain()
-                        } else {
-                            p.can_write()
-                        };
-                        if !allowed {
+                        if !crate::comments::allowed(command, p) {
                             self.comment(
                                 installation,
                                 &w.repo,

@@ -145,6 +145,9 @@ pub struct IssueCommentEvent {
     pub body: String,
     pub author_login: String,
     pub author_is_bot: bool,
+    /// `OWNER`, `MEMBER`, `COLLABORATOR`, `CONTRIBUTOR`, `NONE`, ...: what the Action falls back to
+    /// when its token cannot read the commenter's permission.
+    pub author_association: Option<String>,
     pub installation_id: Option<InstallationId>,
 }
 
@@ -239,6 +242,8 @@ struct WireComment {
     #[serde(default)]
     body: Option<String>,
     user: WireUser,
+    #[serde(default)]
+    author_association: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +349,7 @@ pub fn parse_event(event: &str, body: &[u8]) -> Result<WebhookEvent, WebhookReje
                 body: p.comment.body.unwrap_or_default(),
                 author_is_bot: p.comment.user.is_bot(),
                 author_login: p.comment.user.login,
+                author_association: p.comment.author_association,
                 installation_id: installation(p.installation),
             })
         }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::checks::rerun::{Ignored, RerunAnswer};
-use crate::server::commands::SLASH_PREFIX;
+use crate::comments::commands::SLASH_PREFIX;
 use crate::store::Holder;
 use crate::types::{JobId, JobStatus};
 

@@ -511,7 +511,7 @@ pub fn render(reply: &Reply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::commands::parse_comment;
+    use crate::comments::commands::parse_comment;
 
     #[test]
     fn help_text() {
