@@ -150,6 +150,20 @@ pub struct Global {
         value_delimiter = ':'
     )]
     pub sandbox_read: Vec<PathBuf>,
+    /// This machine's name in the attempts it runs, `prodigy status` and the job page (jobs
+    /// with workers). Default: the host name.
+    #[arg(long, env = "PRODIGY_MACHINE", global = true)]
+    pub machine: Option<String>,
+    /// Seconds an item claim lasts without a heartbeat (jobs with workers: renewed every third
+    /// of it; a machine silent for longer loses its items to others).
+    #[arg(
+        long,
+        env = "PRODIGY_CLAIM_LEASE_SECS",
+        global = true,
+        default_value_t = 30.0,
+        value_name = "SECS"
+    )]
+    pub claim_lease: f64,
     /// Extra paths agents may write, `:` separated (e.g. a shared build cache).
     #[arg(
         long,
@@ -158,6 +172,37 @@ pub struct Global {
         value_delimiter = ':'
     )]
     pub sandbox_write: Vec<PathBuf>,
+}
+
+impl Global {
+    /// How this process takes part in jobs with workers.
+    fn worker_settings(&self) -> anyhow::Result<prodigy::engine::WorkerSettings> {
+        if !self.claim_lease.is_finite() || self.claim_lease <= 0.0 {
+            anyhow::bail!(
+                "--claim-lease (PRODIGY_CLAIM_LEASE_SECS) must be a positive number of seconds"
+            );
+        }
+        let mut settings = prodigy::engine::WorkerSettings {
+            lease: std::time::Duration::from_secs_f64(self.claim_lease),
+            ..Default::default()
+        };
+        if let Some(m) = self
+            .machine
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
+            settings.machine = m.to_string();
+        }
+        Ok(settings)
+    }
+
+    /// Whether the database is PostgreSQL (workers need a database machines share).
+    fn is_postgres(&self) -> bool {
+        self.database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
 }
 
 fn parse_env_mode(s: &str) -> Result<EnvMode, String> {
@@ -214,6 +259,19 @@ pub enum Command {
         /// Print the final outcome as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Let `prodigy worker`s on other machines run the job's items too (PostgreSQL only):
+        /// this process coordinates (setup, merges, reduce) and its own agents claim items like
+        /// any worker. `--max-parallel 0`: run no agents here.
+        #[arg(long, env = "PRODIGY_WORKERS")]
+        workers: bool,
+        /// The git remote workers exchange commits through: a remote's name or a URL.
+        #[arg(
+            long,
+            env = "PRODIGY_REMOTE",
+            default_value = "origin",
+            requires = "workers"
+        )]
+        remote: String,
     },
     /// Continue a job where it stopped: pending items, then failed ones below the retry limit, then the DLQ.
     Resume {
@@ -316,6 +374,9 @@ pub enum Command {
     Migrate,
     /// Run the GitHub App server: webhooks in, jobs per pull request, `/prodigy` comment commands.
     Serve(Box<prodigy::server::ServeConfig>),
+    /// Help run jobs started with `run --workers` on other machines: claim their items from
+    /// the shared PostgreSQL database and exchange commits through their git remote.
+    Worker(Box<prodigy::worker::WorkerConfig>),
     /// Run a workflow as a GitHub Actions step: a check run, the step's outputs and summary.
     Action(Box<prodigy::action::ActionConfig>),
     /// Print a shell completion script, e.g. `prodigy completions bash > ~/.local/share/bash-completion/completions/prodigy`.
@@ -515,6 +576,7 @@ async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow::Result<En
         reporter,
         cancel,
         agents: global.agent_policy(false, Vec::new())?,
+        workers: global.worker_settings()?,
     })
 }
 
@@ -540,6 +602,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Action(config) => action(g, &config).await,
+        Command::Worker(config) => {
+            if !g.is_postgres() {
+                eout!(
+                    "error: prodigy worker needs the PostgreSQL database of the jobs it helps: pass --database-url postgres://... (DATABASE_URL), the URL their `prodigy run --workers` uses"
+                );
+                return Ok(EXIT_USAGE);
+            }
+            let store = open_store(g).await?;
+            let home = config.state_dir(g.home.as_deref());
+            let mut global = g.clone();
+            global.home = Some(home.clone());
+            std::fs::create_dir_all(&home).with_context(|| {
+                format!("cannot create the worker's directory {}", home.display())
+            })?;
+            let eng = engine(&global, store, &home).await?;
+            prodigy::worker::run(&eng, &config).await?;
+            Ok(0)
+        }
         Command::Migrate => {
             let url = store_url(g).await?;
             let store = Store::open_without_migrating(&url)
@@ -567,9 +647,20 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             workflow,
             max_parallel,
             json,
+            workers,
+            remote,
         } => {
+            if workers && !g.is_postgres() {
+                eout!(
+                    "error: --workers needs PostgreSQL, which the machines share: pass --database-url postgres://... (DATABASE_URL), start `prodigy worker` with the same URL on the other machines, or run without --workers on this machine alone (SQLite)"
+                );
+                return Ok(EXIT_USAGE);
+            }
             let store = open_store(g).await?;
-            let eng = engine(g, store, &g.repo).await?;
+            let mut eng = engine(g, store, &g.repo).await?;
+            if workers {
+                eng.workers.remote = Some(remote);
+            }
             let outcome = eng
                 .run(&NewRun {
                     repo: g.repo.clone(),
@@ -595,7 +686,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
-            let eng = engine(g, store, Path::new(&job.repo_path)).await?;
+            // A job with workers resumes in this clone: its own may be on another machine.
+            let with_workers = store.job_remote(job.id).await?.is_some();
+            let repo = if with_workers {
+                g.repo.clone()
+            } else {
+                PathBuf::from(&job.repo_path)
+            };
+            let mut eng = engine(g, store, &repo).await?;
+            if with_workers {
+                eng.workers.repo = Some(repo);
+            }
             if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
                 eout!("--budget must be a positive amount of USD, e.g. --budget 5");
                 return Ok(EXIT_USAGE);
@@ -829,6 +930,7 @@ pub fn exit_for_error(e: &anyhow::Error) -> u8 {
                 StoreError::JobNotFound(_)
                     | StoreError::AmbiguousJob { .. }
                     | StoreError::ItemNotFound { .. }
+                    | StoreError::NeedsPostgres(_)
             )
         ) || cause
             .downcast_ref::<prodigy::workflow::WorkflowError>()

@@ -16,11 +16,16 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod claimed;
 mod item;
 mod map;
 mod steps;
+mod worker;
+mod workers;
 
-use map::{ItemRun, Scheduler};
+use map::{ItemRun, Scheduler, should_stop};
+pub use worker::WorkerOutcome;
+pub use workers::Remote;
 
 use super::agent::AgentScope;
 use super::agent_env::AgentEnv;
@@ -60,10 +65,32 @@ pub struct RunOutcome {
     pub duplicates_removed: usize,
 }
 
+/// One run of a job under its lock: the job's [`JobCore`] and the proof every job write takes.
 pub(super) struct JobRun<'a> {
+    core: JobCore<'a>,
+    proof: &'a LockProof,
+    /// The job's git remote when it runs with workers (README "Many machines").
+    remote: Option<workers::Remote>,
+}
+
+impl<'a> std::ops::Deref for JobRun<'a> {
+    type Target = JobCore<'a>;
+    fn deref(&self) -> &JobCore<'a> {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for JobRun<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.core
+    }
+}
+
+/// What running a job's steps and agents needs, without its lock: the lock holder's run
+/// ([`JobRun`]) and a worker serving the job's claims share it.
+pub(super) struct JobCore<'a> {
     engine: &'a Engine,
     store: &'a Store,
-    proof: &'a LockProof,
     job: Job,
     workflow: Workflow,
     ws: Workspace,
@@ -103,6 +130,21 @@ impl<'a> JobRun<'a> {
         job: Job,
         proof: &'a LockProof,
         max_parallel: Option<usize>,
+        remote: Option<workers::Remote>,
+    ) -> anyhow::Result<Self> {
+        Ok(JobRun {
+            core: JobCore::new(engine, job, max_parallel)?,
+            proof,
+            remote,
+        })
+    }
+}
+
+impl<'a> JobCore<'a> {
+    pub(super) fn new(
+        engine: &'a Engine,
+        job: Job,
+        max_parallel: Option<usize>,
     ) -> anyhow::Result<Self> {
         let parsed = workflow::parse(Path::new(&job.workflow_path), &job.workflow_text)
             .context("the job's workflow snapshot no longer parses")?;
@@ -118,10 +160,9 @@ impl<'a> JobRun<'a> {
         let env = resolve_env(&parsed.workflow, &agent_env)?;
         let secrets = secret_values(&parsed.workflow, &env, &agent_env);
         let verdict = sandbox::verdict(engine.agents.sandbox.mode);
-        Ok(JobRun {
+        Ok(JobCore {
             engine,
             store: &engine.store,
-            proof,
             ws,
             logs,
             env,
@@ -139,7 +180,9 @@ impl<'a> JobRun<'a> {
     fn report(&self, p: Progress) {
         self.engine.reporter.report(&p);
     }
+}
 
+impl JobRun<'_> {
     async fn event(&self, event: JobEvent) -> anyhow::Result<()> {
         self.store.append_event(self.proof, &event).await?;
         Ok(())
@@ -290,6 +333,9 @@ impl<'a> JobRun<'a> {
         }
         let identity = git::ensure_identity(&self.ws.repo).await;
         self.env.extend(identity);
+        if self.remote.is_some() {
+            self.sync_from_remote(&base).await?;
+        }
         self.ws
             .ensure_job_worktree(&base)
             .await
@@ -356,6 +402,9 @@ impl<'a> JobRun<'a> {
             if let Err(f) = self.reduce(mr).await? {
                 return Ok(Err(f));
             }
+            if self.remote.is_some() {
+                self.push_head().await?;
+            }
             self.set_state(JobStatus::Running, Phase::Done, None)
                 .await?;
         }
@@ -368,7 +417,9 @@ impl<'a> JobRun<'a> {
         }
         Ok(Ok(JobStatus::Succeeded))
     }
+}
 
+impl JobCore<'_> {
     /// Whether the job's budget is spent (usage so far from the store, time since creation),
     /// or its repository's daily cost cap.
     async fn budget_spent(&self) -> anyhow::Result<Option<String>> {
@@ -389,7 +440,9 @@ impl<'a> JobRun<'a> {
             .unwrap_or_default();
         Ok(super::agent::budget_spent(&budget, &used, elapsed))
     }
+}
 
+impl JobRun<'_> {
     /// Stores the agent runs of a phase or an attempt and announces their usage.
     async fn record_agent_runs(
         &self,
@@ -397,37 +450,15 @@ impl<'a> JobRun<'a> {
         item: Option<(&ItemKey, u32)>,
         scope: &AgentScope,
     ) -> anyhow::Result<()> {
-        for run in scope.runs() {
-            self.store
-                .record_agent_run(
-                    self.proof,
-                    &NewAgentRun {
-                        phase: phase.to_string(),
-                        key: item.map(|(k, _)| k.clone()),
-                        attempt: item.map(|(_, a)| a),
-                        session_id: run.session_id.clone(),
-                        model: run.model.clone(),
-                        transcript: run.transcript.display().to_string(),
-                        subtype: run.result.as_ref().map(|r| r.subtype.clone()),
-                        usage: run.usage,
-                    },
-                )
-                .await?;
-            self.event(JobEvent::AgentFinished {
-                phase: phase.to_string(),
-                key: item.map(|(k, _)| k.clone()),
-                attempt: item.map(|(_, a)| a),
-                session_id: run.session_id.clone(),
-                model: run.model.clone(),
-                json_log_location: run.transcript.clone(),
-                subtype: run.result.as_ref().map(|r| r.subtype.clone()),
-                usage: run.usage,
-            })
-            .await?;
+        for (run, event) in agent_runs(phase, item, scope) {
+            self.store.record_agent_run(self.proof, &run).await?;
+            self.event(event).await?;
         }
         Ok(())
     }
+}
 
+impl JobCore<'_> {
     /// The environment and sandbox of the commands that run in `worktree`, with a private
     /// temporary directory that is removed when the returned value is dropped.
     fn confine(&self, worktree: &Path, label: &str) -> anyhow::Result<Confined> {
@@ -481,6 +512,41 @@ impl<'a> JobRun<'a> {
         }
         ctx
     }
+}
+
+/// The rows and events that record a scope's agent runs.
+fn agent_runs(
+    phase: &str,
+    item: Option<(&ItemKey, u32)>,
+    scope: &AgentScope,
+) -> Vec<(NewAgentRun, JobEvent)> {
+    scope
+        .runs()
+        .into_iter()
+        .map(|run| {
+            let row = NewAgentRun {
+                phase: phase.to_string(),
+                key: item.map(|(k, _)| k.clone()),
+                attempt: item.map(|(_, a)| a),
+                session_id: run.session_id.clone(),
+                model: run.model.clone(),
+                transcript: run.transcript.display().to_string(),
+                subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                usage: run.usage,
+            };
+            let event = JobEvent::AgentFinished {
+                phase: phase.to_string(),
+                key: item.map(|(k, _)| k.clone()),
+                attempt: item.map(|(_, a)| a),
+                session_id: run.session_id.clone(),
+                model: run.model.clone(),
+                json_log_location: run.transcript.clone(),
+                subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                usage: run.usage,
+            };
+            (row, event)
+        })
+        .collect()
 }
 
 fn last_line(s: &str) -> &str {
