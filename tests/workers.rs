@@ -372,6 +372,15 @@ async fn a_coordinator_and_three_workers_merge_every_item_exactly_once() {
             .await,
         120
     );
+    // Logs of attempts on other machines are in the database.
+    assert!(
+        c.sql_i64(
+            "SELECT COUNT(*) FROM attempt_files f JOIN attempts a USING (job_id, key, attempt) \
+             WHERE a.machine = 'w3' AND f.name = 'log'"
+        )
+        .await
+            >= 2
+    );
     // The job's own status names the machines.
     let status = Command::new(env!("CARGO_BIN_EXE_prodigy"))
         .args(["status", &job])
