@@ -362,10 +362,16 @@ async fn a_coordinator_and_three_workers_merge_every_item_exactly_once() {
         .await;
     let machines: Vec<&str> = per_machine.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(machines, ["coord", "w1", "w2", "w3"], "{per_machine:?}");
+    let again = c
+        .sql_rows(
+            "SELECT key || ' on ' || machine, attempt, message, success FROM attempts \
+             WHERE attempt > 1 OR NOT success ORDER BY key, attempt",
+        )
+        .await;
     assert_eq!(
         per_machine.iter().map(|r| r.1).sum::<i64>(),
         120,
-        "one attempt per item"
+        "one attempt per item; run again: {again:?}"
     );
     assert_eq!(
         c.sql_i64("SELECT COUNT(*) FROM work_items WHERE merged AND status = 'succeeded'")

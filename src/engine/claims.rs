@@ -73,13 +73,17 @@ impl Heartbeat {
 
     /// One round: renews every held claim, job by job, and stops the agents of lost ones.
     async fn beat(&self) {
-        let jobs: Vec<JobId> = {
+        // Only claims held before a renewal can be judged by it: one taken while the renewal
+        // runs is missing from its answer without being lost.
+        let before: Vec<(JobId, ItemKey, i64)> = {
             let held = self.held.lock().expect("claims lock");
-            let mut jobs: Vec<JobId> = held.keys().map(|(j, _)| *j).collect();
-            jobs.sort();
-            jobs.dedup();
-            jobs
+            held.iter()
+                .map(|((j, k), (e, _))| (*j, k.clone(), *e))
+                .collect()
         };
+        let mut jobs: Vec<JobId> = before.iter().map(|(j, _, _)| *j).collect();
+        jobs.sort();
+        jobs.dedup();
         for job in jobs {
             let renewed = match self
                 .store
@@ -94,9 +98,10 @@ impl Heartbeat {
                     continue;
                 }
             };
+            let lost = lost_claims(job, &before, &renewed);
             let mut held = self.held.lock().expect("claims lock");
             held.retain(|(j, key), (epoch, token)| {
-                if *j != job || renewed.iter().any(|(k, e)| k == key && e == epoch) {
+                if *j != job || !lost.iter().any(|(k, e)| k == key && e == epoch) {
                     return true;
                 }
                 tracing::warn!(
@@ -118,5 +123,37 @@ async fn renew(hb: Weak<Heartbeat>, every: Duration) {
         tick.tick().await;
         let Some(hb) = hb.upgrade() else { return };
         hb.beat().await;
+    }
+}
+
+/// The claims of `job` a renewal shows lost: held before it ran (`before`) and missing from its
+/// answer (`renewed`). A claim taken while it ran is not judged by it.
+fn lost_claims(
+    job: JobId,
+    before: &[(JobId, ItemKey, i64)],
+    renewed: &[(ItemKey, i64)],
+) -> Vec<(ItemKey, i64)> {
+    before
+        .iter()
+        .filter(|(j, k, e)| *j == job && !renewed.iter().any(|(rk, re)| rk == k && re == e))
+        .map(|(_, k, e)| (k.clone(), *e))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_claims_held_before_a_renewal_and_missing_from_it_are_lost() {
+        let (job, other) = (JobId::new(), JobId::new());
+        let k = |s: &str| ItemKey::from(s);
+        let before = vec![(job, k("a"), 1), (job, k("b"), 4), (other, k("c"), 1)];
+        // a renewed; b renewed only under a newer epoch (taken back and claimed again by us);
+        // "new" was claimed while the renewal ran, so it is not in `before` at all.
+        let renewed = vec![(k("a"), 1), (k("b"), 5), (k("new"), 1)];
+        assert_eq!(lost_claims(job, &before, &renewed), vec![(k("b"), 4)]);
+        assert!(lost_claims(job, &[], &[]).is_empty());
+        assert_eq!(lost_claims(other, &before, &[]), vec![(k("c"), 1)]);
     }
 }
