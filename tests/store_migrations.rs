@@ -67,7 +67,9 @@ struct Seeded {
     queued_delivery: Option<(i64, String)>,
     /// An agent run recorded (version 4).
     agent_run: bool,
-    /// A job opened to workers and an item claimed (version 5, PostgreSQL).
+    /// A check run recorded in progress at epoch 1 (version 5).
+    check_run: bool,
+    /// A job opened to workers and an item claimed (version 6, PostgreSQL).
     claimed: bool,
 }
 
@@ -213,6 +215,11 @@ impl Seeded {
                 self.agent_run = true;
             }
             5 => {
+                let job = self.job.expect("seeded at version 1");
+                store.record_check_run(job, 9001, 1).await.unwrap();
+                self.check_run = true;
+            }
+            6 => {
                 // Claims are PostgreSQL's: a job there is opened to workers and one item claimed.
                 let Some(job) = self
                     .job
@@ -253,6 +260,24 @@ impl Seeded {
     }
 
     async fn verify(&self, store: &Store) {
+        if let Some(job) = self.job
+            && self.check_run
+        {
+            assert_eq!(store.jobs_with_open_check_runs().await.unwrap(), [job]);
+            // A later epoch claims it once.
+            assert_eq!(
+                store.claim_stale_check_runs(job, 2, None).await.unwrap(),
+                [9001]
+            );
+            assert!(
+                store
+                    .claim_stale_check_runs(job, 3, None)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            store.reopen_check_run(job, 9001).await.unwrap();
+        }
         if let Some(job) = self.job
             && self.agent_run
         {

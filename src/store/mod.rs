@@ -7,14 +7,15 @@
 //! The store is split by subject: [`model`] (the rows), `backend` (opening, migrating, the
 //! per-backend macros), `jobs`, `items` (reads), `writes` (fenced writes), `lock` (the job
 //! lock), `usage` (agent runs), `server` (webhook deliveries and the request queue),
-//! `reporting` (what check runs read), `claims` (items shared by the machines of a job:
-//! claims, leases, their fencing).
+//! `reporting` (what check runs read), `check_runs` (which check runs are still open),
+//! `claims` (items shared by the machines of a job: claims, leases, their fencing).
 
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::types::{ItemKey, JobId};
 
 mod backend;
+mod check_runs;
 mod claims;
 mod debug;
 mod event;

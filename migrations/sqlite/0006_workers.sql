@@ -1,4 +1,4 @@
--- Many machines: the same columns as migrations/postgres/0005_workers.sql, so both backends
+-- Many machines: the same columns as migrations/postgres/0006_workers.sql, so both backends
 -- keep one schema. Only PostgreSQL runs workers (`prodigy run --workers` on SQLite is refused);
 -- here the columns stay at their defaults.
 
