@@ -10,4 +10,5 @@ pub mod store;
 pub mod suggest;
 pub mod text;
 pub mod types;
+pub mod worker;
 pub mod workflow;

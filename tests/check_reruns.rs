@@ -57,6 +57,7 @@ fn engine(store: Store, repo: &Repo, instance: &str, reporter: CheckRunReporter)
         reporter: Arc::new(reporter),
         cancel: CancellationToken::new(),
         agents: support::repo::agents_writing_tmp(),
+        workers: Default::default(),
     }
 }
 

@@ -122,6 +122,7 @@ impl World {
             reporter: Arc::new(reporter.clone()),
             cancel,
             agents: support::repo::agents_writing_tmp(),
+            workers: Default::default(),
         };
         let start = Instant::now();
         let outcome = engine

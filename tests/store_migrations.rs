@@ -8,9 +8,11 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::time::Duration;
+
 use prodigy::store::{
-    Accepted, AttemptOutcome, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, JobEvent,
-    LockOutcome, NewItem, NewJob, Store,
+    Accepted, AttemptOutcome, BackendKind, Claimer, DeliveryOutcome, DlqDisposition, Holder,
+    ItemFilter, JobEvent, LockOutcome, NewItem, NewJob, Store,
 };
 use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use serde_json::json;
@@ -67,6 +69,8 @@ struct Seeded {
     agent_run: bool,
     /// A check run recorded in progress at epoch 1 (version 5).
     check_run: bool,
+    /// A job opened to workers and an item claimed (version 6, PostgreSQL).
+    claimed: bool,
 }
 
 impl Seeded {
@@ -215,6 +219,40 @@ impl Seeded {
                 store.record_check_run(job, 9001, 1).await.unwrap();
                 self.check_run = true;
             }
+            6 => {
+                // Claims are PostgreSQL's: a job there is opened to workers and one item claimed.
+                let Some(job) = self
+                    .job
+                    .filter(|_| store.backend() == BackendKind::Postgres)
+                else {
+                    return;
+                };
+                let LockOutcome::Acquired(lock) = store
+                    .try_lock(job, &Holder::this_process(None))
+                    .await
+                    .unwrap()
+                else {
+                    panic!("seeded job is held");
+                };
+                store
+                    .open_to_workers(lock.proof(), "/srv/remote.git")
+                    .await
+                    .unwrap();
+                lock.release().await.unwrap();
+                let claims = store
+                    .claim_items(
+                        job,
+                        &Claimer::new("seed-machine"),
+                        5,
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap();
+                // k1 has ended (failed); k0 and k2 are pending.
+                let keys: Vec<&str> = claims.iter().map(|c| c.key().0.as_str()).collect();
+                assert_eq!(keys, ["k0", "k2"]);
+                self.claimed = true;
+            }
             other => panic!(
                 "migration {other} has no seed data in this test: add rows for its tables to Seeded::seed"
             ),
@@ -272,7 +310,22 @@ impl Seeded {
                 .into_iter()
                 .map(|e| e.kind)
                 .collect();
-            assert_eq!(kinds, ["item_started", "item_succeeded", "items_loaded"]);
+            let mut expected = vec!["item_started", "item_succeeded", "items_loaded"];
+            if self.claimed {
+                expected.extend(["workers_opened", "item_claimed", "item_claimed"]);
+                let remote = store.job_remote(job).await.unwrap().unwrap();
+                assert_eq!(
+                    (remote.url.as_str(), remote.open),
+                    ("/srv/remote.git", true)
+                );
+                let machines = store.machines(job).await.unwrap();
+                assert_eq!(machines.len(), 1);
+                assert_eq!(
+                    (machines[0].machine.as_str(), machines[0].attempts),
+                    ("seed-machine", 2)
+                );
+            }
+            assert_eq!(kinds, expected);
             // The lock still works on old rows.
             let LockOutcome::Acquired(lock) = store
                 .try_lock(job, &Holder::this_process(None))

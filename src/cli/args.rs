@@ -86,6 +86,20 @@ pub struct Global {
         value_delimiter = ':'
     )]
     pub sandbox_read: Vec<PathBuf>,
+    /// This machine's name in the attempts it runs, `prodigy status` and the job page (jobs
+    /// with workers). Default: the host name.
+    #[arg(long, env = "PRODIGY_MACHINE", global = true)]
+    pub machine: Option<String>,
+    /// Seconds an item claim lasts without a heartbeat (jobs with workers: renewed every third
+    /// of it; a machine silent for longer loses its items to others).
+    #[arg(
+        long,
+        env = "PRODIGY_CLAIM_LEASE_SECS",
+        global = true,
+        default_value_t = 30.0,
+        value_name = "SECS"
+    )]
+    pub claim_lease: f64,
     /// Extra paths agents may write, `:` separated (e.g. a shared build cache).
     #[arg(
         long,
@@ -105,6 +119,35 @@ fn parse_sandbox(s: &str) -> Result<SandboxMode, String> {
 }
 
 impl Global {
+    /// How this process takes part in jobs with workers.
+    pub fn worker_settings(&self) -> anyhow::Result<prodigy::engine::WorkerSettings> {
+        if !self.claim_lease.is_finite() || self.claim_lease <= 0.0 {
+            anyhow::bail!(
+                "--claim-lease (PRODIGY_CLAIM_LEASE_SECS) must be a positive number of seconds"
+            );
+        }
+        let mut settings = prodigy::engine::WorkerSettings {
+            lease: std::time::Duration::from_secs_f64(self.claim_lease),
+            ..Default::default()
+        };
+        if let Some(m) = self
+            .machine
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
+            settings.machine = m.to_string();
+        }
+        Ok(settings)
+    }
+
+    /// Whether the database is PostgreSQL (workers need a database machines share).
+    pub fn is_postgres(&self) -> bool {
+        self.database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
+
     /// The agent policy for a face; `clean` forces the allow-list (serve, action). `deny`:
     /// files no agent may reach besides the state directory (key files).
     pub fn agent_policy(&self, clean: bool, deny: Vec<PathBuf>) -> anyhow::Result<AgentPolicy> {
@@ -150,6 +193,19 @@ pub enum Command {
         /// Print the final outcome as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Let `prodigy worker`s on other machines run the job's items too (PostgreSQL only):
+        /// this process coordinates (setup, merges, reduce) and its own agents claim items like
+        /// any worker. `--max-parallel 0`: run no agents here.
+        #[arg(long, env = "PRODIGY_WORKERS")]
+        workers: bool,
+        /// The git remote workers exchange commits through: a remote's name or a URL.
+        #[arg(
+            long,
+            env = "PRODIGY_REMOTE",
+            default_value = "origin",
+            requires = "workers"
+        )]
+        remote: String,
     },
     /// Continue a job where it stopped: pending items, then failed ones below the retry limit, then the DLQ.
     Resume {
@@ -252,6 +308,9 @@ pub enum Command {
     Migrate,
     /// Run the GitHub App server: webhooks in, jobs per pull request, `/prodigy` comment commands.
     Serve(Box<prodigy::server::ServeConfig>),
+    /// Help run jobs started with `run --workers` on other machines: claim their items from
+    /// the shared PostgreSQL database and exchange commits through their git remote.
+    Worker(Box<prodigy::worker::WorkerConfig>),
     /// Run a workflow as a GitHub Actions step: a check run, the step's outputs and summary.
     Action(Box<prodigy::action::ActionConfig>),
     /// Print a shell completion script, e.g. `prodigy completions bash > ~/.local/share/bash-completion/completions/prodigy`.

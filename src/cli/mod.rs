@@ -171,6 +171,7 @@ pub(super) async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow
         reporter,
         cancel,
         agents: global.agent_policy(false, Vec::new())?,
+        workers: global.worker_settings()?,
     })
 }
 
@@ -196,6 +197,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Action(config) => action::action(g, &config).await,
+        Command::Worker(config) => {
+            if !g.is_postgres() {
+                eout!(
+                    "error: prodigy worker needs the PostgreSQL database of the jobs it helps: pass --database-url postgres://... (DATABASE_URL), the URL their `prodigy run --workers` uses"
+                );
+                return Ok(EXIT_USAGE);
+            }
+            let store = open_store(g).await?;
+            let home = config.state_dir(g.home.as_deref());
+            let mut global = g.clone();
+            global.home = Some(home.clone());
+            std::fs::create_dir_all(&home).with_context(|| {
+                format!("cannot create the worker's directory {}", home.display())
+            })?;
+            let eng = engine(&global, store, &home).await?;
+            prodigy::worker::run(&eng, &config).await?;
+            Ok(0)
+        }
         Command::Migrate => {
             let url = store_url(g).await?;
             let store = Store::open_without_migrating(&url)
@@ -223,9 +242,20 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             workflow,
             max_parallel,
             json,
+            workers,
+            remote,
         } => {
+            if workers && !g.is_postgres() {
+                eout!(
+                    "error: --workers needs PostgreSQL, which the machines share: pass --database-url postgres://... (DATABASE_URL), start `prodigy worker` with the same URL on the other machines, or run without --workers on this machine alone (SQLite)"
+                );
+                return Ok(EXIT_USAGE);
+            }
             let store = open_store(g).await?;
-            let eng = engine(g, store, &g.repo).await?;
+            let mut eng = engine(g, store, &g.repo).await?;
+            if workers {
+                eng.workers.remote = Some(remote);
+            }
             let outcome = eng
                 .run(&NewRun {
                     repo: g.repo.clone(),
@@ -251,7 +281,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let store = open_store(g).await?;
             let job = store.find_job(&job).await?;
-            let eng = engine(g, store, Path::new(&job.repo_path)).await?;
+            // A job with workers resumes in this clone: its own may be on another machine.
+            let with_workers = store.job_remote(job.id).await?.is_some();
+            let repo = if with_workers {
+                g.repo.clone()
+            } else {
+                PathBuf::from(&job.repo_path)
+            };
+            let mut eng = engine(g, store, &repo).await?;
+            if with_workers {
+                eng.workers.repo = Some(repo);
+            }
             if budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
                 eout!("--budget must be a positive amount of USD, e.g. --budget 5");
                 return Ok(EXIT_USAGE);
@@ -342,6 +382,7 @@ pub fn exit_for_error(e: &anyhow::Error) -> u8 {
                 StoreError::JobNotFound(_)
                     | StoreError::AmbiguousJob { .. }
                     | StoreError::ItemNotFound { .. }
+                    | StoreError::NeedsPostgres(_)
             )
         ) || cause
             .downcast_ref::<prodigy::workflow::WorkflowError>()

@@ -4,12 +4,14 @@
 
 pub mod agent;
 pub mod agent_env;
+pub mod claims;
 pub mod classify;
 pub mod git;
 mod job;
 pub mod plan;
 pub mod process;
 pub mod progress;
+pub mod remote;
 pub mod sandbox;
 pub mod step;
 pub mod worktree;
@@ -21,7 +23,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-pub use job::{RunOutcome, masked_values};
+pub use job::{RunOutcome, WorkerOutcome, masked_values};
 pub use progress::{Progress, Reporter, Silent};
 
 use crate::store::{Exclusive, Holder, Job, LockProof, NewJob, Store};
@@ -50,6 +52,38 @@ pub struct Engine {
     pub cancel: CancellationToken,
     /// How agents are confined: the environment they start with and their sandbox.
     pub agents: AgentPolicy,
+    /// How this process takes part in jobs that run on many machines.
+    pub workers: WorkerSettings,
+}
+
+/// How a process takes part in jobs that run on many machines (README "Many machines").
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// A new job opens its items to workers, exchanging commits through this git remote (a
+    /// remote's name or a URL); None: the job runs on this machine alone.
+    pub remote: Option<String>,
+    /// How long an item claim lasts without a heartbeat (renewed every third of it).
+    pub lease: std::time::Duration,
+    /// This machine's name in attempts, `prodigy status` and the job page.
+    pub machine: String,
+    /// Where a resumed job with workers works on this machine, when its own repository is on
+    /// another (any clone: the job's refs come from its remote).
+    pub repo: Option<PathBuf>,
+}
+
+/// The default claim lease: long enough for heartbeats to survive a slow database round trip,
+/// short enough that a dead machine's items run elsewhere soon.
+pub const DEFAULT_CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            remote: None,
+            lease: DEFAULT_CLAIM_LEASE,
+            machine: crate::store::hostname(),
+            repo: None,
+        }
+    }
 }
 
 /// The operator's settings for agents (README, "Security model").
@@ -182,6 +216,15 @@ impl Engine {
                 .await
                 .context("the repository has no commit to start from")?,
         };
+        let remote = match &self.workers.remote {
+            None => None,
+            Some(name) => {
+                if self.store.backend() != crate::store::BackendKind::Postgres {
+                    return Err(crate::store::StoreError::NeedsPostgres("--workers").into());
+                }
+                Some(remote::resolve_url(&repo, name).await?)
+            }
+        };
         let job = self
             .store
             .create_job(&NewJob {
@@ -203,6 +246,9 @@ impl Engine {
             .store
             .with_job_lock(job.id, &self.holder(), async |proof| {
                 self.store.set_job_refs(proof, &refs).await?;
+                if let Some(url) = &remote {
+                    self.store.set_job_remote(proof, url).await?;
+                }
                 let job = self.store.get_job(job.id).await?;
                 self.execute(job, proof, job::Mode::Fresh, req.max_parallel)
                     .await
@@ -324,12 +370,28 @@ impl Engine {
 
     async fn execute(
         &self,
-        job: Job,
+        mut job: Job,
         proof: &LockProof,
         mode: job::Mode,
         max_parallel: Option<usize>,
     ) -> anyhow::Result<RunOutcome> {
-        job::JobRun::new(self, job, proof, max_parallel)?
+        let remote = self.store.job_remote(job.id).await?;
+        if remote.is_some()
+            && let Some(repo) = &self.workers.repo
+        {
+            // A job with workers resumed from another clone: its refs come from the remote.
+            let here = git::toplevel(repo)
+                .await
+                .with_context(|| format!("{} is not inside a git repository", repo.display()))?
+                .display()
+                .to_string();
+            if here != job.repo_path {
+                self.store.set_job_repo_path(proof, &here).await?;
+                job.repo_path = here;
+            }
+        }
+        let remote = remote.map(|r| job::Remote::new(r.url));
+        job::JobRun::new(self, job, proof, max_parallel, remote)?
             .run(mode)
             .await
     }

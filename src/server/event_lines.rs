@@ -148,6 +148,32 @@ pub fn describe(event: &Event) -> String {
             attempt,
             reason,
         } => format!("item {key} stopped (attempt {attempt}): {}", msg(&reason)),
+        JobEvent::WorkersOpened { remote } => {
+            format!("open to workers: base published on {}", msg(&remote))
+        }
+        JobEvent::WorkersClosed {} => "closed to workers".to_string(),
+        JobEvent::ItemClaimed {
+            key,
+            attempt,
+            machine,
+        } => format!("item {key} claimed by {machine} (attempt {attempt})"),
+        JobEvent::ClaimExpired {
+            key,
+            attempt,
+            machine,
+        } => format!(
+            "item {key}: the claim of attempt {attempt}{} expired; it runs again",
+            machine.map(|m| format!(" on {m}")).unwrap_or_default()
+        ),
+        JobEvent::ClaimReleased {
+            key,
+            attempt,
+            machine,
+            reason,
+        } => format!(
+            "item {key} given back by {machine} (attempt {attempt}): {}",
+            msg(&reason)
+        ),
         JobEvent::CancelRequested { reason, by, .. } => format!(
             "cancel requested{}: {}",
             by.map(|b| format!(" by {b}")).unwrap_or_default(),

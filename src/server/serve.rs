@@ -167,6 +167,7 @@ pub async fn start_with(
         reporter: Arc::new(Silent),
         cancel: jobs.clone(),
         agents: settings.agents.clone(),
+        workers: Default::default(),
     };
     let runner = Runner::new(RunnerParts {
         store: store.clone(),

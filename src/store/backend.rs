@@ -409,11 +409,28 @@ impl Store {
     pub async fn migrate_up_to(&self, version: i64) -> Result<Vec<i64>> {
         let migrator = self.migrator();
         let (before, after) = match &self.pool {
-            // PostgreSQL: sqlx serialises migrators with an advisory lock.
+            // PostgreSQL: sqlx serialises migrators with an advisory lock, but creates its
+            // bookkeeping table before taking it; machines starting together on a fresh
+            // database (a coordinator and its workers) race there. The loser looks again.
             Pool::Postgres(pool) => {
-                let before = self.applied_on(pool).await?;
-                migrator.run_to(version, pool).await?;
-                (before, self.applied_on(pool).await?)
+                let mut tries = 0;
+                loop {
+                    let run = async {
+                        let before = self.applied_on(pool).await?;
+                        migrator.run_to(version, pool).await?;
+                        Ok::<_, StoreError>((before, self.applied_on(pool).await?))
+                    }
+                    .await;
+                    match run {
+                        Ok(done) => break done,
+                        Err(e) if tries < 5 && raced_creating(&e) => {
+                            tracing::debug!(error = %e, "migration raced another process; retrying");
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             // SQLite has no such lock: queue behind this process's writers for the whole of it,
             // and when another process applied the same migration first (ours then fails on
@@ -440,4 +457,11 @@ impl Store {
         };
         Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
+}
+
+/// Whether a PostgreSQL migration failed because another process created the same object at
+/// the same moment (a unique violation in the catalog, or "already exists").
+fn raced_creating(e: &StoreError) -> bool {
+    let text = e.to_string();
+    text.contains("duplicate key value") || text.contains("already exists")
 }

@@ -171,6 +171,33 @@ pub enum JobEvent {
         reason: String,
     },
 
+    // ---- many machines (README "Many machines") ---------------------------------------------
+    /// The job's base is on its git remote and workers may claim its items.
+    WorkersOpened {
+        remote: String,
+    },
+    /// Workers claim nothing more of the job (its map phase ended or stopped).
+    WorkersClosed {},
+    /// A claimer took an item: the attempt `attempt` runs on `machine`.
+    ItemClaimed {
+        key: ItemKey,
+        attempt: u32,
+        machine: String,
+    },
+    /// The claim of `attempt` ran out (its machine stopped renewing it); the item was taken back.
+    ClaimExpired {
+        key: ItemKey,
+        attempt: u32,
+        machine: Option<String>,
+    },
+    /// A claimer gave an item back unfinished (it was stopping); the item is pending again.
+    ClaimReleased {
+        key: ItemKey,
+        attempt: u32,
+        machine: String,
+        reason: String,
+    },
+
     // ---- requests and notes from outside the lock -------------------------------------------
     /// Someone asked to cancel the job; the instance running it sees this and stops it.
     CancelRequested {

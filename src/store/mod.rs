@@ -7,7 +7,8 @@
 //! The store is split by subject: [`model`] (the rows), `backend` (opening, migrating, the
 //! per-backend macros), `jobs`, `items` (reads), `writes` (fenced writes), `lock` (the job
 //! lock), `usage` (agent runs), `server` (webhook deliveries and the request queue),
-//! `reporting` (what check runs read), `check_runs` (which check runs are still open).
+//! `reporting` (what check runs read), `check_runs` (which check runs are still open),
+//! `claims` (items shared by the machines of a job: claims, leases, their fencing).
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -16,6 +17,7 @@ use crate::types::{ItemKey, JobId};
 mod backend;
 mod cancel;
 mod check_runs;
+mod claims;
 mod debug;
 mod event;
 mod items;
@@ -31,6 +33,7 @@ mod writes;
 
 pub use backend::{BackendKind, DEFAULT_LOCK_LEASE};
 pub use cancel::CancelOutcome;
+pub use claims::{Claim, ClaimedEnd, Claimer, JobRemote, MachineCount};
 pub use debug::{EXIT_HELD, debug_lock};
 pub use event::{Event, JobEvent, RunHolder, Skipped};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
@@ -48,6 +51,21 @@ pub enum StoreError {
         "job {job} was taken over by another holder (lease epoch {epoch} is no longer current); this process stops writing to it"
     )]
     Fenced { job: JobId, epoch: i64 },
+    /// A claim holder's write after its claim was lost (its lease ran out; the item may have
+    /// been taken back): nothing was written.
+    #[error(
+        "the claim on item {key} (attempt {attempt}) of job {job} is lost: its lease ran out and the item may run elsewhere; this attempt records nothing"
+    )]
+    ClaimLost {
+        job: JobId,
+        key: ItemKey,
+        attempt: u32,
+    },
+    /// Workers and claims need a database several machines share.
+    #[error(
+        "{0} needs PostgreSQL, which several machines can share: pass --database-url postgres://... (or DATABASE_URL); with SQLite run the job on one machine, without --workers"
+    )]
+    NeedsPostgres(&'static str),
     #[error("no job matches '{0}' (see `prodigy jobs`)")]
     JobNotFound(String),
     #[error("'{prefix}' matches {count} jobs; give more characters of the id")]

@@ -121,9 +121,51 @@ macro_rules! select_runs {
     };
 }
 
-fn i(v: u64) -> i64 {
+pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
+
+/// Inserts (or, for a transcript recorded before, replaces) an agent run in the fenced
+/// transaction `$tx`: the lock holder's [`Store::record_agent_run`] or a claim holder's
+/// `finish_claimed`.
+macro_rules! insert_agent_run {
+    ($tx:ident, $job:expr, $run:expr, $at:expr) => {{
+        sqlx::query(
+            "INSERT INTO agent_runs (job_id, phase, item_key, attempt, session_id, model, \
+             transcript, subtype, input_tokens, output_tokens, cache_creation_tokens, \
+             cache_read_tokens, cost_usd, turns, api_ms, duration_ms, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ON CONFLICT (job_id, transcript) DO UPDATE SET subtype = excluded.subtype, \
+             input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
+             cache_creation_tokens = excluded.cache_creation_tokens, \
+             cache_read_tokens = excluded.cache_read_tokens, cost_usd = excluded.cost_usd, \
+             turns = excluded.turns, api_ms = excluded.api_ms, \
+             duration_ms = excluded.duration_ms, finished_at = excluded.finished_at",
+        )
+        .bind($job)
+        .bind(&$run.phase)
+        .bind(&$run.key)
+        .bind($run.attempt.map(i64::from))
+        .bind(&$run.session_id)
+        .bind(&$run.model)
+        .bind(&$run.transcript)
+        .bind(&$run.subtype)
+        .bind($crate::store::usage::to_i64($run.usage.input_tokens))
+        .bind($crate::store::usage::to_i64($run.usage.output_tokens))
+        .bind($crate::store::usage::to_i64(
+            $run.usage.cache_creation_tokens,
+        ))
+        .bind($crate::store::usage::to_i64($run.usage.cache_read_tokens))
+        .bind($run.usage.cost_usd)
+        .bind($crate::store::usage::to_i64($run.usage.turns))
+        .bind($crate::store::usage::to_i64($run.usage.api_ms))
+        .bind($crate::store::usage::to_i64($run.usage.duration_ms))
+        .bind($at)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(super) use insert_agent_run;
 
 impl Store {
     /// Records a finished agent run of the locked job. Recording the same transcript again
@@ -131,39 +173,8 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, transcript = %run.transcript))]
     pub async fn record_agent_run(&self, proof: &LockProof, run: &NewAgentRun) -> Result<()> {
         let at = now();
-        let u = &run.usage;
         fenced!(self, proof, tx => {
-            sqlx::query(
-                "INSERT INTO agent_runs (job_id, phase, item_key, attempt, session_id, model, \
-                 transcript, subtype, input_tokens, output_tokens, cache_creation_tokens, \
-                 cache_read_tokens, cost_usd, turns, api_ms, duration_ms, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-                 ON CONFLICT (job_id, transcript) DO UPDATE SET subtype = excluded.subtype, \
-                 input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
-                 cache_creation_tokens = excluded.cache_creation_tokens, \
-                 cache_read_tokens = excluded.cache_read_tokens, cost_usd = excluded.cost_usd, \
-                 turns = excluded.turns, api_ms = excluded.api_ms, \
-                 duration_ms = excluded.duration_ms, finished_at = excluded.finished_at",
-            )
-            .bind(proof.job)
-            .bind(&run.phase)
-            .bind(&run.key)
-            .bind(run.attempt.map(i64::from))
-            .bind(&run.session_id)
-            .bind(&run.model)
-            .bind(&run.transcript)
-            .bind(&run.subtype)
-            .bind(i(u.input_tokens))
-            .bind(i(u.output_tokens))
-            .bind(i(u.cache_creation_tokens))
-            .bind(i(u.cache_read_tokens))
-            .bind(u.cost_usd)
-            .bind(i(u.turns))
-            .bind(i(u.api_ms))
-            .bind(i(u.duration_ms))
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+            insert_agent_run!(tx, proof.job, run, at);
         });
         Ok(())
     }

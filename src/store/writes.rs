@@ -80,6 +80,82 @@ macro_rules! with_event {
     };
 }
 
+/// Completes an attempt row and sets its item's status, commit and result; on failure with a DLQ
+/// disposition it upserts the DLQ row, on success the item leaves the DLQ. Shared by the lock
+/// holder's [`Store::finish_attempt`] and a claim holder's `finish_claimed`: `$tx` is a fenced
+/// transaction of either.
+macro_rules! close_attempt {
+    ($tx:ident, $job:expr, $key:expr, $attempt:expr, $outcome:expr, $at:expr, $status:expr) => {{
+        let closed = sqlx::query(
+            "UPDATE attempts SET finished_at = $4, success = $5, exit_code = $6, error_class = $7, \
+             signature = $8, message = $9, log_path = $10, commit_sha = $11 \
+             WHERE job_id = $1 AND key = $2 AND attempt = $3",
+        )
+        .bind($job)
+        .bind($key)
+        .bind(i64::from($attempt))
+        .bind($at)
+        .bind($outcome.success)
+        .bind($outcome.exit_code)
+        .bind($outcome.error_class)
+        .bind(&$outcome.signature)
+        .bind(&$outcome.message)
+        .bind(&$outcome.log_path)
+        .bind(&$outcome.commit)
+        .execute(&mut *$tx)
+        .await?
+        .rows_affected();
+        if closed == 0 {
+            return Err(StoreError::ItemNotFound { job: $job, key: $key.clone() });
+        }
+        // A failure keeps the commit of an earlier success (it may be merged already).
+        sqlx::query(
+            "UPDATE work_items SET status = $3, \
+             commit_sha = CASE WHEN $4 THEN $5 ELSE commit_sha END, \
+             result = COALESCE($6, result) \
+             WHERE job_id = $1 AND key = $2",
+        )
+        .bind($job)
+        .bind($key)
+        .bind($status)
+        .bind($outcome.success)
+        .bind(&$outcome.commit)
+        .bind(&$outcome.result)
+        .execute(&mut *$tx)
+        .await?;
+        if $outcome.success {
+            sqlx::query("DELETE FROM dlq_items WHERE job_id = $1 AND key = $2")
+                .bind($job)
+                .bind($key)
+                .execute(&mut *$tx)
+                .await?;
+        } else if let Some(dlq) = $outcome.dlq {
+            // What cannot be reprocessed automatically needs a person to look at it.
+            sqlx::query(
+                "INSERT INTO dlq_items (job_id, key, data, first_failure, last_failure, failure_count, \
+                 error_class, signature, last_message, reprocessable, manual_review) \
+                 SELECT job_id, key, data, $3, $3, 1, $4, $5, $6, $7, $8 FROM work_items \
+                 WHERE job_id = $1 AND key = $2 \
+                 ON CONFLICT (job_id, key) DO UPDATE SET last_failure = excluded.last_failure, \
+                 failure_count = dlq_items.failure_count + 1, error_class = excluded.error_class, \
+                 signature = excluded.signature, last_message = excluded.last_message, \
+                 reprocessable = excluded.reprocessable, manual_review = excluded.manual_review",
+            )
+            .bind($job)
+            .bind($key)
+            .bind($at)
+            .bind($outcome.error_class.unwrap_or(ErrorClass::Unknown))
+            .bind($outcome.signature.as_deref().unwrap_or(""))
+            .bind($outcome.message.as_deref().unwrap_or(""))
+            .bind(dlq.reprocessable)
+            .bind(!dlq.reprocessable)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
+pub(super) use close_attempt;
+
 impl Store {
     /// After a fenced `UPDATE jobs` touched no row: tells a vanished job from a lost lease.
     async fn job_write_refused(&self, proof: &LockProof) -> StoreError {
@@ -287,72 +363,7 @@ impl Store {
             ItemStatus::Failed
         };
         with_event!(self, proof, tx => {
-            let closed = sqlx::query(
-                "UPDATE attempts SET finished_at = $4, success = $5, exit_code = $6, error_class = $7, \
-                 signature = $8, message = $9, log_path = $10, commit_sha = $11 \
-                 WHERE job_id = $1 AND key = $2 AND attempt = $3",
-            )
-            .bind(proof.job)
-            .bind(key)
-            .bind(i64::from(attempt))
-            .bind(at)
-            .bind(outcome.success)
-            .bind(outcome.exit_code)
-            .bind(outcome.error_class)
-            .bind(&outcome.signature)
-            .bind(&outcome.message)
-            .bind(&outcome.log_path)
-            .bind(&outcome.commit)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if closed == 0 {
-                return Err(StoreError::ItemNotFound { job: proof.job, key: key.clone() });
-            }
-            // A failure keeps the commit of an earlier success (it may be merged already).
-            sqlx::query(
-                "UPDATE work_items SET status = $3, \
-                 commit_sha = CASE WHEN $4 THEN $5 ELSE commit_sha END, \
-                 result = COALESCE($6, result) \
-                 WHERE job_id = $1 AND key = $2",
-            )
-            .bind(proof.job)
-            .bind(key)
-            .bind(status)
-            .bind(outcome.success)
-            .bind(&outcome.commit)
-            .bind(&outcome.result)
-            .execute(&mut *tx)
-            .await?;
-            if outcome.success {
-                sqlx::query("DELETE FROM dlq_items WHERE job_id = $1 AND key = $2")
-                    .bind(proof.job)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-            } else if let Some(dlq) = outcome.dlq {
-                // What cannot be reprocessed automatically needs a person to look at it.
-                sqlx::query(
-                    "INSERT INTO dlq_items (job_id, key, data, first_failure, last_failure, failure_count, \
-                     error_class, signature, last_message, reprocessable, manual_review) \
-                     SELECT job_id, key, data, $3, $3, 1, $4, $5, $6, $7, $8 FROM work_items \
-                     WHERE job_id = $1 AND key = $2 \
-                     ON CONFLICT (job_id, key) DO UPDATE SET last_failure = excluded.last_failure, \
-                     failure_count = dlq_items.failure_count + 1, error_class = excluded.error_class, \
-                     signature = excluded.signature, last_message = excluded.last_message, \
-                     reprocessable = excluded.reprocessable, manual_review = excluded.manual_review",
-                )
-                .bind(proof.job)
-                .bind(key)
-                .bind(at)
-                .bind(outcome.error_class.unwrap_or(ErrorClass::Unknown))
-                .bind(outcome.signature.as_deref().unwrap_or(""))
-                .bind(outcome.message.as_deref().unwrap_or(""))
-                .bind(dlq.reprocessable)
-                .bind(!dlq.reprocessable)
-                .execute(&mut *tx)
-                .await?;
-            }
+            close_attempt!(tx, proof.job, key, attempt, outcome, at, status);
         }, _done => event);
         Ok(())
     }
@@ -406,8 +417,11 @@ impl Store {
             .bind(ErrorClass::Unknown)
             .execute(&mut *tx)
             .await?;
+            // A claim on such an item is void: its epoch moves on, so a worker still running it
+            // records nothing.
             sqlx::query(
-                "UPDATE work_items SET status = 'pending' WHERE job_id = $1 AND status = 'running'",
+                "UPDATE work_items SET status = 'pending', claim_epoch = claim_epoch + 1, \
+                 claimed_by = NULL, lease_expires_at = NULL WHERE job_id = $1 AND status = 'running'",
             )
             .bind(proof.job)
             .execute(&mut *tx)

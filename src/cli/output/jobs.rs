@@ -55,11 +55,14 @@ pub fn jobs(list: &[JobSummary], as_json: bool) -> anyhow::Result<u8> {
 pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u8> {
     let counts = store.item_counts(job.id).await?;
     let usage = store.job_usage(job.id).await?;
+    let remote = store.job_remote(job.id).await?;
+    let machines = store.machines(job.id).await?;
     if as_json {
-        out!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"job": job, "counts": counts, "usage": usage}))?
-        );
+        let mut doc = json!({"job": job, "counts": counts, "usage": usage});
+        if let Some(r) = &remote {
+            doc["workers"] = json!({"remote": r.url, "open": r.open, "machines": machines});
+        }
+        out!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
     out!("job       {}", job.id);
@@ -88,6 +91,25 @@ pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u
         counts.merged,
         counts.dlq
     );
+    if let Some(r) = &remote {
+        out!(
+            "workers   {} via {}",
+            if r.open { "open" } else { "closed" },
+            r.url
+        );
+    }
+    if !machines.is_empty() {
+        let list: Vec<String> = machines
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} ({} attempts, {} succeeded)",
+                    m.machine, m.attempts, m.succeeded
+                )
+            })
+            .collect();
+        out!("machines  {}: {}", machines.len(), list.join(", "));
+    }
     print_usage(&usage);
     Ok(0)
 }

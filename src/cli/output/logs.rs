@@ -105,6 +105,9 @@ pub async fn logs(store: &Store, job: &Job, logs: &Path, req: &LogsRequest) -> a
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    if !req.follow {
+        any |= stored_transcripts(store, job, req).await?;
+    }
     if !any && !req.follow {
         let what = match &req.item {
             Some(k) => format!("item '{k}'"),
@@ -119,4 +122,34 @@ pub async fn logs(store: &Store, job: &Job, logs: &Path, req: &LogsRequest) -> a
         return Ok(EXIT_USAGE);
     }
     Ok(0)
+}
+
+/// Transcripts of agent runs on other machines (workers): their files are not here, their
+/// text is in the database. Returns whether it printed any.
+async fn stored_transcripts(store: &Store, job: &Job, req: &LogsRequest) -> anyhow::Result<bool> {
+    let mut any = false;
+    for run in store.agent_runs(job.id, req.item.as_ref()).await? {
+        if req
+            .attempt
+            .is_some_and(|a| run.attempt != Some(i64::from(a)))
+            || Path::new(&run.transcript).exists()
+        {
+            continue;
+        }
+        let Some(text) = store.attempt_file_named(job.id, &run.transcript).await? else {
+            continue;
+        };
+        any = true;
+        if !req.raw {
+            out!("=== {} (stored by the machine that ran it)", run.transcript);
+        }
+        for line in text.lines() {
+            if req.raw {
+                out!("{line}");
+            } else if let Some(t) = prodigy::engine::agent::render_line(line) {
+                out!("{t}");
+            }
+        }
+    }
+    Ok(any)
 }

@@ -11,37 +11,15 @@ impl JobRun<'_> {
         item: Option<(&ItemKey, u32)>,
         scope: &AgentScope,
     ) -> anyhow::Result<()> {
-        for run in scope.runs() {
-            self.store
-                .record_agent_run(
-                    self.proof,
-                    &NewAgentRun {
-                        phase: phase.to_string(),
-                        key: item.map(|(k, _)| k.clone()),
-                        attempt: item.map(|(_, a)| a),
-                        session_id: run.session_id.clone(),
-                        model: run.model.clone(),
-                        transcript: run.transcript.display().to_string(),
-                        subtype: run.result.as_ref().map(|r| r.subtype.clone()),
-                        usage: run.usage,
-                    },
-                )
-                .await?;
-            self.event(JobEvent::AgentFinished {
-                phase: phase.to_string(),
-                key: item.map(|(k, _)| k.clone()),
-                attempt: item.map(|(_, a)| a),
-                session_id: run.session_id.clone(),
-                model: run.model.clone(),
-                json_log_location: run.transcript.clone(),
-                subtype: run.result.as_ref().map(|r| r.subtype.clone()),
-                usage: run.usage,
-            })
-            .await?;
+        for (run, event) in agent_runs(phase, item, scope) {
+            self.store.record_agent_run(self.proof, &run).await?;
+            self.event(event).await?;
         }
         Ok(())
     }
+}
 
+impl JobCore<'_> {
     /// The environment and sandbox of the commands that run in `worktree`, with a private
     /// temporary directory that is removed when the returned value is dropped.
     pub(super) fn confine(&self, worktree: &Path, label: &str) -> anyhow::Result<Confined> {
@@ -116,7 +94,7 @@ pub fn masked_values(
     Ok(secret_values(&parsed.workflow, &env, &agent_env))
 }
 
-/// What one phase or agent runs with: see [`JobRun::confine`].
+/// What one phase or agent runs with: see [`JobCore::confine`].
 pub(super) struct Confined {
     _tmp: tempfile::TempDir,
     pub(super) base_env: Vec<(String, String)>,

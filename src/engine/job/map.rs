@@ -97,7 +97,12 @@ impl JobRun<'_> {
     /// are closed, and succeeded items whose commit already reached the job branch are marked
     /// merged, so nothing is merged twice; the rest of the succeeded-unmerged are merged now.
     pub(super) async fn reconcile(&mut self) -> anyhow::Result<()> {
-        let interrupted = self.store.recover_interrupted(self.proof).await?;
+        // With workers, items whose claims are alive stay with the machines running them.
+        let interrupted = if self.remote.is_some() {
+            self.store.recover_unclaimed(self.proof).await?
+        } else {
+            self.store.recover_interrupted(self.proof).await?
+        };
         if interrupted > 0 {
             self.event(JobEvent::ItemsInterrupted { count: interrupted })
                 .await?;
@@ -131,7 +136,8 @@ impl JobRun<'_> {
                 self.store
                     .mark_merged(self.proof, &item.key, Some(&merged))
                     .await?;
-            } else {
+            } else if self.remote.is_none() {
+                // (With workers the merge queue fetches and merges it.)
                 self.merge(&item.key, item.attempts, &commit).await?;
             }
         }
@@ -143,6 +149,9 @@ impl JobRun<'_> {
         mr: &MapReduce,
         candidates: Vec<Candidate>,
     ) -> anyhow::Result<Option<PhaseFailure>> {
+        if self.remote.is_some() {
+            return self.map_with_workers(mr, candidates).await;
+        }
         let total = self.store.item_counts(self.job.id).await?.total;
         self.report(Progress::ItemsPlanned {
             to_run: candidates.len(),

@@ -18,13 +18,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod agents;
+mod claimed;
 mod item;
 mod map;
 mod steps;
+mod worker;
+mod workers;
 
 pub use agents::masked_values;
 use agents::{resolve_env, secret_values};
-use map::{ItemRun, Scheduler};
+use map::{ItemRun, Scheduler, should_stop};
+pub use worker::WorkerOutcome;
+pub use workers::Remote;
 
 use super::agent::AgentScope;
 use super::agent_env::AgentEnv;
@@ -64,10 +69,32 @@ pub struct RunOutcome {
     pub duplicates_removed: usize,
 }
 
+/// One run of a job under its lock: the job's [`JobCore`] and the proof every job write takes.
 pub(super) struct JobRun<'a> {
+    core: JobCore<'a>,
+    proof: &'a LockProof,
+    /// The job's git remote when it runs with workers (README "Many machines").
+    remote: Option<workers::Remote>,
+}
+
+impl<'a> std::ops::Deref for JobRun<'a> {
+    type Target = JobCore<'a>;
+    fn deref(&self) -> &JobCore<'a> {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for JobRun<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.core
+    }
+}
+
+/// What running a job's steps and agents needs, without its lock: the lock holder's run
+/// ([`JobRun`]) and a worker serving the job's claims share it.
+pub(super) struct JobCore<'a> {
     engine: &'a Engine,
     store: &'a Store,
-    proof: &'a LockProof,
     job: Job,
     workflow: Workflow,
     ws: Workspace,
@@ -109,6 +136,21 @@ impl<'a> JobRun<'a> {
         job: Job,
         proof: &'a LockProof,
         max_parallel: Option<usize>,
+        remote: Option<workers::Remote>,
+    ) -> anyhow::Result<Self> {
+        Ok(JobRun {
+            core: JobCore::new(engine, job, max_parallel)?,
+            proof,
+            remote,
+        })
+    }
+}
+
+impl<'a> JobCore<'a> {
+    pub(super) fn new(
+        engine: &'a Engine,
+        job: Job,
+        max_parallel: Option<usize>,
     ) -> anyhow::Result<Self> {
         let parsed = workflow::parse(Path::new(&job.workflow_path), &job.workflow_text)
             .context("the job's workflow snapshot no longer parses")?;
@@ -124,10 +166,9 @@ impl<'a> JobRun<'a> {
         let env = resolve_env(&parsed.workflow, &agent_env)?;
         let secrets = secret_values(&parsed.workflow, &env, &agent_env);
         let verdict = sandbox::verdict(engine.agents.sandbox.mode);
-        Ok(JobRun {
+        Ok(JobCore {
             engine,
             store: &engine.store,
-            proof,
             ws,
             logs,
             env,
@@ -146,7 +187,9 @@ impl<'a> JobRun<'a> {
     fn report(&self, p: Progress) {
         self.engine.reporter.report(&p);
     }
+}
 
+impl JobRun<'_> {
     async fn event(&self, event: JobEvent) -> anyhow::Result<()> {
         self.store.append_event(self.proof, &event).await?;
         Ok(())
@@ -309,6 +352,9 @@ impl<'a> JobRun<'a> {
         }
         let identity = git::ensure_identity(&self.ws.repo).await;
         self.env.extend(identity);
+        if self.remote.is_some() {
+            self.sync_from_remote(&base).await?;
+        }
         self.ws
             .ensure_job_worktree(&base)
             .await
@@ -403,6 +449,9 @@ impl<'a> JobRun<'a> {
             if let Err(f) = self.reduce(mr).await? {
                 return Ok(Err(f));
             }
+            if self.remote.is_some() {
+                self.push_head().await?;
+            }
             // Reduce saw every item merged so far: `map.successful` and `map.results` read
             // the store, and the branch it ran on holds their commits.
             let refs = JobRefs {
@@ -462,7 +511,9 @@ impl<'a> JobRun<'a> {
         self.set_state(JobStatus::Running, Phase::Reduce, None)
             .await
     }
+}
 
+impl JobCore<'_> {
     /// Whether the job's budget is spent (usage so far from the store, time since creation),
     /// or its repository's daily cost cap.
     async fn budget_spent(&self) -> anyhow::Result<Option<String>> {
@@ -497,6 +548,41 @@ impl<'a> JobRun<'a> {
         }
         ctx
     }
+}
+
+/// The rows and events that record a scope's agent runs.
+fn agent_runs(
+    phase: &str,
+    item: Option<(&ItemKey, u32)>,
+    scope: &AgentScope,
+) -> Vec<(NewAgentRun, JobEvent)> {
+    scope
+        .runs()
+        .into_iter()
+        .map(|run| {
+            let row = NewAgentRun {
+                phase: phase.to_string(),
+                key: item.map(|(k, _)| k.clone()),
+                attempt: item.map(|(_, a)| a),
+                session_id: run.session_id.clone(),
+                model: run.model.clone(),
+                transcript: run.transcript.display().to_string(),
+                subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                usage: run.usage,
+            };
+            let event = JobEvent::AgentFinished {
+                phase: phase.to_string(),
+                key: item.map(|(k, _)| k.clone()),
+                attempt: item.map(|(_, a)| a),
+                session_id: run.session_id.clone(),
+                model: run.model.clone(),
+                json_log_location: run.transcript.clone(),
+                subtype: run.result.as_ref().map(|r| r.subtype.clone()),
+                usage: run.usage,
+            };
+            (row, event)
+        })
+        .collect()
 }
 
 fn last_line(s: &str) -> &str {
