@@ -4,6 +4,7 @@ pub mod action;
 pub mod checks;
 pub mod engine;
 pub mod github;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod suggest;

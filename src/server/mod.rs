@@ -7,6 +7,7 @@ pub mod config;
 pub mod dispatch;
 pub mod event_lines;
 pub mod ingest;
+pub mod metrics;
 pub mod pages;
 pub mod replies;
 pub mod repo_config;

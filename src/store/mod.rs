@@ -7,7 +7,7 @@
 //! The store is split by subject: [`model`] (the rows), `backend` (opening, migrating, the
 //! per-backend macros), `jobs`, `items` (reads), `writes` (fenced writes), `lock` (the job
 //! lock), `usage` (agent runs), `server` (webhook deliveries and the request queue),
-//! `reporting` (what check runs read).
+//! `reporting` (what check runs read), `metrics` (what `/metrics` counts).
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -19,6 +19,7 @@ mod event;
 mod items;
 mod jobs;
 mod lock;
+mod metrics;
 mod model;
 mod pg_tls;
 mod reporting;
@@ -31,6 +32,7 @@ pub use backend::{BackendKind, DEFAULT_LOCK_LEASE};
 pub use debug::{EXIT_HELD, debug_lock};
 pub use event::{Event, JobEvent, RunHolder, Skipped};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
+pub use metrics::MetricsSnapshot;
 pub use model::*;
 pub use server::{Accepted, DeliveryOutcome, NewDelivery, Request, RequestStatus};
 pub use usage::{AgentRunRow, JobUsage, NewAgentRun};

@@ -114,7 +114,9 @@ impl JobRun<'_> {
             log: log.clone(),
         })
         .await?;
+        let started = Instant::now();
         let result = step::run_steps(&phase.commands, ctx, &env).await;
+        crate::metrics::phase_duration(name, started.elapsed().as_secs_f64());
         self.record_agent_runs(name, None, &scope).await?;
         match result {
             Ok(()) => {
