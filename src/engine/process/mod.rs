@@ -6,21 +6,29 @@
 //! one pipe while we wait on the other would deadlock), kept in memory up to [`OUTPUT_CAP`] per
 //! stream, and appended to the log file as it arrives, so a crash of prodigy loses nothing the
 //! command already printed.
+//!
+//! This module spawns and waits; `group` signals and reaps the process group, `streams` reads
+//! the pipes and writes the log.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::text::{human_duration, tail_lines};
+
+mod group;
+mod streams;
+
+use group::{GroupGuard, terminate_group};
+pub use streams::redact;
+use streams::{Capture, LogSink, pump};
 
 /// Bytes of each stream kept in memory (the last ones; the log file has everything).
 pub const OUTPUT_CAP: usize = 1 << 20;
@@ -394,289 +402,6 @@ async fn while_pumping<F: Future>(
     }
 }
 
-/// SIGTERM to the group, SIGKILL to whatever is left after [`KILL_GRACE`]. When given the
-/// leader (not yet reaped), waits for it and returns its status. Does nothing when the group is
-/// already empty.
-async fn terminate_group(
-    pgid: i32,
-    mut leader: Option<&mut Child>,
-) -> io::Result<Option<ExitStatus>> {
-    let mut status = None;
-    if !group_alive(pgid) {
-        if let Some(child) = leader {
-            status = Some(child.wait().await?);
-        }
-        return Ok(status);
-    }
-    signal_group(pgid, libc::SIGTERM);
-    let give_up = Instant::now() + KILL_GRACE;
-    loop {
-        if let Some(child) = leader.as_deref_mut()
-            && status.is_none()
-        {
-            status = child.try_wait()?;
-        }
-        // An unreaped leader is a zombie that still counts as a member; once it is reaped (or
-        // was never ours to reap), an empty group means everything is gone.
-        let leader_done = leader.is_none() || status.is_some();
-        if leader_done && !group_alive(pgid) {
-            return Ok(status);
-        }
-        if Instant::now() >= give_up {
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    signal_group(pgid, libc::SIGKILL);
-    if let Some(child) = leader
-        && status.is_none()
-    {
-        status = Some(child.wait().await?);
-    }
-    let give_up = Instant::now() + REAP_WAIT;
-    while group_alive(pgid) && Instant::now() < give_up {
-        tokio::time::sleep(POLL).await;
-    }
-    Ok(status)
-}
-
-fn signal_group(pgid: i32, signal: i32) {
-    // SAFETY: killpg has no memory-safety preconditions. The group id is our child's pid, which
-    // cannot be reused while any member of the group (or the unreaped leader) exists.
-    unsafe {
-        libc::killpg(pgid, signal);
-    }
-}
-
-/// Whether any process of the group still runs.
-fn group_alive(pgid: i32) -> bool {
-    // Signal 0 checks for existence without sending anything. EPERM means members exist that we
-    // may not signal, which still counts as alive.
-    // SAFETY: as in `signal_group`.
-    let rc = unsafe { libc::killpg(pgid, 0) };
-    if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-        return false;
-    }
-    // Members exist, but dead orphans stay members as zombies until init reaps them, and some
-    // container inits reap only every few seconds: without this look every command that left
-    // a finished orphan behind would wait out the whole grace period.
-    live_member_in_proc(pgid).unwrap_or(true)
-}
-
-/// Without /proc (macOS) a group with members counts as alive until the grace period ends.
-#[cfg(not(target_os = "linux"))]
-fn live_member_in_proc(_pgid: i32) -> Option<bool> {
-    None
-}
-
-/// Scans /proc for a member of the group that is not a zombie; `None` without /proc.
-#[cfg(target_os = "linux")]
-fn live_member_in_proc(pgid: i32) -> Option<bool> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
-            continue;
-        }
-        // Gone since the listing: not a member any more.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid pgrp ...`; comm may contain spaces and parentheses.
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let mut fields = rest.split_ascii_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
-        if pgrp == Some(pgid) && !matches!(state, Some("Z" | "X")) {
-            return Some(true);
-        }
-    }
-    Some(false)
-}
-
-/// Kills the group when `run` is left before the group is known dead, e.g. because the caller
-/// dropped the future. No grace period: a destructor cannot wait.
-struct GroupGuard {
-    pgid: i32,
-    armed: bool,
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            signal_group(self.pgid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Reads both pipes until both close, feeding stdin alongside.
-async fn pump(
-    mut stdout: ChildStdout,
-    mut stderr: ChildStderr,
-    stdin: Option<(ChildStdin, &[u8])>,
-    (out, tap): (&mut Capture, Option<tokio::sync::mpsc::Sender<Vec<u8>>>),
-    err: &mut Capture,
-    mut log: Option<&mut LogSink>,
-) {
-    let mut obuf = vec![0u8; 64 * 1024];
-    let mut ebuf = vec![0u8; 64 * 1024];
-    let (mut out_open, mut err_open) = (true, true);
-    let mut fed = stdin.is_none();
-    let feed = async move {
-        if let Some((mut pipe, data)) = stdin {
-            // A command that exits without reading all of its input is not our error.
-            let _ = pipe.write_all(data).await;
-            // Dropping the pipe closes it, so the command sees the end of its input.
-        }
-    };
-    tokio::pin!(feed);
-
-    while out_open || err_open {
-        tokio::select! {
-            r = stdout.read(&mut obuf), if out_open => match r {
-                Ok(0) | Err(_) => out_open = false,
-                Ok(n) => match &tap {
-                    // A reader that went away loses the rest; the command still runs to its end.
-                    Some(tap) => {
-                        let _ = tap.send(obuf[..n].to_vec()).await;
-                    }
-                    None => {
-                        out.push(&obuf[..n]);
-                        if let Some(log) = log.as_deref_mut() {
-                            log.write(&obuf[..n]).await;
-                        }
-                    }
-                },
-            },
-            r = stderr.read(&mut ebuf), if err_open => match r {
-                Ok(0) | Err(_) => err_open = false,
-                Ok(n) => {
-                    err.push(&ebuf[..n]);
-                    if let Some(log) = log.as_deref_mut() {
-                        log.write(&ebuf[..n]).await;
-                    }
-                }
-            },
-            () = &mut feed, if !fed => fed = true,
-        }
-    }
-}
-
-/// The last [`OUTPUT_CAP`] bytes of one stream, in a ring so memory stays at the cap however
-/// much a command prints (many agents run at once).
-#[derive(Default)]
-struct Capture {
-    buf: VecDeque<u8>,
-    total: u64,
-}
-
-impl Capture {
-    fn push(&mut self, chunk: &[u8]) {
-        self.total += chunk.len() as u64;
-        let chunk = &chunk[chunk.len().saturating_sub(OUTPUT_CAP)..];
-        let excess = (self.buf.len() + chunk.len()).saturating_sub(OUTPUT_CAP);
-        self.buf.drain(..excess);
-        self.buf.extend(chunk);
-    }
-
-    fn finish(mut self, log: Option<&Path>) -> String {
-        let buf = self.buf.make_contiguous();
-        let dropped = self.total - buf.len() as u64;
-        if dropped == 0 {
-            return String::from_utf8_lossy(buf).into_owned();
-        }
-        // Start at a character boundary rather than with a replacement character.
-        let start = buf
-            .iter()
-            .take(4)
-            .position(|b| (b & 0b1100_0000) != 0b1000_0000)
-            .unwrap_or(0);
-        let where_full = match log {
-            Some(path) => format!("; the full output is in {}", path.display()),
-            None => String::new(),
-        };
-        format!(
-            "[prodigy: output truncated, the first {dropped} of {} bytes are not shown{where_full}]\n{}",
-            self.total,
-            String::from_utf8_lossy(&buf[start..])
-        )
-    }
-}
-
-/// The command's log file, opened for appending.
-struct LogSink {
-    file: Option<tokio::fs::File>,
-    path: PathBuf,
-    redact: Vec<String>,
-}
-
-/// `text` with every secret replaced by `***`.
-pub fn redact(mut text: String, secrets: &[String]) -> String {
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        if text.contains(secret.as_str()) {
-            text = text.replace(secret.as_str(), "***");
-        }
-    }
-    text
-}
-
-impl LogSink {
-    async fn open(path: &Path, spec: &CommandSpec) -> io::Result<LogSink> {
-        let context = |e: io::Error| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot open the log file {}: {e}", path.display()),
-            )
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await.map_err(context)?;
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await
-            .map_err(context)?;
-        let mut sink = LogSink {
-            file: Some(file),
-            path: path.to_path_buf(),
-            redact: spec.redact.clone(),
-        };
-        let header = format!(
-            "===== prodigy {}: $ {} (in {}) =====\n",
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            spec.display(),
-            spec.cwd.display()
-        );
-        sink.write(header.as_bytes()).await;
-        Ok(sink)
-    }
-
-    /// Writes through to the file (flushing, so a crash loses nothing written). A failing log
-    /// must not fail the command it records: we warn once and stop logging.
-    async fn write(&mut self, bytes: &[u8]) {
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        let masked;
-        let bytes = if self.redact.is_empty() {
-            bytes
-        } else {
-            masked = redact(String::from_utf8_lossy(bytes).into_owned(), &self.redact);
-            masked.as_bytes()
-        };
-        let result = async {
-            file.write_all(bytes).await?;
-            file.flush().await
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(log = %self.path.display(), error = %e, "cannot write the command log; logging stops for this command");
-            self.file = None;
-        }
-    }
-}
 fn signal_name(sig: i32) -> Option<&'static str> {
     Some(match sig {
         libc::SIGHUP => "SIGHUP",
@@ -711,6 +436,8 @@ fn shell_quote(arg: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn sh(script: &str, dir: &Path) -> CommandSpec {
