@@ -1207,11 +1207,11 @@ async fn rate_limit_headers(
         .max(1)
         - 1;
     let mut res = next.run(req).await;
+    // An injected answer (an exhausted limit) keeps its own headers.
     let headers = res.headers_mut();
-    headers.insert(
-        "x-ratelimit-limit",
-        axum::http::HeaderValue::from_static("5000"),
-    );
-    headers.insert("x-ratelimit-remaining", left.into());
+    if !headers.contains_key("x-ratelimit-remaining") {
+        headers.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
+        headers.insert("x-ratelimit-remaining", left.into());
+    }
     res
 }
