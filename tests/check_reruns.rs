@@ -298,3 +298,149 @@ async fn twenty_concurrent_reruns_of_a_failed_job_retry_it_once() {
         );
     }
 }
+
+/// "Retry failed" on a finished job: the retry's check run reports the map phase with live
+/// counts (not "Finishing" with the old ones), then reduce, which runs again on the updated
+/// branch and counts every merged item. SQLite and PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_failed_reports_its_phases_and_runs_reduce_again() {
+    let mut backends = vec![("sqlite", None)];
+    if let Some(db) = support::db::postgres_db().await {
+        backends.push(("postgres", Some(db)));
+    }
+    for (backend, db) in backends {
+        let fake = FakeGitHub::start(INSTALLATION, &[REPO]).await;
+        let counter = tempfile::tempdir().unwrap();
+        let repo = Repo::new(db.as_ref().map(|d| d.url()));
+        let wf =
+            workflow(counter.path()).replace("echo reduce >>", "echo reduce ${map.successful} >>");
+        repo.write("wf.yml", &wf);
+        let items: Vec<Value> = (0..8).map(|i| json!({"id": format!("it-{i}")})).collect();
+        repo.write("items.json", &Value::Array(items).to_string());
+        repo.commit_all("workflow");
+        let sha = repo.git(&["rev-parse", "HEAD"]);
+        for i in [2, 5] {
+            std::fs::write(counter.path().join(format!("fail-it-{i}")), "").unwrap();
+        }
+        let client = GitHubClient::new(
+            &fake.base_url(),
+            fake_github::test_app_auth(),
+            fake_github::test_retry_policy(),
+        )
+        .unwrap();
+        let store = Store::open(&repo.db_url).await.unwrap();
+        let reporter = || {
+            CheckRunReporter::spawn(
+                AppCheckRuns {
+                    client: client.clone(),
+                    installation: InstallationId(INSTALLATION),
+                    repo: RepoName::new(REPO),
+                },
+                store.clone(),
+                ReporterConfig {
+                    head_sha: Some(sha.clone()),
+                    // Every change is sent: the test reads the whole sequence.
+                    min_interval: Duration::ZERO,
+                    ..ReporterConfig::default()
+                },
+            )
+        };
+        let first = reporter();
+        let outcome = engine(store.clone(), &repo, "a", first.clone())
+            .run(&NewRun {
+                repo: repo.path.clone(),
+                workflow_path: repo.path.join("wf.yml"),
+                max_parallel: None,
+                repo_name: Some(RepoName::new(REPO)),
+                pr_number: Some(prodigy::types::PrNumber(3)),
+                head_sha: Some(prodigy::types::CommitSha(sha.clone())),
+                base_commit: None,
+                workflow_text: None,
+            })
+            .await
+            .unwrap();
+        first.finish().await;
+        assert_eq!(outcome.status, JobStatus::Failed, "{backend}");
+        assert!(runs(counter.path()).contains(&"reduce 6".to_string()));
+
+        for i in [2, 5] {
+            std::fs::remove_file(counter.path().join(format!("fail-it-{i}"))).unwrap();
+        }
+        let before = fake.world().requests.len();
+        let retry = reporter();
+        let request = RerunRequest {
+            trigger: Trigger::Button("retry_failed".into()),
+            job: Some(outcome.job.to_string()),
+            requested_at: Utc::now(),
+            sender: "maintainer".into(),
+        };
+        let answer = rerun::handle(&engine(store.clone(), &repo, "a", retry.clone()), &request)
+            .await
+            .unwrap();
+        let state = retry.finish().await;
+        match answer {
+            RerunOutcome::Ran(o) => {
+                assert_eq!(o.status, JobStatus::Succeeded, "{backend}: {o:?}");
+                assert_eq!(o.counts.merged, 8, "{backend}");
+            }
+            other => panic!("{backend}: expected a run, got {other:?}"),
+        }
+        // Reduce ran again on the branch with all eight items merged.
+        let r = runs(counter.path());
+        let reduces: Vec<&String> = r.iter().filter(|l| l.starts_with("reduce")).collect();
+        assert_eq!(reduces, ["reduce 6", "reduce 8"], "{backend}: {r:?}");
+
+        // The retry's check run, request by request: created in the map phase, live counts while
+        // the two items run, reduce, then the completion. Never "Finishing".
+        let id = state.check_run.expect("the retry's check run").0;
+        let titles: Vec<String> = fake.world().requests[before..]
+            .iter()
+            .filter(|q| {
+                q.op == Op::CreateCheckRun
+                    || (q.op == Op::UpdateCheckRun
+                        && q.path.ends_with(&format!("/check-runs/{id}")))
+            })
+            .filter_map(|q| {
+                q.body.as_ref()?["output"]["title"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(
+            titles.first().map(String::as_str),
+            Some("Map: 6 of 8 items succeeded, 2 failed, 0 to go"),
+            "{backend}: the retry's check run starts in the map phase with the current counts: {titles:#?}"
+        );
+        for live in [
+            "Map: 6 of 8 items succeeded, 0 failed, 2 to go",
+            "Map: 8 of 8 items succeeded, 0 failed, 0 to go",
+        ] {
+            assert!(
+                titles.iter().any(|t| t == live),
+                "{backend}: no {live:?} in {titles:#?}"
+            );
+        }
+        assert!(
+            titles
+                .iter()
+                .any(|t| t.starts_with("Reduce running (8 of 8")),
+            "{backend}: {titles:#?}"
+        );
+        // ("Finishing" may flash between reduce and the completion, as on any run.)
+        assert!(
+            !titles
+                .iter()
+                .take_while(|t| !t.starts_with("Reduce"))
+                .any(|t| t.contains("Finishing")),
+            "{backend}: {titles:#?}"
+        );
+        let runs_now = fake.check_runs_for(REPO, &sha);
+        let retry_run = runs_now.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(
+            retry_run.conclusion.as_deref(),
+            Some("success"),
+            "{backend}"
+        );
+        fake.assert_no_violations();
+    }
+}

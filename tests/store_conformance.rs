@@ -243,6 +243,7 @@ async fn check_job_state(db: &TestDb) {
         base_commit: Some("aaa".into()),
         setup_commit: Some("bbb".into()),
         map_commit: None,
+        ..JobRefs::default()
     };
     store.set_job_refs(proof, &refs).await.unwrap();
     store

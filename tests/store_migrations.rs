@@ -65,6 +65,8 @@ struct Seeded {
     queued_delivery: Option<(i64, String)>,
     /// An agent run recorded (version 4).
     agent_run: bool,
+    /// A check run recorded in progress at epoch 1 (version 5).
+    check_run: bool,
 }
 
 impl Seeded {
@@ -208,6 +210,11 @@ impl Seeded {
                 lock.release().await.unwrap();
                 self.agent_run = true;
             }
+            5 => {
+                let job = self.job.expect("seeded at version 1");
+                store.record_check_run(job, 9001, 1).await.unwrap();
+                self.check_run = true;
+            }
             other => panic!(
                 "migration {other} has no seed data in this test: add rows for its tables to Seeded::seed"
             ),
@@ -215,6 +222,24 @@ impl Seeded {
     }
 
     async fn verify(&self, store: &Store) {
+        if let Some(job) = self.job
+            && self.check_run
+        {
+            assert_eq!(store.jobs_with_open_check_runs().await.unwrap(), [job]);
+            // A later epoch claims it once.
+            assert_eq!(
+                store.claim_stale_check_runs(job, 2, None).await.unwrap(),
+                [9001]
+            );
+            assert!(
+                store
+                    .claim_stale_check_runs(job, 3, None)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            store.reopen_check_run(job, 9001).await.unwrap();
+        }
         if let Some(job) = self.job
             && self.agent_run
         {

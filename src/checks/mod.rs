@@ -5,7 +5,8 @@
 //!
 //! - [`render`]: pure functions from the job's recorded state to request bodies;
 //! - [`reporter`]: the engine [`crate::engine::Reporter`] that sends them, off the engine's path;
-//! - [`rerun`]: what a re-run or button press on a check run asks for (pure), and its answers.
+//! - [`rerun`]: what a re-run or button press on a check run asks for (pure), and its answers;
+//! - [`stale`]: closing the check runs of runs that died, once.
 //!
 //! Wiring, per job run (server runner or Action):
 //!
@@ -29,6 +30,7 @@ pub mod render;
 pub mod reporter;
 pub mod rerun;
 pub mod sink;
+pub mod stale;
 
 pub use render::{Face, RESUME_ACTION, RETRY_FAILED_ACTION, WorkflowFacts};
 pub use reporter::{CallCounts, CheckRunReporter, FinalRecord, ReportState, ReporterConfig};

@@ -157,7 +157,7 @@ async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Resp
         )
             .into_response();
     };
-    let payload = match serde_json::value::to_raw_value(&work) {
+    let payload = match work.payload() {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode queued work");

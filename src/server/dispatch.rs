@@ -53,6 +53,26 @@ pub struct CommentWork {
 }
 
 impl Work {
+    /// The work as the queue stores it: JSON, with every NUL in a text replaced by U+FFFD.
+    /// PostgreSQL's `jsonb` cannot hold `\u0000`, so a comment carrying one failed its whole
+    /// ingest batch (503 for it and the deliveries beside it, on every redelivery); nothing
+    /// prodigy reads from a payload means anything by a NUL.
+    pub fn payload(&self) -> serde_json::Result<Box<serde_json::value::RawValue>> {
+        fn clean(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) if s.contains('\0') => {
+                    *s = s.replace('\0', "\u{FFFD}");
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+                serde_json::Value::Object(fields) => fields.values_mut().for_each(clean),
+                _ => {}
+            }
+        }
+        let mut value = serde_json::to_value(self)?;
+        clean(&mut value);
+        serde_json::value::to_raw_value(&value)
+    }
+
     /// The request kind in the queue (for operators reading the table).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -257,6 +277,28 @@ mod tests {
     use crate::server::webhook::{
         CheckRunEvent, CheckSuiteEvent, IssueCommentEvent, PullRequestEvent,
     };
+
+    /// Found by tests/fuzz (webhook, PostgreSQL): a PR comment `/prodigy help \0` was answered
+    /// 503 on every delivery, because `jsonb` refuses `\u0000`.
+    #[test]
+    fn queued_payloads_hold_no_nul() {
+        let work = Work::Comment(CommentWork {
+            repo: RepoName::new("octo/repo"),
+            number: 1,
+            comment_id: 2,
+            author: "dev\0".into(),
+            body: "/prodigy help \0".into(),
+            installation: 3,
+        });
+        let text = work.payload().unwrap().get().to_string();
+        assert!(!text.contains("\\u0000"), "{text}");
+        let back: Work = serde_json::from_str(&text).unwrap();
+        let Work::Comment(c) = back else {
+            panic!("{text}")
+        };
+        assert_eq!(c.body, "/prodigy help \u{FFFD}");
+        assert_eq!(c.author, "dev\u{FFFD}");
+    }
 
     fn allow() -> Vec<RepoName> {
         vec![RepoName::new("octo/repo")]

@@ -77,6 +77,16 @@ pub fn describe(event: &Event) -> String {
             to_run, skipped, ..
         } => format!("resume planned: {to_run} to run, {} skipped", skipped.len()),
         JobEvent::DlqRetryPlanned { to_run } => format!("DLQ retry planned: {to_run} to run"),
+        JobEvent::ReduceRerun { merged } => {
+            format!("reduce runs again: items were merged after it ran ({merged} merged now)")
+        }
+        JobEvent::ReduceSkipped { reason } => format!("reduce not run again: {}", msg(&reason)),
+        JobEvent::StepCompleted { index, line, .. } => {
+            format!("step {} (line {line}) completed", index + 1)
+        }
+        JobEvent::StepsResumed { index, of } => {
+            format!("resumed at step {} of {of}", index + 1)
+        }
         JobEvent::ItemsInterrupted { count } => {
             format!("{count} interrupted items put back to pending")
         }

@@ -74,6 +74,28 @@ pub enum JobEvent {
     DlqRetryPlanned {
         to_run: usize,
     },
+    /// Reduce runs again: a retry or resume merged items after it had run (`merged` items are
+    /// on the branch now).
+    ReduceRerun {
+        merged: u64,
+    },
+    /// Reduce had run and does not run again, and why.
+    ReduceSkipped {
+        reason: String,
+    },
+    /// Step `index` (0-based) of a standard workflow completed; recorded with the step count,
+    /// the branch head and the captured variables, so a resume continues after it.
+    StepCompleted {
+        index: usize,
+        line: usize,
+        commit: String,
+    },
+    /// A resume of a standard workflow continues at step `index`, with the variables of the
+    /// steps before restored.
+    StepsResumed {
+        index: usize,
+        of: usize,
+    },
     /// Items a crashed run left `running`, put back to pending.
     ItemsInterrupted {
         count: u64,

@@ -7,13 +7,15 @@
 //! The store is split by subject: [`model`] (the rows), `backend` (opening, migrating, the
 //! per-backend macros), `jobs`, `items` (reads), `writes` (fenced writes), `lock` (the job
 //! lock), `usage` (agent runs), `server` (webhook deliveries and the request queue),
-//! `reporting` (what check runs read), `metrics` (what `/metrics` counts).
+//! `reporting` (what check runs read), `check_runs` (which check runs are still open),
+//! `metrics` (what `/metrics` counts).
 
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::types::{ItemKey, JobId};
 
 mod backend;
+mod check_runs;
 mod debug;
 mod event;
 mod items;

@@ -57,6 +57,17 @@ pub struct JobRefs {
     pub setup_commit: Option<String>,
     /// The job branch head once the map phase finished: reduce starts here (again after a crash).
     pub map_commit: Option<String>,
+    /// How many items were merged when reduce (and `merge`) last finished: a retry or resume
+    /// that merges more runs reduce again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_merged: Option<u64>,
+    /// A standard workflow: how many of its steps completed, recorded with each step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_done: Option<usize>,
+    /// A standard workflow: the job branch head when its last completed step ended; a resume
+    /// continues from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_commit: Option<String>,
 }
 
 /// A job with its item counts, for `prodigy jobs` and pages.

@@ -151,6 +151,29 @@ impl Store {
         set_job_column!(self, proof, "vars", vars)
     }
 
+    /// A standard workflow's step completed: its refs (steps done, the branch head) and the
+    /// variables captured so far, with `event`, in one transaction.
+    #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job))]
+    pub async fn complete_step(
+        &self,
+        proof: &LockProof,
+        refs: &JobRefs,
+        vars: &Value,
+        event: &JobEvent,
+    ) -> Result<()> {
+        let at = now();
+        with_event!(self, proof, tx => {
+            sqlx::query("UPDATE jobs SET refs = $2, vars = $3, updated_at = $4 WHERE id = $1")
+                .bind(proof.job)
+                .bind(Json(refs))
+                .bind(vars)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }, _done => event);
+        Ok(())
+    }
+
     /// Inserts items; a key already present for the job is left as it is. Returns rows inserted.
     #[tracing::instrument(level = "debug", skip_all, fields(job = %proof.job, items = items.len()))]
     pub async fn insert_items(&self, proof: &LockProof, items: &[NewItem]) -> Result<u64> {

@@ -192,6 +192,9 @@ pub struct PhaseSteps {
     pub commands: Vec<Step>,
     /// Kills the phase's running step and fails the job when exceeded.
     pub timeout: Option<Duration>,
+    /// `reduce: {rerun: false}`: a retry or resume that merges more items into a job whose
+    /// reduce already ran does not run it again. Default true; only `reduce` reads it.
+    pub rerun: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -100,13 +100,22 @@ impl Node {
     }
 }
 
+/// How deep lists and mappings may nest (a workflow needs about ten levels). Deserializing into
+/// [`Node`] recurses once per level with large frames: the library's default (64 block levels,
+/// 255 flow levels) overflowed a 2 MiB thread stack, which aborts the process.
+pub(crate) const MAX_DEPTH: usize = 32;
+
 /// YAML 1.2 core scalars, as upstream's serde_yaml reads them: `yes`, `no`, `on`, `off`, `y`, `n`
 /// stay strings (an env value `N` or a key `y` must not turn into a boolean), and `0644` stays
-/// text so a file mode keeps its octal digits.
+/// text so a file mode keeps its octal digits. Nesting is bounded by [`MAX_DEPTH`].
 pub(crate) fn parse_document(text: &str) -> Result<Node, serde_saphyr::Error> {
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
     options.leading_zero_numbers_as_strings = true;
+    let mut budget = options.budget.take().unwrap_or_default();
+    budget.max_depth = MAX_DEPTH;
+    budget.flow_nesting_limit = MAX_DEPTH;
+    options.budget = Some(budget);
     serde_saphyr::from_str_with_options::<Node>(text, options)
 }
 

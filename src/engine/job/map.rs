@@ -54,13 +54,14 @@ impl JobRun<'_> {
         self.run_items(mr, candidates).await
     }
 
+    /// Runs the job's DLQ items that `req` selects. Returns why it stopped early, if it did.
     pub(super) async fn retry(
         &mut self,
         mr: &MapReduce,
         req: &RetryRequest,
-    ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+    ) -> anyhow::Result<Option<PhaseFailure>> {
         if self.job.refs.setup_commit.is_none() {
-            return Ok(Err(PhaseFailure::new(
+            return Ok(Some(PhaseFailure::new(
                 "the job never finished setup, so it has no DLQ items to retry; use `prodigy resume`".into(),
             )));
         }
@@ -89,25 +90,7 @@ impl JobRun<'_> {
             to_run: candidates.len(),
         })
         .await?;
-        if let Some(stop) = self.run_items(mr, candidates).await? {
-            return Ok(Err(stop));
-        }
-        let counts = self.store.item_counts(self.job.id).await?;
-        if counts.failed > 0 {
-            return Ok(Err(PhaseFailure::new(format!(
-                "{} items still failing (see `prodigy dlq list {}`)",
-                counts.failed, self.job.id
-            ))));
-        }
-        if self.job.phase != Phase::Done {
-            // The DLQ is empty, but the job itself stopped before its end.
-            return Ok(Err(PhaseFailure::new(format!(
-                "the job is not finished (phase {}); run `prodigy resume {}`",
-                self.job.phase, self.job.id
-            ))));
-        }
-        // A job that had finished its phases is done when its DLQ is empty again.
-        Ok(Ok(JobStatus::Succeeded))
+        self.run_items(mr, candidates).await
     }
 
     /// Brings the store in line with the repository after an interruption: attempts left open

@@ -78,6 +78,8 @@ pub(super) struct JobRun<'a> {
     max_parallel: Option<usize>,
     cancel: CancellationToken,
     duplicates_removed: usize,
+    /// This run is a retry of a job that had finished its phases.
+    reentered: bool,
 }
 
 /// Why a phase stopped the job (setup, reduce, merge, the map input, or a spent budget), and the
@@ -133,6 +135,7 @@ impl<'a> JobRun<'a> {
             max_parallel,
             cancel: engine.cancel.child_token(),
             duplicates_removed: 0,
+            reentered: false,
         })
     }
 
@@ -171,12 +174,6 @@ impl<'a> JobRun<'a> {
 
     pub(super) async fn run(mut self, mode: Mode) -> anyhow::Result<RunOutcome> {
         let resumed = !matches!(mode, Mode::Fresh);
-        self.report(Progress::JobStarted {
-            job: self.job.id,
-            workflow: self.workflow.name.clone(),
-            resumed,
-            lease_epoch: self.proof.epoch(),
-        });
         let holder = RunHolder::this_process();
         self.event(match &mode {
             Mode::Fresh => JobEvent::JobStarted(holder),
@@ -184,7 +181,25 @@ impl<'a> JobRun<'a> {
             Mode::Retry(_) => JobEvent::DlqRetryStarted(holder),
         })
         .await?;
-        let phase = self.job.phase;
+        // A retry of a finished MapReduce job re-enters the map phase: its check run reports
+        // it as one, and an interrupted retry resumes there (then reduce runs again).
+        let phase = match (&mode, self.job.phase, &self.workflow.kind) {
+            (Mode::Retry(_), Phase::Done, WorkflowKind::MapReduce(_)) => {
+                self.reentered = true;
+                Phase::Map
+            }
+            (_, phase, _) => phase,
+        };
+        // Stored before the run is announced, so a check run created for it shows this phase.
+        self.store
+            .set_job_state(self.proof, JobStatus::Running, phase, None)
+            .await?;
+        self.report(Progress::JobStarted {
+            job: self.job.id,
+            workflow: self.workflow.name.clone(),
+            resumed,
+            lease_epoch: self.proof.epoch(),
+        });
         self.set_state(JobStatus::Running, phase, None).await?;
 
         let span = tracing::info_span!("job", job = %self.job.id);
@@ -301,19 +316,41 @@ impl<'a> JobRun<'a> {
         }
     }
 
+    /// A standard workflow: its steps in order. Each completed step is recorded with the
+    /// branch head after it and the variables captured so far, so a resume continues at the
+    /// first step not completed, from that commit, with those variables.
     async fn run_standard(
         &mut self,
         commands: &[workflow::Step],
         base: &str,
     ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
-        // A standard workflow is one phase: after an interruption it runs again from the base.
-        self.ws.reset_job_to(base).await?;
+        let done = self.job.refs.steps_done.unwrap_or(0).min(commands.len());
+        let from = match &self.job.refs.step_commit {
+            Some(commit) if done > 0 => commit.clone(),
+            _ => base.to_string(),
+        };
+        // Whatever an interrupted step changed is discarded: it runs again from the start.
+        self.ws.reset_job_to(&from).await?;
+        if done > 0 {
+            self.event(JobEvent::StepsResumed {
+                index: done,
+                of: commands.len(),
+            })
+            .await?;
+        }
         let phase = PhaseSteps {
             commands: commands.to_vec(),
             timeout: None,
+            rerun: true,
         };
         let mut ctx = self.base_context(&Value::Null);
-        if let Err(f) = self.run_phase("commands", &phase, &mut ctx).await? {
+        let refs = self.job.refs.clone();
+        let ran = self
+            .run_phase_from("commands", &phase, &mut ctx, done, Some(&refs))
+            .await?;
+        // The store has the steps' record; the job row read here catches up with it.
+        self.job = self.store.get_job(self.job.id).await?;
+        if let Err(f) = ran {
             return Ok(Err(f));
         }
         self.set_state(JobStatus::Running, Phase::Done, None)
@@ -327,42 +364,61 @@ impl<'a> JobRun<'a> {
         mode: Mode,
         base: &str,
     ) -> anyhow::Result<Result<JobStatus, PhaseFailure>> {
+        let retrying = matches!(mode, Mode::Retry(_));
         if let Mode::Retry(req) = &mode {
-            return self.retry(mr, req).await;
-        }
-        if self.job.phase == Phase::Setup
-            && let Err(f) = self.setup(mr, base).await?
-        {
-            return Ok(Err(f));
-        }
-        if self.job.phase == Phase::Map {
-            let dlq = match mode {
-                Mode::Resume(d) => Some(d),
-                _ => None,
-            };
-            let started = std::time::Instant::now();
-            let stopped = self.map(mr, dlq).await?;
-            crate::metrics::phase_duration("map", started.elapsed().as_secs_f64());
-            if let Some(stop) = stopped {
+            if let Some(stop) = self.retry(mr, req).await? {
                 return Ok(Err(stop));
             }
-            let map_commit = git::head(&self.ws.job_dir).await?;
-            let refs = JobRefs {
-                map_commit: Some(map_commit),
-                ..self.job.refs.clone()
-            };
-            self.set_refs(refs).await?;
-            self.set_state(JobStatus::Running, Phase::Reduce, None)
-                .await?;
+            if !self.reentered {
+                // The DLQ is empty, but the job itself stopped before its end.
+                return Ok(Err(PhaseFailure::new(format!(
+                    "the job is not finished (phase {}); run `prodigy resume {}`",
+                    self.job.phase, self.job.id
+                ))));
+            }
+        } else {
+            if self.job.phase == Phase::Setup
+                && let Err(f) = self.setup(mr, base).await?
+            {
+                return Ok(Err(f));
+            }
+            if self.job.phase == Phase::Map {
+                let dlq = match mode {
+                    Mode::Resume(d) => Some(d),
+                    _ => None,
+                };
+                let started = std::time::Instant::now();
+                let stopped = self.map(mr, dlq).await?;
+                crate::metrics::phase_duration("map", started.elapsed().as_secs_f64());
+                if let Some(stop) = stopped {
+                    return Ok(Err(stop));
+                }
+            }
+        }
+        if self.job.phase == Phase::Map {
+            self.end_map(mr).await?;
         }
         if self.job.phase == Phase::Reduce {
             if let Err(f) = self.reduce(mr).await? {
                 return Ok(Err(f));
             }
+            // Reduce saw every item merged so far: `map.successful` and `map.results` read
+            // the store, and the branch it ran on holds their commits.
+            let refs = JobRefs {
+                reduce_merged: Some(self.store.item_counts(self.job.id).await?.merged),
+                ..self.job.refs.clone()
+            };
+            self.set_refs(refs).await?;
             self.set_state(JobStatus::Running, Phase::Done, None)
                 .await?;
         }
         let counts = self.store.item_counts(self.job.id).await?;
+        if retrying && counts.failed > 0 {
+            return Ok(Err(PhaseFailure::new(format!(
+                "{} items still failing (see `prodigy dlq list {}`)",
+                counts.failed, self.job.id
+            ))));
+        }
         if counts.failed > 0 && !mr.error_policy.failures_acceptable {
             return Ok(Err(PhaseFailure::new(format!(
                 "{} of {} items failed (see `prodigy dlq list {}`)",
@@ -370,6 +426,40 @@ impl<'a> JobRun<'a> {
             ))));
         }
         Ok(Ok(JobStatus::Succeeded))
+    }
+
+    /// The map phase is over: reduce starts on the branch as it is now. When reduce already
+    /// ran (a retry or resume re-entered the map phase after it), it runs again only if more
+    /// items were merged since and the workflow allows it (`reduce: {rerun: false}` does not).
+    async fn end_map(&mut self, mr: &MapReduce) -> anyhow::Result<()> {
+        let head = git::head(&self.ws.job_dir).await?;
+        let merged = self.store.item_counts(self.job.id).await?.merged;
+        let skip = match self.job.refs.reduce_merged {
+            None => None,
+            Some(seen) if merged <= seen => Some("nothing was merged since reduce ran"),
+            Some(_) if !mr.reduce.as_ref().is_none_or(|r| r.rerun) => {
+                Some("the workflow sets `reduce: {rerun: false}`")
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = skip {
+            self.event(JobEvent::ReduceSkipped {
+                reason: reason.to_string(),
+            })
+            .await?;
+            return self.set_state(JobStatus::Running, Phase::Done, None).await;
+        }
+        let again = self.job.refs.reduce_merged.is_some();
+        let refs = JobRefs {
+            map_commit: Some(head),
+            ..self.job.refs.clone()
+        };
+        self.set_refs(refs).await?;
+        if again {
+            self.event(JobEvent::ReduceRerun { merged }).await?;
+        }
+        self.set_state(JobStatus::Running, Phase::Reduce, None)
+            .await
     }
 
     /// Whether the job's budget is spent (usage so far from the store, time since creation),

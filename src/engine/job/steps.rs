@@ -93,6 +93,19 @@ impl JobRun<'_> {
         phase: &PhaseSteps,
         ctx: &mut Context,
     ) -> anyhow::Result<Result<(), PhaseFailure>> {
+        self.run_phase_from(name, phase, ctx, 0, None).await
+    }
+
+    /// Runs a phase's steps from step `first` (0-based) on. With `record` (the job's refs),
+    /// each step that succeeds is recorded before the next one starts: [`JobRun::record_step`].
+    pub(super) async fn run_phase_from(
+        &self,
+        name: &str,
+        phase: &PhaseSteps,
+        ctx: &mut Context,
+        first: usize,
+        record: Option<&JobRefs>,
+    ) -> anyhow::Result<Result<(), PhaseFailure>> {
         let log = self.logs.join(format!("{name}.log"));
         let scope = AgentScope::new(self.workflow.agent.clone(), self.engine.agent.clone(), &log);
         let confined = self.confine(&self.ws.job_dir, name)?;
@@ -115,7 +128,19 @@ impl JobRun<'_> {
         })
         .await?;
         let started = Instant::now();
-        let result = step::run_steps(&phase.commands, ctx, &env).await;
+        let mut result = Ok(());
+        for (i, one) in phase.commands.iter().enumerate().skip(first) {
+            result = step::run_steps(std::slice::from_ref(one), ctx, &env).await;
+            if result.is_err() {
+                break;
+            }
+            if let Some(refs) = record
+                && let Err(e) = self.record_step(refs, i, one.line, ctx).await
+            {
+                self.record_agent_runs(name, None, &scope).await?;
+                return Err(e);
+            }
+        }
         crate::metrics::phase_duration(name, started.elapsed().as_secs_f64());
         self.record_agent_runs(name, None, &scope).await?;
         match result {
@@ -145,6 +170,38 @@ impl JobRun<'_> {
                 Ok(Err(PhaseFailure::new(message)))
             }
         }
+    }
+
+    /// Step `index` of a standard workflow completed: the store gets the steps done, the
+    /// branch head and every variable so far, with the event, in one transaction.
+    async fn record_step(
+        &self,
+        refs: &JobRefs,
+        index: usize,
+        line: usize,
+        ctx: &Context,
+    ) -> anyhow::Result<()> {
+        let commit = git::head(&self.ws.job_dir).await?;
+        let refs = JobRefs {
+            steps_done: Some(index + 1),
+            step_commit: Some(commit.clone()),
+            ..refs.clone()
+        };
+        let vars = Value::Object(
+            ctx.vars()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        let event = JobEvent::StepCompleted {
+            index,
+            line,
+            commit,
+        };
+        self.store
+            .complete_step(self.proof, &refs, &vars, &event)
+            .await?;
+        Ok(())
     }
 
     pub(super) async fn reduce(

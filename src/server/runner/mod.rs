@@ -12,7 +12,8 @@
 //!
 //! Here: the [`Runner`], its run loop and the handling of one request. The rest, by concern:
 //! `queue` (claiming, the pull request's line, orphans), `jobs` (the job task and its slot),
-//! `cancel`, `pull_requests`, `comments` (the commands) and `reruns` (check-run re-runs).
+//! `cancel`, `pull_requests`, `comments` (the commands), `reruns` (check-run re-runs) and
+//! `stale` (check runs a dead run left in progress).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -42,6 +43,7 @@ mod jobs;
 mod pull_requests;
 mod queue;
 mod reruns;
+mod stale;
 
 use cancel::CancelOutcome;
 use jobs::{JobAction, Slots, Started};
@@ -127,6 +129,8 @@ impl Runner {
             Err(e) => tracing::warn!(error = %e, "cannot requeue this instance's claimed requests"),
         }
         self.resume_orphans().await;
+        self.close_stale_check_runs().await;
+        tracing::info!(instance = %self.p().instance, "runner ready: claiming requests");
         let watcher = tokio::spawn(self.clone().watch_cancellations(shutdown.clone()));
         loop {
             if shutdown.is_cancelled() {

@@ -11,8 +11,22 @@ type R<T> = Result<T, String>;
 
 pub(super) fn node(n: &Node, scope: &dyn Scope) -> R<bool> {
     match n {
-        Node::And(a, b) => Ok(node(a, scope)? && node(b, scope)?),
-        Node::Or(a, b) => Ok(node(a, scope)? || node(b, scope)?),
+        Node::And(all) => {
+            for n in all {
+                if !node(n, scope)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Node::Or(any) => {
+            for n in any {
+                if node(n, scope)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
         Node::Not(a) => Ok(!node(a, scope)?),
         Node::Truthy(o) => truthy(&operand(o, scope)?),
         Node::Cmp(l, op, r) => compare(&operand(l, scope)?, *op, &operand(r, scope)?),

@@ -140,10 +140,12 @@ enum Operand {
     Env(String),
 }
 
+/// `a && b && c` is one `And` of three, not a chain of pairs, so a long condition costs no stack;
+/// parentheses and `NOT` nest at most [`parser::MAX_NESTING`] deep.
 #[derive(Debug, Clone)]
 enum Node {
-    And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
+    And(Vec<Node>),
+    Or(Vec<Node>),
     Not(Box<Node>),
     Truthy(Operand),
     Cmp(Operand, Op, Operand),

@@ -8,11 +8,20 @@ use super::{Node, Operand};
 
 type Failed = (usize, String);
 
+/// How deep parentheses and `NOT` may nest. The parser and the evaluator recurse once per level,
+/// so without a bound a `when:` of a few thousand `(` overflows the stack and aborts the process.
+pub(super) const MAX_NESTING: usize = 32;
+
 pub(super) fn parse(toks: &[Spanned], end: usize) -> Result<Node, Failed> {
     if toks.is_empty() {
         return Err((0, "the expression is empty".into()));
     }
-    let mut p = Parser { toks, pos: 0, end };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        end,
+        depth: 0,
+    };
     let node = p.or()?;
     if let Some((at, t)) = toks.get(p.pos) {
         return Err((*at, format!("unexpected {}", describe(t))));
@@ -25,6 +34,8 @@ struct Parser<'t> {
     pos: usize,
     /// The offset reported for "ends too early".
     end: usize,
+    /// Parentheses and `NOT`s open at this point.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -41,24 +52,45 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Node, Failed> {
-        let mut n = self.and()?;
+        let mut any = vec![self.and()?];
         while matches!(self.peek(), Some(Tok::Or)) {
             self.pos += 1;
-            n = Node::Or(Box::new(n), Box::new(self.and()?));
+            any.push(self.and()?);
         }
-        Ok(n)
+        Ok(if any.len() == 1 {
+            any.remove(0)
+        } else {
+            Node::Or(any)
+        })
     }
 
     fn and(&mut self) -> Result<Node, Failed> {
-        let mut n = self.unary()?;
+        let mut all = vec![self.unary()?];
         while matches!(self.peek(), Some(Tok::And)) {
             self.pos += 1;
-            n = Node::And(Box::new(n), Box::new(self.unary()?));
+            all.push(self.unary()?);
         }
-        Ok(n)
+        Ok(if all.len() == 1 {
+            all.remove(0)
+        } else {
+            Node::And(all)
+        })
     }
 
     fn unary(&mut self) -> Result<Node, Failed> {
+        let nested = matches!(self.peek(), Some(Tok::Not | Tok::LParen));
+        if nested && self.depth == MAX_NESTING {
+            return self.fail(format!(
+                "parentheses and NOT nest more than {MAX_NESTING} deep; simplify the condition"
+            ));
+        }
+        self.depth += usize::from(nested);
+        let n = self.nested_unary();
+        self.depth -= usize::from(nested);
+        n
+    }
+
+    fn nested_unary(&mut self) -> Result<Node, Failed> {
         match self.peek() {
             Some(Tok::Not) => {
                 self.pos += 1;
@@ -185,6 +217,34 @@ mod tests {
         assert_eq!(offset("a matches '('").0, 10);
         assert!(offset("").1.contains("empty"));
         assert!(offset("a == )").1.contains("')'"));
+    }
+
+    /// Found by tests/fuzz (expr): `((((...a...))))` or `!!!!...a` a few thousand deep overflowed
+    /// the stack (an abort, not an error), and so did evaluating or dropping `a && a && ...`.
+    #[test]
+    fn deep_nesting_is_an_error_and_long_chains_cost_no_stack() {
+        use serde_json::json;
+
+        use super::super::ItemScope;
+        use super::MAX_NESTING;
+
+        let ok = format!("{}a{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        assert!(Expr::parse(&ok).is_ok());
+        let deep = format!("{}a{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert_eq!(offset(&deep).0, MAX_NESTING);
+        assert!(offset(&deep).1.contains("nest more than"));
+        assert_eq!(offset(&format!("{}a", "!".repeat(100_000))).0, MAX_NESTING);
+        let item = json!({"a": true, "b": false});
+        let chain = format!("{}a", "a && ".repeat(200_000));
+        assert_eq!(
+            Expr::parse(&chain).unwrap().eval(&ItemScope(&item)),
+            Ok(true)
+        );
+        let chain = format!("{}a", "b || ".repeat(200_000));
+        assert_eq!(
+            Expr::parse(&chain).unwrap().eval(&ItemScope(&item)),
+            Ok(true)
+        );
     }
 
     #[test]

@@ -176,6 +176,20 @@ impl Scanner {
                     '`' => self.stack.push(Q::Plain {
                         close: Closer::Backtick,
                     }),
+                    // bash's arithmetic command `(( ... ))` at the start of a command (in dash,
+                    // two subshells; treating it as arithmetic is the cautious reading).
+                    '(' if next == Some('(')
+                        && self
+                            .prev
+                            .is_none_or(|p| p.is_whitespace() || ";&|(".contains(p)) =>
+                    {
+                        self.stack.push(Q::Plain {
+                            close: Closer::Paren {
+                                depth: 0,
+                                arith: true,
+                            },
+                        });
+                    }
                     '(' => {
                         if let Some(Q::Plain {
                             close: Closer::Paren { depth, .. },
@@ -286,6 +300,19 @@ impl Scanner {
             }
             self.prev = Some(c);
         }
+    }
+
+    /// Inside `$((...))` or `((...))`, at any depth: the shell evaluates what is expanded there
+    /// as an arithmetic expression, and bash runs any `$(...)` in an array subscript of it.
+    fn in_arithmetic(&self) -> bool {
+        self.stack.iter().any(|q| {
+            matches!(
+                q,
+                Q::Plain {
+                    close: Closer::Paren { arith: true, .. }
+                }
+            )
+        })
     }
 
     fn in_backticks(&self) -> bool {
@@ -401,6 +428,25 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
                     script.push('$');
                     scanner.escaped = false;
                 }
+                if scanner.in_arithmetic() {
+                    // No quoting keeps a value literal here: bash evaluates `$(( "$v" ))` as an
+                    // expression, so `a[$(cmd)]` would run cmd. Only an integer is safe, and
+                    // then it can be written as it is (dash refuses a quoted operand anyway).
+                    let number = value.trim();
+                    let digits = number.strip_prefix(['-', '+']).unwrap_or(number);
+                    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(InterpolateError::Value {
+                            placeholder: ph.text.clone(),
+                            reason: "it is inside an arithmetic expansion $((...)), where the \
+                                     shell evaluates the value as code, and the value is not an \
+                                     integer; check it first, or compute outside $((...))"
+                                .into(),
+                        });
+                    }
+                    scanner.feed(number);
+                    script.push_str(number);
+                    continue;
+                }
                 let top = scanner.top().clone();
                 if let Q::HereDoc {
                     expand: false,
@@ -498,4 +544,49 @@ pub fn render_shell(template: &str, ctx: &Context) -> R<ShellScript> {
         env,
         spill_files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn render(template: &str, value: &str) -> R<String> {
+        let ctx = Context::new().with_var("v", json!(value));
+        render_shell(template, &ctx).map(|s| s.script)
+    }
+
+    /// Found by tests/fuzz (interpolate): `$(( ${v} + 1 ))` rendered `$(( "${V}" + 1 ))`, which
+    /// bash (also as macOS's /bin/sh) evaluates as an expression, running the `$(...)` of a value
+    /// `a[$(touch pwned)]`; dash refused the quoted operand even for a number.
+    #[test]
+    fn arithmetic_takes_integers_only_and_writes_them_as_they_are() {
+        let evil = "a[$(touch pwned)]";
+        for t in [
+            "echo $(( ${v} + 1 ))",
+            "echo $(( \"${v}\" + 1 ))",
+            "echo $(( $(printf %s ${v}) + 1 ))",
+            "(( ${v} > 1 )) && echo big",
+            "x=1; ((${v}))",
+        ] {
+            let err = render(t, evil).unwrap_err();
+            assert!(err.to_string().contains("arithmetic"), "{t}: {err}");
+        }
+        assert_eq!(
+            render("echo $(( ${v} + 1 ))", " -12\n").unwrap(),
+            "echo $(( -12 + 1 ))"
+        );
+        assert_eq!(render("((${v}))", "7").unwrap(), "((7))");
+        // A subshell and a command substitution are no arithmetic.
+        assert_eq!(
+            render("( echo ${v} ) $(echo ${v})", evil).unwrap(),
+            "( echo \"${__PRODIGY_V0}\" ) $(echo \"${__PRODIGY_V0}\")"
+        );
+        // After the arithmetic closes, values are quoted again.
+        assert_eq!(
+            render("echo $((1+2)) ${v}", evil).unwrap(),
+            "echo $((1+2)) \"${__PRODIGY_V0}\""
+        );
+    }
 }

@@ -43,6 +43,7 @@ impl Parser<'_> {
             Value::Seq(_) => Ok(PhaseSteps {
                 commands: self.steps(node, what)?,
                 timeout: None,
+                rerun: true,
             }),
             Value::Map(_) => {
                 let mut f = self.fields(node, what)?;
@@ -55,11 +56,21 @@ impl Parser<'_> {
                 };
                 let mut commands = self.steps(commands, what)?;
                 let timeout = f.opt_duration("timeout", &format!("{what}.timeout"))?;
+                // Only reduce is run again after a retry; elsewhere the key is unknown.
+                let rerun = if what == "reduce" {
+                    f.bool_or("rerun", true)?
+                } else {
+                    true
+                };
                 if is_setup && let Some(caps) = f.get("capture_outputs") {
                     self.capture_outputs(caps, &mut commands)?;
                 }
                 f.finish();
-                Ok(PhaseSteps { commands, timeout })
+                Ok(PhaseSteps {
+                    commands,
+                    timeout,
+                    rerun,
+                })
             }
             _ => self.err_at(
                 node,

@@ -113,6 +113,19 @@ fn yaml_error(path: &Path, e: &serde_saphyr::Error) -> WorkflowError {
         Some(i) if first.starts_with("line ") => &first[i + 2..],
         _ => first,
     };
+    if message.contains("budget breached: Depth") || message.contains("recursion limit exceeded") {
+        return WorkflowError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: format!(
+                "lists and mappings nest more than {} levels deep",
+                yaml::MAX_DEPTH
+            ),
+            help: "a workflow needs far fewer levels; check the indentation and the brackets here"
+                .into(),
+        };
+    }
     if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
         let key = rest
             .split(", set DuplicateKeyPolicy")
@@ -279,5 +292,43 @@ impl Parser<'_> {
                 "use 'mode: standard' or 'mode: mapreduce'",
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> (usize, usize, String) {
+        match parse(Path::new("w.yml"), text) {
+            Err(WorkflowError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            }) => (line, column, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// Found by tests/fuzz (workflow): a few dozen nested block lists, or a few hundred nested
+    /// flow lists, overflowed the stack while deserializing (an abort, not an error).
+    #[test]
+    fn deep_nesting_is_an_error_with_a_position() {
+        let block = |n: usize| -> String {
+            let items: String = (0..n).map(|i| format!("{}- \n", "  ".repeat(i))).collect();
+            format!("x:\n{items}")
+        };
+        let (line, _, message) = error_of(&block(200));
+        assert!(message.contains("nest more than 32 levels"), "{message}");
+        assert!((30..=36).contains(&line), "{line}");
+        let flow = format!("x: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let (line, column, message) = error_of(&flow);
+        assert!(message.contains("nest more than 32 levels"), "{message}");
+        assert_eq!(line, 1);
+        assert!((30..=40).contains(&column), "{column}");
+        // Within the limit: parsed, and refused only for what it is (no steps).
+        let (_, _, message) = error_of(&block(25));
+        assert!(message.contains("needs 'commands'"), "{message}");
     }
 }
