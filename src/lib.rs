@@ -5,6 +5,7 @@ pub mod checks;
 pub mod comments;
 pub mod engine;
 pub mod github;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod suggest;

@@ -73,3 +73,75 @@ fn bad_input_is_exit_2_for_every_command() {
     let ok_status = repo.prodigy(&["status", &job]);
     assert_eq!(ok_status.status.code(), Some(0), "{}", text(&ok_status));
 }
+
+/// Misspelt placeholders (issue 15): `validate` names each at file:line:col with "did you mean"
+/// and exit 2; `run` refuses a reduce typo before any job exists, and an item field that none of
+/// the items setup wrote has fails the job before any agent runs.
+#[test]
+fn misspelt_placeholders_fail_before_anything_runs() {
+    let repo = Repo::new(None);
+    repo.write("items.json", r#"[{"name": "a"}, {"name": "b"}]"#);
+    let map = "mode: mapreduce\nmap:\n  input: items.json\n  agent_template:\n";
+    repo.write(
+        "typos.yml",
+        &format!(
+            "{map}    - shell: echo ${{item.nmae}}\nreduce:\n  - shell: echo ${{map.sucessful}}\n"
+        ),
+    );
+    repo.write(
+        "reduce_typo.yml",
+        &format!(
+            "{map}    - shell: echo ${{item.name}}\nreduce:\n  - shell: echo ${{map.sucessful}}\n"
+        ),
+    );
+    repo.write(
+        "generated.yml",
+        "mode: mapreduce\nsetup:\n  - shell: \"echo '[{\\\"name\\\": 1}]' > gen.json\"\n\
+         map:\n  input: gen.json\n  agent_template:\n    - shell: echo ${item.nmae}\n",
+    );
+    repo.commit_all("workflows");
+
+    let out = repo.prodigy(&["validate", "typos.yml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("typos.yml:5:19: error: shell: ${item.nmae} can never resolve")
+            && err.contains("did you mean ${item.name}?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("typos.yml:7:17: error: shell: ${map.sucessful} can never resolve")
+            && err.contains("did you mean ${map.successful}?"),
+        "{err}"
+    );
+    let doc = repo.json(&["validate", "typos.yml"]);
+    assert_eq!(doc["valid"], false, "{doc}");
+    assert_eq!(doc["errors"][0]["column"], 19, "{doc}");
+
+    // The reduce typo is refused before a job is created, so the map never ran.
+    expect(
+        &repo,
+        &["run", "reduce_typo.yml"],
+        2,
+        "reduce_typo.yml:7:17: shell: ${map.sucessful} can never resolve",
+    );
+    assert_eq!(repo.json(&["jobs"]), serde_json::json!([]));
+
+    // Items that only setup writes: validate cannot know them; the run stops after setup.
+    let ok = repo.prodigy(&["validate", "generated.yml"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    let run = repo.prodigy(&["run", "generated.yml"]);
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+    assert!(
+        text(&run).contains("did you mean ${item.name}?"),
+        "{}",
+        text(&run)
+    );
+    let job = support::repo::job_id(&run);
+    let status = repo.json(&["status", &job]);
+    assert_eq!(status["job"]["status"], "failed", "{status}");
+    assert_eq!(
+        status["counts"]["total"], 0,
+        "no item was recorded or run: {status}"
+    );
+}

@@ -200,4 +200,26 @@ async fn serve_logs_info_without_ansi_and_json_on_request() {
             .any(|l| l["fields"]["path"] == "/healthz" && l["fields"]["status"] == 200),
         "{lines:#?}"
     );
+    drop(json);
+
+    // --metrics-listen: /metrics there (Prometheus text), and not on the main listener.
+    let own = Serve::start(
+        &ctx,
+        &ctx.tmp.path().join("metrics"),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    let addr = own.addr().await;
+    let line = own.line("metrics listening").await;
+    let metrics_addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert!(
+        Serve::get(metrics_addr, "/metrics").contains("200"),
+        "{line}"
+    );
+    assert!(Serve::get(&addr, "/metrics").contains("404"));
 }

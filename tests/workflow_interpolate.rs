@@ -5,8 +5,8 @@ use std::process::Command;
 
 use prodigy::types::ItemKey;
 use prodigy::workflow::{
-    self, Context, InterpolateError, check_workflow, eval_condition, placeholders, render_shell,
-    render_text,
+    self, Context, Finding, InterpolateError, ItemSample, check_workflow, eval_condition,
+    placeholders, render_shell, render_text,
 };
 use serde_json::json;
 
@@ -280,22 +280,29 @@ fn conditions() {
     assert!(eval_condition("${nothing}", &c).is_err());
 }
 
+fn check_text(text: &str, items: Option<&ItemSample>) -> Vec<Finding> {
+    let p = workflow::parse(Path::new("wf.yml"), text).unwrap();
+    check_workflow(&p.workflow, text, items)
+}
+
 #[test]
 fn static_check_finds_placeholders_that_cannot_resolve() {
-    let p = workflow::parse(
-        Path::new("wf.yml"),
-        "mode: mapreduce\nenv: {DIR: out}\nsetup:\n  - shell: echo 1\n    capture: count\n\
+    let text = "mode: mapreduce\nenv: {DIR: out}\nsetup:\n  - shell: echo 1\n    capture: count\n\
          map:\n  input: ${DIR}/items.json\n  agent_template:\n    - shell: echo ${item.x} ${count} ${DIR}\n\
          \x20     capture: per_item\n    - shell: echo ${per_item} ${typo_var}\n\
-         reduce:\n  - shell: echo ${map.total} ${item.x} ${per_item:-none}\n",
-    )
-    .unwrap();
-    let findings = check_workflow(&p.workflow);
-    let lines: Vec<_> = findings
+         reduce:\n  - shell: echo ${map.total} ${item.x} ${per_item:-none}\n";
+    let findings = check_text(text, None);
+    let places: Vec<_> = findings
         .iter()
-        .map(|(l, m)| (*l, m.contains("typo_var") || m.contains("{item.x}")))
+        .map(|f| {
+            (
+                f.line,
+                f.column,
+                f.message.contains("typo_var") || f.message.contains("{item.x}"),
+            )
+        })
         .collect();
-    assert_eq!(lines, [(11, true), (13, true)], "{findings:?}");
+    assert_eq!(places, [(11, 31, true), (13, 30, true)], "{findings:?}");
 
     // The upstream fixtures only use names their phases define.
     for name in [
@@ -303,9 +310,94 @@ fn static_check_finds_placeholders_that_cannot_resolve() {
         "minimal-mapreduce.yml",
         "capture-conditional-flow.yml",
     ] {
-        let p = workflow::load(&upstream_workflows().join(name)).unwrap();
-        assert_eq!(check_workflow(&p.workflow), vec![], "{name}");
+        let path = upstream_workflows().join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let p = workflow::load(&path).unwrap();
+        assert_eq!(check_workflow(&p.workflow, &text, None), vec![], "{name}");
     }
+}
+
+#[test]
+fn misspelt_builtins_and_step_outputs_suggest_the_defined_name() {
+    let text = "mode: mapreduce\nmap:\n  input: items.json\n  agent_template:\n    - shell: make\n      id: build\n    - shell: echo ${build.outptu} ${shell.output} ${build.output}\n\
+         reduce:\n  - shell: echo ${map.sucessful} of ${map.total}\n  - claude: /sum ${itme.name} ${shell.outptu}\n";
+    let findings = check_text(text, None);
+    let got: Vec<_> = findings.iter().map(|f| (f.line, f.column)).collect();
+    assert_eq!(got, [(7, 19), (9, 17), (10, 18), (10, 31)], "{findings:?}");
+    assert!(
+        findings[0]
+            .message
+            .contains("did you mean ${build.output}?"),
+        "{}",
+        findings[0].message
+    );
+    assert!(
+        findings[1]
+            .message
+            .contains("did you mean ${map.successful}?"),
+        "{}",
+        findings[1].message
+    );
+    // A map agent's item is no variable in reduce: nothing to suggest for `itme` there.
+    assert!(
+        !findings[2].message.contains("did you mean"),
+        "{}",
+        findings[2].message
+    );
+    assert!(
+        findings[3]
+            .message
+            .contains("did you mean ${shell.output}?"),
+        "{}",
+        findings[3].message
+    );
+    // A step id gives only `.output`; a capture may hold JSON, so its fields are open.
+    let text = "- shell: make\n  id: b\n  capture: c\n- shell: echo ${b.success} ${c.anything}\n";
+    let findings = check_text(text, None);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0]
+            .message
+            .contains("'b' defines only ${b.output} here"),
+        "{findings:?}"
+    );
+}
+
+#[test]
+fn item_fields_are_checked_against_the_sampled_items() {
+    let items = [
+        json!({"name": "a", "loc": {"file": "x.rs"}}),
+        json!({"name": "b", "extra": 1}),
+    ];
+    let sample = ItemSample::new("items.json", &items);
+    let text = "mode: mapreduce\nmap:\n  input: items.json\n  agent_template:\n    - shell: echo ${item.nmae} ${item.name} ${item.extra}\n\
+         \x20   - claude: /fix ${item.loc.flie} ${item.loc.file} ${item.missing|default:none}\n\
+         \x20   - foreach:\n        input: [1, 2]\n        do:\n          - shell: echo ${item.name}\n";
+    let findings = check_text(text, Some(&sample));
+    let got: Vec<_> = findings.iter().map(|f| (f.line, f.column)).collect();
+    assert_eq!(got, [(5, 19), (6, 20)], "{findings:?}");
+    let m = &findings[0].message;
+    assert!(
+        m.contains("none of the first 2 items of items.json has 'nmae'"),
+        "{m}"
+    );
+    assert!(m.contains("did you mean ${item.name}?"), "{m}");
+    assert!(
+        findings[1]
+            .message
+            .contains("did you mean ${item.loc.file}?"),
+        "{}",
+        findings[1].message
+    );
+    // Without a sample, item fields are not known and pass.
+    assert_eq!(check_text(text, None), vec![]);
+    // Items that are not objects have no fields at all.
+    let strings = ItemSample::new("cmd", &[json!("a.rs")]);
+    let findings = check_text(text, Some(&strings));
+    assert!(
+        findings[0].message.contains("they are not objects there"),
+        "{findings:?}"
+    );
 }
 
 #[test]
@@ -314,7 +406,22 @@ fn no_upstream_fixture_uses_an_undefined_placeholder() {
     for e in std::fs::read_dir(upstream_workflows()).unwrap() {
         let p = e.unwrap().path();
         if let Ok(w) = workflow::load(&p) {
-            assert_eq!(check_workflow(&w.workflow), vec![], "{}", p.display());
+            let text = std::fs::read_to_string(&p).unwrap();
+            let findings = check_workflow(&w.workflow, &text, None);
+            if p.ends_with("coverage-with-test-debug.yml") {
+                // Upstream's `outputs:` (no effect here) would define `${coverage.spec}`: the
+                // run would stop there, so the check says so, naming what the step does define.
+                let places: Vec<_> = findings.iter().map(|f| (f.line, f.column)).collect();
+                assert_eq!(places, [(11, 36), (15, 49)], "{findings:?}");
+                assert!(
+                    findings[0]
+                        .message
+                        .contains("'coverage' defines only ${coverage.output}"),
+                    "{findings:?}"
+                );
+            } else {
+                assert_eq!(findings, vec![], "{}", p.display());
+            }
             checked += 1;
         }
     }
@@ -370,9 +477,10 @@ fn validation_variables_only_inside_validate() {
         "- claude: /impl\n  validate:\n    claude: /check\n    on_incomplete:\n      claude: /more ${validation.gaps}\n- shell: echo ${validation.gaps}\n",
     )
     .unwrap();
-    let findings = check_workflow(&p.workflow);
+    let text = "- claude: /impl\n  validate:\n    claude: /check\n    on_incomplete:\n      claude: /more ${validation.gaps}\n- shell: echo ${validation.gaps}\n";
+    let findings = check_workflow(&p.workflow, text, None);
     assert_eq!(findings.len(), 1, "{findings:?}");
-    assert_eq!(findings[0].0, 6);
+    assert_eq!((findings[0].line, findings[0].column), (6, 15));
 }
 
 #[test]

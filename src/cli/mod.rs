@@ -181,7 +181,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     // may read its memory or its /proc/<pid>/environ.
     prodigy::engine::sandbox::make_undumpable().context("prctl(PR_SET_DUMPABLE, 0)")?;
     match cli.command {
-        Command::Validate { workflow, json } => output::validate(&workflow, json),
+        Command::Validate { workflow, json } => output::validate(&workflow, &g.repo, json),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -197,11 +197,14 @@ impl Engine {
                 w.message
             );
         }
-        let problems = workflow::interpolate::check_workflow(&parsed.workflow);
+        let problems = workflow::interpolate::check_workflow(&parsed.workflow, &text, None);
         if !problems.is_empty() {
             let list: Vec<String> = problems
                 .iter()
-                .map(|(line, m)| format!("{}:{line}: {m}", req.workflow_path.display()))
+                .map(|f| {
+                    let path = req.workflow_path.display();
+                    format!("{path}:{}:{}: {}", f.line, f.column, f.message)
+                })
                 .collect();
             return Err(workflow::interpolate::UnresolvedPlaceholders(list).into());
         }

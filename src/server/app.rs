@@ -128,6 +128,8 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
 
 async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Response {
     let s = &state.inner;
+    let label = super::metrics::event_label(&delivery.event);
+    let count = |outcome, reason| crate::metrics::webhook(label, outcome, reason);
     let rules = RouteRules {
         allow_repos: &s.allow_repos,
         app_slug: s.app_slug.as_deref(),
@@ -135,6 +137,7 @@ async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Resp
     let work = match route(&delivery.event, &rules) {
         Route::Ignore(why) => {
             tracing::debug!(reason = %why, "delivery ignored");
+            count("ignored", "none");
             return (StatusCode::OK, format!("ignored: {why}")).into_response();
         }
         Route::Forget(installation) => {
@@ -142,12 +145,14 @@ async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Resp
                 github.forget_installation(installation);
             }
             tracing::info!(%installation, "installation deleted: its token is forgotten");
+            count("accepted", "none");
             return (StatusCode::OK, "installation forgotten").into_response();
         }
         Route::Queue(work) => work,
     };
     // Without the id a redelivery could not be told from a new delivery; GitHub always sends it.
     let Some(delivery_id) = delivery.delivery_id.as_deref().filter(|d| !d.is_empty()) else {
+        count("rejected", "missing_delivery_id");
         return (
             StatusCode::BAD_REQUEST,
             "missing X-GitHub-Delivery header: deliveries are deduplicated by it",
@@ -158,6 +163,7 @@ async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Resp
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode queued work");
+            count("rejected", "encode");
             return (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the work").into_response();
         }
     };
@@ -173,14 +179,17 @@ async fn webhook(State(state): State<AppState>, delivery: VerifiedEvent) -> Resp
         Ok(Accepted::Queued(id)) => {
             s.wake.notify_one();
             tracing::info!(request = id, kind = work.kind(), "queued");
+            count("accepted", "none");
             (StatusCode::ACCEPTED, format!("queued request {id}")).into_response()
         }
         Ok(Accepted::Duplicate) => {
             tracing::info!("duplicate delivery: already handled");
+            count("duplicate", "none");
             (StatusCode::OK, "duplicate delivery: already handled").into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot record the delivery");
+            count("rejected", "database");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the database is unavailable; GitHub can redeliver this delivery",

@@ -35,6 +35,10 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "PRODIGY_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
+    /// Serve Prometheus metrics (GET /metrics) on this address only, e.g. 127.0.0.1:9464;
+    /// without it the main listener serves /metrics.
+    #[arg(long, env = "PRODIGY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The server's public base URL, used in the links the bot posts (default: http://<listen>).
     #[arg(long, env = "PRODIGY_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -104,6 +108,7 @@ impl std::fmt::Debug for ServeConfig {
             )
             .field("webhook_secret_file", &self.webhook_secret_file)
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
             .field("public_url", &self.public_url)
             .field("github_api_url", &self.github_api_url)
             .field("git_base_url", &self.git_base_url)
@@ -130,6 +135,8 @@ pub struct Settings {
     pub webhook_secret: WebhookSecret,
     pub database_url: String,
     pub listen: SocketAddr,
+    /// Where `/metrics` is served: None, on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     pub public_url: String,
     pub github_api_url: String,
     pub git_base_url: String,
@@ -241,6 +248,7 @@ impl ServeConfig {
             webhook_secret,
             database_url,
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             public_url,
             github_api_url: self.github_api_url.clone(),
             git_base_url: self.git_base_url.trim_end_matches('/').to_string(),

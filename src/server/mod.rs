@@ -7,6 +7,7 @@ pub mod config;
 pub mod dispatch;
 pub mod event_lines;
 pub mod ingest;
+pub mod metrics;
 pub mod pages;
 pub use crate::comments::replies;
 pub mod repo_config;

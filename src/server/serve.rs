@@ -22,6 +22,8 @@ use super::runner::{Runner, RunnerParts};
 /// A started server: its address, its store and its router (tests send requests to either).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `--metrics-listen` gave it a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
     pub store: Store,
     pub router: Router,
     pub links: PageLinks,
@@ -31,6 +33,7 @@ pub struct RunningServer {
     job_slots: Arc<tokio::sync::Semaphore>,
     max_jobs: usize,
     http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    metrics_http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     runner: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -44,6 +47,9 @@ impl RunningServer {
             let _ = runner.await;
         }
         if let Some(http) = self.http.take() {
+            let _ = http.await;
+        }
+        if let Some(http) = self.metrics_http.take() {
             let _ = http.await;
         }
         self.stop_jobs_and_wait().await;
@@ -192,7 +198,27 @@ pub async fn start_with(
         settings.app_slug.clone(),
         wake,
     );
+    crate::metrics::install()?;
+    let metrics = super::metrics::router(store.clone());
     let router = router(state, &settings.webhook_path);
+    // Metrics on the main listener, unless they have a listener of their own.
+    let (router, metrics_addr, metrics_http) = match settings.metrics_listen {
+        None => (router.merge(metrics), None, None),
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen on {at} (--metrics-listen)"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "metrics listening");
+            let stop = stop.clone();
+            let http = tokio::spawn(async move {
+                axum::serve(listener, metrics)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            });
+            (router, Some(addr), Some(http))
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -215,6 +241,8 @@ pub async fn start_with(
     };
     Ok(RunningServer {
         addr,
+        metrics_addr,
+        metrics_http,
         store,
         router,
         links,

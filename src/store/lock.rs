@@ -299,10 +299,14 @@ impl Store {
     /// releases; clippy refuses this method elsewhere (`clippy.toml`).
     #[tracing::instrument(level = "debug", skip_all, fields(%job, holder = %holder))]
     pub async fn try_lock(&self, job: JobId, holder: &Holder) -> Result<LockOutcome> {
-        match &self.pool {
+        let outcome = match &self.pool {
             Pool::Postgres(pool) => try_lock_postgres(pool, job, holder).await,
             Pool::Sqlite(db) => try_lock_sqlite(db, self.lease, job, holder).await,
+        };
+        if let Ok(o) = &outcome {
+            crate::metrics::lock_attempt(matches!(o, LockOutcome::Acquired(_)));
         }
+        outcome
     }
 }
 

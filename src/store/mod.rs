@@ -9,6 +9,7 @@
 //! lock), `usage` (agent runs), `server` (webhook deliveries and the request queue),
 //! `reporting` (what check runs read), `check_runs` (which check runs are still open),
 //! `claims` (items shared by the machines of a job: claims, leases, their fencing).
+//! and `metrics` (what `/metrics` counts).
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -23,6 +24,7 @@ mod event;
 mod items;
 mod jobs;
 mod lock;
+mod metrics;
 mod model;
 mod pg_tls;
 mod reporting;
@@ -37,6 +39,7 @@ pub use claims::{Claim, ClaimedEnd, Claimer, JobRemote, MachineCount};
 pub use debug::{EXIT_HELD, debug_lock};
 pub use event::{Event, JobEvent, RunHolder, Skipped};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
+pub use metrics::MetricsSnapshot;
 pub use model::*;
 pub use server::{Accepted, DeliveryOutcome, NewDelivery, Request, RequestStatus};
 pub use usage::{AgentRunRow, JobUsage, NewAgentRun};

@@ -75,6 +75,7 @@ macro_rules! with_event {
                 .execute(&mut *$tx)
                 .await?;
             $tx.commit().await?;
+            $crate::metrics::observe(event);
             $out
         })
     };
@@ -504,7 +505,10 @@ impl Store {
             .insert_event(proof.job, Some(proof.epoch), &kind, &data)
             .await?
         {
-            Some(seq) => Ok(seq),
+            Some(seq) => {
+                crate::metrics::observe(event);
+                Ok(seq)
+            }
             None => Err(self.job_write_refused(proof).await),
         }
     }

@@ -136,6 +136,32 @@ async fn load_value(input: &MapInput, dir: &Path, ctx: &Context) -> Result<Value
     }
 }
 
+/// The first items of a map phase whose input is a file that exists now in `dir` (for `prodigy
+/// validate`, which runs no commands): None for a command input, a path with placeholders this
+/// process cannot resolve, or a file that is not there (setup may write it).
+pub fn sample_file_items(
+    map: &MapPhase,
+    dir: &Path,
+) -> Option<Result<interpolate::ItemSample, InputError>> {
+    let MapInput::File(f) = &map.input else {
+        return None;
+    };
+    let rendered = interpolate::render_text(f, &Context::new().with_process_env()).ok()?;
+    let text = std::fs::read_to_string(dir.join(&rendered)).ok()?;
+    let relabel = |mut e: InputError| {
+        e.input = format!("file '{f}'");
+        e
+    };
+    let value = serde_json::from_str(&text)
+        .map_err(|e| stage_err("load", format!("{rendered} is not valid JSON: {e}")))
+        .map_err(relabel);
+    Some(
+        value
+            .and_then(|v| apply_pipeline(v, map).map_err(relabel))
+            .map(|items| interpolate::ItemSample::new(rendered.clone(), &items)),
+    )
+}
+
 /// Command output: a JSON document if it is one, else its non-empty lines as strings.
 pub fn parse_command_output(stdout: &str) -> Value {
     let trimmed = stdout.trim();

@@ -12,8 +12,8 @@ mod yaml;
 pub use expr::eval_condition;
 pub use input::{InputError, apply_pipeline, item_key, load_items, load_items_in};
 pub use interpolate::{
-    Context, InterpolateError, Placeholder, ShellScript, check_workflow, placeholders,
-    render_content, render_shell, render_text,
+    Context, Finding, InterpolateError, ItemSample, Placeholder, ShellScript, check_workflow,
+    placeholders, render_content, render_shell, render_text,
 };
 pub use model::*;
 pub use parse::{Parsed, WorkflowError, load, parse};

@@ -62,8 +62,14 @@ fn check(text: &str) -> Result<(), TestCaseError> {
                 );
                 prop_assert!(!w.message.is_empty());
             }
-            for (line, message) in check_workflow(&parsed.workflow) {
-                prop_assert!(line <= last_line, "finding at line {line}: {message}");
+            for f in check_workflow(&parsed.workflow, text, None) {
+                prop_assert!(
+                    (1..=last_line).contains(&f.line) && f.column >= 1,
+                    "finding at {}:{} outside the text: {}",
+                    f.line,
+                    f.column,
+                    f.message
+                );
             }
         }
         Err(e @ WorkflowError::Invalid { .. }) => {

@@ -338,6 +338,7 @@ impl FakeGitHub {
             .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
             .route("/repos/{owner}/{repo}/contents/{*path}", get(get_contents))
             .fallback(unknown_endpoint)
+            .layer(axum::middleware::from_fn(rate_limit_headers))
             .with_state(world.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -1225,4 +1226,24 @@ async fn unknown_endpoint(
         "{method} {uri}: the fake GitHub does not serve this endpoint"
     ));
     error(StatusCode::NOT_FOUND, "Not Found")
+}
+
+/// GitHub reports the rate limit left on every answer; here it goes down by one per call.
+async fn rate_limit_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    static LEFT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(5000);
+    let left = LEFT
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+        .max(1)
+        - 1;
+    let mut res = next.run(req).await;
+    // An injected answer (an exhausted limit) keeps its own headers.
+    let headers = res.headers_mut();
+    if !headers.contains_key("x-ratelimit-remaining") {
+        headers.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
+        headers.insert("x-ratelimit-remaining", left.into());
+    }
+    res
 }

@@ -548,6 +548,7 @@ async fn start_server(
         webhook_secret: Some(SECRET.to_string()),
         webhook_secret_file: None,
         listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
         public_url: Some("https://prodigy.test".into()),
         github_api_url: gh.base_url(),
         git_base_url: format!("file://{}", tmp.path().join("remotes").display()),

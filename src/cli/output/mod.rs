@@ -125,19 +125,46 @@ impl Reporter for CliReporter {
 /// `prodigy validate`: warnings and errors with file:line:col on stderr, or with `--json` one
 /// document on stdout: `{"workflow", "valid", "kind", "errors": [...], "warnings": [...]}`,
 /// each finding `{"line", "column", "message"}` (line and column null when unknown).
-pub fn validate(path: &Path, as_json: bool) -> anyhow::Result<u8> {
+pub fn validate(path: &Path, repo: &Path, as_json: bool) -> anyhow::Result<u8> {
+    use prodigy::workflow::{self, WorkflowError, WorkflowKind};
     let finding = |line: Option<usize>, column: Option<usize>, message: &str| json!({ "line": line, "column": column, "message": message });
-    let (kind, warnings, errors) = match prodigy::workflow::load(path) {
-        Ok(parsed) => {
-            let warnings: Vec<_> = parsed
+    let loaded = std::fs::read_to_string(path)
+        .map_err(|source| WorkflowError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+        .and_then(|text| Ok((workflow::parse(path, &text)?, text)));
+    let (kind, warnings, errors) = match loaded {
+        Ok((parsed, text)) => {
+            let mut warnings: Vec<_> = parsed
                 .warnings
                 .iter()
                 .map(|w| finding(Some(w.line), Some(w.column), &w.message))
                 .collect();
-            let errors: Vec<_> = prodigy::workflow::interpolate::check_workflow(&parsed.workflow)
-                .iter()
-                .map(|(line, m)| finding(Some(*line), None, m))
-                .collect();
+            // `${item.field}` is checked against the map input when it is a file there now, in
+            // the repository the job would run in.
+            let sample = match &parsed.workflow.kind {
+                WorkflowKind::MapReduce(mr) => {
+                    let root = git2::Repository::discover(repo)
+                        .ok()
+                        .and_then(|r| r.workdir().map(Path::to_path_buf))
+                        .unwrap_or_else(|| repo.to_path_buf());
+                    match workflow::input::sample_file_items(&mr.map, &root) {
+                        Some(Err(e)) => {
+                            let m = format!("${{item...}} fields not checked: {e}");
+                            warnings.push(finding(Some(mr.map.agent_template_line), None, &m));
+                            None
+                        }
+                        found => found.and_then(Result::ok),
+                    }
+                }
+                WorkflowKind::Standard { .. } => None,
+            };
+            let errors: Vec<_> =
+                workflow::interpolate::check_workflow(&parsed.workflow, &text, sample.as_ref())
+                    .iter()
+                    .map(|f| finding(Some(f.line), Some(f.column), &f.message))
+                    .collect();
             (Some(describe(&parsed.workflow)), warnings, errors)
         }
         Err(e) => {

@@ -437,7 +437,10 @@ impl JobRun<'_> {
                     Mode::Resume(d) => Some(d),
                     _ => None,
                 };
-                if let Some(stop) = self.map(mr, dlq).await? {
+                let started = std::time::Instant::now();
+                let stopped = self.map(mr, dlq).await?;
+                crate::metrics::phase_duration("map", started.elapsed().as_secs_f64());
+                if let Some(stop) = stopped {
                     return Ok(Err(stop));
                 }
             }

@@ -22,6 +22,29 @@ impl JobRun<'_> {
                 return Ok(Err(PhaseFailure::new(format!("map input: {e}"))));
             }
         };
+        // Before any agent runs: `${item.field}` paths that none of the first items has.
+        let label = match &mr.map.input {
+            workflow::MapInput::File(f) | workflow::MapInput::Command(f) => f.clone(),
+        };
+        let sample = workflow::interpolate::ItemSample::new(label, &items);
+        let wrong = workflow::interpolate::check_item_fields(
+            &self.workflow,
+            &self.job.workflow_text,
+            &sample,
+        );
+        if !wrong.is_empty() {
+            let list: Vec<String> = wrong
+                .iter()
+                .map(|f| {
+                    let path = &self.job.workflow_path;
+                    format!("{path}:{}:{}: {}", f.line, f.column, f.message)
+                })
+                .collect();
+            return Ok(Err(PhaseFailure::new(format!(
+                "map input: the agent template uses item fields the items do not have:\n{}",
+                list.join("\n")
+            ))));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut new_items = Vec::with_capacity(items.len());
         let mut duplicates = 0usize;
@@ -104,6 +127,7 @@ impl JobRun<'_> {
             log: log.clone(),
         })
         .await?;
+        let started = Instant::now();
         let mut result = Ok(());
         for (i, one) in phase.commands.iter().enumerate().skip(first) {
             result = step::run_steps(std::slice::from_ref(one), ctx, &env).await;
@@ -117,6 +141,7 @@ impl JobRun<'_> {
                 return Err(e);
             }
         }
+        crate::metrics::phase_duration(name, started.elapsed().as_secs_f64());
         self.record_agent_runs(name, None, &scope).await?;
         match result {
             Ok(()) => {

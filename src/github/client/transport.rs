@@ -63,6 +63,18 @@ impl GitHubClient {
                 Auth::Installation(id, repo) => self.repo_token(id, repo).await?,
             };
             let outcome = self.send_once(&method, path, &bearer, body.clone()).await;
+            let remaining = outcome.as_ref().ok().and_then(|(_, headers, _)| {
+                headers
+                    .get("x-ratelimit-remaining")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<f64>().ok())
+            });
+            let installation = match auth {
+                Auth::App => None,
+                Auth::Installation(id, _) => Some(id.0),
+            };
+            let status = outcome.as_ref().ok().map(|(s, _, _)| s.as_u16());
+            crate::metrics::github_call(method.as_str(), path, status, installation, remaining);
             let decision = match &outcome {
                 Ok((status, headers, _)) => {
                     if *status == StatusCode::UNAUTHORIZED

@@ -132,6 +132,18 @@ impl WebhookRejection {
 impl IntoResponse for WebhookRejection {
     fn into_response(self) -> Response {
         tracing::warn!(status = %self.status(), reason = %self, "webhook refused");
+        let (event, reason) = match &self {
+            WebhookRejection::MissingSignature => ("unknown", "missing_signature"),
+            WebhookRejection::BadSignature => ("unknown", "bad_signature"),
+            WebhookRejection::TooLarge => ("unknown", "too_large"),
+            WebhookRejection::BodyRead(_) => ("unknown", "body_read"),
+            WebhookRejection::MissingEvent => ("unknown", "missing_event"),
+            // Signed by GitHub, so the event name is GitHub's (and mapped to a bounded set).
+            WebhookRejection::Malformed { event, .. } => {
+                (crate::metrics::webhook_event(event), "malformed")
+            }
+        };
+        crate::metrics::webhook(event, "rejected", reason);
         (self.status(), self.to_string()).into_response()
     }
 }

@@ -28,7 +28,7 @@ mod scope;
 mod shell;
 mod template;
 
-pub use check::check_workflow;
+pub use check::{Finding, ITEM_SAMPLE, ItemSample, check_item_fields, check_workflow};
 pub use scope::Context;
 pub use shell::{MAX_ENV_TOTAL, MAX_ENV_VALUE, ShellScript, SpillFile, render_shell};
 pub use template::{Fallback, Placeholder, placeholders, render_content, render_text, value_text};
@@ -58,7 +58,7 @@ pub enum InterpolateError {
 pub(crate) type R<T> = Result<T, InterpolateError>;
 
 /// A workflow whose static check ([`check_workflow`]) found placeholders that can never
-/// resolve: bad input, refused before a job is created. Each finding is `file:line: message`.
+/// resolve: bad input, refused before a job is created. Each finding is `file:line:col: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the workflow has placeholders that can never resolve:\n{}", .0.join("\n"))]
 pub struct UnresolvedPlaceholders(pub Vec<String>);
