@@ -175,28 +175,9 @@ impl JobRun<'_> {
             .create_pool(parallel, &start)
             .await
             .context("cannot create the agent worktrees")?;
-        // An item whose last attempt conflicted would conflict again from the setup commit;
-        // it starts from the job branch as it is now, on top of the work merged since.
-        let conflicted: HashSet<ItemKey> = self
-            .store
-            .dlq(Some(self.job.id))
-            .await?
-            .into_iter()
-            .filter(|r| r.error_class == ErrorClass::MergeConflict)
-            .map(|r| r.key)
-            .collect();
-        let sched = Scheduler {
-            conflicted,
-            queue: Mutex::new(candidates.into()),
-            total: total as usize,
-            failed: AtomicUsize::new(0),
-            processed: AtomicUsize::new(0),
-            stop: Mutex::new(None),
-            budget_hit: CancellationToken::new(),
-            first: Mutex::new(Vec::new()),
-            merge_lock: tokio::sync::Mutex::new(()),
-            start,
-        };
+        let sched = self
+            .scheduler(candidates.into(), total as usize, start)
+            .await?;
         let this = &*self;
         // Agents of this run stop when the job is cancelled, or when the budget's grace ends.
         let agents = self.cancel.child_token();
@@ -362,6 +343,40 @@ pub(super) struct Scheduler {
     pub(super) merge_lock: tokio::sync::Mutex<()>,
     /// The commit every agent starts from.
     pub(super) start: String,
+}
+
+impl JobCore<'_> {
+    /// The scheduler of one run of the map phase over `queue` (of `total` items), its agents
+    /// starting from `start`.
+    pub(super) async fn scheduler(
+        &self,
+        queue: VecDeque<Candidate>,
+        total: usize,
+        start: String,
+    ) -> anyhow::Result<Scheduler> {
+        // An item whose last attempt conflicted would conflict again from the setup commit;
+        // it starts from the job branch as it is now, on top of the work merged since.
+        let conflicted: HashSet<ItemKey> = self
+            .store
+            .dlq(Some(self.job.id))
+            .await?
+            .into_iter()
+            .filter(|r| r.error_class == ErrorClass::MergeConflict)
+            .map(|r| r.key)
+            .collect();
+        Ok(Scheduler {
+            conflicted,
+            queue: Mutex::new(queue),
+            total,
+            failed: AtomicUsize::new(0),
+            processed: AtomicUsize::new(0),
+            stop: Mutex::new(None),
+            budget_hit: CancellationToken::new(),
+            first: Mutex::new(Vec::new()),
+            merge_lock: tokio::sync::Mutex::new(()),
+            start,
+        })
+    }
 }
 
 impl Scheduler {

@@ -160,26 +160,9 @@ impl JobRun<'_> {
                 .await
                 .context("cannot create the agent worktrees")?
         };
-        let conflicted: HashSet<ItemKey> = self
-            .store
-            .dlq(Some(self.job.id))
-            .await?
-            .into_iter()
-            .filter(|r| r.error_class == ErrorClass::MergeConflict)
-            .map(|r| r.key)
-            .collect();
-        let sched = Scheduler {
-            conflicted,
-            queue: Mutex::new(VecDeque::new()),
-            total: counts.total as usize,
-            failed: AtomicUsize::new(0),
-            processed: AtomicUsize::new(0),
-            stop: Mutex::new(None),
-            budget_hit: CancellationToken::new(),
-            first: Mutex::new(Vec::new()),
-            merge_lock: tokio::sync::Mutex::new(()),
-            start,
-        };
+        let sched = self
+            .scheduler(VecDeque::new(), counts.total as usize, start)
+            .await?;
         let this = &*self;
         let agents = self.cancel.child_token();
         let done = CancellationToken::new();
