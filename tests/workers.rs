@@ -539,7 +539,9 @@ async fn a_killed_coordinator_is_resumed_from_another_clone() {
     let mut coord = coord;
     coord.signal(libc::SIGKILL);
     let _ = coord.child.wait();
-    std::fs::remove_dir_all(c.tmp.path().join("coord")).unwrap();
+    // Its agents run in their own process groups and outlive it for a moment: a file they
+    // write while the tree is removed makes one removal fail, so remove until it is gone.
+    remove_tree_of_dead_machine(&c.tmp.path().join("coord"));
     let job = c.job().await;
     let merged_before = c
         .sql_i64("SELECT COUNT(*) FROM work_items WHERE merged")
@@ -589,4 +591,19 @@ fn workers_need_postgres() {
     let out = repo.prodigy(&["worker"]);
     assert_eq!(out.status.code(), Some(2), "{}", support::repo::text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs the PostgreSQL database"));
+}
+
+/// Removes `dir` although processes of a killed machine may still write into it: each failed
+/// removal is retried (a bounded number of times) until the tree is gone.
+fn remove_tree_of_dead_machine(dir: &std::path::Path) {
+    let mut last = None;
+    for _ in 0..200 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("cannot remove {}: {last:?}", dir.display());
 }
