@@ -193,15 +193,8 @@ impl JobRun<'_> {
         }
         if self.cancel.is_cancelled() {
             self.store.recover_interrupted(self.proof).await?;
-            return Ok(Some(PhaseFailure::new(format!(
-                "interrupted; resume with `prodigy resume {}`",
-                self.job.id
-            ))));
         }
-        Ok(sched
-            .stop
-            .into_inner()
-            .expect("no worker panicked holding the lock"))
+        Ok(self.map_outcome(sched))
     }
 
     /// Waits for the budget to run out (a worker finds it spent, or the wall-time limit passes),
@@ -346,6 +339,21 @@ pub(super) struct Scheduler {
 }
 
 impl JobCore<'_> {
+    /// How a run of the map phase ended once its agents stopped: interrupted (the job was
+    /// cancelled; its items were put back), or the stop its scheduler recorded, if any.
+    pub(super) fn map_outcome(&self, sched: Scheduler) -> Option<PhaseFailure> {
+        if self.cancel.is_cancelled() {
+            return Some(PhaseFailure::new(format!(
+                "interrupted; resume with `prodigy resume {}`",
+                self.job.id
+            )));
+        }
+        sched
+            .stop
+            .into_inner()
+            .expect("no worker panicked holding the lock")
+    }
+
     /// The scheduler of one run of the map phase over `queue` (of `total` items), its agents
     /// starting from `start`.
     pub(super) async fn scheduler(

@@ -190,15 +190,8 @@ impl JobRun<'_> {
         drop(hb);
         if self.cancel.is_cancelled() {
             self.store.recover_unclaimed(self.proof).await?;
-            return Ok(Some(PhaseFailure::new(format!(
-                "interrupted; resume with `prodigy resume {}`",
-                self.job.id
-            ))));
         }
-        Ok(sched
-            .stop
-            .into_inner()
-            .expect("no worker panicked holding the lock"))
+        Ok(self.map_outcome(sched))
     }
 
     /// One of the coordinator's own agent slots: claims items as a worker does until the map
