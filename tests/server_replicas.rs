@@ -144,3 +144,86 @@ async fn web_only_instance_on_postgres() {
     };
     web_only_instance_queues_what_a_runner_instance_runs(db.url()).await;
 }
+
+/// `serve --workers`: two replicas on one PostgreSQL database run one pull request's job
+/// together. The replica that started the job coordinates it; the other's claim loop takes the
+/// items the coordinator's own agents leave (every agent waits at the gate until both machines
+/// hold claims), and its commits reach the coordinator through the repository's refs. Every
+/// item is merged once, and the attempts name both machines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_with_workers_run_one_jobs_items_together() {
+    let Some(db) = support::db::postgres_db().await else {
+        return;
+    };
+    let ctx = Ctx::with_workers(db.url(), "a", 1).await;
+    let ids = ["w1", "w2", "w3", "w4", "w5", "w6"];
+    let list: Vec<(&str, &str)> = ids.iter().map(|id| (*id, "gated")).collect();
+    let sha = ctx.push_pr(1, &[("items.json", &items(&list))], false);
+    ctx.open_pr(1, &sha).await;
+    let comments = ctx.wait_for_comments(1, 1).await;
+    let job = job_id_of(&job_links(&comments[0])[0]);
+    let store = &ctx.server.store;
+    // Started only now: the job is running on a, so b's claim loop is what helps it.
+    wait_until("the job to open its items to workers", WAIT, || async {
+        store
+            .job_remote(job)
+            .await
+            .ok()?
+            .filter(|r| r.open)
+            .map(|_| ())
+    })
+    .await;
+    let mut b = ctx.another_instance("b", 1).await;
+    // The coordinator's two agents wait at the gate, so the pending items are b's to take.
+    wait_until("both replicas to run items of the job", WAIT, || async {
+        let machines = store.item_machines(job).await.ok()?;
+        let on = |m: &str| machines.iter().any(|(_, _, x)| x == m);
+        (on("a") && on("b")).then_some(())
+    })
+    .await;
+    ctx.open_gate();
+    ctx.wait_status(job, JobStatus::Succeeded).await;
+
+    let remote = store
+        .job_remote(job)
+        .await
+        .unwrap()
+        .expect("a job with workers");
+    assert!(
+        remote.url.starts_with("file://") && !remote.url.contains('@'),
+        "the stored remote is the repository's URL, no credentials: {}",
+        remote.url
+    );
+    let head = format!("refs/prodigy/{job}/head");
+    let mut merged: Vec<String> =
+        support::git::git(&ctx.remote, &["log", "--merges", "--format=%s", &head])
+            .lines()
+            .map(|l| l.trim_start_matches("prodigy: merge item ").to_string())
+            .collect();
+    merged.sort();
+    assert_eq!(merged, ids, "every item merged once into the job's head");
+    for id in ids {
+        let text = support::git::git(&ctx.remote, &["show", &format!("{head}:out-{id}.txt")]);
+        assert_eq!(text.trim(), id);
+    }
+    let machines: Vec<String> = store
+        .machines(job)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.machine)
+        .collect();
+    assert!(
+        machines.contains(&"a".to_string()) && machines.contains(&"b".to_string()),
+        "attempts ran on both replicas: {machines:?}"
+    );
+    let items = store
+        .items(job, &prodigy::store::ItemFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(items.len(), ids.len());
+    assert!(items.iter().all(|i| i.merged), "{items:?}");
+    b.stop().await;
+    ctx.wait_idle().await;
+    ctx.finish().await;
+}

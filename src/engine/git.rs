@@ -30,6 +30,22 @@ pub fn quiet_env() -> [(&'static str, &'static str); 6] {
     ]
 }
 
+/// The git configuration entry that makes git send `token` as the password of `x-access-token`
+/// (as GitHub documents for App installation tokens) in an HTTP header: for git's environment
+/// (`GIT_CONFIG_KEY_n`, see [`git_with_config`]), never an argument list (`ps` shows those), a
+/// stored remote URL, `.git/config` or a message.
+pub fn auth_header(token: &secrecy::SecretString) -> (String, String) {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "x-access-token:{}",
+        secrecy::ExposeSecret::expose_secret(token)
+    ));
+    (
+        "http.extraHeader".to_string(),
+        format!("Authorization: Basic {basic}"),
+    )
+}
+
 /// The author and committer prodigy uses when git has no identity configured (a fresh machine
 /// or CI runner): without one every agent commit and every merge would fail. Set once per
 /// process by [`ensure_identity`]; empty when git has an identity of its own.
@@ -369,5 +385,39 @@ pub async fn remove_stale_index_lock(dir: &Path) -> Result<()> {
             dir: dir.to_path_buf(),
             message: format!("cannot remove stale {lock}: {e}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The token reaches git as an HTTP header through its environment, after prodigy's own
+    /// `gc.auto` (which stays), never in the arguments.
+    #[tokio::test]
+    async fn a_token_reaches_git_as_a_header_in_its_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q"]).await.unwrap();
+        let token = secrecy::SecretString::from("ghs_unit-token");
+        let config = [auth_header(&token)];
+        let header = git_with_config(
+            dir.path(),
+            &["config", "--get", "http.extraHeader"],
+            &config,
+        )
+        .await
+        .unwrap();
+        use base64::Engine as _;
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode("x-access-token:ghs_unit-token");
+        assert_eq!(header, format!("Authorization: Basic {basic}"));
+        let gc = git_with_config(dir.path(), &["config", "--get", "gc.auto"], &config)
+            .await
+            .unwrap();
+        assert_eq!(gc, "0");
+        let none = git_output(dir.path(), &["config", "--get", "http.extraHeader"])
+            .await
+            .unwrap();
+        assert!(!none.status.success(), "no header without a token");
     }
 }

@@ -5,10 +5,16 @@
 //! setup) and its merged work (`refs/prodigy/<job>/head`, pushed before items are recorded
 //! merged, so what the database calls merged is always on the remote); every attempt's commits
 //! go to `refs/prodigy/<job>/items/<key>/attempt-<n>`. The git CLI does the transport with the
-//! machine's own credentials (credential helper, SSH key): prodigy passes none.
+//! machine's own credentials (credential helper, SSH key), or with a token a [`RemoteAuth`] of
+//! this process gives for the URL (the server's installation tokens, the Action's token), sent
+//! in an HTTP header through git's environment: never in the URL stored with the job.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use secrecy::SecretString;
 
 use sha2::{Digest, Sha256};
 
@@ -20,6 +26,39 @@ use crate::types::{ItemKey, JobId};
 /// [`FIRST_BACKOFF`] (0.5 s, 1 s, 2 s, 4 s, 8 s).
 const TRIES: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// A source of credentials for the remotes this process pushes to and fetches from.
+pub trait RemoteAuth: Send + Sync {
+    /// The git configuration that authenticates requests to `url` (e.g.
+    /// [`git::auth_header`] of a token); None for a URL this source has nothing for.
+    fn config<'a>(
+        &'a self,
+        url: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Vec<(String, String)>>>>;
+}
+
+/// A token as a [`RemoteAuth`] answer: the configuration that sends it.
+pub fn token_config(token: &SecretString) -> Vec<(String, String)> {
+    vec![git::auth_header(token)]
+}
+
+static AUTH: Mutex<Vec<Arc<dyn RemoteAuth>>> = Mutex::new(Vec::new());
+
+/// Adds a source of credentials for this process's pushes and fetches (asked in order).
+pub fn add_auth(auth: Arc<dyn RemoteAuth>) {
+    AUTH.lock().expect("remote auth lock").push(auth);
+}
+
+/// The configuration the first source with an answer gives for `url` (empty: none has one).
+async fn config_for(url: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let sources: Vec<Arc<dyn RemoteAuth>> = AUTH.lock().expect("remote auth lock").clone();
+    for source in sources {
+        if let Some(config) = source.config(url).await? {
+            return Ok(config);
+        }
+    }
+    Ok(Vec::new())
+}
 
 /// `refs/prodigy/<job>/base`: the job branch after setup; every attempt starts here.
 pub fn base_ref(job: JobId) -> String {
@@ -120,7 +159,7 @@ pub async fn push(
     args.push(url.to_string());
     args.extend(updates.iter().map(|(src, dst)| format!("{src}:{dst}")));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    retry("push", repo, &args, |e| {
+    retry("push", repo, url, &args, |e| {
         let m = &e.message;
         let rejected = m.contains("stale info") || m.contains("[rejected]") || m.contains("! [");
         rejected.then(|| {
@@ -148,7 +187,7 @@ pub async fn fetch(repo: &Path, url: &str, refs: &[String]) -> anyhow::Result<()
     ];
     args.extend(refs.iter().map(|r| format!("+{r}:{r}")));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    retry("fetch", repo, &args, |e| {
+    retry("fetch", repo, url, &args, |e| {
         let m = &e.message;
         (m.contains("couldn't find remote ref") || m.contains("not our ref"))
             .then(|| anyhow::anyhow!("{e}"))
@@ -162,7 +201,7 @@ pub async fn remote_value(
     url: &str,
     reference: &str,
 ) -> anyhow::Result<Option<String>> {
-    let out = retry_output("ls-remote", repo, &["ls-remote", url, reference]).await?;
+    let out = retry_output("ls-remote", repo, url, &["ls-remote", url, reference]).await?;
     Ok(out.lines().find_map(|l| {
         l.split_once('\t')
             .filter(|(_, r)| *r == reference)
@@ -170,10 +209,11 @@ pub async fn remote_value(
     }))
 }
 
-async fn retry_output(what: &str, repo: &Path, args: &[&str]) -> anyhow::Result<String> {
+async fn retry_output(what: &str, repo: &Path, url: &str, args: &[&str]) -> anyhow::Result<String> {
+    let config = config_for(url).await?;
     let mut wait = FIRST_BACKOFF;
     for n in 1..=TRIES {
-        match git::git(repo, args).await {
+        match git::git_with_config(repo, args, &config).await {
             Ok(out) => return Ok(out),
             Err(e) if n < TRIES => {
                 tracing::warn!(error = %e.message, try_ = n, "git {what} failed; trying again in {wait:?}");
@@ -194,12 +234,14 @@ async fn retry_output(what: &str, repo: &Path, args: &[&str]) -> anyhow::Result<
 async fn retry(
     what: &str,
     repo: &Path,
+    url: &str,
     args: &[&str],
     fatal: impl Fn(&GitError) -> Option<anyhow::Error>,
 ) -> anyhow::Result<()> {
+    let config = config_for(url).await?;
     let mut wait = FIRST_BACKOFF;
     for n in 1..=TRIES {
-        match git::git(repo, args).await {
+        match git::git_with_config(repo, args, &config).await {
             Ok(_) => return Ok(()),
             Err(e) => {
                 if let Some(f) = fatal(&e) {

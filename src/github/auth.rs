@@ -119,6 +119,9 @@ pub struct TokenScope {
     pub installation: InstallationId,
     /// `owner/name`.
     pub repo: Option<String>,
+    /// `contents: write` instead of read: pushing the refs of a job with workers
+    /// (`serve --workers`), never given to agents.
+    pub push: bool,
 }
 
 impl From<InstallationId> for TokenScope {
@@ -126,6 +129,7 @@ impl From<InstallationId> for TokenScope {
         TokenScope {
             installation,
             repo: None,
+            push: false,
         }
     }
 }
@@ -146,7 +150,10 @@ pub const JOB_PERMISSIONS: &[(&str, &str)] = &[
 pub fn access_token_request(scope: &TokenScope) -> serde_json::Value {
     let permissions: serde_json::Map<String, serde_json::Value> = JOB_PERMISSIONS
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .map(|(k, v)| match (*k, scope.push) {
+            ("contents", true) => (k.to_string(), serde_json::Value::from("write")),
+            _ => (k.to_string(), serde_json::Value::from(*v)),
+        })
         .collect();
     let mut body = serde_json::json!({ "permissions": permissions });
     if let Some(repo) = &scope.repo {
@@ -221,9 +228,10 @@ mod tests {
 
     #[test]
     fn a_repositorys_token_request_names_it_and_the_job_permissions() {
-        let scope = TokenScope {
+        let mut scope = TokenScope {
             installation: InstallationId(7),
             repo: Some("octo/widgets".into()),
+            push: false,
         };
         assert_eq!(
             access_token_request(&scope),
@@ -232,6 +240,13 @@ mod tests {
                 "permissions": {"checks": "write", "contents": "read", "issues": "write",
                                 "metadata": "read", "pull_requests": "read"}
             })
+        );
+        // Pushing a job's refs (serve --workers) asks for contents: write, nothing more.
+        scope.push = true;
+        assert_eq!(
+            access_token_request(&scope)["permissions"],
+            serde_json::json!({"checks": "write", "contents": "write", "issues": "write",
+                               "metadata": "read", "pull_requests": "read"})
         );
         assert!(access_token_request(&InstallationId(7).into())["repositories"].is_null());
     }

@@ -94,6 +94,16 @@ pub struct ServeConfig {
     /// so, and a job in progress stops as `budget_exhausted`.
     #[arg(long, env = "PRODIGY_REPO_DAILY_COST_USD")]
     pub repo_daily_cost_usd: Option<f64>,
+    /// Replicas work on each other's jobs (PostgreSQL only; every replica with this flag): the
+    /// jobs this one starts open their items to the others, and it claims items of theirs.
+    /// Commits travel through the repository (refs/prodigy/...), pushed with an installation
+    /// token that may write contents: the App needs `contents: write` (README "Many machines").
+    #[arg(long, env = "PRODIGY_WORKERS")]
+    pub workers: bool,
+    /// Agents at once when this replica works on another's job (--workers); each such job
+    /// also takes one of --max-jobs while it does.
+    #[arg(long, env = "PRODIGY_WORKER_MAX_PARALLEL", default_value_t = 2)]
+    pub worker_max_parallel: usize,
 }
 
 /// Secrets stay out of debug output (clap's error paths and `-vv` logs print it).
@@ -123,6 +133,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("no_runner", &self.no_runner)
             .field("caps", &self.caps)
             .field("repo_daily_cost_usd", &self.repo_daily_cost_usd)
+            .field("workers", &self.workers)
+            .field("worker_max_parallel", &self.worker_max_parallel)
             .finish()
     }
 }
@@ -157,6 +169,9 @@ pub struct Settings {
     /// The operator's agent defaults and caps (`--default-model`, `--max-cost-usd`,
     /// `--repo-daily-cost-usd`, ...).
     pub agent: crate::engine::agent::AgentPolicy,
+    /// `--workers`: agents at once on another replica's job (`--worker-max-parallel`); None:
+    /// jobs run on the replica that started them alone.
+    pub workers: Option<usize>,
 }
 
 impl ServeConfig {
@@ -231,6 +246,15 @@ impl ServeConfig {
                 format!("sqlite://{}", self.state_dir.join("prodigy.db").display())
             }
         };
+        if self.workers && !database_url.starts_with("postgres") {
+            bail!(
+                "--workers (PRODIGY_WORKERS) needs the PostgreSQL database the replicas share: \
+                 pass --database-url postgres://... (DATABASE_URL) to every replica, or drop --workers"
+            );
+        }
+        if self.workers && self.worker_max_parallel == 0 {
+            bail!("--worker-max-parallel must be at least 1");
+        }
         let state_dir = absolute(&self.state_dir)?;
         let checkout_dir = match &self.checkout_dir {
             Some(dir) => absolute(dir)?,
@@ -280,6 +304,7 @@ impl ServeConfig {
                 },
             },
             agent,
+            workers: self.workers.then_some(self.worker_max_parallel),
         })
     }
 }

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64_STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::github::PrNumber;
@@ -162,13 +160,10 @@ fn git_command(cwd: &Path, token: Option<&SecretString>) -> Command {
         .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
         .env("GIT_HTTP_LOW_SPEED_TIME", "60");
     if let Some(token) = token {
-        let basic = BASE64_STANDARD.encode(format!("x-access-token:{}", token.expose_secret()));
+        let (key, value) = crate::engine::git::auth_header(token);
         cmd.env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env(
-                "GIT_CONFIG_VALUE_0",
-                format!("Authorization: Basic {basic}"),
-            );
+            .env("GIT_CONFIG_KEY_0", key)
+            .env("GIT_CONFIG_VALUE_0", value);
     }
     cmd
 }
@@ -348,6 +343,9 @@ fn read_file_blocking(dir: &Path, sha: &str, path: &str) -> Result<Option<String
 #[cfg(test)]
 mod tests {
     use std::ffi::OsStr;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64_STANDARD;
 
     use super::*;
 

@@ -173,7 +173,12 @@ pub async fn start_with(
         reporter: Arc::new(Silent),
         cancel: jobs.clone(),
         agents: settings.agents.clone(),
-        workers: Default::default(),
+        workers: crate::engine::WorkerSettings {
+            // The repository cache's clone: its `origin` is the repository's URL, no token in it.
+            remote: settings.workers.map(|_| "origin".to_string()),
+            machine: settings.instance.clone(),
+            ..Default::default()
+        },
     };
     let runner = Runner::new(RunnerParts {
         store: store.clone(),
@@ -187,6 +192,8 @@ pub async fn start_with(
         max_jobs: settings.max_jobs,
         poll: settings.poll,
         wake: wake.clone(),
+        workers: settings.workers,
+        allow_repos: settings.allow_repos.clone(),
     });
     let job_slots = runner.slots();
     let state = AppState::new(

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::claims::Heartbeat;
 use crate::engine::{Engine, git, remote, worktree::sanitize_ref};
-use crate::store::{Claimer, StoreError};
+use crate::store::{Claimer, Job, StoreError};
 use crate::types::JobId;
 
 #[derive(Args, Debug, Clone)]
@@ -66,8 +66,49 @@ impl WorkerConfig {
     }
 }
 
+/// Where a worker runs, deciding which of the open jobs it may serve now: `prodigy worker`
+/// serves any ([`Anywhere`]); a `prodigy serve` replica only its allowed repositories' jobs that
+/// another replica runs, each holding one of its job slots (src/server/runner/workers.rs).
+pub trait Host: Sync {
+    /// Some: serve `job` now, holding the admission until done with it; None: not now.
+    fn admit(
+        &self,
+        job: &Job,
+    ) -> impl std::future::Future<Output = anyhow::Result<Option<Admission>>> + Send;
+}
+
+/// A host's leave to serve one job.
+pub struct Admission {
+    /// Held while the worker serves the job (a job slot); dropped after.
+    pub hold: Box<dyn std::any::Any + Send>,
+    /// The names of the passed variables this job's agents get (None: all of them), as the
+    /// job's own machine narrowed them.
+    pub pass_env: Option<Vec<String>>,
+}
+
+/// `prodigy worker`'s host: every open job its `--jobs` allows, with its own settings.
+pub struct Anywhere;
+
+impl Host for Anywhere {
+    async fn admit(&self, _job: &Job) -> anyhow::Result<Option<Admission>> {
+        Ok(Some(Admission {
+            hold: Box::new(()),
+            pass_env: None,
+        }))
+    }
+}
+
 /// Runs the worker until it is stopped (`engine.cancel`) or idle for `--idle-exit`.
 pub async fn run(engine: &Engine, config: &WorkerConfig) -> anyhow::Result<()> {
+    run_with(engine, config, &Anywhere).await
+}
+
+/// [`run`] on `host`, which decides which jobs are served when.
+pub async fn run_with(
+    engine: &Engine,
+    config: &WorkerConfig,
+    host: &impl Host,
+) -> anyhow::Result<()> {
     if engine.store.backend() != crate::store::BackendKind::Postgres {
         return Err(StoreError::NeedsPostgres("prodigy worker").into());
     }
@@ -89,7 +130,7 @@ pub async fn run(engine: &Engine, config: &WorkerConfig) -> anyhow::Result<()> {
             if stop.is_cancelled() {
                 break;
             }
-            match serve_job(engine, config, &hb, job).await {
+            match serve_job(engine, config, &hb, job, host).await {
                 Ok(n) => worked |= n > 0,
                 // One job this machine cannot serve (its remote unreachable, its agents refused
                 // here) does not stop the others.
@@ -139,10 +180,20 @@ async fn serve_job(
     config: &WorkerConfig,
     hb: &Arc<Heartbeat>,
     job: JobId,
+    host: &impl Host,
 ) -> anyhow::Result<usize> {
     let Some(recorded) = engine.store.job_remote(job).await? else {
         return Ok(0);
     };
+    let row = engine.store.get_job(job).await?;
+    let Some(admission) = host.admit(&row).await? else {
+        return Ok(0);
+    };
+    let mut engine = engine.clone();
+    if let Some(names) = &admission.pass_env {
+        engine.agents.env.pass.retain(|n| names.contains(n));
+    }
+    let engine = &engine;
     let url = match &config.remote {
         Some(u) => u.clone(),
         None => recorded.url,
@@ -160,6 +211,7 @@ async fn serve_job(
             &engine.cancel,
         )
         .await?;
+    drop(admission.hold);
     if outcome.recorded + outcome.released + outcome.lost > 0 {
         tracing::info!(
             %job,

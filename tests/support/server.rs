@@ -35,7 +35,8 @@ pub const STRANGER: &str = "stranger";
 /// A stub `claude`: prints what it was asked and succeeds.
 const CLAUDE_STUB: &str = "#!/bin/sh\necho \"stub claude did: $*\"\n";
 
-/// The agent: `ok` commits a file, `fail` fails, `wait` blocks until the gate file exists.
+/// The agent: `ok` commits a file, `fail` fails, `wait` blocks until the gate file exists,
+/// `gated` waits for it and then commits a file.
 fn agent_script(gate: &Path) -> String {
     format!(
         r#"#!/bin/sh
@@ -44,6 +45,8 @@ case "$kind" in
   ok) echo "$id" > "out-$id.txt" && git add "out-$id.txt" && git commit -q -m "item $id" ;;
   fail) echo "error: widget $id exploded" >&2; exit 3 ;;
   wait) while [ ! -f "{gate}" ]; do sleep 0.05; done; echo "$id waited" ;;
+  gated) while [ ! -f "{gate}" ]; do sleep 0.05; done
+         echo "$id" > "out-$id.txt" && git add "out-$id.txt" && git commit -q -m "item $id" ;;
 esac
 "#,
         gate = gate.display()
@@ -105,6 +108,8 @@ pub struct ServerOptions {
     pub pass_env: Vec<String>,
     /// `--repo-daily-cost-usd`.
     pub daily_cap: Option<f64>,
+    /// `--workers`: replicas work on each other's jobs.
+    pub workers: bool,
 }
 
 impl Default for ServerOptions {
@@ -115,6 +120,7 @@ impl Default for ServerOptions {
             agent_read: Vec::new(),
             pass_env: Vec::new(),
             daily_cap: None,
+            workers: false,
         }
     }
 }
@@ -166,6 +172,16 @@ impl Ctx {
             ..ServerOptions::default()
         };
         Ctx::build(db_url, "a", 2, options).await
+    }
+
+    /// A world whose replicas work on each other's jobs (`serve --workers`); start the others
+    /// with [`Ctx::another_instance`].
+    pub async fn with_workers(db_url: &str, instance: &str, max_jobs: usize) -> Ctx {
+        let options = ServerOptions {
+            workers: true,
+            ..ServerOptions::default()
+        };
+        Ctx::build(db_url, instance, max_jobs, options).await
     }
 
     /// A world whose server only queues work (`--no-runner`); see [`Ctx::another_instance`].
@@ -563,6 +579,8 @@ async fn start_server(
         no_runner: !options.runner,
         caps: Default::default(),
         repo_daily_cost_usd: options.daily_cap,
+        workers: options.workers,
+        worker_max_parallel: 2,
     };
     let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())

@@ -204,6 +204,22 @@ impl GitHubClient {
         self.scoped_token(TokenScope {
             installation,
             repo: Some(repo.as_str().to_string()),
+            push: false,
+        })
+        .await
+    }
+
+    /// [`Self::repo_token`] with `contents: write`, for pushing a job's refs to the repository
+    /// (`serve --workers`: replicas exchange commits through it). Never given to agents.
+    pub async fn repo_push_token(
+        &self,
+        installation: InstallationId,
+        repo: &RepoName,
+    ) -> Result<SecretString, GitHubError> {
+        self.scoped_token(TokenScope {
+            installation,
+            repo: Some(repo.as_str().to_string()),
+            push: true,
         })
         .await
     }

@@ -66,6 +66,9 @@ impl Runner {
         let (tx, rx) = oneshot::channel();
         // Records the job's installation before the starter hears of it, so even a job whose
         // first reply was never posted can be resumed with its reporter after a crash.
+        if let Some(tokens) = &self.inner.push_tokens {
+            tokens.note(&ctx.repo, ctx.installation);
+        }
         let store = self.p().store.clone();
         let context = JobEvent::ServerContext {
             installation: ctx.installation.0,

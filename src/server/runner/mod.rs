@@ -44,6 +44,7 @@ mod pull_requests;
 mod queue;
 mod reruns;
 mod stale;
+mod workers;
 
 use cancel::CancelOutcome;
 use jobs::{JobAction, Slots, Started};
@@ -64,6 +65,10 @@ pub struct RunnerParts {
     pub max_jobs: usize,
     pub poll: Duration,
     pub wake: Arc<Notify>,
+    /// `--workers`: agents at once on another replica's job (None: no claim loop here).
+    pub workers: Option<usize>,
+    /// The repositories this server acts on: the only ones whose jobs its claim loop serves.
+    pub allow_repos: Vec<RepoName>,
 }
 
 /// A job this process runs.
@@ -92,6 +97,8 @@ struct Inner {
     running: Mutex<HashMap<JobId, RunningJob>>,
     /// One per pull request: see [`PrTurn`].
     pr_locks: Mutex<HashMap<(RepoName, u64), PrLock>>,
+    /// `--workers` over HTTPS: the tokens git pushes and fetches job refs with.
+    push_tokens: Option<Arc<workers::PushTokens>>,
 }
 
 type PrLock = Arc<tokio::sync::Mutex<()>>;
@@ -100,8 +107,11 @@ type PrGuard = tokio::sync::OwnedMutexGuard<()>;
 impl Runner {
     pub fn new(parts: RunnerParts) -> Self {
         let slots = Arc::new(Semaphore::new(parts.max_jobs.max(1)));
+        let push_tokens =
+            workers::push_tokens(&parts.github, &parts.repos, parts.workers.is_some());
         Runner {
             inner: Arc::new(Inner {
+                push_tokens,
                 handlers: Arc::new(Semaphore::new(parts.max_jobs.max(1) + MAX_COMMENT_HANDLERS)),
                 parts,
                 slots,
@@ -132,6 +142,10 @@ impl Runner {
         self.close_stale_check_runs().await;
         tracing::info!(instance = %self.p().instance, "runner ready: claiming requests");
         let watcher = tokio::spawn(self.clone().watch_cancellations(shutdown.clone()));
+        let claims = self
+            .p()
+            .workers
+            .map(|n| tokio::spawn(self.clone().work_on_others(n, shutdown.clone())));
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -170,6 +184,10 @@ impl Runner {
             }
         }
         watcher.abort();
+        if let Some(claims) = claims {
+            // It gives back the items it still runs, so the other replicas take them at once.
+            let _ = claims.await;
+        }
     }
 
     async fn handle(
