@@ -837,3 +837,102 @@ map:
         "the checkout's configuration is put back byte for byte"
     );
 }
+
+/// Items wait for `$FLAGS/gate`, then commit a file: until the gate opens, every agent holds
+/// its claim, so the coordinator's one agent leaves the other items to the worker.
+const GATED_WORKFLOW: &str = r#"name: review
+mode: mapreduce
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 1
+  agent_template:
+    - shell: |
+        while [ ! -f "$FLAGS/gate" ]; do sleep 0.05; done
+        echo "${item.id}" > "out-${item.id}.txt" && git add . && git commit -q -m "item ${item.id}"
+"#;
+
+/// `role: coordinator` and `role: worker` on PostgreSQL, as a matrix of runners would run
+/// them: the worker (its own checkout and state) finds the job this workflow run's coordinator
+/// started, claims the items the coordinator's one agent leaves, and exits once the job is
+/// done; the coordinator merges every item once and reports the job as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_and_a_worker_runner_share_one_job() {
+    let Some(db) = support::db::postgres_db().await else {
+        return;
+    };
+    let step = Step::with_workflow(Some(db.url()), GATED_WORKFLOW, true).await;
+    let origin = step.add_origin();
+    let coordinator = step.start(&[
+        ("PRODIGY_ROLE", "coordinator"),
+        ("PRODIGY_MACHINE", "runner-1"),
+    ]);
+    // Another runner: its own checkout of the repository and its own state directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let checkout = elsewhere.path().join("checkout");
+    support::git::git(
+        elsewhere.path(),
+        &["clone", "-q", origin.to_str().unwrap(), "checkout"],
+    );
+    let home = elsewhere.path().join("home");
+    let worker = step.start_in(
+        &checkout,
+        &[
+            ("PRODIGY_ROLE", "worker"),
+            ("PRODIGY_MACHINE", "runner-2"),
+            ("PRODIGY_HOME", home.to_str().unwrap()),
+            ("PRODIGY_MAX_PARALLEL", "2"),
+        ],
+    );
+    let store = prodigy::store::Store::open(db.url()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let job = loop {
+        let machines = match store.open_jobs().await.unwrap().first() {
+            Some(job) => store.item_machines(*job).await.unwrap(),
+            None => Vec::new(),
+        };
+        let on = |m: &str| machines.iter().any(|(_, _, x)| x == m);
+        if on("runner-1") && on("runner-2") {
+            break store.open_jobs().await.unwrap()[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both runners never held items at once: {machines:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    std::fs::write(step.flags.path().join("gate"), "").unwrap();
+
+    let ran = coordinator.wait().await;
+    assert_eq!(ran.code(), Some(0), "{}", text(&ran.out));
+    assert_eq!(ran.output("job-id"), job.to_string());
+    assert_eq!(ran.output("status"), "succeeded");
+    assert_eq!(ran.output("succeeded"), "3");
+    let worked = worker.wait().await;
+    assert_eq!(worked.code(), Some(0), "{}", text(&worked.out));
+    assert!(
+        worked
+            .stdout()
+            .contains(&format!("job {job} is done; this worker exits")),
+        "{}",
+        text(&worked.out)
+    );
+
+    let mut machines: Vec<String> = store
+        .machines(job)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.machine)
+        .collect();
+    machines.sort();
+    assert_eq!(machines, ["runner-1", "runner-2"]);
+    let head = format!("refs/prodigy/{job}/head");
+    let mut merged: Vec<String> =
+        support::git::git(&origin, &["log", "--merges", "--format=%s", &head])
+            .lines()
+            .map(|l| l.trim_start_matches("prodigy: merge item ").to_string())
+            .collect();
+    merged.sort();
+    assert_eq!(merged, ["alpha", "beta", "gamma"], "each item merged once");
+}

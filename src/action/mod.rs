@@ -24,6 +24,7 @@ pub mod rerun;
 pub mod sink;
 mod start;
 pub mod tracking;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,7 @@ pub use env::{ActionEnv, EnvError, EventFacts};
 pub use plan::ResumeMode;
 pub use report::NotRun;
 pub use sink::TokenCheckRuns;
+pub use worker::Role;
 
 /// The action's inputs. The runner's own variables (`GITHUB_EVENT_PATH`, ...) are read from
 /// the environment, see [`ActionEnv`].
@@ -70,6 +72,14 @@ pub struct ActionConfig {
     /// at this commit) instead of resuming it.
     #[arg(long, env = "PRODIGY_RETRY")]
     pub retry: bool,
+    /// `run`: the job on this runner alone; `coordinator`: the job with workers (a PostgreSQL
+    /// database-url), whose items runners of `role: worker` claim too; `worker`: claims items
+    /// of the job this workflow run's coordinator started, and exits when it is done.
+    #[arg(long, env = "PRODIGY_ROLE", value_enum, default_value_t = Role::Run)]
+    pub role: Role,
+    /// A worker's job (an id or a unique prefix of it), instead of this workflow run's.
+    #[arg(long, env = "PRODIGY_WORKER_JOB")]
+    pub job: Option<String>,
     /// The operator's agent defaults and caps (the action's `model`, `max-turns`,
     /// `max-cost-usd`, `max-tokens`, `forbid-bypass-permissions` inputs).
     #[command(flatten)]
@@ -85,6 +95,8 @@ impl std::fmt::Debug for ActionConfig {
             .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
             .field("trigger", &self.trigger)
             .field("retry", &self.retry)
+            .field("role", &self.role)
+            .field("job", &self.job)
             .field("caps", &self.caps)
             .finish()
     }
@@ -107,6 +119,8 @@ pub enum BadInput {
     Resume { job: String, reason: String },
     #[error("`retry: true` {0}")]
     Retry(String),
+    #[error("the action's `role` input: {0}")]
+    Role(String),
 }
 
 /// The runner's environment and the event, read before anything else happens.

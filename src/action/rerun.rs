@@ -59,6 +59,14 @@ pub async fn find_earlier<'a>(
     Ok(None)
 }
 
+/// Whether workflow run `run_id` (any attempt) started or continued `job`.
+pub async fn started_by_run(store: &Store, job: JobId, run_id: &str) -> Result<bool, StoreError> {
+    Ok(action_events(store, job)
+        .await?
+        .iter()
+        .any(|e| matches!(e, JobEvent::ActionRun { run_id: r, .. } if r == run_id)))
+}
+
 /// The job's `action_run` events.
 async fn action_events(store: &Store, job: JobId) -> Result<Vec<JobEvent>, StoreError> {
     const PAGE: u32 = 1000;
