@@ -935,4 +935,44 @@ async fn a_coordinator_and_a_worker_runner_share_one_job() {
             .collect();
     merged.sort();
     assert_eq!(merged, ["alpha", "beta", "gamma"], "each item merged once");
+    // `prodigy status --json` says which runner ran each item.
+    let status = step
+        .repo
+        .command(&["status", &job.to_string(), "--json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    let mut ran: Vec<(String, String)> = doc["workers"]["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{doc:#}"))
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().into(),
+                i["machine"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    ran.sort();
+    assert_eq!(ran.len(), 3, "{doc:#}");
+    assert_eq!(
+        ran.iter().filter(|(_, m)| m == "runner-2").count(),
+        2,
+        "{doc:#}"
+    );
+    // The check run says which runner ran which items.
+    let runs = step.check_runs_on_head();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let summary = runs[0].summary.clone().unwrap_or_default();
+    assert!(
+        summary.contains("### Machines\n\n2 machines ran this job's items."),
+        "{summary}"
+    );
+    for (machine, n) in [("runner-1", 1), ("runner-2", 2)] {
+        let row = summary
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{machine}` |")))
+            .unwrap_or_else(|| panic!("no row for {machine}: {summary}"));
+        assert_eq!(row.matches("`, `").count() + 1, n, "{row}");
+    }
 }

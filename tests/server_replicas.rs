@@ -223,6 +223,16 @@ async fn replicas_with_workers_run_one_jobs_items_together() {
         .unwrap();
     assert_eq!(items.len(), ids.len());
     assert!(items.iter().all(|i| i.merged), "{items:?}");
+    // The job page names both machines and the one that ran each attempt.
+    let (status, page) = ctx.get(&job_links(&comments[0])[0]).await;
+    assert_eq!(status.as_u16(), 200, "{page}");
+    assert!(
+        page.contains(r#"<dd id="machines">2: <code>a</code>"#),
+        "{page}"
+    );
+    for m in ["a", "b"] {
+        assert!(page.contains(&format!(" on <code>{m}</code>: ")), "{page}");
+    }
     b.stop().await;
     ctx.wait_idle().await;
     ctx.finish().await;

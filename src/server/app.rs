@@ -453,6 +453,7 @@ async fn load_page(store: &Store, id: JobId) -> crate::store::Result<Option<Page
             finished_at: a.finished_at,
             success: a.success,
             message: a.message,
+            machine: a.machine,
         })
         .collect();
     Ok(Some(PageData {

@@ -148,6 +148,8 @@ pub struct AttemptView {
     pub message: Option<String>,
     /// Whether a log file is known (the attempt's row, or its `item_started` event).
     pub has_log: bool,
+    /// The machine that ran it (jobs with workers).
+    pub machine: Option<String>,
 }
 
 /// Whether the job can still change without someone resuming it: its page keeps polling.
@@ -255,6 +257,11 @@ fn facts(page: &JobPage<'_>) -> Markup {
     let gh = job.repo.as_ref().map(|r| format!("{GITHUB_WEB}/{r}"));
     let ended = job.finished_at.unwrap_or(page.now);
     let took = human_millis((ended - job.created_at).num_milliseconds());
+    // Jobs with workers: the machines that ran attempts, with how many each.
+    let mut machines: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in page.attempts.iter().filter_map(|a| a.machine.as_deref()) {
+        *machines.entry(m).or_default() += 1;
+    }
     html! {
         dl.facts {
             dt { "status" } dd { span #status class=(job.status.as_str()) { (job.status.as_str()) } }
@@ -276,6 +283,15 @@ fn facts(page: &JobPage<'_>) -> Markup {
             }
             @if let (Some(id), Some(gh)) = (job.check_run_id, &gh) {
                 dt { "check run" } dd { a href={ (gh) "/runs/" (id) } { (id) } }
+            }
+            @if !machines.is_empty() {
+                dt { "machines" } dd #machines {
+                    (machines.len()) ": "
+                    @for (i, (m, n)) in machines.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        code { (m) } " (" (n) @if *n == 1 { " attempt)" } @else { " attempts)" }
+                    }
+                }
             }
             dt { "started" } dd { (job.created_at.format("%Y-%m-%d %H:%M:%S UTC")) }
             dt { @if job.finished_at.is_some() { "took" } @else { "running for" } } dd #took { (took) }
@@ -398,7 +414,9 @@ fn attempt_list(page: &JobPage<'_>, key: &ItemKey) -> Markup {
                 };
                 @let took = human_millis((a.finished_at.unwrap_or(page.now) - a.started_at).num_milliseconds());
                 li {
-                    "attempt " (a.attempt) ": " span class=(class) { (word) } " (" (took) ")"
+                    "attempt " (a.attempt)
+                    @if let Some(m) = &a.machine { " on " code { (m) } }
+                    ": " span class=(class) { (word) } " (" (took) ")"
                     @if a.has_log {
                         " " a.log href=(log_path(page.job.id, key, a.attempt, page.token)) { "log" }
                     }
@@ -669,6 +687,7 @@ mod tests {
             success,
             message: Some("widget <exploded>".into()),
             has_log: true,
+            machine: None,
         }
     }
 
@@ -702,6 +721,51 @@ mod tests {
             rest = &tail[end + 1..];
         }
         assert!(stack.is_empty(), "left open: {stack:?} in {html}");
+    }
+
+    /// A job with workers: the facts count the machines and their attempts, and every attempt
+    /// names the machine that ran it (escaped).
+    #[test]
+    fn the_page_says_which_machine_ran_each_attempt() {
+        let job = job();
+        let items = [item("i1"), item("i2")];
+        let on = |key: &str, n: i64, m: &str| AttemptView {
+            machine: Some(m.into()),
+            ..attempt(key, n, Some(true))
+        };
+        let attempts = [
+            on("i1", 1, "<w2>"),
+            on("i1", 2, "coord"),
+            on("i2", 1, "<w2>"),
+        ];
+        let usage = JobUsage::from_runs(&[]);
+        let page = |attempts: &[AttemptView]| {
+            render_job(&JobPage {
+                job: &job,
+                counts: ItemCounts::default(),
+                items: &items,
+                attempts,
+                dlq: &[],
+                events: &[],
+                runs: &[],
+                usage: &usage,
+                token: "tok",
+                now: chrono::Utc::now(),
+            })
+        };
+        let html = page(&attempts);
+        assert_well_formed(&html);
+        assert!(
+            html.contains(r#"<dd id="machines">2: <code>&lt;w2&gt;</code> (2 attempts), <code>coord</code> (1 attempt)</dd>"#),
+            "{html}"
+        );
+        assert!(html.contains("attempt 2 on <code>coord</code>: "), "{html}");
+        assert!(
+            html.contains("attempt 1 on <code>&lt;w2&gt;</code>: "),
+            "{html}"
+        );
+        let alone = page(&[attempt("i1", 1, Some(true))]);
+        assert!(!alone.contains("machines"), "{alone}");
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub struct Attempt {
     pub branch: Option<String>,
     #[sqlx(rename = "commit_sha")]
     pub commit: Option<String>,
+    /// The machine that ran it (jobs with workers; None: the job's own process).
+    #[sqlx(default)]
+    pub machine: Option<String>,
 }
 
 /// How an attempt ended, written by [`Store::finish_attempt`].

@@ -49,7 +49,7 @@ impl Store {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT key, attempt, started_at, finished_at, success, exit_code, error_class, \
-                 signature, message, log_path, worktree, branch, commit_sha \
+                 signature, message, log_path, worktree, branch, commit_sha, machine \
                  FROM attempts WHERE job_id = $1 ORDER BY key, attempt",
             )
             .bind(job)

@@ -68,6 +68,7 @@ pub(crate) fn attempt(key: &str, n: u32, start: i64, secs: i64, ok: bool) -> Att
         worktree: None,
         branch: None,
         commit: None,
+        machine: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! name, progress, conclusion, summary, buttons and Markdown helpers; `dlq` the DLQ section and
 //! annotations, `usage` the cost and time tables.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ use crate::github::{
 };
 use crate::store::{Attempt, DlqItem, ItemCounts, Job, JobUsage};
 use crate::text::{human_millis, one_line};
-use crate::types::{JobId, JobStatus, Phase};
+use crate::types::{ItemKey, JobId, JobStatus, Phase};
 use crate::workflow::{self, WorkflowKind};
 
 mod dlq;
@@ -208,6 +209,7 @@ pub fn final_summary(input: &FinalInput) -> String {
         out.push('\n');
     }
     out.push_str(&usage_section(input.usage));
+    out.push_str(&machines_section(input.attempts));
     let slowest = slowest_items(input.attempts, SLOWEST_SHOWN);
     if !slowest.is_empty() {
         out.push_str(
@@ -285,6 +287,56 @@ fn next_steps(input: &FinalInput) -> String {
         ),
         _ => String::new(),
     }
+}
+
+/// Items a machine row of the check run names before "and N more".
+const ITEMS_PER_MACHINE_SHOWN: usize = 10;
+
+/// Jobs with workers: how many machines took part, and which items each ran (the machine of
+/// an item's last attempt). Nothing for a job whose attempts name no machine.
+fn machines_section(attempts: &[Attempt]) -> String {
+    // Attempts come by key, then attempt number: the last one per key wins.
+    let mut last: BTreeMap<&ItemKey, &Attempt> = BTreeMap::new();
+    for a in attempts {
+        last.insert(&a.key, a);
+    }
+    let mut by_machine: BTreeMap<&str, (usize, Vec<&ItemKey>)> = BTreeMap::new();
+    for a in attempts {
+        if let Some(m) = &a.machine {
+            by_machine.entry(m).or_default().0 += 1;
+        }
+    }
+    for (key, a) in &last {
+        if let Some(m) = &a.machine {
+            by_machine.entry(m).or_default().1.push(key);
+        }
+    }
+    if by_machine.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "### Machines\n\n{} machine{} ran this job's items.\n\n\
+         | machine | attempts | items (last attempt) |\n|---|---:|---|\n",
+        by_machine.len(),
+        if by_machine.len() == 1 { "" } else { "s" }
+    );
+    for (machine, (n, keys)) in &by_machine {
+        let mut names: Vec<String> = keys
+            .iter()
+            .take(ITEMS_PER_MACHINE_SHOWN)
+            .map(|k| inline_code(&k.0))
+            .collect();
+        if keys.len() > ITEMS_PER_MACHINE_SHOWN {
+            names.push(format!("and {} more", keys.len() - ITEMS_PER_MACHINE_SHOWN));
+        }
+        out.push_str(&format!(
+            "| {} | {n} | {} |\n",
+            inline_code(machine),
+            names.join(", ")
+        ));
+    }
+    out.push('\n');
+    out
 }
 
 fn counts_table(c: &ItemCounts) -> String {
@@ -511,6 +563,41 @@ mod tests {
             assert!(b.label.chars().count() <= 20);
             assert!(b.description.chars().count() <= 40, "{}", b.description);
         }
+    }
+
+    /// A job with workers names its machines, each with its attempts and the items whose last
+    /// attempt it ran; a job on one machine (no machine recorded) has no such section.
+    #[test]
+    fn the_summary_says_which_machine_ran_each_item() {
+        let on = |key: &str, n: u32, machine: &str| Attempt {
+            machine: Some(machine.into()),
+            ..attempt(key, n, 0, 1, true)
+        };
+        // i1's first attempt ran on w2, which died; the coordinator ran it again.
+        let attempts = vec![
+            on("i1", 1, "w2"),
+            on("i1", 2, "coordinator"),
+            on("i2", 1, "w1"),
+            on("i3", 1, "w2"),
+        ];
+        insta::assert_snapshot!(machines_section(&attempts), @r"
+        ### Machines
+
+        3 machines ran this job's items.
+
+        | machine | attempts | items (last attempt) |
+        |---|---:|---|
+        | `coordinator` | 1 | `i1` |
+        | `w1` | 1 | `i2` |
+        | `w2` | 2 | `i3` |
+        ");
+        let many: Vec<Attempt> = (0..12).map(|i| on(&format!("k{i:02}"), 1, "w")).collect();
+        assert!(
+            machines_section(&many).contains("`k09`, and 2 more |"),
+            "{}",
+            machines_section(&many)
+        );
+        assert_eq!(machines_section(&[attempt("i1", 1, 0, 1, true)]), "");
     }
 
     #[test]

@@ -60,7 +60,17 @@ pub async fn status(store: &Store, job: &Job, as_json: bool) -> anyhow::Result<u
     if as_json {
         let mut doc = json!({"job": job, "counts": counts, "usage": usage});
         if let Some(r) = &remote {
-            doc["workers"] = json!({"remote": r.url, "open": r.open, "machines": machines});
+            // Which machine ran each item (its last attempt).
+            let items: Vec<serde_json::Value> = store
+                .item_machines(job.id)
+                .await?
+                .into_iter()
+                .map(|(key, attempt, machine)| {
+                    json!({"key": key, "attempt": attempt, "machine": machine})
+                })
+                .collect();
+            doc["workers"] =
+                json!({"remote": r.url, "open": r.open, "machines": machines, "items": items});
         }
         out!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
