@@ -152,3 +152,34 @@ pub(crate) fn push_tokens(
         tokens
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    /// A repository's URL gets the token of the installation it was noted with; any other URL
+    /// (another repository, another host) gets none.
+    #[tokio::test]
+    async fn push_tokens_go_only_to_the_repositories_noted() {
+        let github = GitHubClient::with_token(
+            "https://api.github.com",
+            SecretString::from("ghs_noted"),
+            Default::default(),
+        )
+        .unwrap();
+        let repos = RepoCache::new("/cache".into(), "https://github.com");
+        let tokens = PushTokens::new(github, repos);
+        let url = "https://github.com/octo/widgets.git";
+        assert!(tokens.token(url).await.unwrap().is_none());
+        tokens.note(&RepoName::new("octo/widgets"), InstallationId(7));
+        let token = tokens.token(url).await.unwrap().expect("a token");
+        assert_eq!(token.expose_secret(), "ghs_noted");
+        for other in [
+            "https://github.com/octo/gadgets.git",
+            "https://github.com.evil.example/octo/widgets.git",
+        ] {
+            assert!(tokens.token(other).await.unwrap().is_none(), "{other}");
+        }
+    }
+}
