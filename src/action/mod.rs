@@ -189,6 +189,10 @@ pub async fn run(
             )
         );
     }
+    if config.role == Role::Worker {
+        worker::work(engine, step, config).await?;
+        return Ok(StepOutcome::Answered);
+    }
     if step.env.event_name == "issue_comment" {
         return comment::answer(engine, step, config, &repo).await;
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::engine::Engine;
 use crate::engine::remote::RemoteAuth;
@@ -39,27 +39,38 @@ pub enum Role {
 pub const IDLE_EXIT: Duration = Duration::from_secs(600);
 
 /// The Action's token for the repositories of its GitHub (`GITHUB_SERVER_URL`).
+/// Its configuration is the one prodigy's own fetches from `origin` use
+/// ([`super::credentials::auth_config`]): the header actions/checkout persisted is cleared, so
+/// exactly one is sent.
 pub struct ActionToken {
-    prefix: String,
+    server_url: String,
     token: SecretString,
 }
 
 impl ActionToken {
     pub fn new(server_url: &str, token: &str) -> Self {
         ActionToken {
-            prefix: format!("{}/", server_url.trim_end_matches('/')),
+            server_url: server_url.trim_end_matches('/').to_string(),
             token: SecretString::from(token.to_string()),
         }
     }
 
     fn covers(&self, url: &str) -> bool {
-        url.starts_with(&self.prefix)
+        url.strip_prefix(&self.server_url)
+            .is_some_and(|rest| rest.starts_with('/'))
     }
 }
 
 impl RemoteAuth for ActionToken {
-    fn token<'a>(&'a self, url: &'a str) -> BoxFuture<'a, anyhow::Result<Option<SecretString>>> {
-        Box::pin(async move { Ok(self.covers(url).then(|| self.token.clone())) })
+    fn config<'a>(
+        &'a self,
+        url: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Option<crate::engine::remote::GitConfig>>> {
+        Box::pin(async move {
+            Ok(self.covers(url).then(|| {
+                super::credentials::auth_config(&self.server_url, self.token.expose_secret())
+            }))
+        })
     }
 }
 
@@ -181,7 +192,11 @@ pub async fn work(
         }
     );
     result?;
-    Ok(seen())
+    let jobs = seen();
+    if jobs.is_empty() {
+        println!("prodigy: no job of this workflow run to work on; exiting");
+    }
+    Ok(jobs)
 }
 
 /// Done for a worker: finished, or closed to workers with nothing pending or running.
@@ -198,12 +213,23 @@ async fn job_is_done(engine: &Engine, job: JobId) -> anyhow::Result<bool> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_token_goes_only_to_the_actions_own_github() {
-        let t = ActionToken::new("https://github.com", "ghs_x");
-        assert!(t.covers("https://github.com/o/r"));
-        assert!(!t.covers("https://github.com.evil.example/o/r"));
-        assert!(!t.covers("https://gitlab.com/o/r"));
-        assert!(!t.covers("/srv/git/r.git"));
+    #[tokio::test]
+    async fn the_token_goes_only_to_the_actions_own_github() {
+        let t = ActionToken::new("https://github.com/", "ghs_x");
+        for other in [
+            "https://github.com.evil.example/o/r",
+            "https://gitlab.com/o/r",
+            "/srv/git/r.git",
+        ] {
+            assert!(t.config(other).await.unwrap().is_none(), "{other}");
+        }
+        let config = t.config("https://github.com/o/r").await.unwrap().unwrap();
+        // The persisted header is cleared, then the token's is the one sent.
+        assert_eq!(config.len(), 2, "{config:?}");
+        assert_eq!(
+            config[0],
+            ("http.https://github.com/.extraheader".into(), "".into())
+        );
+        assert_eq!(config[1].0, "http.https://github.com/.extraheader");
     }
 }

@@ -36,13 +36,6 @@ pub(super) async fn action(
         // Lock holders name this attempt of the workflow run.
         eng.instance = step.env.attempt_url().or(eng.instance);
         prodigy::action::worker::prepare(&mut eng, &step, config)?;
-        if config.role == prodigy::action::Role::Worker {
-            let jobs = prodigy::action::worker::work(&eng, &step, config).await?;
-            if jobs.is_empty() {
-                out!("prodigy: no job of this workflow run to work on; exiting");
-            }
-            return Ok(0);
-        }
         let code = match prodigy::action::run(&eng, &step, config, &g.repo).await? {
             StepOutcome::Answered => 0,
             // Another run has the job: a notice, and the workflow stays green.

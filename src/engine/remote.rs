@@ -27,18 +27,18 @@ use crate::types::{ItemKey, JobId};
 const TRIES: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
+/// git configuration entries (key, value), set through git's environment.
+pub type GitConfig = Vec<(String, String)>;
+
 /// A source of credentials for the remotes this process pushes to and fetches from.
 pub trait RemoteAuth: Send + Sync {
     /// The git configuration that authenticates requests to `url` (e.g.
     /// [`git::auth_header`] of a token); None for a URL this source has nothing for.
-    fn config<'a>(
-        &'a self,
-        url: &'a str,
-    ) -> BoxFuture<'a, anyhow::Result<Option<Vec<(String, String)>>>>;
+    fn config<'a>(&'a self, url: &'a str) -> BoxFuture<'a, anyhow::Result<Option<GitConfig>>>;
 }
 
 /// A token as a [`RemoteAuth`] answer: the configuration that sends it.
-pub fn token_config(token: &SecretString) -> Vec<(String, String)> {
+pub fn token_config(token: &SecretString) -> GitConfig {
     vec![git::auth_header(token)]
 }
 
@@ -50,7 +50,7 @@ pub fn add_auth(auth: Arc<dyn RemoteAuth>) {
 }
 
 /// The configuration the first source with an answer gives for `url` (empty: none has one).
-async fn config_for(url: &str) -> anyhow::Result<Vec<(String, String)>> {
+async fn config_for(url: &str) -> anyhow::Result<GitConfig> {
     let sources: Vec<Arc<dyn RemoteAuth>> = AUTH.lock().expect("remote auth lock").clone();
     for source in sources {
         if let Some(config) = source.config(url).await? {

@@ -78,7 +78,7 @@ impl RemoteAuth for PushTokens {
     fn config<'a>(
         &'a self,
         url: &'a str,
-    ) -> BoxFuture<'a, anyhow::Result<Option<Vec<(String, String)>>>> {
+    ) -> BoxFuture<'a, anyhow::Result<Option<crate::engine::remote::GitConfig>>> {
         Box::pin(async move {
             Ok(self
                 .token(url)
