@@ -94,6 +94,18 @@ pub struct ServeConfig {
     /// so, and a job in progress stops as `budget_exhausted`.
     #[arg(long, env = "PRODIGY_REPO_DAILY_COST_USD")]
     pub repo_daily_cost_usd: Option<f64>,
+    /// Seconds a claimed request's lease lasts without its instance's heartbeat (renewed every
+    /// third of it): the claim of an instance that died is taken back by any instance after it.
+    #[arg(long, env = "PRODIGY_REQUEST_LEASE_SECS", default_value_t = 60)]
+    pub request_lease_secs: u64,
+    /// Attempts of one request in all (after transient GitHub or database errors, or claims
+    /// taken back); then it is failed with the reason.
+    #[arg(long, env = "PRODIGY_REQUEST_ATTEMPTS", default_value_t = 8)]
+    pub request_attempts: u32,
+    /// Milliseconds before a request that failed on a transient error is tried again; doubled
+    /// for each later attempt, at most an hour.
+    #[arg(long, env = "PRODIGY_REQUEST_BACKOFF_MS", default_value_t = 30_000)]
+    pub request_backoff_ms: u64,
 }
 
 /// Secrets stay out of debug output (clap's error paths and `-vv` logs print it).
@@ -123,6 +135,9 @@ impl std::fmt::Debug for ServeConfig {
             .field("no_runner", &self.no_runner)
             .field("caps", &self.caps)
             .field("repo_daily_cost_usd", &self.repo_daily_cost_usd)
+            .field("request_lease_secs", &self.request_lease_secs)
+            .field("request_attempts", &self.request_attempts)
+            .field("request_backoff_ms", &self.request_backoff_ms)
             .finish()
     }
 }
@@ -157,6 +172,10 @@ pub struct Settings {
     /// The operator's agent defaults and caps (`--default-model`, `--max-cost-usd`,
     /// `--repo-daily-cost-usd`, ...).
     pub agent: crate::engine::agent::AgentPolicy,
+    /// The request queue's leases, attempts and backoff (`--request-*`).
+    pub requests: crate::store::RequestPolicy,
+    /// How GitHub calls are retried within one attempt of a request (tests shorten it).
+    pub github_retry: crate::github::RetryPolicy,
 }
 
 impl ServeConfig {
@@ -202,6 +221,13 @@ impl ServeConfig {
         }
         if self.max_jobs == 0 {
             bail!("--max-jobs must be at least 1");
+        }
+        if self.request_lease_secs == 0 || self.request_attempts == 0 {
+            bail!(
+                "--request-lease-secs and --request-attempts must be at least 1 (found {} and {})",
+                self.request_lease_secs,
+                self.request_attempts
+            );
         }
         if !self.webhook_path.starts_with('/') {
             bail!("--webhook-path `{}` must start with `/`", self.webhook_path);
@@ -280,6 +306,13 @@ impl ServeConfig {
                 },
             },
             agent,
+            requests: crate::store::RequestPolicy {
+                lease: std::time::Duration::from_secs(self.request_lease_secs),
+                max_attempts: self.request_attempts,
+                backoff: std::time::Duration::from_millis(self.request_backoff_ms),
+                ..Default::default()
+            },
+            github_retry: Default::default(),
         })
     }
 }

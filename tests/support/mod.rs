@@ -16,5 +16,6 @@ pub mod fake_anthropic;
 pub mod fake_github;
 pub mod git;
 pub mod repo;
+pub mod serve_bin;
 pub mod server;
 pub mod webhook;
