@@ -42,7 +42,65 @@ pub fn is_transient_db(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Why a database file cannot take writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritable {
+    /// The file, its directory or its file system is read-only (SQLITE_READONLY, EROFS,
+    /// EACCES, EPERM).
+    ReadOnly,
+    /// No room left: the disk or a quota is full, or the file size limit is reached
+    /// (SQLITE_FULL, ENOSPC, EDQUOT, EFBIG, and SQLite's I/O errors on write).
+    Full,
+}
+
+impl Unwritable {
+    /// What to do about it, for the operator.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Unwritable::ReadOnly => {
+                "it is read-only: make the file and its directory writable by this user (and the file system writable), then run the command again"
+            }
+            Unwritable::Full => {
+                "the disk is full (or a quota or file size limit is reached): free space where the file lives, then run the command again"
+            }
+        }
+    }
+}
+
+/// Whether `e` says the database cannot be written, and why.
+pub fn unwritable(e: &sqlx::Error) -> Option<Unwritable> {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code: i64 = db.code()?.parse().ok()?;
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?;
+            match code & 0xff {
+                8 => Some(Unwritable::ReadOnly),
+                // SQLITE_FULL; SQLITE_IOERR (its extended codes: a write, an fsync, a truncate
+                // that failed), which is how SQLite reports EFBIG and most full disks.
+                13 | 10 => Some(Unwritable::Full),
+                _ => None,
+            }
+        }
+        sqlx::Error::Io(io) => match io.raw_os_error()? {
+            libc::EROFS | libc::EACCES | libc::EPERM => Some(Unwritable::ReadOnly),
+            libc::ENOSPC | libc::EDQUOT | libc::EFBIG => Some(Unwritable::Full),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl StoreError {
+    /// Why the database cannot take writes, when that is what this error says.
+    pub fn unwritable(&self) -> Option<Unwritable> {
+        match self {
+            StoreError::Db(e) | StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                unwritable(e)
+            }
+            _ => None,
+        }
+    }
+
     /// The database was unreachable or asked for a retry: the same call may succeed later
     /// (see [`is_transient_db`]).
     pub fn is_transient(&self) -> bool {

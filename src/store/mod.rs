@@ -40,7 +40,7 @@ pub use cancel::CancelOutcome;
 pub use claims::{Claim, ClaimedEnd, Claimer, JobRemote, MachineCount};
 pub use debug::{EXIT_HELD, debug_lock};
 pub use event::{Event, JobEvent, RunHolder, Skipped};
-pub use faults::is_transient_db;
+pub use faults::{Unwritable, is_transient_db, unwritable};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
 pub use metrics::MetricsSnapshot;
 pub use model::*;
