@@ -27,6 +27,7 @@ mod jobs;
 mod lock;
 mod metrics;
 mod model;
+mod pg_lock;
 mod pg_tls;
 mod reporting;
 mod requests;
