@@ -18,4 +18,5 @@ pub mod git;
 pub mod repo;
 pub mod serve_bin;
 pub mod server;
+pub mod tcp_proxy;
 pub mod webhook;
