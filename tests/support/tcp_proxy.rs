@@ -1,5 +1,5 @@
 //! A TCP proxy in the test, between prodigy and its PostgreSQL server, that the test can cut:
-//! [`TcpProxy::cut`] resets every open connection and refuses new ones (the database is
+//! [`TcpProxy::cut`] drops every open connection and refuses new ones (the database is
 //! unreachable for prodigy, and only for it: the shared server keeps running), and
 //! [`TcpProxy::restore`] lets connections through again.
 
@@ -46,13 +46,10 @@ impl TcpProxy {
                             return;
                         };
                         let (mut client, mut server) = (client, server);
+                        // A cut drops both ends: each side sees its connection end mid-session.
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cut.changed() => {
-                                // Reset rather than close: as a network failure looks.
-                                let _ = client.set_linger(Some(std::time::Duration::ZERO));
-                                let _ = server.set_linger(Some(std::time::Duration::ZERO));
-                            }
+                            _ = cut.changed() => {}
                         }
                     });
                 }
@@ -66,7 +63,7 @@ impl TcpProxy {
         }
     }
 
-    /// Resets every open connection and refuses new ones.
+    /// Drops every open connection and refuses new ones.
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
