@@ -8,8 +8,9 @@
 #                                (state.db with its write-ahead log: a killed step's last
 #                                transactions live there) and the list of unfinished jobs to DIR,
 #                                and pushes each unfinished job's branch `prodigy/<job>` to origin
-#                                (needs `contents: write`; without it a notice says that a re-run
-#                                on another runner starts a new job)
+#                                with GITHUB_TOKEN when it is set (needs `contents: write`;
+#                                without it a notice says that a re-run on another runner starts
+#                                a new job)
 #   action-state.sh restore DIR  before the step: puts the state back (not over a state that is
 #                                already here, as on a self-hosted runner that kept its checkout)
 #
@@ -30,9 +31,21 @@ list=action-unfinished-jobs
 
 say() { printf 'prodigy state: %s\n' "$*"; }
 
+# The token reaches git through its environment (never an argument `ps` shows, never the
+# checkout's configuration agents read): the header for the server replaces a persisted one.
+use_token() {
+  [ -n "${GITHUB_TOKEN:-}" ] || return 0
+  local key basic
+  key="http.${GITHUB_SERVER_URL:-https://github.com}/.extraheader"
+  basic=$(printf 'x-access-token:%s' "$GITHUB_TOKEN" | base64 | tr -d '\n')
+  export GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0="$key" GIT_CONFIG_VALUE_0="" \
+    GIT_CONFIG_KEY_1="$key" GIT_CONFIG_VALUE_1="AUTHORIZATION: basic $basic"
+}
+
 push_unfinished() {
   [ -f "$home/$list" ] || return 0
   local job branch out
+  use_token
   while read -r job; do
     [ -n "$job" ] || continue
     branch="prodigy/$job"

@@ -765,3 +765,75 @@ async fn workflow_dispatch_retries_the_dlq_of_a_named_job() {
     );
     step.fake.assert_no_violations();
 }
+
+/// `actions/checkout` persists its token in the checkout's git configuration (`.git/config`, or
+/// a file it includes): agents must not read it, and the step puts the file back as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_persisted_by_checkout_are_hidden_from_agents_and_put_back() {
+    let workflow = r#"name: review
+mode: mapreduce
+map:
+  input: items.json
+  json_path: "$[*]"
+  max_parallel: 1
+  agent_template:
+    - shell: |
+        git config --show-origin --get-regexp 'extraheader' > "seen-${item.id}.txt" 2>&1 || true
+        git add . && git commit -q -m "item ${item.id}"
+"#;
+    let step = Step::with_workflow(None, workflow, true).await;
+    // What actions/checkout v4 writes, and what v6 writes (an include of a file under RUNNER_TEMP).
+    let header = "AUTHORIZATION: basic eC1hY2Nlc3MtdG9rZW46Z2hzX3BlcnNpc3RlZA==";
+    step.repo.git(&[
+        "config",
+        "--local",
+        "http.https://github.example/.extraheader",
+        header,
+    ]);
+    let included = step.runner.path().join("git-credentials-1234.config");
+    std::fs::write(
+        &included,
+        format!("[http \"https://github.example/\"]\n\textraheader = {header}\n"),
+    )
+    .unwrap();
+    let gitdir = step.repo.path.join(".git");
+    for pattern in [
+        format!("includeIf.gitdir:{}.path", gitdir.display()),
+        format!("includeIf.gitdir:{}/worktrees/*.path", gitdir.display()),
+    ] {
+        step.repo
+            .git(&["config", "--local", &pattern, included.to_str().unwrap()]);
+    }
+    let config = gitdir.join("config");
+    let before = std::fs::read(&config).unwrap();
+
+    let ran = step.run(&[]).await;
+    assert_eq!(ran.code(), Some(0), "{}", text(&ran.out));
+    let job = ran.output("job-id").to_string();
+    for id in ["alpha", "beta", "gamma"] {
+        let seen = step
+            .repo
+            .git(&["show", &format!("prodigy/{job}:seen-{id}.txt")]);
+        assert!(
+            !seen.contains("extraheader") && !seen.contains("AUTHORIZATION"),
+            "agent {id} read the persisted token: {seen}"
+        );
+    }
+    assert!(
+        ran.stdout().lines().any(|l| l.starts_with("::notice")
+            && l.contains("http.https://github.example/.extraheader")
+            && l.contains("set aside")),
+        "{}",
+        ran.stdout()
+    );
+    assert!(
+        !ran.stdout().contains("eC1hY2Nlc3MtdG9rZW46"),
+        "{}",
+        ran.stdout()
+    );
+    assert_eq!(
+        String::from_utf8(std::fs::read(&config).unwrap()).unwrap(),
+        String::from_utf8(before).unwrap(),
+        "the checkout's configuration is put back byte for byte"
+    );
+}

@@ -313,3 +313,73 @@ async fn the_state_script_says_when_it_cannot_push_and_never_restores_over_a_sta
     let restored = state_script("restore", &cache, &step.repo.path, &step.repo.home);
     assert!(restored.contains("is not restored over it"), "{restored}");
 }
+
+/// The save step pushes with the workflow token through git's environment: the remote receives
+/// it as the Authorization header, and neither the checkout's configuration nor git's arguments
+/// ever hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_script_pushes_with_the_token_through_the_environment_only() {
+    use std::io::{BufRead, BufReader, Write};
+    let step = Step::with_workflow(None, BLOCKING, true).await;
+    step.fail("beta");
+    let first = step.run(&refs(&agent_env(&step))).await;
+    assert_eq!(first.code(), Some(1), "{}", text(&first.out));
+    // An HTTP "remote" that records the first request's headers and refuses it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                break;
+            }
+            headers.push(line.trim().to_string());
+        }
+        let mut stream = stream;
+        let _ = stream
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        headers
+    });
+    step.repo.git(&[
+        "remote",
+        "add",
+        "origin",
+        &format!("{server}/octo-org/pipelines.git"),
+    ]);
+    let out = std::process::Command::new("bash")
+        .arg(script())
+        .args(["save", step.runner.path().join("cache").to_str().unwrap()])
+        .current_dir(&step.repo.path)
+        .env("PRODIGY_HOME", &step.repo.home)
+        .env("GITHUB_TOKEN", "ghs_pushtoken")
+        .env("GITHUB_SERVER_URL", &server)
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let headers = seen.join().unwrap();
+    let auth = headers
+        .iter()
+        .find_map(|h| {
+            h.strip_prefix("Authorization: ")
+                .or(h.strip_prefix("AUTHORIZATION: "))
+        })
+        .unwrap_or_else(|| panic!("no Authorization header: {headers:?}"));
+    let basic = auth
+        .strip_prefix("basic ")
+        .or(auth.strip_prefix("Basic "))
+        .unwrap();
+    use base64::Engine as _;
+    let decoded = base64::prelude::BASE64_STANDARD.decode(basic).unwrap();
+    assert_eq!(decoded, b"x-access-token:ghs_pushtoken");
+    let config = std::fs::read_to_string(step.repo.path.join(".git/config")).unwrap();
+    assert!(
+        !config.contains("extraheader") && !config.contains("ghs_"),
+        "{config}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("ghs_pushtoken"), "{stdout}");
+    assert!(stdout.contains("job branch not pushed"), "{stdout}");
+}

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::credentials;
 use crate::engine::git;
 use crate::engine::worktree::job_branch;
 use crate::types::JobId;
@@ -64,15 +65,23 @@ impl Unfinished {
     }
 }
 
-/// Fetches `prodigy/<job>` from `origin` when this checkout lacks it (an earlier run pushed it).
-/// `Err` says, for the user, why the branch is not here.
+/// Fetches `prodigy/<job>` from `origin` when this checkout lacks it (an earlier run pushed it),
+/// with the step's token ([`credentials::origin_auth`]). `Err` says, for the user, why the
+/// branch is not here.
 pub async fn fetch_job_branch(repo: &Path, job: JobId) -> Result<(), String> {
+    let auth = credentials::origin_auth();
     let branch = job_branch(job);
     if git::branch_exists(repo, &branch).await.unwrap_or(false) {
         return Ok(());
     }
     let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
-    match git::git(repo, &["fetch", "--quiet", "--no-tags", "origin", &spec]).await {
+    match git::git_with_config(
+        repo,
+        &["fetch", "--quiet", "--no-tags", "origin", &spec],
+        auth,
+    )
+    .await
+    {
         Ok(_) => Ok(()),
         Err(e) => Err(format!(
             "its branch {branch} is not in this checkout and fetching it from origin failed ({e})"
@@ -81,17 +90,23 @@ pub async fn fetch_job_branch(repo: &Path, job: JobId) -> Result<(), String> {
 }
 
 /// Checks out `sha`, the head commit of pull request `pr`, fetched from `origin`
-/// (`refs/pull/<pr>/head`), detached. The working tree must be clean.
+/// (`refs/pull/<pr>/head`) with the step's token as [`fetch_job_branch`], detached. The working
+/// tree must be clean.
 pub async fn checkout_pull_request(repo: &Path, pr: u64, sha: &str) -> anyhow::Result<()> {
+    let auth = credentials::origin_auth();
     let spec = format!("+refs/pull/{pr}/head:refs/remotes/origin/pr/{pr}");
-    git::git(repo, &["fetch", "--quiet", "--no-tags", "origin", &spec])
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot fetch pull request #{pr} from origin ({e}); the step needs the repository \
+    git::git_with_config(
+        repo,
+        &["fetch", "--quiet", "--no-tags", "origin", &spec],
+        auth,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot fetch pull request #{pr} from origin ({e}); the step needs the repository \
                  checked out with `actions/checkout` and `contents: read`"
-            )
-        })?;
+        )
+    })?;
     if !git::commit_exists(repo, sha).await? {
         anyhow::bail!(
             "pull request #{pr}'s head {sha} is not what origin has for it (pushed again since the \

@@ -14,6 +14,7 @@
 pub mod branch;
 pub mod commands;
 pub mod comment;
+pub mod credentials;
 pub mod env;
 mod job;
 pub mod plan;
@@ -155,6 +156,25 @@ pub async fn run(
             dir.display()
         )
     })?;
+    if let Some(token) = config.token.as_deref() {
+        credentials::use_token_for_origin(&step.env.server_url, token);
+    }
+    // Held until the step ends: agents never read the token actions/checkout persisted.
+    let _aside = credentials::set_aside(&repo).await?;
+    if let Some(aside) = &_aside {
+        println!(
+            "{}",
+            commands::notice(
+                "prodigy",
+                &format!(
+                    "the credentials actions/checkout persisted ({}) are set aside while agents \
+                     run, and put back when the step ends; check out with \
+                     `persist-credentials: false` to leave none at all",
+                    aside.removed.join(", ")
+                )
+            )
+        );
+    }
     if step.env.event_name == "issue_comment" {
         return comment::answer(engine, step, config, &repo).await;
     }

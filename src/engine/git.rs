@@ -162,6 +162,30 @@ fn pinned_env(dir: &Path) -> std::result::Result<Vec<(&'static str, PathBuf)>, S
 
 /// Runs git and returns its whole output, whatever the exit status.
 pub async fn git_output(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
+    output_with_config(dir, args, &[]).await
+}
+
+/// `git args` with `config` (key, value) added to git's configuration through its environment
+/// (`GIT_CONFIG_KEY_n`), for values that must never be in an argument list or a file an agent
+/// reads (a token's header). Stdout trimmed, as [`git`].
+pub async fn git_with_config(
+    dir: &Path,
+    args: &[&str],
+    config: &[(String, String)],
+) -> Result<String> {
+    let out = output_with_config(dir, args, config).await?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    } else {
+        Err(error(dir, args, &out))
+    }
+}
+
+async fn output_with_config(
+    dir: &Path,
+    args: &[&str],
+    config: &[(String, String)],
+) -> Result<std::process::Output> {
     let pinned = pinned_env(dir).map_err(|message| GitError {
         args: args.join(" "),
         dir: dir.to_path_buf(),
@@ -184,6 +208,18 @@ pub async fn git_output(dir: &Path, args: &[&str]) -> Result<std::process::Outpu
         .env_remove("GIT_WORK_TREE")
         .env_remove("GIT_INDEX_FILE")
         .envs(pinned);
+    if !config.is_empty() {
+        // quiet_env's entries stay first (index 0); these follow.
+        let base = quiet_env()
+            .iter()
+            .filter(|(k, _)| k.starts_with("GIT_CONFIG_KEY_"))
+            .count();
+        cmd.env("GIT_CONFIG_COUNT", (base + config.len()).to_string());
+        for (i, (k, v)) in config.iter().enumerate() {
+            cmd.env(format!("GIT_CONFIG_KEY_{}", base + i), k)
+                .env(format!("GIT_CONFIG_VALUE_{}", base + i), v);
+        }
+    }
     cmd.output().await.map_err(|e| GitError {
         args: args.join(" "),
         dir: dir.to_path_buf(),

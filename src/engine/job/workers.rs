@@ -254,6 +254,11 @@ impl JobRun<'_> {
     ) -> anyhow::Result<()> {
         let ended = |c: &ItemCounts| c.succeeded + c.failed;
         loop {
+            // Counted before the merge list is read: when nothing is pending or running at
+            // this point, no item can succeed after it, so an empty list below means nothing
+            // is left to merge. (Read the other way round, an item recorded in between would
+            // be left succeeded but never merged.)
+            let counts = self.store.item_counts(self.job.id).await?;
             let ready = self
                 .store
                 .items(
@@ -270,7 +275,6 @@ impl JobRun<'_> {
                 self.merge_batch(&ready).await?;
                 continue;
             }
-            let counts = self.store.item_counts(self.job.id).await?;
             let failures = counts.failed.saturating_sub(at_start.failed) as usize;
             let processed = ended(&counts).saturating_sub(ended(&at_start)) as usize;
             if failures > 0
