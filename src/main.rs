@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A file size limit (`ulimit -f`) reached is a failed write (EFBIG) that prodigy reports,
+    // not a signal that kills it in the middle of a write.
+    // SAFETY: setting a signal's disposition to "ignore" before any thread starts.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let args = cli::Cli::parse();
     let serve = matches!(args.command, cli::Command::Serve(_));
     cli::init_tracing(args.verbose, args.log_format, serve);

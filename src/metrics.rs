@@ -49,6 +49,10 @@ fn describe() {
         "Webhook deliveries by event, outcome (accepted, duplicate, ignored, rejected) and reason"
     );
     describe_counter!(
+        "prodigy_request_ends_total",
+        "Queued requests that failed, by outcome (retried: queued again after a transient error; failed) and reason (github_5xx, github_rate_limit, github_unreachable, database, timeout, permanent)"
+    );
+    describe_counter!(
         "prodigy_github_requests_total",
         "GitHub API calls (each try) by route template and HTTP status (error: no answer)"
     );
@@ -89,6 +93,12 @@ pub fn render() -> Option<String> {
 pub fn webhook(event: &'static str, outcome: &'static str, reason: &'static str) {
     counter!("prodigy_webhook_deliveries_total", "event" => event, "outcome" => outcome, "reason" => reason)
         .increment(1);
+}
+
+/// A queued request that failed: `retried` (a transient error, queued again) or `failed`, by
+/// reason.
+pub fn request_end(outcome: &'static str, reason: &'static str) {
+    counter!("prodigy_request_ends_total", "outcome" => outcome, "reason" => reason).increment(1);
 }
 
 /// An `X-GitHub-Event` name as a label: the events prodigy reads, else `other`.

@@ -348,16 +348,19 @@ async fn queue_claims_by_kind_and_accepts_each_delivery_once() {
         let (Accepted::Queued(pr), Accepted::Queued(comment)) = (pr, comment) else {
             panic!("{backend}: both are new deliveries");
         };
-        let claimed = store.claim_request_of_kind("w", "comment").await.unwrap();
+        let claimed = store
+            .claim_request_of_kind("w", "comment", &Default::default())
+            .await
+            .unwrap();
         assert_eq!(claimed.map(|r| r.id), Some(comment), "{backend}");
         assert!(
             store
-                .claim_request_of_kind("w", "comment")
+                .claim_request_of_kind("w", "comment", &Default::default())
                 .await
                 .unwrap()
                 .is_none()
         );
-        let claimed = store.claim_request("w").await.unwrap();
+        let claimed = store.claim_request("w", &Default::default()).await.unwrap();
         assert_eq!(claimed.map(|r| r.id), Some(pr), "{backend}");
         assert_eq!(
             store

@@ -7,11 +7,13 @@ mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use prodigy::store::{
     AttemptOutcome, BackendKind, DeliveryOutcome, DlqDisposition, Holder, ItemFilter, JobEvent,
-    JobLock, JobRefs, LockOutcome, NewItem, NewJob, RequestStatus, RunHolder, Store, StoreError,
+    JobLock, JobRefs, LockOutcome, NewItem, NewJob, RequestEnd, RequestPolicy, RequestStatus,
+    RunHolder, Store, StoreError,
 };
 use prodigy::types::{
     CommitSha, ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase, PrNumber, RepoName,
@@ -19,6 +21,7 @@ use prodigy::types::{
 use serde_json::json;
 use sqlx::Connection;
 use support::db::{TestDb, finished, started, test_stores};
+use support::server::wait_until;
 
 /// Runs `$check(backend, &db)` on every available backend.
 macro_rules! on_every_backend {
@@ -48,6 +51,8 @@ on_every_backend! {
     fifty_contenders_one_winner => check_lock_contention;
     deliveries_are_recorded_once => check_deliveries;
     requests_are_claimed_once => check_request_queue;
+    request_claims_are_leases_taken_back_once_they_run_out => check_request_leases;
+    failed_requests_wait_their_backoff_then_give_up => check_request_retries;
     a_repository_costs_its_agent_runs_since_a_time => check_repo_cost;
     a_released_attempt_leaves_the_item_pending_and_out_of_the_dlq => check_release_attempt;
 }
@@ -1124,9 +1129,23 @@ async fn check_deliveries(db: &TestDb) {
     assert_eq!(recorded, 1);
 }
 
+/// The queue's policy in these tests: leases long enough never to run out by themselves.
+const POLICY: RequestPolicy = RequestPolicy {
+    lease: Duration::from_secs(600),
+    max_attempts: 8,
+    backoff: Duration::from_secs(600),
+    max_backoff: Duration::from_secs(3600),
+};
+
 async fn check_request_queue(db: &TestDb) {
     let store = db.store().await;
-    assert!(store.claim_request("idle").await.unwrap().is_none());
+    assert!(
+        store
+            .claim_request("idle", &POLICY)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let mut ids = Vec::new();
     for i in 0..60 {
         ids.push(
@@ -1139,7 +1158,11 @@ async fn check_request_queue(db: &TestDb) {
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
 
     // The oldest comes first.
-    let first = store.claim_request("w-first").await.unwrap().unwrap();
+    let first = store
+        .claim_request("w-first", &POLICY)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.id, ids[0]);
     assert_eq!(
         (first.kind.as_str(), first.status, first.attempts),
@@ -1147,10 +1170,12 @@ async fn check_request_queue(db: &TestDb) {
     );
     assert_eq!(first.payload, json!({"job": 0}));
     assert_eq!(first.claimed_by.as_deref(), Some("w-first"));
-    store
-        .complete_request(first.id, true, Some("resumed"))
-        .await
-        .unwrap();
+    assert!(
+        store
+            .finish_request(&first, RequestEnd::Done { message: "resumed" })
+            .await
+            .unwrap()
+    );
     let done = store.get_request(first.id).await.unwrap().unwrap();
     assert_eq!(
         (done.status, done.message.as_deref()),
@@ -1164,7 +1189,11 @@ async fn check_request_queue(db: &TestDb) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(r) = store.claim_request(&format!("w{w}")).await.unwrap() {
+            while let Some(r) = store
+                .claim_request(&format!("w{w}"), &POLICY)
+                .await
+                .unwrap()
+            {
                 got.push(r.id);
             }
             got
@@ -1187,15 +1216,185 @@ async fn check_request_queue(db: &TestDb) {
         .unwrap();
     let requeued = store.requeue_claimed(&mine).await.unwrap();
     assert!(requeued >= 1);
-    let again = store.claim_request("w-new").await.unwrap().unwrap();
+    let again = store
+        .claim_request("w-new", &POLICY)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.attempts, 2);
-    store
-        .complete_request(again.id, false, Some("job not found"))
+    assert!(
+        store
+            .finish_request(
+                &again,
+                RequestEnd::Failed {
+                    reason: "job not found"
+                }
+            )
+            .await
+            .unwrap()
+    );
+    let failed = store.get_request(again.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, RequestStatus::Failed);
+    assert_eq!(failed.last_error.as_deref(), Some("job not found"));
+}
+
+/// A claim is a lease: renewed, it stays; run out, any worker takes it back as a new attempt
+/// and the old holder can neither renew nor record its end.
+async fn check_request_leases(db: &TestDb) {
+    let store = db.store().await;
+    let short = RequestPolicy {
+        lease: Duration::from_millis(300),
+        ..POLICY
+    };
+    let id = store
+        .enqueue_request("comment", &json!({"n": 1}))
         .await
         .unwrap();
+    let a = store.claim_request("a", &short).await.unwrap().unwrap();
+    assert_eq!((a.id, a.attempts), (id, 1));
+    assert!(a.lease_expires_at.is_some());
+    // Held: nobody else gets it, and its holder renews it.
+    assert!(store.claim_request("b", &short).await.unwrap().is_none());
     assert_eq!(
-        store.get_request(again.id).await.unwrap().unwrap().status,
-        RequestStatus::Failed
+        store
+            .renew_requests("a", &[(id, 1)], short.lease)
+            .await
+            .unwrap(),
+        [(id, 1)]
+    );
+    // Another worker's name or attempt renews nothing.
+    assert!(
+        store
+            .renew_requests("b", &[(id, 1)], short.lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // `a` stops renewing: once the lease ran out, `b` takes it back.
+    let b = wait_until("the lease to run out", Duration::from_secs(30), || async {
+        store.claim_request("b", &short).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        (b.id, b.attempts, b.claimed_by.as_deref()),
+        (id, 2, Some("b"))
+    );
+    let why = b.last_error.clone().unwrap_or_default();
+    assert!(why.contains("instance a stopped renewing"), "{why}");
+    assert!(
+        store
+            .renew_requests("a", &[(id, 1)], short.lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the old holder's claim is lost"
+    );
+    assert!(
+        !store
+            .finish_request(&a, RequestEnd::Done { message: "late" })
+            .await
+            .unwrap(),
+        "the old holder's end is refused"
+    );
+    assert!(
+        store
+            .finish_request(
+                &b,
+                RequestEnd::Done {
+                    message: "handled by b"
+                }
+            )
+            .await
+            .unwrap()
+    );
+    let done = store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.message.as_deref(), done.attempts),
+        (RequestStatus::Done, Some("handled by b"), 2)
+    );
+    assert!(store.claim_request("c", &short).await.unwrap().is_none());
+}
+
+/// A transient failure queues the request again, claimable only after its backoff; a claim
+/// that runs out with its attempts used up fails with the reason.
+async fn check_request_retries(db: &TestDb) {
+    let store = db.store().await;
+    let id = store.enqueue_request("comment", &json!({})).await.unwrap();
+    let first = store.claim_request("a", &POLICY).await.unwrap().unwrap();
+    assert!(
+        store
+            .finish_request(
+                &first,
+                RequestEnd::Retry {
+                    after: Duration::from_secs(600),
+                    error: "GitHub answered 502"
+                }
+            )
+            .await
+            .unwrap()
+    );
+    let waiting = store.get_request(id).await.unwrap().unwrap();
+    assert_eq!(waiting.status, RequestStatus::Queued);
+    assert_eq!(waiting.last_error.as_deref(), Some("GitHub answered 502"));
+    assert!(waiting.not_before.unwrap() > Utc::now());
+    assert!(waiting.claimed_by.is_none());
+    // Not before its time.
+    assert!(store.claim_request("a", &POLICY).await.unwrap().is_none());
+    // A short backoff passes: claimed again as attempt 2.
+    let second = store
+        .claim_request_of_kind("a", "comment", &POLICY)
+        .await
+        .unwrap();
+    assert!(second.is_none());
+    let id2 = store
+        .enqueue_request("comment", &json!({"n": 2}))
+        .await
+        .unwrap();
+    let r = store.claim_request("a", &POLICY).await.unwrap().unwrap();
+    assert_eq!(r.id, id2);
+    store
+        .finish_request(
+            &r,
+            RequestEnd::Retry {
+                after: Duration::from_millis(100),
+                error: "timeout",
+            },
+        )
+        .await
+        .unwrap();
+    // Its second claim, the last allowed, is short.
+    let once = RequestPolicy {
+        lease: Duration::from_millis(200),
+        max_attempts: 2,
+        ..POLICY
+    };
+    let again = wait_until("the backoff to pass", Duration::from_secs(30), || async {
+        store.claim_request("b", &once).await.unwrap()
+    })
+    .await;
+    assert_eq!((again.id, again.attempts), (id2, 2));
+    assert!(again.not_before.is_none());
+    assert_eq!(again.last_error.as_deref(), Some("timeout"));
+
+    // Attempts used up: a claim that runs out is failed, not taken back.
+    let failed = wait_until(
+        "the last claim to run out",
+        Duration::from_secs(30),
+        || async {
+            assert!(store.claim_request("c", &once).await.unwrap().is_none());
+            let r = store.get_request(id2).await.unwrap().unwrap();
+            (r.status == RequestStatus::Failed).then_some(r)
+        },
+    )
+    .await;
+    let message = failed.message.unwrap_or_default();
+    assert!(message.starts_with("gave up after 2 attempts"), "{message}");
+    assert!(message.contains("instance b stopped renewing"), "{message}");
+    assert!(
+        !store
+            .finish_request(&again, RequestEnd::Done { message: "late" })
+            .await
+            .unwrap()
     );
 }
 

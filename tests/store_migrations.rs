@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use prodigy::store::{
     Accepted, AttemptOutcome, BackendKind, Claimer, DeliveryOutcome, DlqDisposition, Holder,
-    ItemFilter, JobEvent, LockOutcome, NewItem, NewJob, Store,
+    ItemFilter, JobEvent, LockOutcome, NewItem, NewJob, RequestEnd, Store,
 };
 use prodigy::types::{ErrorClass, ItemKey, ItemStatus, JobId, JobStatus, Phase};
 use serde_json::json;
@@ -71,6 +71,9 @@ struct Seeded {
     check_run: bool,
     /// A job opened to workers and an item claimed (version 6, PostgreSQL).
     claimed: bool,
+    /// The version-3 request claimed under a lease and queued again after a transient error
+    /// (version 7).
+    retried: bool,
 }
 
 impl Seeded {
@@ -253,6 +256,35 @@ impl Seeded {
                 assert_eq!(keys, ["k0", "k2"]);
                 self.claimed = true;
             }
+            7 => {
+                let (id, _) = self.queued_delivery.clone().expect("seeded at version 3");
+                let policy = prodigy::store::RequestPolicy::default();
+                // The version-2 request is older: claimed first, and done.
+                let older = store.claim_request("seed", &policy).await.unwrap().unwrap();
+                assert_eq!(Some(older.id), self.request);
+                assert!(
+                    store
+                        .finish_request(&older, RequestEnd::Done { message: "ok" })
+                        .await
+                        .unwrap()
+                );
+                let r = store.claim_request("seed", &policy).await.unwrap().unwrap();
+                assert_eq!((r.id, r.attempts), (id, 1));
+                assert!(r.lease_expires_at.is_some());
+                assert!(
+                    store
+                        .finish_request(
+                            &r,
+                            RequestEnd::Retry {
+                                after: Duration::from_secs(3600),
+                                error: "GitHub answered 502"
+                            }
+                        )
+                        .await
+                        .unwrap()
+                );
+                self.retried = true;
+            }
             other => panic!(
                 "migration {other} has no seed data in this test: add rows for its tables to Seeded::seed"
             ),
@@ -358,6 +390,14 @@ impl Seeded {
                 store.get_request(request).await.unwrap().unwrap().kind,
                 "resume"
             );
+        }
+        if let Some((id, _)) = &self.queued_delivery
+            && self.retried
+        {
+            let r = store.get_request(*id).await.unwrap().unwrap();
+            assert_eq!(r.status, prodigy::store::RequestStatus::Queued);
+            assert_eq!(r.last_error.as_deref(), Some("GitHub answered 502"));
+            assert!(r.not_before.is_some());
         }
     }
 }

@@ -78,6 +78,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_BUDGET: u8 = 3;
 /// Another process holds the job (EX_TEMPFAIL): try again later.
 pub use prodigy::store::EXIT_HELD;
+/// The database cannot be written: read-only, or the disk is full (EX_IOERR).
+pub const EXIT_DB_UNWRITABLE: u8 = 74;
 /// Interrupted by Ctrl-C or SIGTERM; the job can be resumed.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -175,7 +177,48 @@ pub(super) async fn engine(global: &Global, store: Store, repo: &Path) -> anyhow
     })
 }
 
+/// Runs the command. An error that says the SQLite database cannot be written (read-only, full
+/// disk) is explained: which file, what to do, and [`EXIT_DB_UNWRITABLE`].
 pub async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let global = cli.global.clone();
+    let err = match run_command(cli).await {
+        Ok(code) => return Ok(code),
+        Err(e) => e,
+    };
+    let found = err.chain().find_map(|c| {
+        let why = c
+            .downcast_ref::<prodigy::store::StoreError>()
+            .and_then(|s| s.unwritable())
+            .or_else(|| {
+                c.downcast_ref::<sqlx::Error>()
+                    .and_then(prodigy::store::unwritable)
+            })?;
+        Some((why, c.to_string()))
+    });
+    let Some((why, cause)) = found else {
+        return Err(err);
+    };
+    let url = store_url(&global).await.unwrap_or_default();
+    let file = url.strip_prefix("sqlite://").unwrap_or(&url);
+    Err(anyhow::Error::new(DatabaseUnwritable {
+        file: redact_url(file),
+        cause,
+        advice: why.advice(),
+    }))
+}
+
+/// The database file could not be written; nothing was committed by the write that failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database {file} cannot be written ({cause}): {advice}. The write that failed was not committed; `prodigy resume` continues an interrupted job"
+)]
+pub struct DatabaseUnwritable {
+    file: String,
+    cause: String,
+    advice: &'static str,
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
     // prodigy holds secrets (the database URL, the App key, tokens): no agent of the same user
     // may read its memory or its /proc/<pid>/environ.
@@ -391,7 +434,13 @@ pub fn exit_for_error(e: &anyhow::Error) -> u8 {
                 .downcast_ref::<prodigy::workflow::interpolate::UnresolvedPlaceholders>()
                 .is_some()
     });
-    if bad_input { EXIT_USAGE } else { EXIT_FAILED }
+    if bad_input {
+        EXIT_USAGE
+    } else if e.chain().any(|c| c.is::<DatabaseUnwritable>()) {
+        EXIT_DB_UNWRITABLE
+    } else {
+        EXIT_FAILED
+    }
 }
 
 /// Exit code of a finished run.

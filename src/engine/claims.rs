@@ -31,7 +31,7 @@ impl Heartbeat {
             lease,
             held: Mutex::default(),
         });
-        tokio::spawn(renew(Arc::downgrade(&hb), lease / 3));
+        renew_while_alive(&hb, lease / 3);
         hb
     }
 
@@ -70,7 +70,9 @@ impl Heartbeat {
     pub fn count(&self) -> usize {
         self.held.lock().expect("claims lock").len()
     }
+}
 
+impl Renewal for Heartbeat {
     /// One round: renews every held claim, job by job, and stops the agents of lost ones.
     async fn beat(&self) {
         // Only claims held before a renewal can be judged by it: one taken while the renewal
@@ -115,14 +117,28 @@ impl Heartbeat {
     }
 }
 
-async fn renew(hb: Weak<Heartbeat>, every: Duration) {
+/// Leases kept alive by a heartbeat: the item claims here, the server's request claims
+/// (`server::runner`).
+pub trait Renewal: Send + Sync + 'static {
+    /// One round of renewals; what it finds lost it stops itself.
+    fn beat(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Calls `target.beat()` every `every` (at least 50 ms) until the last `Arc` of it is dropped.
+pub fn renew_while_alive<T: Renewal>(target: &Arc<T>, every: Duration) {
+    tokio::spawn(renew(Arc::downgrade(target), every));
+}
+
+async fn renew<T: Renewal>(target: Weak<T>, every: Duration) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let Some(hb) = hb.upgrade() else { return };
-        hb.beat().await;
+        let Some(target) = target.upgrade() else {
+            return;
+        };
+        target.beat().await;
     }
 }
 

@@ -104,6 +104,18 @@ pub struct ServeConfig {
     /// also takes one of --max-jobs while it does.
     #[arg(long, env = "PRODIGY_WORKER_MAX_PARALLEL", default_value_t = 2)]
     pub worker_max_parallel: usize,
+    /// Seconds a claimed request's lease lasts without its instance's heartbeat (renewed every
+    /// third of it): the claim of an instance that died is taken back by any instance after it.
+    #[arg(long, env = "PRODIGY_REQUEST_LEASE_SECS", default_value_t = 60)]
+    pub request_lease_secs: u64,
+    /// Attempts of one request in all (after transient GitHub or database errors, or claims
+    /// taken back); then it is failed with the reason.
+    #[arg(long, env = "PRODIGY_REQUEST_ATTEMPTS", default_value_t = 8)]
+    pub request_attempts: u32,
+    /// Milliseconds before a request that failed on a transient error is tried again; doubled
+    /// for each later attempt, at most an hour.
+    #[arg(long, env = "PRODIGY_REQUEST_BACKOFF_MS", default_value_t = 30_000)]
+    pub request_backoff_ms: u64,
 }
 
 /// Secrets stay out of debug output (clap's error paths and `-vv` logs print it).
@@ -135,6 +147,9 @@ impl std::fmt::Debug for ServeConfig {
             .field("repo_daily_cost_usd", &self.repo_daily_cost_usd)
             .field("workers", &self.workers)
             .field("worker_max_parallel", &self.worker_max_parallel)
+            .field("request_lease_secs", &self.request_lease_secs)
+            .field("request_attempts", &self.request_attempts)
+            .field("request_backoff_ms", &self.request_backoff_ms)
             .finish()
     }
 }
@@ -172,6 +187,10 @@ pub struct Settings {
     /// `--workers`: agents at once on another replica's job (`--worker-max-parallel`); None:
     /// jobs run on the replica that started them alone.
     pub workers: Option<usize>,
+    /// The request queue's leases, attempts and backoff (`--request-*`).
+    pub requests: crate::store::RequestPolicy,
+    /// How GitHub calls are retried within one attempt of a request (tests shorten it).
+    pub github_retry: crate::github::RetryPolicy,
 }
 
 impl ServeConfig {
@@ -217,6 +236,13 @@ impl ServeConfig {
         }
         if self.max_jobs == 0 {
             bail!("--max-jobs must be at least 1");
+        }
+        if self.request_lease_secs == 0 || self.request_attempts == 0 {
+            bail!(
+                "--request-lease-secs and --request-attempts must be at least 1 (found {} and {})",
+                self.request_lease_secs,
+                self.request_attempts
+            );
         }
         if !self.webhook_path.starts_with('/') {
             bail!("--webhook-path `{}` must start with `/`", self.webhook_path);
@@ -305,6 +331,13 @@ impl ServeConfig {
             },
             agent,
             workers: self.workers.then_some(self.worker_max_parallel),
+            requests: crate::store::RequestPolicy {
+                lease: std::time::Duration::from_secs(self.request_lease_secs),
+                max_attempts: self.request_attempts,
+                backoff: std::time::Duration::from_millis(self.request_backoff_ms),
+                ..Default::default()
+            },
+            github_retry: Default::default(),
         })
     }
 }

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, Silent};
-use crate::github::{AppAuth, GitHubClient, RetryPolicy};
+use crate::github::{AppAuth, GitHubClient};
 use crate::store::{Store, redact_url};
 
 use super::app::{AppState, router};
@@ -158,7 +158,7 @@ pub async fn start_with(
     }
     let app = AppAuth::new(settings.app_id, &settings.private_key)
         .context("the App private key is not usable")?;
-    let github = GitHubClient::new(&settings.github_api_url, app, RetryPolicy::default())?;
+    let github = GitHubClient::new(&settings.github_api_url, app, settings.github_retry)?;
     let links = PageLinks::new(&settings.public_url, &settings.webhook_secret);
     let wake = Arc::new(Notify::new());
     let stop = CancellationToken::new();
@@ -194,6 +194,7 @@ pub async fn start_with(
         wake: wake.clone(),
         workers: settings.workers,
         allow_repos: settings.allow_repos.clone(),
+        requests: settings.requests,
     });
     let job_slots = runner.slots();
     let state = AppState::new(

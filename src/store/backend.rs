@@ -210,6 +210,25 @@ impl PoolExt for PgPool {
     }
 }
 
+/// Whether a released SQLite connection may be reused: not when it is still inside a
+/// transaction once the rollback a dropped transaction queued has run (a COMMIT that failed on
+/// a full disk or a read-only file leaves it so, since SQLite already rolled back and the
+/// queued ROLLBACK fails too). Such a connection is closed; the pool opens a fresh one.
+fn out_of_transaction(
+    conn: &mut sqlx::SqliteConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, std::result::Result<bool, sqlx::Error>> {
+    use sqlx::Connection as _;
+    Box::pin(async move {
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        // Commands run in order: after the ping, a queued rollback has run.
+        conn.ping().await?;
+        Ok(!conn.is_in_transaction())
+    })
+}
+
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -281,6 +300,7 @@ impl Store {
             let pool = SqlitePoolOptions::new()
                 .max_connections(if in_memory { 1 } else { 8 })
                 .test_before_acquire(false)
+                .after_release(out_of_transaction)
                 .connect_with(options.clone())
                 .await?;
             drop(first_open);
@@ -290,6 +310,7 @@ impl Store {
                 SqlitePoolOptions::new()
                     .max_connections(1)
                     .test_before_acquire(false)
+                    .after_release(out_of_transaction)
                     .connect_lazy_with(options)
             };
             Pool::Sqlite(SqliteDb {

@@ -105,8 +105,9 @@ pub struct JobLock {
 }
 
 enum Held {
-    /// The connection that owns the advisory lock; closing it frees the lock.
-    Postgres { conn: PgConnection, key: i64 },
+    /// The task owning the session that holds the advisory lock (and takes it again when the
+    /// session drops); closing the session frees the lock.
+    Postgres(super::pg_lock::PgKeeper),
     Sqlite {
         db: SqliteDb,
         heartbeat: JoinHandle<()>,
@@ -124,7 +125,7 @@ impl JobLock {
     }
 
     /// Frees the lock now (PostgreSQL: `pg_advisory_unlock` on the dedicated connection, then
-    /// closes it; SQLite: deletes the lock row and stops the heartbeat). A lock that was taken
+    /// closes it; a connection that dropped took the lock with it, and releasing succeeds; SQLite: deletes the lock row and stops the heartbeat). A lock that was taken
     /// over meanwhile is left to its new holder.
     #[tracing::instrument(level = "debug", skip_all, fields(job = %self.proof.job))]
     pub async fn release(mut self) -> Result<()> {
@@ -132,23 +133,7 @@ impl JobLock {
         let epoch = self.proof.epoch;
         match self.held.take() {
             None => Ok(()),
-            Some(Held::Postgres { mut conn, key }) => {
-                // Clear the holder before unlocking, so the next holder's record is never erased.
-                sqlx::query(
-                    "UPDATE jobs SET lock_holder = NULL, locked_since = NULL \
-                     WHERE id = $1 AND lease_epoch = $2",
-                )
-                .bind(job)
-                .bind(epoch)
-                .execute(&mut conn)
-                .await?;
-                let _was_held: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-                    .bind(key)
-                    .fetch_one(&mut conn)
-                    .await?;
-                conn.close().await?;
-                Ok(())
-            }
+            Some(Held::Postgres(keeper)) => keeper.release().await,
             Some(Held::Sqlite { db, heartbeat }) => {
                 heartbeat.abort();
                 let mut tx = db.begin_write().await?;
@@ -376,7 +361,13 @@ async fn try_lock_postgres(pool: &PgPool, job: JobId, holder: &Holder) -> Result
             return Ok(LockOutcome::Acquired(JobLock {
                 proof: LockProof { job, epoch },
                 holder: holder.clone(),
-                held: Some(Held::Postgres { conn, key }),
+                held: Some(Held::Postgres(super::pg_lock::PgKeeper::start(
+                    pool.clone(),
+                    conn,
+                    key,
+                    job,
+                    epoch,
+                ))),
             }));
         }
         drop(pooled);

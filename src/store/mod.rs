@@ -6,10 +6,10 @@
 //!
 //! The store is split by subject: [`model`] (the rows), `backend` (opening, migrating, the
 //! per-backend macros), `jobs`, `items` (reads), `writes` (fenced writes), `lock` (the job
-//! lock), `usage` (agent runs), `server` (webhook deliveries and the request queue),
-//! `reporting` (what check runs read), `check_runs` (which check runs are still open),
-//! `claims` (items shared by the machines of a job: claims, leases, their fencing).
-//! and `metrics` (what `/metrics` counts).
+//! lock), `usage` (agent runs), `server` (webhook deliveries), `requests` (the request queue:
+//! leases, retries), `reporting` (what check runs read), `check_runs` (which check runs are
+//! still open), `claims` (items shared by the machines of a job: claims, leases, their
+//! fencing), `faults` (which database errors pass) and `metrics` (what `/metrics` counts).
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -21,13 +21,16 @@ mod check_runs;
 mod claims;
 mod debug;
 mod event;
+mod faults;
 mod items;
 mod jobs;
 mod lock;
 mod metrics;
 mod model;
+mod pg_lock;
 mod pg_tls;
 mod reporting;
+mod requests;
 mod server;
 mod sql_types;
 mod usage;
@@ -38,10 +41,12 @@ pub use cancel::CancelOutcome;
 pub use claims::{Claim, ClaimedEnd, Claimer, JobRemote, MachineCount};
 pub use debug::{EXIT_HELD, debug_lock};
 pub use event::{Event, JobEvent, RunHolder, Skipped};
+pub use faults::{Unwritable, is_transient_db, unwritable};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
 pub use metrics::MetricsSnapshot;
 pub use model::*;
-pub use server::{Accepted, DeliveryOutcome, NewDelivery, Request, RequestStatus};
+pub use requests::{Request, RequestEnd, RequestPolicy, RequestStatus};
+pub use server::{Accepted, DeliveryOutcome, NewDelivery};
 pub use usage::{AgentRunRow, JobUsage, NewAgentRun};
 
 #[derive(Debug, thiserror::Error)]

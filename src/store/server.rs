@@ -1,15 +1,13 @@
-//! State of `prodigy serve`: webhook deliveries (recorded once, so a redelivery is a no-op) and
-//! the request queue between the webhook handler and the runners.
+//! State of `prodigy serve`: webhook deliveries (recorded once, so a redelivery is a no-op), each
+//! queued with its request in one step (the queue itself: `requests`).
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sqlx::{FromRow, QueryBuilder};
+use sqlx::QueryBuilder;
 
-use super::backend::{Pool, PoolExt, on_pool, on_pool_write};
+use super::backend::{Pool, on_pool, on_pool_write};
 use super::jobs::select_jobs;
 use super::{Result, Store, StoreError, now};
 
@@ -20,102 +18,6 @@ pub enum DeliveryOutcome {
     Recorded,
     /// Seen before (GitHub redelivered it): do nothing.
     Duplicate,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RequestStatus {
-    Queued,
-    Claimed,
-    Done,
-    Failed,
-}
-
-impl RequestStatus {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RequestStatus::Queued => "queued",
-            RequestStatus::Claimed => "claimed",
-            RequestStatus::Done => "done",
-            RequestStatus::Failed => "failed",
-        }
-    }
-}
-
-impl std::str::FromStr for RequestStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "queued" => Ok(RequestStatus::Queued),
-            "claimed" => Ok(RequestStatus::Claimed),
-            "done" => Ok(RequestStatus::Done),
-            "failed" => Ok(RequestStatus::Failed),
-            other => Err(format!(
-                "unknown request status '{other}': expected queued, claimed, done or failed"
-            )),
-        }
-    }
-}
-
-/// One unit of work for a runner, e.g. "resume job X" or "run workflow Y on PR Z".
-#[derive(Debug, Clone, Serialize)]
-pub struct Request {
-    pub id: i64,
-    pub kind: String,
-    pub payload: Value,
-    /// The webhook delivery (`X-GitHub-Delivery`) that queued it, if one did.
-    pub delivery_id: Option<String>,
-    pub status: RequestStatus,
-    pub claimed_by: Option<String>,
-    pub message: Option<String>,
-    /// Times it was claimed, this claim included.
-    pub attempts: u32,
-    pub enqueued_at: DateTime<Utc>,
-    pub claimed_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-#[derive(FromRow)]
-struct RequestRow {
-    id: i64,
-    kind: String,
-    payload: Value,
-    delivery_id: Option<String>,
-    status: String,
-    claimed_by: Option<String>,
-    message: Option<String>,
-    attempts: i64,
-    enqueued_at: DateTime<Utc>,
-    claimed_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
-impl TryFrom<RequestRow> for Request {
-    type Error = sqlx::Error;
-    fn try_from(r: RequestRow) -> Result<Self, sqlx::Error> {
-        Ok(Request {
-            id: r.id,
-            kind: r.kind,
-            payload: r.payload,
-            delivery_id: r.delivery_id,
-            status: r
-                .status
-                .parse()
-                .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-            claimed_by: r.claimed_by,
-            message: r.message,
-            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
-            enqueued_at: r.enqueued_at,
-            claimed_at: r.claimed_at,
-            finished_at: r.finished_at,
-        })
-    }
-}
-
-macro_rules! request_columns {
-    () => {
-        "id, kind, payload, delivery_id, status, claimed_by, message, attempts, enqueued_at, claimed_at, finished_at"
-    };
 }
 
 impl Store {
@@ -171,122 +73,6 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         }))
-    }
-
-    /// Queues a request for a runner; returns its id.
-    #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn enqueue_request(&self, kind: &str, payload: &Value) -> Result<i64> {
-        Ok(on_pool_write!(self, pool => {
-            sqlx::query_scalar(
-                "INSERT INTO requests (kind, payload, status, enqueued_at) VALUES ($1, $2, 'queued', $3) \
-                 RETURNING id",
-            )
-            .bind(kind)
-            .bind(payload)
-            .bind(now())
-            .fetch_one(pool)
-            .await?
-        }))
-    }
-
-    /// Claims the oldest queued request for `worker`; no two workers ever get the same one
-    /// (PostgreSQL skips rows another claimer has locked; SQLite claims in one statement under
-    /// the database write lock).
-    #[tracing::instrument(level = "debug", skip_all, fields(worker))]
-    pub async fn claim_request(&self, worker: &str) -> Result<Option<Request>> {
-        self.claim(worker, None).await
-    }
-
-    /// Claims the oldest queued request of one kind (a runner without a free job slot still
-    /// answers comments).
-    #[tracing::instrument(level = "debug", skip_all, fields(worker))]
-    pub async fn claim_request_of_kind(&self, worker: &str, kind: &str) -> Result<Option<Request>> {
-        self.claim(worker, Some(kind)).await
-    }
-
-    async fn claim(&self, worker: &str, kind: Option<&str>) -> Result<Option<Request>> {
-        let at = now();
-        let row: Option<RequestRow> = match &self.pool {
-            Pool::Postgres(pool) => {
-                sqlx::query_as(concat!(
-                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
-                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
-                     AND ($3::text IS NULL OR kind = $3) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                     RETURNING ",
-                    request_columns!()
-                ))
-                .bind(worker)
-                .bind(at)
-                .bind(kind)
-                .fetch_optional(pool)
-                .await?
-            }
-            Pool::Sqlite(db) => {
-                let mut tx = db.begin_write().await?;
-                let row = sqlx::query_as(concat!(
-                    "UPDATE requests SET status = 'claimed', claimed_by = $1, claimed_at = $2, \
-                     attempts = attempts + 1 WHERE id = (SELECT id FROM requests WHERE status = 'queued' \
-                     AND ($3 IS NULL OR kind = $3) ORDER BY id LIMIT 1) RETURNING ",
-                    request_columns!()
-                ))
-                .bind(worker)
-                .bind(at)
-                .bind(kind)
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                row
-            }
-        };
-        Ok(row.map(Request::try_from).transpose()?)
-    }
-
-    /// Marks a claimed request done (`ok`) or failed, with a message for the operator.
-    #[tracing::instrument(level = "debug", skip_all, fields(request = id))]
-    pub async fn complete_request(&self, id: i64, ok: bool, message: Option<&str>) -> Result<()> {
-        let status = if ok {
-            RequestStatus::Done
-        } else {
-            RequestStatus::Failed
-        };
-        on_pool_write!(self, pool => {
-            sqlx::query("UPDATE requests SET status = $2, message = $3, finished_at = $4 WHERE id = $1")
-                .bind(id)
-                .bind(status.as_str())
-                .bind(message)
-                .bind(now())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        Ok(())
-    }
-
-    /// Puts requests claimed by `worker` back in the queue (a runner restarting after a crash
-    /// calls this with its own name). Returns how many.
-    #[tracing::instrument(level = "debug", skip_all, fields(worker))]
-    pub async fn requeue_claimed(&self, worker: &str) -> Result<u64> {
-        Ok(on_pool_write!(self, pool => {
-            sqlx::query(
-                "UPDATE requests SET status = 'queued', claimed_by = NULL, claimed_at = NULL \
-                 WHERE status = 'claimed' AND claimed_by = $1",
-            )
-            .bind(worker)
-            .execute(pool)
-            .await?
-            .rows_affected()
-        }))
-    }
-
-    #[tracing::instrument(level = "debug", skip_all, fields(request = id))]
-    pub async fn get_request(&self, id: i64) -> Result<Option<Request>> {
-        let row: Option<RequestRow> = on_pool!(self, pool => {
-            sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
-        });
-        Ok(row.map(Request::try_from).transpose()?)
     }
 }
 
@@ -451,19 +237,5 @@ impl Store {
             .fetch_all(pool)
             .await?
         }))
-    }
-
-    /// Requests in the queue by status (for tests and operators).
-    #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn requests_with_status(&self, status: RequestStatus) -> Result<Vec<Request>> {
-        let rows: Vec<RequestRow> = on_pool!(self, pool => {
-            sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests WHERE status = $1 ORDER BY id"))
-                .bind(status.as_str())
-                .fetch_all(pool)
-                .await?
-        });
-        rows.into_iter()
-            .map(|r| Request::try_from(r).map_err(Into::into))
-            .collect()
     }
 }

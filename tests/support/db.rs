@@ -49,6 +49,30 @@ impl TestDb {
         })
     }
 
+    /// The PostgreSQL database's name (None on SQLite).
+    pub fn pg_name(&self) -> Option<&str> {
+        self.drop_pg.as_ref().map(|(_, name)| name.as_str())
+    }
+
+    /// Terminates every session of this PostgreSQL database but the caller's, as an
+    /// administrator (or a failover) does; returns how many.
+    pub async fn terminate_sessions(&self) -> usize {
+        use sqlx::Connection;
+        let name = self.pg_name().expect("a PostgreSQL test database");
+        let mut admin = sqlx::PgConnection::connect(&postgres_server_url())
+            .await
+            .unwrap();
+        let done: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        done.into_iter().filter(|t| *t).count()
+    }
+
     pub fn is_postgres(&self) -> bool {
         self.drop_pg.is_some()
     }

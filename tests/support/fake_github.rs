@@ -217,6 +217,10 @@ pub struct World {
     pub requests: Vec<RecordedRequest>,
     pub schema_violations: Vec<String>,
     failures: HashMap<Op, VecDeque<InjectedFailure>>,
+    /// Calls of these operations wait (unanswered, unrecorded) until [`FakeGitHub::release`].
+    held: HashMap<Op, Arc<tokio::sync::Semaphore>>,
+    /// Calls that arrived while their operation was held, by operation.
+    held_arrivals: HashMap<Op, usize>,
     next_id: u64,
     /// What tests read through [`FakeGitHub::comments_on`] and [`FakeGitHub::check_runs_for`]:
     /// comment ids, and per check run how many updates it had then.
@@ -379,6 +383,26 @@ impl FakeGitHub {
         let mut world = self.world();
         let queue = world.failures.entry(op).or_default();
         queue.extend(std::iter::repeat_n(failure, n));
+    }
+
+    /// Calls of `op` from now on wait, unanswered, until [`FakeGitHub::release`] (a sync point:
+    /// the caller is known to be inside the call, see [`FakeGitHub::held_arrivals`]).
+    pub fn hold(&self, op: Op) {
+        self.world()
+            .held
+            .insert(op, Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Answers the held calls of `op`, and later ones at once.
+    pub fn release(&self, op: Op) {
+        if let Some(gate) = self.world().held.remove(&op) {
+            gate.close();
+        }
+    }
+
+    /// How many calls of `op` arrived while it was held.
+    pub fn held_arrivals(&self, op: Op) -> usize {
+        self.world().held_arrivals.get(&op).copied().unwrap_or(0)
     }
 
     /// Adds (or replaces) an open pull request; `head_repo` other than `repo` makes it a fork.
@@ -898,6 +922,22 @@ impl FromRequest<Shared> for Call {
 }
 
 impl Call {
+    /// Waits while `op` is held ([`FakeGitHub::hold`]).
+    async fn wait_if_held(&self, op: Op) {
+        let gate = {
+            let mut w = self.world.lock().unwrap();
+            let gate = w.held.get(&op).cloned();
+            if gate.is_some() {
+                *w.held_arrivals.entry(op).or_default() += 1;
+            }
+            gate
+        };
+        if let Some(gate) = gate {
+            // Closed by `release`: every waiter goes on.
+            let _ = gate.acquire().await;
+        }
+    }
+
     /// Admits the call as `op` and answers it with `logic(world, repo, body)` (the body parsed,
     /// `Null` when there is none; `repo` empty for the App's endpoint).
     fn answer(self, op: Op, logic: impl FnOnce(&mut World, &str, Value) -> Response) -> Response {
@@ -1140,6 +1180,7 @@ async fn get_permission(
     Path((_, _, user)): Path<(String, String, String)>,
     call: Call,
 ) -> Response {
+    call.wait_if_held(Op::GetPermission).await;
     call.answer(Op::GetPermission, |w, repo, _| {
         let role = w
             .repos

@@ -16,5 +16,7 @@ pub mod fake_anthropic;
 pub mod fake_github;
 pub mod git;
 pub mod repo;
+pub mod serve_bin;
 pub mod server;
+pub mod tcp_proxy;
 pub mod webhook;

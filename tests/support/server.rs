@@ -110,6 +110,10 @@ pub struct ServerOptions {
     pub daily_cap: Option<f64>,
     /// `--workers`: replicas work on each other's jobs.
     pub workers: bool,
+    /// `--request-lease-secs`, `--request-attempts`, `--request-backoff-ms`.
+    pub request_lease_secs: u64,
+    pub request_attempts: u32,
+    pub request_backoff_ms: u64,
 }
 
 impl Default for ServerOptions {
@@ -121,6 +125,9 @@ impl Default for ServerOptions {
             pass_env: Vec::new(),
             daily_cap: None,
             workers: false,
+            request_lease_secs: 60,
+            request_attempts: 8,
+            request_backoff_ms: 30_000,
         }
     }
 }
@@ -181,6 +188,16 @@ impl Ctx {
             workers: true,
             ..ServerOptions::default()
         };
+        Ctx::build(db_url, instance, max_jobs, options).await
+    }
+
+    /// A world whose server runs with `options` (the request queue's policy, ...).
+    pub async fn with_options(
+        db_url: &str,
+        instance: &str,
+        max_jobs: usize,
+        options: ServerOptions,
+    ) -> Ctx {
         Ctx::build(db_url, instance, max_jobs, options).await
     }
 
@@ -581,6 +598,9 @@ async fn start_server(
         repo_daily_cost_usd: options.daily_cap,
         workers: options.workers,
         worker_max_parallel: 2,
+        request_lease_secs: options.request_lease_secs,
+        request_attempts: options.request_attempts,
+        request_backoff_ms: options.request_backoff_ms,
     };
     let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())
@@ -592,6 +612,7 @@ async fn start_server(
     settings.agents.sandbox.extra_write = vec![shared];
     settings.agents.sandbox.extra_read = options.agent_read.clone();
     settings.agents.env.pass = options.pass_env.clone();
+    settings.github_retry = super::fake_github::test_retry_policy();
     let started = if options.check_runs {
         prodigy::server::start_with_check_runs(settings).await
     } else {

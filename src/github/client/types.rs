@@ -48,6 +48,22 @@ impl GitHubError {
         }
     }
 
+    /// Asking again later may succeed: GitHub answered a 5xx, a 429 or a rate limit (the retry
+    /// policy gave up on it), or could not be reached (connection refused or reset, timeout).
+    /// Every other answer (404, 403 permission, 422) says the same thing next time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GitHubError::Status {
+                status, gave_up, ..
+            } => *gave_up || status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
+            GitHubError::Transport { .. } => true,
+            GitHubError::Auth(_)
+            | GitHubError::BaseUrl { .. }
+            | GitHubError::Decode { .. }
+            | GitHubError::RepoName(_) => false,
+        }
+    }
+
     /// GitHub refused the credentials for this call, and asking again will not change that: 401,
     /// 404 (a repository the token cannot see) or a 403 that is not a rate limit (a token
     /// without the permission, e.g. a workflow token without `checks: write`).

@@ -8,6 +8,7 @@ use crate::github::{CommentId, InstallationId, PrNumber, Reaction};
 use crate::store::{Job, StoreError};
 use crate::types::{ItemKey, RepoName};
 
+use super::leases::{Failure, classify};
 use super::{CancelOutcome, JobAction, PrTurn, Runner, Slots, Started};
 use crate::server::commands::{JobRef, PrCommand, parse_comment};
 use crate::server::dispatch::CommentWork;
@@ -67,6 +68,9 @@ impl Runner {
                     }
                     let reply = match self.execute(command, &w, slots).await {
                         Ok(reply) => reply,
+                        // GitHub or the database is away for now: the request is tried again
+                        // later (answered then), rather than answered with a failure.
+                        Err(e) if matches!(classify(&e), Failure::Transient(_)) => return Err(e),
                         Err(e) => Reply::CommandFailed {
                             command: command.name(),
                             error: format!("{e:#}"),

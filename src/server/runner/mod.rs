@@ -28,7 +28,7 @@ use tracing::Instrument as _;
 
 use crate::engine::Engine;
 use crate::github::{GitHubClient, InstallationId, PrNumber};
-use crate::store::{Holder, Request, Store};
+use crate::store::{Holder, Request, RequestEnd, RequestPolicy, Store};
 use crate::types::{JobId, RepoName};
 
 use super::dispatch::Work;
@@ -40,6 +40,7 @@ use super::repos::RepoCache;
 mod cancel;
 mod comments;
 mod jobs;
+mod leases;
 mod pull_requests;
 mod queue;
 mod reruns;
@@ -48,6 +49,7 @@ mod workers;
 
 use cancel::CancelOutcome;
 use jobs::{JobAction, Slots, Started};
+use leases::{Failure, RequestLeases, classify};
 use queue::{MAX_COMMENT_HANDLERS, PrTurn, wait_turn};
 
 /// The runner's parts.
@@ -69,6 +71,8 @@ pub struct RunnerParts {
     pub workers: Option<usize>,
     /// The repositories this server acts on: the only ones whose jobs its claim loop serves.
     pub allow_repos: Vec<RepoName>,
+    /// Claims' leases, attempts and backoff.
+    pub requests: RequestPolicy,
 }
 
 /// A job this process runs.
@@ -95,6 +99,8 @@ struct Inner {
     /// Requests handled at once (comments are claimed even when every job slot is taken).
     handlers: Arc<Semaphore>,
     running: Mutex<HashMap<JobId, RunningJob>>,
+    /// The claims of the requests being handled here, kept alive.
+    leases: Arc<RequestLeases>,
     /// One per pull request: see [`PrTurn`].
     pr_locks: Mutex<HashMap<(RepoName, u64), PrLock>>,
     /// `--workers` over HTTPS: the tokens git pushes and fetches job refs with.
@@ -109,9 +115,15 @@ impl Runner {
         let slots = Arc::new(Semaphore::new(parts.max_jobs.max(1)));
         let push_tokens =
             workers::push_tokens(&parts.github, &parts.repos, parts.workers.is_some());
+        let leases = RequestLeases::start(
+            parts.store.clone(),
+            parts.instance.clone(),
+            parts.requests.lease,
+        );
         Runner {
             inner: Arc::new(Inner {
                 push_tokens,
+                leases,
                 handlers: Arc::new(Semaphore::new(parts.max_jobs.max(1) + MAX_COMMENT_HANDLERS)),
                 parts,
                 slots,
@@ -157,7 +169,10 @@ impl Runner {
             let handler = self.inner.handlers.clone().try_acquire_owned().ok();
             let claimed = match (&slot, &handler) {
                 (_, None) => Ok(None),
-                (Some(_), Some(_)) => self.p().store.claim_request(&self.p().instance).await,
+                (Some(_), Some(_)) => {
+                    let p = self.p();
+                    p.store.claim_request(&p.instance, &p.requests).await
+                }
                 (None, Some(_)) => self.claim_slotless().await,
             };
             match claimed {
@@ -206,7 +221,8 @@ impl Runner {
             spare: permit,
             all: self.inner.slots.clone(),
         };
-        let result = async {
+        let lost = self.inner.leases.hold(&request);
+        let work = async {
             let work: Work = serde_json::from_value(request.payload.clone())
                 .with_context(|| format!("request {} has an unreadable payload", request.id))?;
             match work {
@@ -225,22 +241,65 @@ impl Runner {
                 }
             }
         }
-        .instrument(span)
-        .await;
-        let (ok, message) = match result {
-            Ok(message) => (true, message),
-            Err(e) => {
-                tracing::warn!(request = request.id, error = %format!("{e:#}"), "request failed");
-                (false, format!("{e:#}"))
+        .instrument(span);
+        let result = tokio::select! {
+            r = work => r,
+            // The claim is lost: another instance may be handling the request now.
+            _ = lost.cancelled() => return,
+        };
+        self.inner.leases.release(&request);
+        self.finish(&request, result).await;
+    }
+
+    /// Records how a request ended: done, failed for good, or queued again after a transient
+    /// error while it has attempts left.
+    async fn finish(&self, request: &Request, result: anyhow::Result<String>) {
+        let policy = &self.p().requests;
+        let text = match &result {
+            Ok(message) => message.clone(),
+            Err(e) => format!("{e:#}"),
+        };
+        let failure = result.as_ref().err().map(classify);
+        let gave_up;
+        let end = match failure {
+            None => RequestEnd::Done { message: &text },
+            Some(Failure::Permanent) => {
+                tracing::warn!(request = request.id, error = %text, "request failed");
+                crate::metrics::request_end("failed", "permanent");
+                RequestEnd::Failed { reason: &text }
+            }
+            Some(Failure::Transient(reason)) if request.attempts < policy.max_attempts => {
+                let after = policy.backoff_after(request.attempts);
+                tracing::warn!(
+                    request = request.id, attempt = request.attempts, error = %text,
+                    retry_in_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                    "request failed on a transient error; retrying later"
+                );
+                crate::metrics::request_end("retried", reason);
+                RequestEnd::Retry {
+                    after,
+                    error: &text,
+                }
+            }
+            Some(Failure::Transient(reason)) => {
+                gave_up = format!(
+                    "gave up after {} attempts; the last: {text}",
+                    request.attempts
+                );
+                tracing::warn!(request = request.id, error = %gave_up, "request failed");
+                crate::metrics::request_end("failed", reason);
+                RequestEnd::Failed { reason: &gave_up }
             }
         };
-        if let Err(e) = self
-            .p()
-            .store
-            .complete_request(request.id, ok, Some(&message))
-            .await
-        {
-            tracing::warn!(request = request.id, error = %e, "cannot mark the request complete");
+        match self.p().store.finish_request(request, end).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                request = request.id,
+                "the request was taken back by another instance; its end here is not recorded"
+            ),
+            Err(e) => {
+                tracing::warn!(request = request.id, error = %e, "cannot record how the request ended")
+            }
         }
     }
 

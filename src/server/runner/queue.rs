@@ -64,7 +64,7 @@ impl Runner {
             if let Some(r) = self
                 .p()
                 .store
-                .claim_request_of_kind(&self.p().instance, kind)
+                .claim_request_of_kind(&self.p().instance, kind, &self.p().requests)
                 .await?
             {
                 return Ok(Some(r));
