@@ -195,7 +195,7 @@ impl<S: CheckRunSink> Task<S> {
             let first = tokio::select! {
                 biased;
                 m = rx.recv() => m,
-                () = sleep_until(due) => {
+                () = crate::engine::process::sleep_until(due) => {
                     self.send_progress().await;
                     continue;
                 }
@@ -452,12 +452,5 @@ impl<S: CheckRunSink> Task<S> {
             // The next update carries the whole state again; nothing to catch up on.
             self.note_error("progress update", &e, true);
         }
-    }
-}
-
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
