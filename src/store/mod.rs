@@ -8,7 +8,8 @@
 //! per-backend macros), `jobs`, `items` (reads), `writes` (fenced writes), `lock` (the job
 //! lock), `usage` (agent runs), `server` (webhook deliveries and the request queue),
 //! `reporting` (what check runs read), `check_runs` (which check runs are still open),
-//! `claims` (items shared by the machines of a job: claims, leases, their fencing).
+//! `claims` (items shared by the machines of a job: claims, leases, their fencing),
+//! `redeliveries` (missed webhook deliveries asked for again)
 //! and `metrics` (what `/metrics` counts).
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -27,6 +28,7 @@ mod lock;
 mod metrics;
 mod model;
 mod pg_tls;
+mod redeliveries;
 mod reporting;
 mod server;
 mod sql_types;
@@ -41,6 +43,9 @@ pub use event::{Event, JobEvent, RunHolder, Skipped};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
 pub use metrics::MetricsSnapshot;
 pub use model::*;
+pub use redeliveries::{
+    MAX_REDELIVERY_ATTEMPTS, NewRedelivery, REDELIVERY_LOCK_KEY, Redelivery, RedeliveryLock,
+};
 pub use server::{Accepted, DeliveryOutcome, NewDelivery, Request, RequestStatus};
 pub use usage::{AgentRunRow, JobUsage, NewAgentRun};
 

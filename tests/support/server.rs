@@ -105,6 +105,10 @@ pub struct ServerOptions {
     pub pass_env: Vec<String>,
     /// `--repo-daily-cost-usd`.
     pub daily_cap: Option<f64>,
+    /// `--redeliver-every`: off ("0") unless a test is about missed deliveries.
+    pub redeliver_every: String,
+    /// `--listen`: any free port on loopback unless given.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -115,6 +119,8 @@ impl Default for ServerOptions {
             agent_read: Vec::new(),
             pass_env: Vec::new(),
             daily_cap: None,
+            redeliver_every: "0".into(),
+            listen: None,
         }
     }
 }
@@ -289,6 +295,26 @@ impl Ctx {
                 runner: true,
                 ..self.options.clone()
             },
+        )
+        .await
+    }
+
+    /// Another server instance on the same database with these options (own state and
+    /// checkout directories).
+    pub async fn start_instance(
+        &self,
+        instance: &str,
+        max_jobs: usize,
+        options: &ServerOptions,
+    ) -> RunningServer {
+        start_server(
+            &self.tmp,
+            &self.gh,
+            &self.db_url,
+            instance,
+            max_jobs,
+            &self.claude,
+            options,
         )
         .await
     }
@@ -547,7 +573,9 @@ async fn start_server(
         private_key: key.display().to_string(),
         webhook_secret: Some(SECRET.to_string()),
         webhook_secret_file: None,
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: options
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
         metrics_listen: None,
         public_url: Some("https://prodigy.test".into()),
         github_api_url: gh.base_url(),
@@ -563,6 +591,8 @@ async fn start_server(
         no_runner: !options.runner,
         caps: Default::default(),
         repo_daily_cost_usd: options.daily_cap,
+        redeliver_every: options.redeliver_every.clone(),
+        redeliver_max: 50,
     };
     let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())

@@ -1,0 +1,193 @@
+//! Missed-delivery recovery: GitHub does not deliver a webhook again when its delivery failed
+//! (the server was down, deploying, or answered 503), so at start and then every
+//! `--redeliver-every`, one replica at a time lists the App's recent deliveries and asks GitHub
+//! to redeliver those that failed and this server never recorded.
+//!
+//! A pass, under the redelivery lock (PostgreSQL: an advisory lock; SQLite: one process):
+//! 1. Reads GitHub's delivery log, newest first, page by page (the `cursor` of the `link`
+//!    header), stopping at the first attempt older than GitHub keeps ([`WINDOW`], 3 days) or
+//!    after [`MAX_PAGES`] pages.
+//! 2. Groups attempts by guid (`X-GitHub-Delivery`): a guid with any successful attempt was
+//!    received; one whose every attempt failed was missed.
+//! 3. Drops the guids the webhook handler recorded (`webhook_deliveries`).
+//! 4. Oldest first, at most `--redeliver-max` of them: claims the guid in
+//!    `webhook_redeliveries` (so no guid is asked for twice, by this replica or another) and
+//!    asks GitHub to redeliver its newest failed attempt; records what GitHub said.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::github::{GitHubClient, HookDelivery};
+use crate::store::{NewRedelivery, Store};
+
+/// GitHub keeps a delivery log of 3 days; nothing older can be redelivered.
+pub const WINDOW: chrono::TimeDelta = chrono::TimeDelta::days(3);
+
+/// Pages of 100 read per pass at most, so one pass stays bounded on a busy App.
+pub const MAX_PAGES: usize = 50;
+
+const PER_PAGE: u8 = 100;
+
+/// What the pass runs with.
+#[derive(Clone)]
+pub struct Redeliverer {
+    pub store: Store,
+    pub github: GitHubClient,
+    /// Who asks (the `--instance` name), recorded with each request.
+    pub instance: String,
+    /// Redeliveries asked for per pass at most.
+    pub max_per_pass: usize,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// The pass did not run: another replica holds the lock.
+    pub skipped: bool,
+    /// Delivery attempts read from the log (within the window).
+    pub listed: usize,
+    /// Missed deliveries (no successful attempt, not recorded here).
+    pub missed: usize,
+    /// Redeliveries GitHub accepted.
+    pub requested: usize,
+    /// Redeliveries GitHub refused or that could not be asked for.
+    pub failed: usize,
+}
+
+/// A delivery's attempts as the log lists them.
+struct Group {
+    received: bool,
+    /// The newest failed attempt: the one asked to be redelivered.
+    newest_failed: Option<HookDelivery>,
+}
+
+impl Redeliverer {
+    /// A pass at once, then one every `every`, until `stop`.
+    pub async fn run(self, every: Duration, stop: CancellationToken) {
+        loop {
+            match self.pass().await {
+                Ok(r) if r.skipped => {
+                    tracing::debug!("redelivery pass skipped: another replica runs it")
+                }
+                Ok(r) if r.missed > 0 => tracing::info!(
+                    listed = r.listed,
+                    missed = r.missed,
+                    requested = r.requested,
+                    failed = r.failed,
+                    "redelivery pass: asked GitHub to redeliver missed webhooks"
+                ),
+                Ok(r) => tracing::debug!(listed = r.listed, "redelivery pass: nothing missed"),
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "redelivery pass failed; the next pass tries again"
+                ),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// One pass (see the module docs).
+    pub async fn pass(&self) -> anyhow::Result<PassReport> {
+        let Some(lock) = self.store.try_redelivery_lock().await? else {
+            return Ok(PassReport {
+                skipped: true,
+                ..PassReport::default()
+            });
+        };
+        let result = self.pass_locked().await;
+        lock.release().await;
+        result
+    }
+
+    async fn pass_locked(&self) -> anyhow::Result<PassReport> {
+        let mut report = PassReport::default();
+        let since = Utc::now() - WINDOW;
+        let mut groups: HashMap<String, Group> = HashMap::new();
+        // Guids in the order first met: newest first.
+        let mut order: Vec<String> = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .github
+                .hook_deliveries(PER_PAGE, cursor.as_deref())
+                .await?;
+            let mut past_window = false;
+            for d in page.deliveries {
+                if d.delivered_at < since {
+                    past_window = true;
+                    break;
+                }
+                report.listed += 1;
+                let group = groups.entry(d.guid.clone()).or_insert_with(|| {
+                    order.push(d.guid.clone());
+                    Group {
+                        received: false,
+                        newest_failed: None,
+                    }
+                });
+                if d.succeeded() {
+                    group.received = true;
+                } else if group.newest_failed.is_none() {
+                    group.newest_failed = Some(d);
+                }
+            }
+            match page.next_cursor {
+                Some(next) if !past_window => cursor = Some(next),
+                _ => break,
+            }
+        }
+        let missed: Vec<HookDelivery> = order
+            .iter()
+            .rev()
+            .filter_map(|guid| {
+                let g = groups.remove(guid)?;
+                if g.received { None } else { g.newest_failed }
+            })
+            .collect();
+        let guids: Vec<String> = missed.iter().map(|d| d.guid.clone()).collect();
+        let recorded = self.store.recorded_deliveries(&guids).await?;
+        let missed: Vec<HookDelivery> = missed
+            .into_iter()
+            .filter(|d| !recorded.contains(&d.guid))
+            .collect();
+        report.missed = missed.len();
+        for d in missed {
+            if report.requested + report.failed >= self.max_per_pass {
+                break;
+            }
+            let claim = NewRedelivery {
+                guid: &d.guid,
+                delivery_id: d.id,
+                event: &d.event,
+                action: d.action.as_deref(),
+                delivered_at: d.delivered_at,
+                requested_by: &self.instance,
+            };
+            if !self.store.claim_redelivery(&claim).await? {
+                // Asked for already (by an earlier pass or another replica).
+                continue;
+            }
+            let outcome = match self.github.redeliver(d.id).await {
+                Ok(()) => {
+                    report.requested += 1;
+                    tracing::info!(guid = %d.guid, event = %d.event, "asked GitHub to redeliver a missed webhook");
+                    "requested".to_string()
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(guid = %d.guid, error = %e, "GitHub did not take a redelivery");
+                    format!("failed: {e}")
+                }
+            };
+            crate::metrics::redelivery(outcome == "requested");
+            self.store.set_redelivery_outcome(&d.guid, &outcome).await?;
+        }
+        Ok(report)
+    }
+}
