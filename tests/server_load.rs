@@ -485,7 +485,9 @@ async fn full_burst() {
         repos: env_or("PRODIGY_LOAD_REPOS", 50),
         max_jobs: env_or("PRODIGY_LOAD_MAX_JOBS", 2),
         concurrency: env_or("PRODIGY_LOAD_CONCURRENCY", 50),
-        database_url: std::env::var("PRODIGY_LOAD_DATABASE_URL").ok(),
+        database_url: std::env::var("PRODIGY_LOAD_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty()),
         drain_timeout: Duration::from_secs(1800),
     })
     .await;

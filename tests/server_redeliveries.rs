@@ -346,3 +346,101 @@ async fn of_two_replicas_only_one_asks_for_each_missed_delivery() {
     b.stop().await;
     ctx.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guid_is_claimed_once_unless_its_request_failed_or_its_claimer_stopped() {
+    for (backend, db) in support::db::test_stores().await {
+        let store = db.store().await;
+        let claim = |guid: &'static str, by: &'static str| prodigy::store::NewRedelivery {
+            guid,
+            delivery_id: 42,
+            event: "pull_request",
+            action: Some("opened"),
+            delivered_at: Utc::now(),
+            requested_by: by,
+        };
+        // Requested: never again.
+        assert!(store.claim_redelivery(&claim("g1", "a")).await.unwrap());
+        assert!(!store.claim_redelivery(&claim("g1", "b")).await.unwrap());
+        store
+            .set_redelivery_outcome("g1", "requested")
+            .await
+            .unwrap();
+        assert!(!store.claim_redelivery(&claim("g1", "b")).await.unwrap());
+        // Failed: claimed again, 3 attempts in all.
+        assert!(store.claim_redelivery(&claim("g2", "a")).await.unwrap());
+        for _ in 0..2 {
+            store
+                .set_redelivery_outcome("g2", "failed: 502")
+                .await
+                .unwrap();
+            assert!(store.claim_redelivery(&claim("g2", "b")).await.unwrap());
+        }
+        store
+            .set_redelivery_outcome("g2", "failed: 502")
+            .await
+            .unwrap();
+        assert!(
+            !store.claim_redelivery(&claim("g2", "b")).await.unwrap(),
+            "{backend}"
+        );
+        // Claimed by a process that stopped before recording the answer: free after 10 minutes.
+        assert!(store.claim_redelivery(&claim("g3", "a")).await.unwrap());
+        assert!(!store.claim_redelivery(&claim("g3", "b")).await.unwrap());
+        let old = Utc::now() - TimeDelta::minutes(11);
+        if db.is_postgres() {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db.url())
+                .await
+                .unwrap();
+            sqlx::query("UPDATE webhook_redeliveries SET requested_at = $1 WHERE guid = 'g3'")
+                .bind(old)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        } else {
+            let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(db.url())
+                .await
+                .unwrap();
+            sqlx::query("UPDATE webhook_redeliveries SET requested_at = $1 WHERE guid = 'g3'")
+                .bind(old)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        assert!(
+            store.claim_redelivery(&claim("g3", "b")).await.unwrap(),
+            "{backend}"
+        );
+        let rows = store.redeliveries().await.unwrap();
+        let summary: Vec<(&str, &str, &str, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.guid.as_str(),
+                    r.requested_by.as_str(),
+                    r.outcome.as_str(),
+                    r.attempts,
+                )
+            })
+            .collect();
+        let mut summary = summary;
+        summary.sort();
+        assert_eq!(
+            summary,
+            [
+                ("g1", "a", "requested", 1),
+                ("g2", "b", "failed: 502", 3),
+                ("g3", "b", "requesting", 2)
+            ],
+            "{backend}"
+        );
+        // Which guids the webhook handler recorded.
+        store
+            .record_delivery("g1", "pull_request", None)
+            .await
+            .unwrap();
+        let asked = ["g1".to_string(), "g9".to_string()];
+        let recorded = store.recorded_deliveries(&asked).await.unwrap();
+        assert_eq!(recorded, HashSet::from(["g1".to_string()]), "{backend}");
+    }
+}

@@ -68,7 +68,12 @@ impl Redeliverer {
     /// A pass at once, then one every `every`, until `stop`.
     pub async fn run(self, every: Duration, stop: CancellationToken) {
         loop {
-            match self.pass().await {
+            // A shutdown does not wait for a pass: dropping it closes the lock's session.
+            let pass = tokio::select! {
+                _ = stop.cancelled() => return,
+                pass = self.pass() => pass,
+            };
+            match pass {
                 Ok(r) if r.skipped => {
                     tracing::debug!("redelivery pass skipped: another replica runs it")
                 }

@@ -19,6 +19,10 @@ pub const REDELIVERY_LOCK_KEY: i64 = 0x7072_6f64_6967_7952;
 /// A redelivery asked for again after it failed this many times in all: no more.
 pub const MAX_REDELIVERY_ATTEMPTS: i64 = 3;
 
+/// A claim still `requesting` after this was left by a process that stopped between claiming
+/// and recording GitHub's answer: it may be claimed again.
+const STALE_CLAIM: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 /// A missed delivery to claim before asking GitHub to redeliver it.
 #[derive(Debug, Clone)]
 pub struct NewRedelivery<'a> {
@@ -114,8 +118,9 @@ impl Store {
     }
 
     /// Claims a missed delivery for redelivery: true when this call may ask GitHub for it, i.e.
-    /// it was never claimed, or its earlier requests failed fewer than
-    /// [`MAX_REDELIVERY_ATTEMPTS`] times. Two replicas never both get true for one guid.
+    /// it was never claimed, its earlier requests failed fewer than [`MAX_REDELIVERY_ATTEMPTS`]
+    /// times, or its claimer stopped before recording GitHub's answer (10 minutes ago). Two
+    /// replicas never both get true for one guid.
     pub async fn claim_redelivery(&self, d: &NewRedelivery<'_>) -> Result<bool> {
         let delivery_id = i64::try_from(d.delivery_id).unwrap_or(i64::MAX);
         let claimed: Option<String> = on_pool_write!(self, pool => {
@@ -127,8 +132,10 @@ impl Store {
                  delivered_at = excluded.delivered_at, requested_at = excluded.requested_at, \
                  requested_by = excluded.requested_by, outcome = 'requesting', \
                  attempts = webhook_redeliveries.attempts + 1 \
-                 WHERE webhook_redeliveries.outcome LIKE 'failed%' \
-                 AND webhook_redeliveries.attempts < $8 \
+                 WHERE ((webhook_redeliveries.outcome LIKE 'failed%' \
+                 AND webhook_redeliveries.attempts < $8) \
+                 OR (webhook_redeliveries.outcome = 'requesting' \
+                 AND webhook_redeliveries.requested_at < $9)) \
                  RETURNING guid",
             )
             .bind(d.guid)
@@ -139,6 +146,7 @@ impl Store {
             .bind(now())
             .bind(d.requested_by)
             .bind(MAX_REDELIVERY_ATTEMPTS)
+            .bind(now() - STALE_CLAIM)
             .fetch_optional(pool)
             .await?
         });
