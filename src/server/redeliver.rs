@@ -57,13 +57,6 @@ pub struct PassReport {
     pub failed: usize,
 }
 
-/// A delivery's attempts as the log lists them.
-struct Group {
-    received: bool,
-    /// The newest failed attempt: the one asked to be redelivered.
-    newest_failed: Option<HookDelivery>,
-}
-
 impl Redeliverer {
     /// A pass at once, then one every `every`, until `stop`.
     pub async fn run(self, every: Duration, stop: CancellationToken) {
@@ -113,48 +106,28 @@ impl Redeliverer {
     async fn pass_locked(&self) -> anyhow::Result<PassReport> {
         let mut report = PassReport::default();
         let since = Utc::now() - WINDOW;
-        let mut groups: HashMap<String, Group> = HashMap::new();
-        // Guids in the order first met: newest first.
-        let mut order: Vec<String> = Vec::new();
+        let mut log = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let page = self
                 .github
                 .hook_deliveries(PER_PAGE, cursor.as_deref())
                 .await?;
-            let mut past_window = false;
-            for d in page.deliveries {
-                if d.delivered_at < since {
-                    past_window = true;
-                    break;
-                }
-                report.listed += 1;
-                let group = groups.entry(d.guid.clone()).or_insert_with(|| {
-                    order.push(d.guid.clone());
-                    Group {
-                        received: false,
-                        newest_failed: None,
-                    }
-                });
-                if d.succeeded() {
-                    group.received = true;
-                } else if group.newest_failed.is_none() {
-                    group.newest_failed = Some(d);
-                }
-            }
+            let (before, listed) = (log.len(), page.deliveries.len());
+            log.extend(
+                page.deliveries
+                    .into_iter()
+                    .take_while(|d| d.delivered_at >= since),
+            );
+            // Newest first: past the first attempt older than the window, all are older.
+            let past_window = log.len() - before < listed;
             match page.next_cursor {
                 Some(next) if !past_window => cursor = Some(next),
                 _ => break,
             }
         }
-        let missed: Vec<HookDelivery> = order
-            .iter()
-            .rev()
-            .filter_map(|guid| {
-                let g = groups.remove(guid)?;
-                if g.received { None } else { g.newest_failed }
-            })
-            .collect();
+        report.listed = log.len();
+        let missed = missed_deliveries(log);
         let guids: Vec<String> = missed.iter().map(|d| d.guid.clone()).collect();
         let recorded = self.store.recorded_deliveries(&guids).await?;
         let missed: Vec<HookDelivery> = missed
@@ -194,5 +167,59 @@ impl Redeliverer {
             self.store.set_redelivery_outcome(&d.guid, &outcome).await?;
         }
         Ok(report)
+    }
+}
+
+/// The deliveries of a log (newest first) that were missed: no attempt of their guid succeeded.
+/// One attempt each (its newest failed one, the one to redeliver), oldest delivery first.
+fn missed_deliveries(log: Vec<HookDelivery>) -> Vec<HookDelivery> {
+    let mut received: HashMap<String, bool> = HashMap::new();
+    for d in &log {
+        *received.entry(d.guid.clone()).or_default() |= d.succeeded();
+    }
+    let mut missed = Vec::new();
+    for d in log {
+        // The first attempt met of a missed guid is its newest.
+        if received.insert(d.guid.clone(), true) == Some(false) {
+            missed.push(d);
+        }
+    }
+    missed.reverse();
+    missed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(id: u64, guid: &str, minutes_ago: i64, ok: bool) -> HookDelivery {
+        HookDelivery {
+            id,
+            guid: guid.into(),
+            delivered_at: Utc::now() - chrono::TimeDelta::minutes(minutes_ago),
+            redelivery: false,
+            status: if ok { "OK" } else { "failed to connect" }.into(),
+            status_code: if ok { 202 } else { 0 },
+            event: "pull_request".into(),
+            action: Some("opened".into()),
+            installation_id: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_guid_is_missed_when_none_of_its_attempts_succeeded_and_its_newest_failure_is_asked_for() {
+        // Newest first, as GitHub lists them.
+        let log = vec![
+            attempt(9, "c", 1, false),
+            attempt(8, "b", 2, true),
+            attempt(7, "a", 3, false),
+            attempt(6, "c", 4, false),
+            attempt(5, "b", 5, false),
+            attempt(4, "d", 6, false),
+        ];
+        let ids: Vec<u64> = missed_deliveries(log).iter().map(|d| d.id).collect();
+        // d (oldest), then a, then c by its newest attempt; b was delivered on its second try.
+        assert_eq!(ids, [4, 7, 9]);
+        assert!(missed_deliveries(vec![]).is_empty());
     }
 }

@@ -67,6 +67,7 @@ impl RedeliveryLock {
 impl Store {
     /// The lock of the redelivery pass, or None when another process holds it. SQLite: always
     /// taken (one server process per database file runs the pass).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn try_redelivery_lock(&self) -> Result<Option<RedeliveryLock>> {
         match &self.pool {
             Pool::Sqlite(_) => Ok(Some(RedeliveryLock { conn: None })),
@@ -89,6 +90,7 @@ impl Store {
     }
 
     /// The guids among `guids` the webhook handler recorded (`webhook_deliveries`).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn recorded_deliveries(&self, guids: &[String]) -> Result<HashSet<String>> {
         if guids.is_empty() {
             return Ok(HashSet::new());
@@ -121,6 +123,7 @@ impl Store {
     /// it was never claimed, its earlier requests failed fewer than [`MAX_REDELIVERY_ATTEMPTS`]
     /// times, or its claimer stopped before recording GitHub's answer (10 minutes ago). Two
     /// replicas never both get true for one guid.
+    #[tracing::instrument(level = "debug", skip_all, fields(guid = d.guid))]
     pub async fn claim_redelivery(&self, d: &NewRedelivery<'_>) -> Result<bool> {
         let delivery_id = i64::try_from(d.delivery_id).unwrap_or(i64::MAX);
         let claimed: Option<String> = on_pool_write!(self, pool => {
@@ -154,6 +157,7 @@ impl Store {
     }
 
     /// What came of asking for a claimed redelivery: `requested`, or `failed: <reason>`.
+    #[tracing::instrument(level = "debug", skip_all, fields(guid))]
     pub async fn set_redelivery_outcome(&self, guid: &str, outcome: &str) -> Result<()> {
         on_pool_write!(self, pool => {
             sqlx::query("UPDATE webhook_redeliveries SET outcome = $2 WHERE guid = $1")
@@ -167,6 +171,7 @@ impl Store {
     }
 
     /// Every redelivery asked for, oldest request first (for operators and tests).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn redeliveries(&self) -> Result<Vec<Redelivery>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
