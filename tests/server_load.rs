@@ -353,21 +353,44 @@ async fn burst(p: Params) -> Report {
         .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("state/prodigy.db").display()));
     let store = Store::open(&db_url).await.unwrap();
     let expected_jobs = p.repos * PRS_PER_REPO as usize;
-    let requests = wait_until("the queue to be worked off", p.drain_timeout, || async {
-        let done = store.requests_with_status(RequestStatus::Done).await.ok()?;
-        let failed = store
-            .requests_with_status(RequestStatus::Failed)
+    // Polled every 250 ms: often enough for the figure, rarely enough not to load the server.
+    let deadline = Instant::now() + p.drain_timeout;
+    let requests = loop {
+        let idle = store
+            .requests_with_status(RequestStatus::Queued)
             .await
-            .ok()?;
-        assert!(failed.is_empty(), "failed requests: {failed:?}");
-        if done.len() < sent.len() {
-            return None;
+            .unwrap()
+            .is_empty()
+            && store
+                .requests_with_status(RequestStatus::Claimed)
+                .await
+                .unwrap()
+                .is_empty();
+        if idle {
+            let failed = store
+                .requests_with_status(RequestStatus::Failed)
+                .await
+                .unwrap();
+            assert!(failed.is_empty(), "failed requests: {failed:?}");
+            let done = store
+                .requests_with_status(RequestStatus::Done)
+                .await
+                .unwrap();
+            let mut unfinished = 0;
+            for status in [JobStatus::Pending, JobStatus::Running] {
+                unfinished += store.pr_jobs_with_status(status).await.unwrap().len();
+            }
+            if done.len() >= sent.len() && unfinished == 0 {
+                break done;
+            }
         }
-        let jobs = store.list_jobs(100_000).await.ok()?;
-        let finished = jobs.iter().filter(|j| j.job.status.is_finished()).count();
-        (jobs.len() >= expected_jobs && finished == jobs.len()).then_some(done)
-    })
-    .await;
+        assert!(
+            Instant::now() < deadline,
+            "the queue was not worked off within {:?}",
+            p.drain_timeout
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     let drained = started.elapsed();
     let peak_rss_kb = serve.peak_rss_kb();
 
