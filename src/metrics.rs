@@ -53,6 +53,10 @@ fn describe() {
         "Queued requests that failed, by outcome (retried: queued again after a transient error; failed) and reason (github_5xx, github_rate_limit, github_unreachable, database, timeout, permanent)"
     );
     describe_counter!(
+        "prodigy_webhook_redeliveries_total",
+        "Missed webhook deliveries whose redelivery was asked of GitHub, by outcome (requested, failed)"
+    );
+    describe_counter!(
         "prodigy_github_requests_total",
         "GitHub API calls (each try) by route template and HTTP status (error: no answer)"
     );
@@ -99,6 +103,13 @@ pub fn webhook(event: &'static str, outcome: &'static str, reason: &'static str)
 /// reason.
 pub fn request_end(outcome: &'static str, reason: &'static str) {
     counter!("prodigy_request_ends_total", "outcome" => outcome, "reason" => reason).increment(1);
+}
+
+/// A redelivery of a missed delivery was asked of GitHub: `requested` (GitHub took it) or
+/// `failed` (GitHub refused, or could not be reached).
+pub fn redelivery(requested: bool) {
+    let outcome = if requested { "requested" } else { "failed" };
+    counter!("prodigy_webhook_redeliveries_total", "outcome" => outcome).increment(1);
 }
 
 /// An `X-GitHub-Event` name as a label: the events prodigy reads, else `other`.
@@ -148,6 +159,8 @@ const ROUTES: &[&str] = &[
     "GET /repos/{owner}/{repo}/collaborators/{user}/permission",
     "GET /repos/{owner}/{repo}/pulls/{number}",
     "GET /repos/{owner}/{repo}/contents/{path}",
+    "GET /app/hook/deliveries",
+    "POST /app/hook/deliveries/{id}/attempts",
 ];
 
 /// `METHOD /template` of a concrete path (`/repos/o/r/pulls/7` -> `.../pulls/{number}`).
@@ -260,6 +273,14 @@ mod tests {
         assert_eq!(
             github_route("POST", "/repos/o/r/issues/comments/9/reactions"),
             "POST /repos/{owner}/{repo}/issues/comments/{id}/reactions"
+        );
+        assert_eq!(
+            github_route("GET", "/app/hook/deliveries?per_page=100&cursor=v1_9"),
+            "GET /app/hook/deliveries"
+        );
+        assert_eq!(
+            github_route("POST", "/app/hook/deliveries/123/attempts"),
+            "POST /app/hook/deliveries/{id}/attempts"
         );
         assert_eq!(github_route("GET", "/repos/o/r/anything/else"), "other");
         assert_eq!(webhook_event("pull_request"), "pull_request");

@@ -74,6 +74,8 @@ struct Seeded {
     /// The version-3 request claimed under a lease and queued again after a transient error
     /// (version 7).
     retried: bool,
+    /// A missed delivery claimed for redelivery and requested (version 8).
+    redelivery: bool,
 }
 
 impl Seeded {
@@ -285,6 +287,22 @@ impl Seeded {
                 );
                 self.retried = true;
             }
+            8 => {
+                let claim = prodigy::store::NewRedelivery {
+                    guid: "g-8",
+                    delivery_id: 88,
+                    event: "pull_request",
+                    action: Some("opened"),
+                    delivered_at: chrono::Utc::now(),
+                    requested_by: "seed",
+                };
+                assert!(store.claim_redelivery(&claim).await.unwrap());
+                store
+                    .set_redelivery_outcome("g-8", "requested")
+                    .await
+                    .unwrap();
+                self.redelivery = true;
+            }
             other => panic!(
                 "migration {other} has no seed data in this test: add rows for its tables to Seeded::seed"
             ),
@@ -384,6 +402,28 @@ impl Seeded {
                     .unwrap(),
                 Accepted::Duplicate
             );
+        }
+        if self.redelivery {
+            let rows = store.redeliveries().await.unwrap();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(
+                (
+                    rows[0].guid.as_str(),
+                    rows[0].delivery_id,
+                    rows[0].outcome.as_str()
+                ),
+                ("g-8", 88, "requested")
+            );
+            // Requested: never claimed again.
+            let claim = prodigy::store::NewRedelivery {
+                guid: "g-8",
+                delivery_id: 89,
+                event: "pull_request",
+                action: None,
+                delivered_at: chrono::Utc::now(),
+                requested_by: "other",
+            };
+            assert!(!store.claim_redelivery(&claim).await.unwrap());
         }
         if let Some(request) = self.request {
             assert_eq!(

@@ -15,7 +15,8 @@ pub use checks::{
     CheckStatus, NewCheckRun, truncate_markdown,
 };
 pub use client::{
-    GitHubClient, GitHubError, Permission, PullRequestInfo, Reaction, TOKEN_INSTALLATION,
+    DeliveryPage, GitHubClient, GitHubError, HookDelivery, Permission, PullRequestInfo, Reaction,
+    TOKEN_INSTALLATION,
 };
 pub use ids::{AppId, CheckRunId, CommentId, CommitSha, InstallationId, PrNumber};
 pub use retry::{RetryDecision, RetryPolicy};

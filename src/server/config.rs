@@ -86,6 +86,14 @@ pub struct ServeConfig {
     /// a `prodigy serve` without this flag starts on the same database file.
     #[arg(long, env = "PRODIGY_NO_RUNNER")]
     pub no_runner: bool,
+    /// How often to look for webhook deliveries GitHub could not make (this server was down or
+    /// answered an error) and ask GitHub to deliver them again, e.g. 5m, 30s; also at start.
+    /// 0 turns it off. One replica at a time looks (an advisory lock on PostgreSQL).
+    #[arg(long, env = "PRODIGY_REDELIVER_EVERY", default_value = "5m")]
+    pub redeliver_every: String,
+    /// Redeliveries asked for per look at most; the rest wait for the next.
+    #[arg(long, env = "PRODIGY_REDELIVER_MAX", default_value_t = 50)]
+    pub redeliver_max: usize,
     /// The operator's agent defaults and caps per job.
     #[command(flatten)]
     pub caps: crate::engine::agent::AgentCaps,
@@ -143,6 +151,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("allow_repos", &self.allow_repos)
             .field("poll_ms", &self.poll_ms)
             .field("no_runner", &self.no_runner)
+            .field("redeliver_every", &self.redeliver_every)
+            .field("redeliver_max", &self.redeliver_max)
             .field("caps", &self.caps)
             .field("repo_daily_cost_usd", &self.repo_daily_cost_usd)
             .field("workers", &self.workers)
@@ -178,6 +188,10 @@ pub struct Settings {
     pub claude_bin: String,
     /// Whether this process claims and runs queued work (`--no-runner` turns it off).
     pub runner: bool,
+    /// How often missed deliveries are looked for (`--redeliver-every`); None: never.
+    pub redeliver_every: Option<std::time::Duration>,
+    /// Redeliveries asked for per look at most (`--redeliver-max`).
+    pub redeliver_max: usize,
     /// How agents are confined. `settings` gives the safe default (built environment,
     /// sandbox where the kernel has one); `prodigy serve` fills it from the global flags.
     pub agents: crate::engine::AgentPolicy,
@@ -234,6 +248,7 @@ impl ServeConfig {
                 "--repo-daily-cost-usd (PRODIGY_REPO_DAILY_COST_USD) must be a positive amount of USD, e.g. 20; found {v}"
             );
         }
+        let redeliver_every = parse_redeliver_every(&self.redeliver_every)?;
         if self.max_jobs == 0 {
             bail!("--max-jobs must be at least 1");
         }
@@ -319,6 +334,8 @@ impl ServeConfig {
             poll: std::time::Duration::from_millis(self.poll_ms.max(10)),
             claude_bin: claude_bin.to_string(),
             runner: !self.no_runner,
+            redeliver_every,
+            redeliver_max: self.redeliver_max,
             agents: crate::engine::AgentPolicy {
                 env: crate::engine::agent_env::AgentEnvSettings {
                     mode: crate::engine::agent_env::EnvMode::Clean,
@@ -359,6 +376,26 @@ impl Settings {
     pub fn is_allowed(&self, repo: &RepoName) -> bool {
         self.allow_repos.contains(repo)
     }
+}
+
+/// `--redeliver-every`: a duration (`5m`, `30s`, `1h`, or seconds); 0 turns recovery off.
+fn parse_redeliver_every(text: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    let seconds = crate::workflow::parse::parse_duration_text(text)
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .with_context(|| {
+            format!(
+                "--redeliver-every (PRODIGY_REDELIVER_EVERY) `{text}` is not a duration: write e.g. 5m, 30s or 0 to turn it off"
+            )
+        })?;
+    if seconds == 0.0 {
+        return Ok(None);
+    }
+    if seconds < 1.0 {
+        bail!(
+            "--redeliver-every (PRODIGY_REDELIVER_EVERY) must be at least 1s (or 0 to turn it off); found `{text}`"
+        );
+    }
+    Ok(Some(std::time::Duration::from_secs_f64(seconds)))
 }
 
 /// A PEM given inline, or the path of a PEM file.
@@ -442,6 +479,17 @@ mod tests {
         assert_eq!(s.public_url, "http://0.0.0.0:3000");
         assert_eq!(s.webhook_path, "/webhook");
         assert!(s.instance.contains(':'));
+        assert_eq!(s.redeliver_every, Some(std::time::Duration::from_secs(300)));
+        assert_eq!(s.redeliver_max, 50);
+        let off = parse(&["--webhook-secret", "s", "--redeliver-every", "0"]);
+        assert_eq!(off.settings(None, "claude").unwrap().redeliver_every, None);
+        for bad in ["soon", "5 parsecs", "100ms"] {
+            let err = parse(&["--webhook-secret", "s", "--redeliver-every", bad])
+                .settings(None, "claude")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--redeliver-every"), "{err}");
+        }
         let err = parse(&["--webhook-secret", "s", "--allow-repos", "justname"])
             .settings(None, "claude")
             .unwrap_err()

@@ -1,5 +1,6 @@
 //! The GitHub App server `prodigy serve`: verified webhooks in, a request queue, a runner that
-//! drives the engine per pull request, PR-comment commands, and job pages.
+//! drives the engine per pull request, PR-comment commands, job pages, and the recovery of
+//! webhook deliveries GitHub could not make (`redeliver`).
 
 pub mod app;
 pub use crate::comments::commands;
@@ -9,6 +10,7 @@ pub mod event_lines;
 pub mod ingest;
 pub mod metrics;
 pub mod pages;
+pub mod redeliver;
 pub use crate::comments::replies;
 pub mod repo_config;
 pub mod reporting;

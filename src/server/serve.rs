@@ -15,6 +15,7 @@ use crate::store::{Store, redact_url};
 use super::app::{AppState, router};
 use super::config::{ServeConfig, Settings};
 use super::pages::PageLinks;
+use super::redeliver::Redeliverer;
 use super::reporting::{CheckRunReporters, ReporterFactory};
 use super::repos::RepoCache;
 use super::runner::{Runner, RunnerParts};
@@ -33,6 +34,7 @@ pub struct RunningServer {
     job_slots: Arc<tokio::sync::Semaphore>,
     max_jobs: usize,
     http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    redeliver: Option<tokio::task::JoinHandle<()>>,
     metrics_http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     runner: Option<tokio::task::JoinHandle<()>>,
 }
@@ -45,6 +47,9 @@ impl RunningServer {
         self.jobs.cancel();
         if let Some(runner) = self.runner.take() {
             let _ = runner.await;
+        }
+        if let Some(redeliver) = self.redeliver.take() {
+            let _ = redeliver.await;
         }
         if let Some(http) = self.http.take() {
             let _ = http.await;
@@ -241,6 +246,16 @@ pub async fn start_with(
                 .await
         })
     };
+    // Every replica may look for missed deliveries; the redelivery lock lets one at a time.
+    let redeliver = settings.redeliver_every.map(|every| {
+        let redeliverer = Redeliverer {
+            store: store.clone(),
+            github: github.clone(),
+            instance: settings.instance.clone(),
+            max_per_pass: settings.redeliver_max,
+        };
+        tokio::spawn(redeliverer.run(every, stop.clone()))
+    });
     let runner = if settings.runner {
         Some(tokio::spawn(runner.run(stop.clone())))
     } else {
@@ -258,6 +273,7 @@ pub async fn start_with(
         stop,
         jobs,
         http: Some(http),
+        redeliver,
         runner,
         job_slots,
         max_jobs: settings.max_jobs,

@@ -9,7 +9,8 @@
 //! lock), `usage` (agent runs), `server` (webhook deliveries), `requests` (the request queue:
 //! leases, retries), `reporting` (what check runs read), `check_runs` (which check runs are
 //! still open), `claims` (items shared by the machines of a job: claims, leases, their
-//! fencing), `faults` (which database errors pass) and `metrics` (what `/metrics` counts).
+//! fencing), `faults` (which database errors pass), `redeliveries` (missed webhook deliveries
+//! asked for again) and `metrics` (what `/metrics` counts).
 
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -29,6 +30,7 @@ mod metrics;
 mod model;
 mod pg_lock;
 mod pg_tls;
+mod redeliveries;
 mod reporting;
 mod requests;
 mod server;
@@ -46,6 +48,9 @@ pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
 pub use metrics::MetricsSnapshot;
 pub use model::*;
 pub use requests::{Request, RequestEnd, RequestPolicy, RequestStatus};
+pub use redeliveries::{
+    MAX_REDELIVERY_ATTEMPTS, NewRedelivery, REDELIVERY_LOCK_KEY, Redelivery, RedeliveryLock,
+};
 pub use server::{Accepted, DeliveryOutcome, NewDelivery};
 pub use usage::{AgentRunRow, JobUsage, NewAgentRun};
 

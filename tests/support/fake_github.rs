@@ -3,12 +3,20 @@
 //! It serves the REST endpoints prodigy's client uses, authenticates like GitHub (App JWT verified
 //! with the test App's public key -> installation tokens -> repository calls), records every
 //! request, can be told to fail the next calls of an endpoint, and validates every request body
-//! against GitHub's OpenAPI schema (`tests/fixtures/github/rest/checks-and-comments.openapi.json`).
-//! A body that does not match is answered 422 and recorded in `schema_violations`, which a test
-//! asserts is empty at its end (`FakeGitHub::assert_no_violations`).
+//! against GitHub's OpenAPI schema (`tests/fixtures/github/rest/checks-and-comments.openapi.json`,
+//! `app-hook-deliveries.openapi.json`). A body that does not match is answered 422 and recorded
+//! in `schema_violations`, which a test asserts is empty at its end
+//! (`FakeGitHub::assert_no_violations`). The App's webhook delivery log (`deliveries`) also
+//! checks its own answers against GitHub's response schemas, and really delivers webhooks to
+//! the server, signed, as GitHub does.
 
 // Handlers bail out with a ready `Response`; boxing it would only add noise to a test server.
 #![allow(clippy::result_large_err)]
+
+mod deliveries;
+
+#[allow(unused_imports)]
+pub use deliveries::HookAttempt;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -73,6 +81,8 @@ pub enum Op {
     GetPermission,
     GetPull,
     GetContents,
+    ListHookDeliveries,
+    RedeliverHookDelivery,
 }
 
 impl Op {
@@ -100,10 +110,22 @@ impl Op {
             ),
             Op::GetPull => ("get", "/repos/{owner}/{repo}/pulls/{pull_number}"),
             Op::GetContents => ("get", "/repos/{owner}/{repo}/contents/{path}"),
+            Op::ListHookDeliveries => ("get", "/app/hook/deliveries"),
+            Op::RedeliverHookDelivery => ("post", "/app/hook/deliveries/{delivery_id}/attempts"),
         }
     }
 
-    const ALL: [Op; 9] = [
+    /// The fixture holding the operation (`tests/fixtures/github/rest/`).
+    fn openapi_file(self) -> &'static str {
+        match self {
+            Op::ListHookDeliveries | Op::RedeliverHookDelivery => {
+                "app-hook-deliveries.openapi.json"
+            }
+            _ => "checks-and-comments.openapi.json",
+        }
+    }
+
+    const ALL: [Op; 11] = [
         Op::CreateAccessToken,
         Op::CreateCheckRun,
         Op::UpdateCheckRun,
@@ -113,6 +135,8 @@ impl Op {
         Op::GetPermission,
         Op::GetPull,
         Op::GetContents,
+        Op::ListHookDeliveries,
+        Op::RedeliverHookDelivery,
     ];
 }
 
@@ -228,6 +252,8 @@ pub struct World {
     seen_check_runs: HashMap<u64, usize>,
     /// Woken after every answered call, for [`FakeGitHub::wait_for`].
     answered: Arc<tokio::sync::Notify>,
+    /// The App's webhook: where it delivers and its delivery log.
+    pub hooks: deliveries::HookLog,
 }
 
 impl World {
@@ -341,6 +367,11 @@ impl FakeGitHub {
             )
             .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
             .route("/repos/{owner}/{repo}/contents/{*path}", get(get_contents))
+            .route("/app/hook/deliveries", get(deliveries::list))
+            .route(
+                "/app/hook/deliveries/{id}/attempts",
+                post(deliveries::redeliver),
+            )
             .fallback(unknown_endpoint)
             .layer(axum::middleware::from_fn(rate_limit_headers))
             .with_state(world.clone());
@@ -605,16 +636,25 @@ struct BodySchema {
     required: bool,
 }
 
+/// An OpenAPI fixture of `tests/fixtures/github/rest/`, `nullable` rewritten.
+fn openapi_doc(file: &str) -> Value {
+    let path = fixtures_dir().join("github/rest").join(file);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut doc: Value = serde_json::from_str(&text).expect("OpenAPI fixture is JSON");
+    rewrite_nullable(&mut doc);
+    doc
+}
+
 fn validators() -> &'static HashMap<Op, BodySchema> {
     static VALIDATORS: OnceLock<HashMap<Op, BodySchema>> = OnceLock::new();
     VALIDATORS.get_or_init(|| {
-        let path = fixtures_dir().join("github/rest/checks-and-comments.openapi.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let mut doc: Value = serde_json::from_str(&text).expect("OpenAPI fixture is JSON");
-        rewrite_nullable(&mut doc);
+        let mut docs: HashMap<&str, Value> = HashMap::new();
         let mut out = HashMap::new();
         for op in Op::ALL {
+            let doc = docs
+                .entry(op.openapi_file())
+                .or_insert_with(|| openapi_doc(op.openapi_file()));
             let (method, route) = op.openapi();
             let operation = &doc["paths"][route][method];
             assert!(

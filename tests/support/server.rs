@@ -114,6 +114,10 @@ pub struct ServerOptions {
     pub request_lease_secs: u64,
     pub request_attempts: u32,
     pub request_backoff_ms: u64,
+    /// `--redeliver-every`: off ("0") unless a test is about missed deliveries.
+    pub redeliver_every: String,
+    /// `--listen`: any free port on loopback unless given.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -128,6 +132,8 @@ impl Default for ServerOptions {
             request_lease_secs: 60,
             request_attempts: 8,
             request_backoff_ms: 30_000,
+            redeliver_every: "0".into(),
+            listen: None,
         }
     }
 }
@@ -322,6 +328,26 @@ impl Ctx {
                 runner: true,
                 ..self.options.clone()
             },
+        )
+        .await
+    }
+
+    /// Another server instance on the same database with these options (own state and
+    /// checkout directories).
+    pub async fn start_instance(
+        &self,
+        instance: &str,
+        max_jobs: usize,
+        options: &ServerOptions,
+    ) -> RunningServer {
+        start_server(
+            &self.tmp,
+            &self.gh,
+            &self.db_url,
+            instance,
+            max_jobs,
+            &self.claude,
+            options,
         )
         .await
     }
@@ -580,7 +606,9 @@ async fn start_server(
         private_key: key.display().to_string(),
         webhook_secret: Some(SECRET.to_string()),
         webhook_secret_file: None,
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: options
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
         metrics_listen: None,
         public_url: Some("https://prodigy.test".into()),
         github_api_url: gh.base_url(),
@@ -601,6 +629,8 @@ async fn start_server(
         request_lease_secs: options.request_lease_secs,
         request_attempts: options.request_attempts,
         request_backoff_ms: options.request_backoff_ms,
+        redeliver_every: options.redeliver_every.clone(),
+        redeliver_max: 50,
     };
     let mut settings = config
         .settings(Some(db_url), &claude.display().to_string())

@@ -7,8 +7,9 @@
 //! fake GitHub checks them against GitHub's schema). Its transport, TLS and base-URL handling are.
 //!
 //! This module holds the client, its credentials and the REST calls, each through one of
-//! `repo_call`, `repo_get`, `repo_get_unless_404`; `transport` sends and retries, `path` builds
-//! the request paths, `types` holds what callers get back.
+//! `repo_call`, `repo_get`, `repo_get_unless_404`; `deliveries` the App's webhook delivery log;
+//! `transport` sends and retries, `path` builds the request paths, `types` holds what callers
+//! get back.
 
 use std::time::{Duration, SystemTime};
 
@@ -29,10 +30,12 @@ use super::retry::RetryPolicy;
 use super::wire::WireBranch;
 use crate::types::RepoName;
 
+mod deliveries;
 mod path;
 mod transport;
 mod types;
 
+pub use deliveries::{DeliveryPage, HookDelivery};
 use path::{encode_segment, repo_path};
 pub use types::{GitHubError, Permission, PullRequestInfo, Reaction};
 
@@ -87,7 +90,7 @@ struct WireMessage {
 /// How a request is authenticated.
 #[derive(Clone, Copy)]
 enum Auth<'a> {
-    /// As the App itself (JWT): only for minting installation tokens.
+    /// As the App itself (JWT): minting installation tokens, the App's webhook delivery log.
     App,
     /// With an installation token narrowed to this repository (`owner/name`).
     Installation(InstallationId, &'a RepoName),

@@ -36,7 +36,7 @@ impl GitHubClient {
         auth: Auth<'_>,
         body: Option<serde_json::Value>,
     ) -> Result<T, GitHubError> {
-        let bytes = self.call(method.clone(), path, auth, body).await?;
+        let (_, bytes) = self.call(method.clone(), path, auth, body).await?;
         serde_json::from_slice(&bytes).map_err(|e| GitHubError::Decode {
             method,
             path: path.to_string(),
@@ -44,15 +44,32 @@ impl GitHubClient {
         })
     }
 
-    /// One call with retries; a 401 with an installation token drops that token and fetches a new
-    /// one once (it may have been revoked early).
-    async fn call(
+    /// [`Self::call_json`] that also gives the answer's headers (e.g. `link` for pagination).
+    pub(super) async fn call_json_with_headers<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         auth: Auth<'_>,
         body: Option<serde_json::Value>,
-    ) -> Result<Bytes, GitHubError> {
+    ) -> Result<(HeaderMap, T), GitHubError> {
+        let (headers, bytes) = self.call(method.clone(), path, auth, body).await?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| GitHubError::Decode {
+            method,
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok((headers, value))
+    }
+
+    /// One call with retries; a 401 with an installation token drops that token and fetches a new
+    /// one once (it may have been revoked early).
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth<'_>,
+        body: Option<serde_json::Value>,
+    ) -> Result<(HeaderMap, Bytes), GitHubError> {
         let body = body.map(|b| b.to_string());
         let mut refreshed_token = false;
         let mut attempt = 0u32;
@@ -107,7 +124,9 @@ impl GitHubClient {
                         reason,
                     });
                 }
-                (_, Ok((status, _, bytes))) if status.is_success() => return Ok(bytes),
+                (_, Ok((status, headers, bytes))) if status.is_success() => {
+                    return Ok((headers, bytes));
+                }
                 (decision, Ok((status, _, bytes))) => {
                     let message = serde_json::from_slice::<WireMessage>(&bytes)
                         .map(|m| m.message)
