@@ -47,10 +47,10 @@ pub use faults::{Unwritable, is_transient_db, unwritable};
 pub use lock::{Exclusive, Holder, JobLock, LockOutcome, LockProof, hostname};
 pub use metrics::MetricsSnapshot;
 pub use model::*;
-pub use requests::{Request, RequestEnd, RequestPolicy, RequestStatus};
 pub use redeliveries::{
     MAX_REDELIVERY_ATTEMPTS, NewRedelivery, REDELIVERY_LOCK_KEY, Redelivery, RedeliveryLock,
 };
+pub use requests::{Request, RequestEnd, RequestPolicy, RequestStatus};
 pub use server::{Accepted, DeliveryOutcome, NewDelivery};
 pub use usage::{AgentRunRow, JobUsage, NewAgentRun};
 
