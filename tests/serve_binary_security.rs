@@ -11,7 +11,7 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 
 use prodigy::engine::sandbox::{Support, support};
@@ -64,29 +64,7 @@ struct Server {
 
 impl Server {
     fn start(ctx: &Ctx, state: &Path, db: &Path, secret_file: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_prodigy"))
-            .arg("serve")
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--poll-ms",
-                "50",
-                "--allow-repos",
-                REPO,
-            ])
-            .args(["--app-id", &support::fake_github::TEST_APP_ID.to_string()])
-            .args(["--github-api-url", &ctx.gh.base_url()])
-            .arg("--git-base-url")
-            .arg(format!(
-                "file://{}",
-                ctx.tmp.path().join("remotes").display()
-            ))
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--claude-bin")
-            .arg(&ctx.claude)
-            .env("PRODIGY_PRIVATE_KEY", ctx.tmp.path().join("app-key.pem"))
-            .env("PRODIGY_WEBHOOK_SECRET_FILE", secret_file)
+        let mut child = support::serve_bin::serve_command(ctx, state, secret_file)
             .env("DATABASE_URL", format!("sqlite://{}", db.display()))
             .env("PGPASSWORD", DB_PASSWORD)
             .env("RUST_LOG", "info")

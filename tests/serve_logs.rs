@@ -8,10 +8,11 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use prodigy::server::WebhookSecret;
 use secrecy::SecretString;
+use support::serve_bin::serve_command;
 use support::server::{Ctx, REPO, SECRET, WAIT, wait_until};
 
 /// The binary, its stderr in `log`, stopped with SIGTERM on drop.
@@ -26,30 +27,8 @@ impl Serve {
         let secret_file = dir.join("webhook-secret");
         std::fs::write(&secret_file, SECRET).unwrap();
         let log = dir.join("serve.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_prodigy"))
-            .arg("serve")
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--poll-ms",
-                "50",
-                "--allow-repos",
-                REPO,
-            ])
-            .args(["--app-id", &support::fake_github::TEST_APP_ID.to_string()])
-            .args(["--github-api-url", &ctx.gh.base_url()])
-            .arg("--git-base-url")
-            .arg(format!(
-                "file://{}",
-                ctx.tmp.path().join("remotes").display()
-            ))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--claude-bin")
-            .arg(&ctx.claude)
+        let child = serve_command(ctx, &dir.join("state"), &secret_file)
             .args(extra)
-            .env("PRODIGY_PRIVATE_KEY", ctx.tmp.path().join("app-key.pem"))
-            .env("PRODIGY_WEBHOOK_SECRET_FILE", &secret_file)
             .env(
                 "DATABASE_URL",
                 format!("sqlite://{}", dir.join("serve.db").display()),

@@ -8,7 +8,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use prodigy::server::WebhookSecret;
 use secrecy::SecretString;
@@ -28,23 +28,8 @@ impl Serve {
         std::fs::write(&secret_file, SECRET).unwrap();
         let log = dir.join(format!("serve-{}.log", std::process::id()));
         let log = unique(&log);
-        let child = Command::new(env!("CARGO_BIN_EXE_prodigy"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--poll-ms", "50"])
-            .args(["--allow-repos", REPO, "--instance", "a"])
-            .args(["--app-id", &support::fake_github::TEST_APP_ID.to_string()])
-            .args(["--github-api-url", &ctx.gh.base_url()])
-            .arg("--git-base-url")
-            .arg(format!(
-                "file://{}",
-                ctx.tmp.path().join("remotes").display()
-            ))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--claude-bin")
-            .arg(&ctx.claude)
-            .env("PRODIGY_PRIVATE_KEY", ctx.tmp.path().join("app-key.pem"))
-            .env("PRODIGY_WEBHOOK_SECRET_FILE", &secret_file)
+        let child = support::serve_bin::serve_command(ctx, &dir.join("state"), &secret_file)
+            .args(["--instance", "a"])
             .env("DATABASE_URL", db_url)
             .env("PRODIGY_LOCK_LEASE_SECS", "3")
             .env_remove("RUST_LOG")

@@ -4,10 +4,42 @@
 //! gets SIGTERM.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 
 use super::server::{Ctx, REPO, SECRET, WAIT};
+
+/// `prodigy serve` as every test world runs it: loopback on any port, polling every 50 ms, the
+/// world's repository allowed, its fake GitHub, remotes, App key and stub AI CLI, state in
+/// `state`, the webhook secret read from `secret_file`. Callers add the database, logging and
+/// their own flags.
+pub fn serve_command(ctx: &Ctx, state: &Path, secret_file: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_prodigy"));
+    cmd.arg("serve")
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--poll-ms",
+            "50",
+            "--allow-repos",
+            REPO,
+        ])
+        .args(["--app-id", &super::fake_github::TEST_APP_ID.to_string()])
+        .args(["--github-api-url", &ctx.gh.base_url()])
+        .arg("--git-base-url")
+        .arg(format!(
+            "file://{}",
+            ctx.tmp.path().join("remotes").display()
+        ))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--claude-bin")
+        .arg(&ctx.claude)
+        .env("PRODIGY_PRIVATE_KEY", ctx.tmp.path().join("app-key.pem"))
+        .env("PRODIGY_WEBHOOK_SECRET_FILE", secret_file);
+    cmd
+}
 
 pub struct ServeBin {
     child: Child,
@@ -24,25 +56,9 @@ impl ServeBin {
         std::fs::create_dir_all(&dir).unwrap();
         let secret_file = dir.join("webhook-secret");
         std::fs::write(&secret_file, SECRET).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_prodigy"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--poll-ms", "50"])
-            .args(["--allow-repos", REPO, "--instance", instance])
-            .args(["--app-id", &super::fake_github::TEST_APP_ID.to_string()])
-            .args(["--github-api-url", &ctx.gh.base_url()])
-            .args(["--app-slug", super::server::SLUG])
-            .arg("--git-base-url")
-            .arg(format!(
-                "file://{}",
-                ctx.tmp.path().join("remotes").display()
-            ))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--claude-bin")
-            .arg(&ctx.claude)
+        let mut child = serve_command(ctx, &dir.join("state"), &secret_file)
+            .args(["--instance", instance, "--app-slug", super::server::SLUG])
             .args(extra)
-            .env("PRODIGY_PRIVATE_KEY", ctx.tmp.path().join("app-key.pem"))
-            .env("PRODIGY_WEBHOOK_SECRET_FILE", &secret_file)
             .env("DATABASE_URL", db_url)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
